@@ -1,0 +1,364 @@
+//! The command line. Every option is defined once, here, with its environment fallback and
+//! its help text: `backhaul <command> --help` is the reference documentation.
+//!
+//! Secrets (`PG_DB_PASSWORD`, `POSTGRES_SECRET`, `MONGO_CONNECTION_STRING`, URLs with
+//! passwords) are accepted from the environment; their values are never shown in help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "backhaul",
+    version,
+    about = "Streams PostgreSQL and MongoDB backups into S3, and schedules itself on ECS Fargate."
+)]
+#[command(propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr: JSON lines (CloudWatch-friendly) or human text; auto picks text on a terminal.
+    #[arg(long, global = true, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing syntax), e.g. `debug` or `backhaul=debug`.
+    #[arg(long, global = true, env = "BACKHAUL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Back up every configured database to S3 (or a directory).
+    #[command(after_help = BACKUP_EXAMPLES)]
+    Backup(BackupArgs),
+    /// Restore a backup into a PostgreSQL database or MongoDB deployment.
+    #[command(after_help = RESTORE_EXAMPLES)]
+    Restore(RestoreArgs),
+    /// List backups, newest first.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
+    /// Prove backups are intact (checksum, structure) and optionally restorable.
+    #[command(after_help = VERIFY_EXAMPLES)]
+    Verify(VerifyArgs),
+    /// Delete old backups according to a retention policy.
+    #[command(after_help = PRUNE_EXAMPLES)]
+    Prune(PruneArgs),
+}
+
+/// Where backups live. Shared by every command that touches storage.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Bucket to write to.
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: Option<String>,
+
+    /// Stage name, first key segment: dev, uat, prod... ([a-z0-9][a-z0-9-]*).
+    #[arg(long, env = "STAGE")]
+    pub stage: Option<String>,
+
+    /// Optional key prefix put before the stage.
+    #[arg(long, env = "BACKUP_PREFIX")]
+    pub prefix: Option<String>,
+
+    /// Destination instead of --bucket: s3://bucket/prefix or file:///dir (e.g. an EFS mount).
+    #[arg(long, env = "BACKUP_DEST")]
+    pub dest: Option<String>,
+
+    /// Use path-style S3 addressing (MinIO, moto and other S3-compatible servers).
+    #[arg(long, env = "S3_FORCE_PATH_STYLE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub s3_force_path_style: bool,
+
+    /// Time zone of the timestamps in keys: IANA name (Asia/Singapore) or offset (+08:00).
+    #[arg(long, env = "BACKUP_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+
+    /// S3 server-side encryption for written objects: AES256 or aws:kms.
+    #[arg(long, env = "S3_SSE")]
+    pub sse: Option<String>,
+
+    /// KMS key for --sse aws:kms.
+    #[arg(long, env = "S3_SSE_KMS_KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Size of the first upload parts in MiB (at least 5; later parts grow for huge streams).
+    #[arg(long, env = "BACKHAUL_PART_SIZE_MIB", default_value_t = 8)]
+    pub part_size_mib: usize,
+
+    /// Upload parts sent concurrently (memory is about part size x this).
+    #[arg(long, env = "BACKHAUL_UPLOAD_CONCURRENCY", default_value_t = 4)]
+    pub upload_concurrency: usize,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PgArgs {
+    /// PostgreSQL URL; replaces every PG_DB_* variable and POSTGRES_SECRET.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub pg_url: Option<String>,
+
+    /// PostgreSQL host.
+    #[arg(long, env = "PG_DB_HOST")]
+    pub pg_host: Option<String>,
+
+    /// PostgreSQL port [default: 5432].
+    #[arg(long, env = "PG_DB_PORT")]
+    pub pg_port: Option<String>,
+
+    /// Database name(s), comma separated: one artifact each.
+    #[arg(long, env = "PG_DB_NAME")]
+    pub pg_db: Option<String>,
+
+    /// PostgreSQL user.
+    #[arg(long, env = "PG_DB_USER")]
+    pub pg_user: Option<String>,
+
+    /// Neon endpoint id, as `endpoint%3Dep-x`, `endpoint=ep-x` or `ep-x`; derived from a *.neon.tech host when absent.
+    #[arg(long, env = "NEON_DB_ENDPOINT_OPTION")]
+    pub neon_endpoint: Option<String>,
+
+    /// pg_dump binary; default: the newest on PATH or under /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "PG_DUMP_PATH")]
+    pub pg_dump_path: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct MongoArgs {
+    /// MongoDB connection string (holds the password: given to mongodump only via a 0600 --config file).
+    #[arg(long, env = "MONGO_CONNECTION_STRING", hide_env_values = true)]
+    pub mongo_uri: Option<String>,
+
+    /// MongoDB database name(s), comma separated.
+    #[arg(long, env = "MONGO_DB_NAME")]
+    pub mongo_db: Option<String>,
+
+    /// mongodump binary; default: mongodump on PATH.
+    #[arg(long, env = "MONGODUMP_PATH")]
+    pub mongodump_path: Option<PathBuf>,
+
+    /// mongorestore binary; default: mongorestore beside mongodump, else on PATH.
+    #[arg(long, env = "MONGORESTORE_PATH")]
+    pub mongorestore_path: Option<PathBuf>,
+
+    /// zip (mongodump to a temp dir, zipped on the fly, as today) or archive (mongodump --archive --gzip, streamed).
+    #[arg(long, env = "MONGO_FORMAT", default_value = "zip")]
+    pub mongo_format: String,
+
+    /// Extra mongodump option, repeatable (e.g. --mongodump-arg=--readPreference=secondary).
+    #[arg(long = "mongodump-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub mongodump_args: Vec<String>,
+
+    /// Where mongodump writes its tree in zip mode (a private temp dir is created inside).
+    #[arg(long, env = "BACKUP_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Only {
+    Postgres,
+    Mongo,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeepArgs {
+    /// Keep the N newest backups.
+    #[arg(long, env = "KEEP_LAST", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N hours.
+    #[arg(long, env = "KEEP_HOURLY", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest backup of each of the last N days.
+    #[arg(long, env = "KEEP_DAILY", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks.
+    #[arg(long, env = "KEEP_WEEKLY", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months.
+    #[arg(long, env = "KEEP_MONTHLY", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest backup of each of the last N years.
+    #[arg(long, env = "KEEP_YEARLY", default_value_t = 0)]
+    pub keep_yearly: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+
+    /// PostgreSQL compression: zstd (.dump.zst, fastest), pg (pg_dump's own, plain .dump as today), none.
+    #[arg(long, env = "PG_COMPRESSION", default_value = "zstd")]
+    pub compression: String,
+
+    /// zstd level (1-19).
+    #[arg(long, env = "PG_ZSTD_LEVEL", default_value_t = 3)]
+    pub zstd_level: i32,
+
+    /// zstd worker threads; 0 = one per CPU.
+    #[arg(long, env = "PG_ZSTD_THREADS", default_value_t = 0)]
+    pub zstd_threads: u32,
+
+    /// Extra pg_dump option, repeatable (e.g. --pg-dump-arg=--exclude-table=audit_*).
+    #[arg(long = "pg-dump-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub pg_dump_args: Vec<String>,
+
+    /// Back up only this kind of target.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+
+    /// Targets backed up at once.
+    #[arg(long, env = "BACKUP_PARALLEL", default_value_t = 1)]
+    pub parallel: usize,
+
+    /// Give up on a target after this long (e.g. 45m, 2h); default: no limit.
+    #[arg(long, env = "BACKUP_TIMEOUT")]
+    pub timeout: Option<String>,
+
+    /// Print the plan as JSON (targets, redacted URLs, keys) without connecting or uploading.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// After each PostgreSQL backup, restore it into this scratch database and record the result.
+    #[arg(long, env = "BACKUP_VERIFY_INTO", hide_env_values = true)]
+    pub verify_into: Option<String>,
+
+    /// After a successful run, apply the --keep-* retention policy to the stage.
+    #[arg(long, env = "BACKUP_PRUNE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub prune: bool,
+
+    #[command(flatten)]
+    pub keep: KeepArgs,
+
+    /// POST the run's result here (healthchecks.io style: URL on success, URL/fail on failure, URL/start first).
+    #[arg(long, env = "BACKHAUL_NOTIFY_URL", hide_env_values = true)]
+    pub notify_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Artifact key, or `latest` for the newest backup of --stage/--kind/--database.
+    pub key: String,
+
+    /// Target: a postgresql:// URL or a mongodb:// URI (password is read from the URL; never shown).
+    #[arg(long, env = "RESTORE_TO", hide_env_values = true)]
+    pub to: String,
+
+    /// With `latest`: which database's backups to pick from.
+    #[arg(long)]
+    pub database: Option<String>,
+
+    /// With `latest`: postgres or mongo.
+    #[arg(long)]
+    pub kind: Option<String>,
+
+    /// Drop existing objects first (required when the target is not empty).
+    #[arg(long)]
+    pub clean: bool,
+
+    /// Parallel pg_restore jobs (downloads to a temp file first, after verifying it).
+    #[arg(long)]
+    pub jobs: Option<u32>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this kind: postgres or mongo.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Artifact key or `latest`; omit with --since.
+    pub key: Option<String>,
+    /// Verify every backup newer than this (e.g. 7d, 24h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this kind: postgres or mongo.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Also restore into this scratch database/deployment and report row counts.
+    #[arg(long, env = "VERIFY_RESTORE_INTO", hide_env_values = true)]
+    pub restore_into: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// Only this kind: postgres or mongo.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Print what would be kept and deleted, with reasons, and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+const BACKUP_EXAMPLES: &str = "Examples:
+  # The shell script's env contract, unchanged:
+  S3_BUCKET=acme-backups STAGE=prod PG_DB_HOST=db PG_DB_USER=app PG_DB_PASSWORD=... PG_DB_NAME=app,audit backhaul backup
+
+  # Neon, from a URL, plus MongoDB, showing the plan only:
+  DATABASE_URL=postgresql://app:...@ep-aged-morning-26453078.us-east-2.aws.neon.tech/app \\
+  MONGO_CONNECTION_STRING=mongodb+srv://... MONGO_DB_NAME=shop backhaul backup --stage prod --bucket acme-backups --dry-run
+
+  # To a mounted volume, pg_dump's own compression (plain .dump, as today):
+  backhaul backup --dest file:///mnt/efs/backups --stage dev --compression pg";
+
+const RESTORE_EXAMPLES: &str = "Examples:
+  backhaul restore latest --stage prod --database app --to postgresql://app@localhost/app_restored
+  backhaul restore prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.zst --to \"$SCRATCH_URL\" --clean
+  backhaul restore latest --stage prod --kind mongo --database shop --to mongodb://localhost:27017 --clean";
+
+const LIST_EXAMPLES: &str = "Examples:
+  backhaul list --stage prod
+  backhaul list --stage prod --kind postgres --database app --json";
+
+const VERIFY_EXAMPLES: &str = "Examples:
+  backhaul verify latest --stage prod --database app
+  backhaul verify --since 7d --stage prod
+  backhaul verify latest --stage prod --database app --restore-into postgresql://verify@scratch/verify";
+
+const PRUNE_EXAMPLES: &str = "Examples:
+  backhaul prune --stage prod --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
+  backhaul prune --stage dev --keep-last 3";

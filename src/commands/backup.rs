@@ -1,0 +1,437 @@
+//! `backhaul backup`: every configured target, one shared timestamp, independent outcomes.
+//!
+//! Order of business: resolve and validate everything (exit 2, nothing touched); print the
+//! plan for `--dry-run`; then run targets, each streaming into a two-phase upload that is
+//! finished only when the dump tool exited 0, and aborted otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{self, Store};
+use super::{Interrupted, Reported, Runtime};
+use crate::cli::{BackupArgs, Only};
+use crate::config::postgres::PgConn;
+use crate::config::{non_empty, ConfigError, PgCompression};
+use crate::layout::{self, Kind};
+use crate::manifest::{self, Manifest, SourceInfo};
+use crate::pipeline::{self, Codec, Producer, StreamStats};
+use crate::progress::Progress;
+use crate::secret::Redactor;
+use crate::source::postgres::{self as pg, PgTools};
+use crate::storage::{Storage, Upload};
+
+/// One artifact to produce.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub kind: Kind,
+    pub database: String,
+    pub key: String,
+    pub manifest_key: String,
+    pub compression: String,
+    /// Connection with the password masked.
+    pub connection: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Plan<'a> {
+    destination: String,
+    stage: &'a str,
+    timestamp: &'a str,
+    timezone: String,
+    targets: &'a [Target],
+}
+
+struct PgSettings {
+    conn: PgConn,
+    compression: PgCompression,
+    level: i32,
+    threads: u32,
+    extra_args: Vec<String>,
+    pg_dump_path: Option<std::path::PathBuf>,
+}
+
+/// Everything a target needs, shared across concurrently running targets.
+struct Job {
+    store: Store,
+    storage: Arc<dyn Storage>,
+    redactor: Redactor,
+    timestamp: String,
+    pg: Option<(PgSettings, PgTools)>,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    event: &'static str,
+    status: &'static str,
+    kind: Kind,
+    database: &'a str,
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
+    let store = Store::resolve(&args.store)?;
+    let mut redactor = Redactor::default();
+    let pg_inputs = common::pg_inputs(&args.pg);
+    let want_pg = args.only != Some(Only::Mongo);
+    let want_mongo = args.only != Some(Only::Postgres);
+    let pg_settings = if want_pg && pg_inputs.is_present() {
+        let conn = PgConn::resolve(&pg_inputs)?;
+        common::pg_redactor(&conn, &mut redactor);
+        let compression: PgCompression = args.compression.parse()?;
+        if !(1..=19).contains(&args.zstd_level) {
+            return Err(ConfigError::invalid(
+                "PG_ZSTD_LEVEL",
+                format!("{} is not a zstd level (1-19)", args.zstd_level),
+            )
+            .into());
+        }
+        let threads = match args.zstd_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            n => n,
+        };
+        Some(PgSettings {
+            conn,
+            compression,
+            level: args.zstd_level,
+            threads,
+            extra_args: args.pg_dump_args.clone(),
+            pg_dump_path: args.pg.pg_dump_path.clone(),
+        })
+    } else if args.only == Some(Only::Postgres) {
+        return Err(ConfigError::missing(
+            "PG_DB_HOST",
+            "--only postgres needs PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET",
+        )
+        .into());
+    } else {
+        None
+    };
+    let mongo_present = non_empty(args.mongo.mongo_uri.clone()).is_some();
+    if args.only == Some(Only::Mongo) && !mongo_present {
+        return Err(ConfigError::missing(
+            "MONGO_CONNECTION_STRING",
+            "--only mongo needs a MongoDB connection string",
+        )
+        .into());
+    }
+    let _ = want_mongo;
+    if pg_settings.is_none() && !mongo_present {
+        return Err(ConfigError::missing(
+            "PG_DB_HOST",
+            "nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING)",
+        )
+        .into());
+    }
+    let timeout = non_empty(args.timeout.clone())
+        .map(|t| common::parse_duration(&t, "BACKUP_TIMEOUT"))
+        .transpose()?;
+    if args.parallel == 0 {
+        return Err(ConfigError::invalid("BACKUP_PARALLEL", "must be at least 1").into());
+    }
+
+    let timestamp = layout::timestamp(store.zone.at(Utc::now()));
+    let prefix = store.dest.key_prefix();
+    let mut targets = Vec::new();
+    if let Some(s) = &pg_settings {
+        let ext = match s.compression {
+            PgCompression::Zstd => ".dump.zst",
+            PgCompression::Pg | PgCompression::None => ".dump",
+        };
+        for db in &s.conn.databases {
+            let key =
+                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, &timestamp, ext);
+            targets.push(Target {
+                kind: Kind::Postgres,
+                database: db.clone(),
+                manifest_key: layout::manifest_key(&key),
+                key,
+                compression: serde_json::to_value(s.compression)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                connection: s.conn.url_for(db),
+            });
+        }
+    }
+
+    if args.dry_run {
+        let plan = Plan {
+            destination: store.dest.display(),
+            stage: &store.stage,
+            timestamp: &timestamp,
+            timezone: store.zone.name(),
+            targets: &targets,
+        };
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+
+    let pg = match pg_settings {
+        Some(s) => {
+            let tools = match PgTools::locate(s.pg_dump_path.as_deref()).await {
+                Ok(t) => t,
+                Err(e) if e.is_config() => {
+                    return Err(ConfigError::invalid(
+                        "PG_DUMP_PATH",
+                        e.to_string()
+                            .trim_start_matches("PG_DUMP_PATH ")
+                            .to_string(),
+                    )
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            tracing::info!(pg_dump = %tools.pg_dump.display(), version = %tools.version, "using pg_dump");
+            Some((s, tools))
+        }
+        None => None,
+    };
+    let storage = store.open().await?;
+    tracing::info!(destination = %store.dest.display(), stage = %store.stage, %timestamp, targets = targets.len(), "backup starting");
+    let job = Arc::new(Job {
+        store,
+        storage,
+        redactor,
+        timestamp,
+        pg,
+        timeout,
+        cancel: rt.cancel.clone(),
+    });
+
+    let limit = Arc::new(Semaphore::new(args.parallel));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, t) in targets.iter().cloned().enumerate() {
+        let (job, limit) = (job.clone(), limit.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore open");
+            let started = Instant::now();
+            let res = run_target(&job, &t).await;
+            (i, t, started.elapsed(), res)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = set.join_next().await {
+        results.push(r.context("backup task panicked")?);
+    }
+    results.sort_by_key(|r| r.0);
+
+    let mut failed = 0;
+    let mut interrupted = false;
+    for (_, t, took, res) in &results {
+        let seconds = (took.as_secs_f64() * 1000.0).round() / 1000.0;
+        let line = match res {
+            Ok(m) => {
+                tracing::info!(kind = t.kind.as_str(), database = %t.database, key = %t.key, stored_bytes = m.stored_bytes, raw_bytes = m.raw_bytes, sha256 = %m.sha256, seconds, "backup ok");
+                Summary {
+                    event: "artifact",
+                    status: "ok",
+                    kind: t.kind,
+                    database: &t.database,
+                    key: &t.key,
+                    raw_bytes: Some(m.raw_bytes),
+                    stored_bytes: Some(m.stored_bytes),
+                    sha256: Some(&m.sha256),
+                    seconds,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                interrupted |= matches!(e, TargetError::Interrupted);
+                let msg = job
+                    .redactor
+                    .redact(&format!("{:#}", anyhow::Error::from(clone_err(e))));
+                tracing::error!(kind = t.kind.as_str(), database = %t.database, key = %t.key, seconds, error = %msg, "backup failed");
+                Summary {
+                    event: "artifact",
+                    status: "failed",
+                    kind: t.kind,
+                    database: &t.database,
+                    key: &t.key,
+                    raw_bytes: None,
+                    stored_bytes: None,
+                    sha256: None,
+                    seconds,
+                    error: Some(msg),
+                }
+            }
+        };
+        println!("{}", serde_json::to_string(&line)?);
+    }
+    if interrupted {
+        return Err(Interrupted.into());
+    }
+    if failed > 0 {
+        return Err(Reported(format!("{failed} of {} backups failed", results.len())).into());
+    }
+    Ok(())
+}
+
+fn clone_err(e: &TargetError) -> anyhow::Error {
+    match e {
+        TargetError::Other(a) => anyhow::anyhow!("{a:#}"),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+/// Runs one target under the job's cancellation and timeout, and turns success into an
+/// artifact plus manifest, failure into nothing at all.
+async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
+    let started_at = Utc::now();
+    let mut upload = job
+        .storage
+        .begin(&t.key)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let deadline = async {
+        match job.timeout {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let produced = tokio::select! {
+        r = produce(job, t, upload.as_mut()) => r.map_err(TargetError::Other),
+        _ = job.cancel.cancelled() => Err(TargetError::Interrupted),
+        _ = deadline => Err(TargetError::TimedOut(job.timeout.unwrap_or_default())),
+    };
+    let (stats, source) = match produced {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(key = %t.key, error = %abort, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
+            }
+            return Err(e);
+        }
+    };
+    let parts = upload.finish().await.map_err(anyhow::Error::from)?;
+    let m = Manifest {
+        format: manifest::FORMAT,
+        tool: "backhaul".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        kind: t.kind,
+        stage: job.store.stage.clone(),
+        database: t.database.clone(),
+        key: t.key.clone(),
+        timestamp: job.timestamp.clone(),
+        timezone: job.store.zone.name(),
+        started_at,
+        finished_at: Utc::now(),
+        compression: t.compression.clone(),
+        raw_bytes: stats.raw_bytes,
+        stored_bytes: stats.stored_bytes,
+        sha256: stats.sha256,
+        parts,
+        source,
+        encryption: None,
+        verification: None,
+    };
+    if let Err(e) = job
+        .storage
+        .put_bytes(&t.manifest_key, m.to_bytes(), "application/json")
+        .await
+    {
+        // An artifact without its manifest cannot be verified: do not leave it looking done.
+        let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
+        return Err(anyhow::Error::from(e)
+            .context("writing the manifest")
+            .into());
+    }
+    Ok(m)
+}
+
+async fn produce(
+    job: &Job,
+    t: &Target,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<(StreamStats, SourceInfo)> {
+    match t.kind {
+        Kind::Postgres => {
+            let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
+            dump_postgres(job, s, tools, &t.database, upload).await
+        }
+        Kind::Mongo => anyhow::bail!("MongoDB backups are not available yet"),
+    }
+}
+
+async fn dump_postgres(
+    job: &Job,
+    s: &PgSettings,
+    tools: &PgTools,
+    db: &str,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<(StreamStats, SourceInfo)> {
+    let server = pg::server_version(tools, &s.conn, db, &job.redactor)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tools.check_server(&server)?;
+    let mut child = pg::spawn_dump(
+        tools,
+        &s.conn,
+        db,
+        s.compression,
+        &s.extra_args,
+        job.redactor.clone(),
+    )?;
+    let stdout = child.take_stdout().context("pg_dump has no stdout")?;
+    let codec = match s.compression {
+        PgCompression::Zstd => Codec::Zstd {
+            level: s.level,
+            threads: s.threads,
+        },
+        PgCompression::Pg | PgCompression::None => Codec::Identity,
+    };
+    let producer: Producer = Box::new(move |sink| pipeline::copy_encoded(stdout, sink, codec));
+    let progress = Progress::for_terminal(format!("postgres {db}"));
+    let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
+    progress.done();
+    let stats = match streamed {
+        Ok(stats) => {
+            child.wait().await?;
+            stats
+        }
+        Err(e) => {
+            // The child's own failure, if any, is the root cause (the stream only saw EOF/EPIPE).
+            child.terminate().await?;
+            return Err(e.into());
+        }
+    };
+    Ok((
+        stats,
+        SourceInfo {
+            dump_tool: "pg_dump".into(),
+            dump_tool_version: tools.version.clone(),
+            server_version: Some(server.text),
+            host: s.conn.host.clone(),
+            neon_endpoint: s.conn.neon_endpoint(),
+        },
+    ))
+}

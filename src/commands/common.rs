@@ -1,0 +1,122 @@
+//! Resolution helpers shared by commands: turning the shared CLI groups into config.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::{PgArgs, StoreArgs};
+use crate::config::postgres::{PgConn, PgInputs};
+use crate::config::{self, non_empty, ConfigError, Destination, Zone};
+use crate::secret::{Redactor, Secret};
+use crate::storage::{self, PartPlan, Storage};
+
+/// Destination, stage and time zone, validated.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dest: Destination,
+    pub stage: String,
+    pub zone: Zone,
+    pub plan: PartPlan,
+    pub sse: storage::s3::Sse,
+}
+
+impl Store {
+    pub fn resolve(a: &StoreArgs) -> Result<Store, ConfigError> {
+        let stage = non_empty(a.stage.clone()).ok_or_else(|| {
+            ConfigError::missing("STAGE", "name the stage (e.g. STAGE=prod or --stage prod)")
+        })?;
+        config::validate_stage(&stage, "STAGE")?;
+        let dest = Destination::resolve(
+            non_empty(a.dest.clone()).as_deref(),
+            non_empty(a.bucket.clone()).as_deref(),
+            non_empty(a.prefix.clone()).as_deref(),
+            a.s3_force_path_style,
+        )?;
+        let zone: Zone = a.timezone.parse()?;
+        if a.part_size_mib < 5 || a.part_size_mib > 5 * 1024 {
+            return Err(ConfigError::invalid(
+                "--part-size-mib",
+                format!(
+                    "{} must be between 5 and 5120 (S3 part limits)",
+                    a.part_size_mib
+                ),
+            ));
+        }
+        if a.upload_concurrency == 0 || a.upload_concurrency > 64 {
+            return Err(ConfigError::invalid(
+                "--upload-concurrency",
+                "must be between 1 and 64",
+            ));
+        }
+        let base = a.part_size_mib << 20;
+        let plan = PartPlan {
+            base,
+            in_flight_budget: base * a.upload_concurrency,
+            max_in_flight: a.upload_concurrency,
+        };
+        let sse = match non_empty(a.sse.clone()) {
+            None => storage::s3::Sse::default(),
+            Some(m) if m == "AES256" || m == "aws:kms" || m == "aws:kms:dsse" => storage::s3::Sse {
+                mode: Some(m),
+                kms_key_id: non_empty(a.sse_kms_key_id.clone()),
+            },
+            Some(m) => {
+                return Err(ConfigError::invalid(
+                    "--sse",
+                    format!("\"{m}\" is not AES256, aws:kms or aws:kms:dsse"),
+                ))
+            }
+        };
+        Ok(Store {
+            dest,
+            stage,
+            zone,
+            plan,
+            sse,
+        })
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn Storage>> {
+        storage::open(&self.dest, self.plan, self.sse.clone()).await
+    }
+
+    /// Key prefix of this stage's backups ("[prefix/]stage/").
+    pub fn stage_prefix(&self) -> String {
+        crate::layout::stage_prefix(&self.dest.key_prefix(), &self.stage)
+    }
+}
+
+/// Reads the PostgreSQL inputs; the password and the secret JSON come from the environment only.
+pub fn pg_inputs(a: &PgArgs) -> PgInputs {
+    PgInputs {
+        url: non_empty(a.pg_url.clone()).map(Secret::new),
+        secret_json: non_empty(std::env::var("POSTGRES_SECRET").ok()).map(Secret::new),
+        host: non_empty(a.pg_host.clone()),
+        port: non_empty(a.pg_port.clone()),
+        databases: non_empty(a.pg_db.clone()),
+        user: non_empty(a.pg_user.clone()),
+        password: std::env::var("PG_DB_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(Secret::new),
+        neon_endpoint_option: non_empty(a.neon_endpoint.clone()),
+    }
+}
+
+pub fn pg_redactor(conn: &PgConn, redactor: &mut Redactor) {
+    if let Some(p) = &conn.password {
+        redactor.add(p);
+    }
+}
+
+/// Parses `45m`, `2h`, `7d`, `90s`.
+pub fn parse_duration(s: &str, var: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                var,
+                format!("\"{s}\" is not a duration like 90s, 45m, 2h or 7d"),
+            )
+        })
+}

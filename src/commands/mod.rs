@@ -1,0 +1,24 @@
+//! One module per subcommand. Commands turn CLI arguments into validated config (exit 2 on
+//! error, before any side effect), then drive sources, the pipeline and storage.
+
+pub mod backup;
+pub mod common;
+
+use tokio_util::sync::CancellationToken;
+
+/// A failure that was already reported (per-target summary lines), so `main` only sets the
+/// exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reported(pub String);
+
+/// The run was stopped by a signal; `main` exits with 128 + signal.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Shared by every command: the cancellation token signals flip.
+#[derive(Clone)]
+pub struct Runtime {
+    pub cancel: CancellationToken,
+}

@@ -1,0 +1,115 @@
+//! Entry point: parse the command line, set up logging and signals, run the command, and turn
+//! its outcome into an exit code (0 ok, 1 failed, 2 bad configuration or usage, 128+N signal).
+
+// Modules wired up by commands still being written; removed once every command lands.
+#![allow(dead_code)]
+
+mod cli;
+mod commands;
+mod config;
+mod fargate;
+mod layout;
+mod logging;
+mod manifest;
+mod pipeline;
+mod progress;
+mod retention;
+mod schedule_expr;
+mod secret;
+mod source;
+mod storage;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+use commands::{Interrupted, Reported, Runtime};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(AtomicI32::new(0));
+    tokio::spawn(watch_signals(cancel.clone(), signal.clone()));
+    let rt = Runtime {
+        cancel: cancel.clone(),
+    };
+    let work = async move {
+        match cli.command {
+            Command::Backup(a) => commands::backup::run(a, rt).await,
+            Command::Restore(_) | Command::List(_) | Command::Verify(_) | Command::Prune(_) => {
+                anyhow::bail!("not implemented yet")
+            }
+        }
+    };
+    tokio::pin!(work);
+    let result = tokio::select! {
+        r = &mut work => r,
+        _ = cancel.cancelled() => {
+            // Give the command a bounded time to stop children and abort uploads (ECS sends
+            // SIGKILL after stopTimeout); dropping it afterwards still kills children.
+            match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
+                Ok(r) => r,
+                Err(_) => Err(Interrupted.into()),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit_code(&e, signal.load(Ordering::SeqCst)),
+    }
+}
+
+fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
+    if e.downcast_ref::<Interrupted>().is_some() || signal != 0 {
+        tracing::error!(signal, "stopped by signal; uploads aborted");
+        return ExitCode::from(128 + signal.clamp(0, 127) as u8);
+    }
+    if let Some(r) = e.downcast_ref::<Reported>() {
+        tracing::error!("{r}");
+        return ExitCode::from(1);
+    }
+    // One line, redacted: the message may quote a URL.
+    let msg = secret::redact_urls(&format!("{e:#}"));
+    eprintln!("error: {msg}");
+    if e.chain()
+        .any(|c| c.downcast_ref::<config::ConfigError>().is_some())
+    {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+async fn watch_signals(cancel: CancellationToken, which: Arc<AtomicI32>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    let n = tokio::select! {
+        _ = term.recv() => libc::SIGTERM,
+        _ = int.recv() => libc::SIGINT,
+    };
+    which.store(n, Ordering::SeqCst);
+    tracing::warn!(
+        signal = n,
+        "signal received: stopping children and aborting uploads"
+    );
+    cancel.cancel();
+}

@@ -1,0 +1,77 @@
+//! The `<artifact key>.manifest.json` written beside every artifact. It is what proves an
+//! object is complete and intact (S3 emulators and some S3-compatible servers do not verify
+//! checksums; our SHA-256 does), and what `list`, `verify` and `restore` read back.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::layout::Kind;
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub kind: Kind,
+    pub stage: String,
+    pub database: String,
+    pub key: String,
+    pub timestamp: String,
+    pub timezone: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// zstd, pg, none (PostgreSQL); zip, archive-gzip (MongoDB).
+    pub compression: String,
+    /// Bytes the dump tool produced, before our compression.
+    pub raw_bytes: u64,
+    /// Bytes of the stored object.
+    pub stored_bytes: u64,
+    /// SHA-256 of the stored object, hex.
+    pub sha256: String,
+    pub parts: u32,
+    pub source: SourceInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SourceInfo {
+    /// pg_dump, mongodump.
+    pub dump_tool: String,
+    pub dump_tool_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Host (no credentials), for humans reading the manifest.
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neon_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Encryption {
+    pub scheme: String,
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verification {
+    pub verified_at: DateTime<Utc>,
+    pub ok: bool,
+    pub details: serde_json::Value,
+}
+
+impl Manifest {
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        bytes::Bytes::from(v)
+    }
+
+    pub fn from_slice(b: &[u8]) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+}

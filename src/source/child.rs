@@ -1,0 +1,195 @@
+//! Child-process handling shared by every dump and restore tool.
+//!
+//! Children run in their own process group (a terminal's Ctrl-C reaches only us, and we stop
+//! them in order), are killed if dropped, never inherit our secret-bearing variables, and
+//! have their stderr drained concurrently, redacted, with the last lines kept for errors.
+
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::secret::Redactor;
+
+/// Variables that hold secrets meant for backhaul itself. A child gets exactly the secret it
+/// needs through its own channel (PGPASSWORD, a --config file), never these.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "PG_DB_PASSWORD",
+    "POSTGRES_SECRET",
+    "DATABASE_URL",
+    "MONGO_CONNECTION_STRING",
+    "MONGO_SECRET",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "BACKHAUL_NOTIFY_URL",
+];
+
+const TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("cannot start {tool} ({path}): {source}")]
+    Spawn {
+        tool: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{tool} {status}{}", tail_suffix(.tail))]
+    Failed {
+        tool: String,
+        status: String,
+        tail: Vec<String>,
+    },
+    #[error("waiting for {tool}: {source}")]
+    Wait {
+        tool: String,
+        source: std::io::Error,
+    },
+}
+
+fn tail_suffix(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tail.join(" | "))
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended abnormally".to_string(),
+    }
+}
+
+/// Prepares a command with the hygiene every child gets.
+pub fn command(program: &std::path::Path) -> Command {
+    let mut cmd = Command::new(program);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    cmd
+}
+
+pub struct ChildProc {
+    tool: String,
+    child: Child,
+    stderr: Option<JoinHandle<Vec<String>>>,
+}
+
+impl ChildProc {
+    pub fn spawn(
+        tool: &str,
+        mut cmd: Command,
+        redactor: Redactor,
+    ) -> Result<ChildProc, ChildError> {
+        let path = format!("{:?}", cmd.as_std().get_program());
+        let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
+            tool: tool.to_string(),
+            path,
+            source,
+        })?;
+        let stderr = child.stderr.take().map(|err| {
+            let tool = tool.to_string();
+            tokio::spawn(async move {
+                let mut tail = VecDeque::with_capacity(TAIL_LINES);
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let line = redactor.redact(line.trim_end());
+                    if line.is_empty() {
+                        continue;
+                    }
+                    tracing::debug!(tool = %tool, "{line}");
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+                tail.into_iter().collect()
+            })
+        });
+        Ok(ChildProc {
+            tool: tool.to_string(),
+            child,
+            stderr,
+        })
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The child's stdout as a blocking file, for a producer thread.
+    pub fn take_stdout(&mut self) -> Option<std::fs::File> {
+        let out = self.child.stdout.take()?;
+        let fd = out.into_owned_fd().ok()?;
+        Some(std::fs::File::from(fd))
+    }
+
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// Waits for the child; a non-zero exit becomes an error carrying its redacted stderr tail.
+    pub async fn wait(mut self) -> Result<Vec<String>, ChildError> {
+        let status = self.child.wait().await.map_err(|source| ChildError::Wait {
+            tool: self.tool.clone(),
+            source,
+        })?;
+        let tail = match self.stderr.take() {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if status.success() {
+            Ok(tail)
+        } else {
+            Err(ChildError::Failed {
+                tool: self.tool.clone(),
+                status: describe(status),
+                tail,
+            })
+        }
+    }
+
+    /// Stops the child: SIGTERM to its group, then SIGKILL if it lingers.
+    pub async fn terminate(mut self) -> Result<Vec<String>, ChildError> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on a process group we created; no memory is touched.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGTERM);
+            }
+            if tokio::time::timeout(std::time::Duration::from_secs(2), self.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = self.child.start_kill();
+            }
+        }
+        self.wait().await
+    }
+}
+
+impl Drop for ChildProc {
+    /// `kill_on_drop` kills only the direct child; the whole group goes, so helpers a tool
+    /// may have forked do not outlive us.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = self.child.id() {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The dump tools, one module each. A source spawns its tool, hands out its output and
+//! checks how it ended; it knows nothing about storage.
+
+pub mod child;
+pub mod mongo;
+pub mod postgres;

@@ -1,0 +1,1 @@
+//! mongodump / mongorestore (in progress).

@@ -1,0 +1,152 @@
+//! Where artifacts live. One small trait, implemented once per backend, so commands never
+//! know whether they talk to S3 or a mounted volume.
+//!
+//! Writes are two-phase on purpose: an [`Upload`] only becomes visible under its final key on
+//! [`Upload::finish`]. A failed backup calls [`Upload::abort`] and leaves nothing behind.
+
+pub mod file;
+pub mod s3;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+use crate::config::Destination;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{op} {key}: {message}")]
+    Backend {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    pub fn backend(op: &'static str, key: &str, message: impl Into<String>) -> Self {
+        StorageError::Backend {
+            op,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A write in progress. Parts arrive in order; their sizes follow [`Storage::part_size`].
+#[async_trait]
+pub trait Upload: Send {
+    async fn write(&mut self, part: Bytes) -> Result<(), StorageError>;
+    /// Makes the object visible under its key. Returns the number of parts used.
+    async fn finish(&mut self) -> Result<u32, StorageError>;
+    /// Discards everything written so far. Safe to call more than once.
+    async fn abort(&mut self) -> Result<(), StorageError>;
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// `s3://bucket/prefix` or `file:///dir`, for messages.
+    fn describe(&self) -> String;
+    /// Size of the `index`-th (0-based) part a producer should hand to [`Upload::write`].
+    fn part_size(&self, index: u32) -> usize;
+    async fn begin(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError>;
+    async fn get(&self, key: &str) -> Result<Reader, StorageError>;
+    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError>;
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError>;
+    /// Every object under `prefix`, following pagination to the end.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+}
+
+/// Tuning shared by backends that upload in parts.
+#[derive(Debug, Clone, Copy)]
+pub struct PartPlan {
+    /// Size of the first parts; later parts grow so 10,000 parts reach S3's 5 TiB object limit.
+    pub base: usize,
+    /// Bytes of parts allowed in flight at once: bounds memory whatever the part size.
+    pub in_flight_budget: usize,
+    pub max_in_flight: usize,
+}
+
+impl Default for PartPlan {
+    fn default() -> Self {
+        PartPlan {
+            base: 8 << 20,
+            in_flight_budget: 32 << 20,
+            max_in_flight: 4,
+        }
+    }
+}
+
+pub const MIN_PART: usize = 5 << 20;
+const MAX_PART: usize = 5 << 30;
+
+impl PartPlan {
+    /// Doubling every 1,000 parts from 8 MiB gives ~8 TiB in 10,000 parts, so any stream up to
+    /// S3's 5 TiB limit fits, while the first 8 GiB use small parts and little memory.
+    pub fn part_size(&self, index: u32) -> usize {
+        let shift = (index / 1000).min(16);
+        self.base.saturating_mul(1usize << shift).min(MAX_PART)
+    }
+
+    pub fn in_flight_for(&self, part_size: usize) -> usize {
+        (self.in_flight_budget / part_size.max(1)).clamp(1, self.max_in_flight)
+    }
+}
+
+pub async fn open(
+    dest: &Destination,
+    plan: PartPlan,
+    sse: s3::Sse,
+) -> anyhow::Result<Arc<dyn Storage>> {
+    Ok(match dest {
+        Destination::S3 {
+            bucket,
+            force_path_style,
+            ..
+        } => Arc::new(s3::S3Storage::connect(bucket, *force_path_style, plan, sse).await),
+        Destination::File { root } => Arc::new(file::FileStorage::new(root.clone())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_reach_five_tib_in_ten_thousand_parts() {
+        let plan = PartPlan::default();
+        let total: u128 = (0..10_000).map(|i| plan.part_size(i) as u128).sum();
+        assert!(total >= 5u128 << 40, "{total}");
+        assert!((0..10_000).all(|i| plan.part_size(i) >= MIN_PART));
+        assert_eq!(plan.part_size(0), 8 << 20);
+        assert_eq!(plan.in_flight_for(8 << 20), 4);
+        assert_eq!(plan.in_flight_for(64 << 20), 1);
+    }
+}

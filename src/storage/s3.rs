@@ -1,0 +1,448 @@
+//! S3 (and any S3-compatible server) as a destination.
+//!
+//! A stream smaller than one part becomes a single PutObject; anything larger becomes a
+//! multipart upload whose parts are sent concurrently, bounded by [`PartPlan`]. Every part
+//! carries a CRC32 checksum that S3 verifies on receipt; our own SHA-256 of the whole object
+//! goes in the manifest. On failure the multipart upload is aborted, so no orphaned parts keep
+//! costing money.
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
+    ServerSideEncryption,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::{ObjectInfo, PartPlan, Reader, Storage, StorageError, Upload};
+
+/// Server-side encryption requested for every object we write.
+#[derive(Debug, Clone, Default)]
+pub struct Sse {
+    pub mode: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    plan: PartPlan,
+    sse: Sse,
+}
+
+fn err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> StorageError {
+    StorageError::backend(op, key, DisplayErrorContext(e).to_string())
+}
+
+/// Loads the standard AWS configuration chain (env, profile, ECS/IMDS credentials) once.
+/// `AWS_ENDPOINT_URL` is honoured by the chain itself.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+impl S3Storage {
+    pub async fn connect(
+        bucket: &str,
+        force_path_style: bool,
+        plan: PartPlan,
+        sse: Sse,
+    ) -> S3Storage {
+        let conf = sdk_config().await;
+        let s3conf = aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(force_path_style)
+            .build();
+        S3Storage {
+            client: Client::from_conf(s3conf),
+            bucket: bucket.to_string(),
+            plan,
+            sse,
+        }
+    }
+
+    fn sse_mode(&self) -> Option<ServerSideEncryption> {
+        self.sse.mode.as_deref().map(ServerSideEncryption::from)
+    }
+}
+
+struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: String,
+    plan: PartPlan,
+    sse: Sse,
+    /// The first part is held back: if the stream ends within it, a single PutObject is cheaper
+    /// and leaves nothing to abort.
+    first: Option<Bytes>,
+    upload_id: Option<String>,
+    next_part: i32,
+    in_flight: JoinSet<Result<CompletedPart, StorageError>>,
+    done: Vec<CompletedPart>,
+    closed: bool,
+}
+
+impl S3Upload {
+    async fn start_multipart(&mut self) -> Result<(), StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .content_type("application/octet-stream")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_server_side_encryption(self.sse.mode.as_deref().map(ServerSideEncryption::from))
+            .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| err("create multipart upload", &self.key, e))?;
+        let id = out.upload_id().ok_or_else(|| {
+            StorageError::backend(
+                "create multipart upload",
+                &self.key,
+                "no upload id in response",
+            )
+        })?;
+        self.upload_id = Some(id.to_string());
+        Ok(())
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> Result<(), StorageError> {
+        let limit = self.plan.in_flight_for(body.len());
+        while self.in_flight.len() >= limit {
+            self.reap_one().await?;
+        }
+        self.next_part += 1;
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        let upload_id = self.upload_id.clone().expect("multipart started");
+        let number = self.next_part;
+        self.in_flight.spawn(async move {
+            let out = client
+                .upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| err("upload part", &key, e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<(), StorageError> {
+        match self.in_flight.join_next().await {
+            Some(Ok(Ok(part))) => {
+                self.done.push(part);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(join)) => Err(StorageError::backend(
+                "upload part",
+                &self.key,
+                format!("task failed: {join}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    async fn write(&mut self, part: Bytes) -> Result<(), StorageError> {
+        if self.closed {
+            return Err(StorageError::backend(
+                "write",
+                &self.key,
+                "upload already closed",
+            ));
+        }
+        if self.upload_id.is_none() {
+            match self.first.take() {
+                None => {
+                    self.first = Some(part);
+                    return Ok(());
+                }
+                Some(first) => {
+                    self.start_multipart().await?;
+                    self.send_part(first).await?;
+                }
+            }
+        }
+        self.send_part(part).await
+    }
+
+    async fn finish(&mut self) -> Result<u32, StorageError> {
+        if self.closed {
+            return Err(StorageError::backend(
+                "finish",
+                &self.key,
+                "upload already closed",
+            ));
+        }
+        let Some(upload_id) = self.upload_id.clone() else {
+            let body = self.first.take().unwrap_or_default();
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .content_type("application/octet-stream")
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .set_server_side_encryption(
+                    self.sse.mode.as_deref().map(ServerSideEncryption::from),
+                )
+                .set_ssekms_key_id(self.sse.kms_key_id.clone())
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| err("put object", &self.key, e))?;
+            self.closed = true;
+            return Ok(1);
+        };
+        while !self.in_flight.is_empty() {
+            self.reap_one().await?;
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        let count = parts.len() as u32;
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| err("complete multipart upload", &self.key, e))?;
+        self.closed = true;
+        Ok(count)
+    }
+
+    async fn abort(&mut self) -> Result<(), StorageError> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        self.first = None;
+        self.closed = true;
+        if let Some(id) = self.upload_id.take() {
+            let res = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(&id)
+                .send()
+                .await;
+            if let Err(e) = res {
+                let no_such = e.as_service_error().is_some_and(|s| s.is_no_such_upload());
+                if !no_such {
+                    return Err(err("abort multipart upload", &self.key, e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Upload {
+    /// Last line of defence (a panic between begin and finish/abort): abort in the background
+    /// so the bucket's lifecycle rule is not the only cleanup.
+    fn drop(&mut self) {
+        if let Some(id) = self.upload_id.take() {
+            self.in_flight.abort_all();
+            let (client, bucket, key) =
+                (self.client.clone(), self.bucket.clone(), self.key.clone());
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = client
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    fn part_size(&self, index: u32) -> usize {
+        self.plan.part_size(index)
+    }
+
+    async fn begin(&self, key: &str) -> Result<Box<dyn Upload>, StorageError> {
+        Ok(Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            plan: self.plan,
+            sse: self.sse.clone(),
+            first: None,
+            upload_id: None,
+            next_part: 0,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+            closed: false,
+        }))
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_server_side_encryption(self.sse_mode())
+            .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| err("put object", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Reader, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StorageError::NotFound(format!("s3://{}/{key}", self.bucket))
+                } else {
+                    err("get object", key, e)
+                }
+            })?;
+        Ok(Box::new(out.body.into_async_read()))
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StorageError::NotFound(format!("s3://{}/{key}", self.bucket))
+                } else {
+                    err("get object", key, e)
+                }
+            })?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| err("read object", key, e))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                last_modified: o.last_modified().and_then(to_chrono),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(err("head object", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| err("list objects", prefix, e))?;
+            for o in page.contents() {
+                if let Some(key) = o.key() {
+                    out.push(ObjectInfo {
+                        key: key.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        last_modified: o.last_modified().and_then(to_chrono),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        // DeleteObjects takes at most 1,000 keys per request.
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err("delete objects", &chunk[0], e))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| err("delete objects", &chunk[0], e))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| err("delete objects", &chunk[0], e))?;
+            if let Some(first) = out.errors().first() {
+                return Err(StorageError::backend(
+                    "delete objects",
+                    first.key().unwrap_or("?"),
+                    first.message().unwrap_or("failed").to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
