@@ -1,0 +1,8 @@
+//! One integration-test binary (one link step matters on small machines), one module per
+//! capability. Tests drive the real `backhaul` binary against a real PostgreSQL cluster and
+//! moto_server.
+
+mod common;
+
+mod backup_pg;
+mod config_errors;
