@@ -82,14 +82,15 @@ fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
         tracing::error!("{r}");
         return ExitCode::from(1);
     }
-    // One line, redacted: the message may quote a URL.
-    let msg = secret::redact_urls(&format!("{e:#}"));
-    eprintln!("error: {msg}");
+    // Configuration errors are written by us and never quote a secret (their hints show the
+    // expected URL shape, which redaction would mangle); anything else may quote a URL.
     if e.chain()
         .any(|c| c.downcast_ref::<config::ConfigError>().is_some())
     {
+        eprintln!("error: {e:#}");
         ExitCode::from(2)
     } else {
+        eprintln!("error: {}", secret::redact_urls(&format!("{e:#}")));
         ExitCode::from(1)
     }
 }
