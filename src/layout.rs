@@ -111,7 +111,7 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
         return None;
     };
     let naive = NaiveDateTime::parse_from_str(ts, TS_FORMAT).ok()?;
-    let time = zone.from_local(naive)?;
+    let time = zone.local_to_instant(naive)?;
     let body = match kind {
         Kind::Postgres => file.strip_prefix(&format!("backup_{stage}_"))?,
         Kind::Mongo => file,

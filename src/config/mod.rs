@@ -269,7 +269,7 @@ impl Zone {
 
     /// Interprets a wall-clock time read back from a key. Ambiguous times (DST fold) take the
     /// earlier instant; times in a DST gap cannot come from us and are rejected.
-    pub fn from_local(&self, naive: chrono::NaiveDateTime) -> Option<DateTime<FixedOffset>> {
+    pub fn local_to_instant(&self, naive: chrono::NaiveDateTime) -> Option<DateTime<FixedOffset>> {
         match self {
             Zone::Named(tz) => tz
                 .from_local_datetime(&naive)

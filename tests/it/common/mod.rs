@@ -377,7 +377,7 @@ pub fn moto() -> &'static Moto {
     static M: OnceLock<Moto> = OnceLock::new();
     M.get_or_init(|| {
         let exe = std::env::var("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|_| {
-            let venv = PathBuf::from("/opt/backhaul-venv/bin/moto_server");
+            let venv = venv().join("bin/moto_server");
             if venv.exists() { venv } else { PathBuf::from("moto_server") }
         });
         let port = free_port();
@@ -536,6 +536,11 @@ pub fn summaries(stdout: &[u8]) -> Vec<serde_json::Value> {
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The Python venv scripts/setup.sh creates (moto, boto3, cfn-lint).
+pub fn venv() -> PathBuf {
+    PathBuf::from(std::env::var("BACKHAUL_VENV").unwrap_or_else(|_| "/opt/backhaul-venv".into()))
 }
 
 /// Path of a file under tests/.
