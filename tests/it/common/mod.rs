@@ -491,27 +491,47 @@ impl Moto {
     }
 }
 
-/// `backhaul` with a clean environment pointed at moto: nothing from the developer's shell
+/// The environment every test run of backhaul starts from: nothing from the developer's shell
 /// (AWS profiles, PG* variables) leaks in.
+pub fn base_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("HOME", std::env::temp_dir().display().to_string()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_MAX_ATTEMPTS", "1".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("BACKHAUL_LOG_FORMAT", "json".into()),
+    ]
+}
+
 pub fn backhaul() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("backhaul").unwrap();
     cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::temp_dir())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("BACKHAUL_LOG_FORMAT", "json")
+        .envs(base_env())
         .timeout(Duration::from_secs(300));
     cmd
 }
 
+/// `backhaul` pointed at moto.
 pub fn backhaul_moto() -> assert_cmd::Command {
     let mut cmd = backhaul();
-    cmd.env("AWS_ENDPOINT_URL", &moto().endpoint)
-        .env("S3_FORCE_PATH_STYLE", "true");
+    cmd.envs(moto_env());
+    cmd
+}
+
+pub fn moto_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto().endpoint.clone()),
+        ("S3_FORCE_PATH_STYLE", "true".into()),
+    ]
+}
+
+/// A std `Command` for tests that must signal the process themselves.
+pub fn backhaul_std() -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("backhaul"));
+    cmd.env_clear().envs(base_env()).envs(moto_env());
     cmd
 }
 

@@ -1,0 +1,111 @@
+//! Faults: a hung dump hits its timeout, SIGTERM (what ECS sends before SIGKILL) stops the run
+//! quickly; both kill the dump tool and abort the multipart upload.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn pid_alive(pid_file: &Path) -> bool {
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+fn hanging_env(pg: &Pg, bucket: &str, pid_file: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("PG_DB_HOST", "127.0.0.1".into()),
+        ("PG_DB_PORT", pg.port.to_string()),
+        ("PG_DB_USER", "app".into()),
+        ("PG_DB_PASSWORD", "pw-1234".into()),
+        ("PG_DB_NAME", "app".into()),
+        ("S3_BUCKET", bucket.into()),
+        ("STAGE", "prod".into()),
+        ("PG_COMPRESSION", "none".into()),
+        ("BACKHAUL_PART_SIZE_MIB", "5".into()),
+        (
+            "PG_DUMP_PATH",
+            tests_dir()
+                .join("fixtures/pg_dump_hangs")
+                .display()
+                .to_string(),
+        ),
+        ("REAL_PG_DUMP", pg.bin.join("pg_dump").display().to_string()),
+        // Two full parts are in flight when it hangs: the multipart upload exists.
+        ("HANG_AFTER_BYTES", "12000000".into()),
+        ("PID_FILE", pid_file.display().to_string()),
+    ]
+}
+
+fn cluster() -> Pg {
+    let pg = Pg::start();
+    pg.create_user("app", "pw-1234");
+    pg.create_db("app");
+    pg
+}
+
+#[test]
+fn hung_dump_is_killed_at_the_timeout() {
+    let pg = cluster();
+    let bucket = moto().bucket("timeout");
+    let pid_file = pg.dir.path().join("dump.pid");
+    let out = backhaul_moto()
+        .envs(hanging_env(&pg, &bucket, &pid_file))
+        .env("BACKUP_TIMEOUT", "3s")
+        .arg("backup")
+        .assert()
+        .code(1);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["status"], "failed");
+    assert_eq!(line["error"], "timed out after 3s");
+    assert!(!pid_alive(&pid_file), "the hung pg_dump was killed");
+    assert_eq!(moto().keys(&bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&bucket), 0);
+}
+
+#[test]
+fn sigterm_aborts_everything_and_exits_143() {
+    let pg = cluster();
+    let bucket = moto().bucket("sigterm");
+    let pid_file = pg.dir.path().join("dump.pid");
+    let mut child = backhaul_std()
+        .envs(hanging_env(&pg, &bucket, &pid_file))
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "dump never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the first parts reach S3 so there is a multipart upload to abort.
+    let s3_deadline = Instant::now() + Duration::from_secs(30);
+    while moto().multipart_uploads(&bucket) == 0 && Instant::now() < s3_deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        moto().multipart_uploads(&bucket),
+        1,
+        "a multipart upload is in progress"
+    );
+    let sent = Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "stopped within 5 s, took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(143));
+    assert!(!pid_alive(&pid_file), "pg_dump was stopped");
+    assert_eq!(moto().keys(&bucket), Vec::<String>::new());
+    assert_eq!(
+        moto().multipart_uploads(&bucket),
+        0,
+        "the multipart upload was aborted"
+    );
+}
