@@ -26,16 +26,17 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting PostgreSQL on 127.0.0.1:$PGPORT and moto (S3) on 127.0.0.1:$S3PORT" >&2
-mkdir -p "$WORK/data" && [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/data"
+mkdir -p "$WORK/data" "$WORK/sock"
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$WORK/data" "$WORK/sock"; fi
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/data/server.log" -w \
-  -o "-p $PGPORT -k $WORK -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+  -o "-p $PGPORT -k $WORK/sock -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3PORT" >"$WORK/moto.log" 2>&1 &
 MOTO_PID=$!
-psql_su() { "$PGBIN/psql" -X -q -h "$WORK" -p "$PGPORT" -U postgres "$@"; }
+psql_su() { "$PGBIN/psql" -X -q -h "$WORK/sock" -p "$PGPORT" -U postgres "$@"; }
 psql_su -c "create role demo login superuser password 'dem0:p@ss/word'" -c "create database shop owner demo"
 echo "== creating the sample database 'shop' (pgbench scale $SCALE)" >&2
-"$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK" -p "$PGPORT" -U postgres shop 2>/dev/null
+"$PGBIN/pgbench" -q -i -s "$SCALE" -h "$WORK/sock" -p "$PGPORT" -U postgres shop 2>/dev/null
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3PORT" AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1
 export S3_FORCE_PATH_STYLE=true S3_BUCKET=backhaul-demo STAGE=demo BACKHAUL_LOG_FORMAT=text

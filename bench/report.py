@@ -1,0 +1,158 @@
+"""Turns bench/run.sh's raw measurements into <stamp>.json and <stamp>.md and prints the table.
+
+  report.py RAW_JSONL META_JSON OUT_JSON OUT_MD
+"""
+import json
+import statistics
+import sys
+
+CASES = [
+    ("floor", "1. floor: pg_dump -Fc -Z0 > /dev/null"),
+    ("script", "2. today's script: pg_dump -F c -f file, then boto3 upload_file (= aws s3 cp)"),
+    ("pipeline", "3. shell pipeline: pg_dump -Fc -Z0 | zstd -3 -T2 | boto3 upload_fileobj"),
+    ("bh_zstd", "4. backhaul PG_COMPRESSION=zstd"),
+    ("bh_pg", "5. backhaul PG_COMPRESSION=pg"),
+    ("bh_none", "6. backhaul PG_COMPRESSION=none"),
+]
+BACKHAUL = ["bh_zstd", "bh_pg", "bh_none"]
+RSS_LIMIT_MIB = 100
+
+
+def mib(b):
+    return b / 1048576
+
+
+def human(b):
+    if b is None:
+        return "n/a"
+    if b == 0:
+        return "0 B"
+    return f"{mib(b):,.1f} MiB"
+
+
+def stats(runs):
+    ok = [r for r in runs if r["exit"] == 0]
+    out = {"runs": len(runs), "failed": len(runs) - len(ok)}
+    if not ok:
+        return out
+    walls = [r["wall_s"] for r in ok]
+    cpus = [r["user_s"] + r["sys_s"] for r in ok]
+    objs = [r["object_bytes"] for r in ok if r.get("object_bytes") is not None]
+    out.update(
+        wall_min_s=min(walls),
+        wall_median_s=statistics.median(walls),
+        wall_all_s=walls,
+        cpu_median_s=statistics.median(cpus),
+        user_median_s=statistics.median(r["user_s"] for r in ok),
+        sys_median_s=statistics.median(r["sys_s"] for r in ok),
+        peak_rss_kb=max(r["maxrss_kb"] for r in ok),
+        local_disk_bytes=max(r["disk_bytes"] for r in ok),
+        object_bytes=int(statistics.median(objs)) if objs else None,
+    )
+    return out
+
+
+def main():
+    raw_path, meta_path, out_json, out_md = sys.argv[1:]
+    meta = json.load(open(meta_path))
+    raw = [json.loads(line) for line in open(raw_path) if line.strip()]
+    server = meta["s3_server"]
+    result = {"machine": meta["machine"], "settings": meta["settings"], "s3_server": server, "sizes": []}
+    md = []
+    m = meta["machine"]
+    md.append(f"# backhaul benchmark {meta['stamp']}\n")
+    md.append(
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_total_mib']:,} MiB RAM; "
+        f"{m['postgres']}; pg_dump {m['pg_dump']}; zstd {m['zstd']}; backhaul `{m['backhaul_bin']}` ({m['backhaul_version']}).  "
+    )
+    md.append(f"S3 server for every upload figure: **{server}**. Repetitions: {meta['settings']['repeat']} (interleaved).\n")
+    all_pass = True
+    for size in meta["sizes"]:
+        sz = size["requested_mb"]
+        per_case = {}
+        for key, _ in CASES:
+            per_case[key] = stats([r for r in raw if r["size_mb"] == sz and r["case"] == key])
+        floor = per_case["floor"].get("wall_median_s")
+        for key, s in per_case.items():
+            if floor and "wall_median_s" in s:
+                s["x_floor"] = s["wall_median_s"] / floor
+        md.append(
+            f"\n## Database ~{sz} MB requested: pg_database_size = {human(size['db_bytes'])}, "
+            f"{size['rows']:,} rows in `events`\n"
+        )
+        md.append("| case | S3 server | runs | wall min (s) | wall median (s) | × floor | CPU user+sys median (s) | peak RSS (MiB) | local disk | object size |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|")
+        for key, label in CASES:
+            s = per_case[key]
+            srv = "— (no upload)" if key == "floor" else meta.get("s3_server_short", server)
+            label = label.replace("|", "\\|")
+            runs = f"{s['runs'] - s['failed']}/{s['runs']}"
+            if "wall_median_s" not in s:
+                md.append(f"| {label} | {srv} | {runs} | FAILED | | | | | | |")
+                continue
+            md.append(
+                f"| {label} | {srv} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | "
+                f"{s.get('x_floor', float('nan')):.2f}× | {s['cpu_median_s']:.2f} | {s['peak_rss_kb'] / 1024:.1f} | "
+                f"{human(s['local_disk_bytes'])} | {human(s['object_bytes']) if key != 'floor' else '—'} |"
+            )
+        # Targets
+        targets = []
+
+        def get(case, field):
+            return per_case[case].get(field)
+
+        def target(name, ok, detail):
+            targets.append({"target": name, "pass": bool(ok), "detail": detail})
+
+        z, pipe, script = get("bh_zstd", "wall_median_s"), get("pipeline", "wall_median_s"), get("script", "wall_median_s")
+        if None in (z, floor, pipe, script):
+            target("all cases measured", False, "a case failed every run; see the logs")
+        else:
+            target("backhaul zstd median ≤ 1.15× floor median", z <= 1.15 * floor, f"{z:.2f}s vs 1.15 × {floor:.2f}s = {1.15 * floor:.2f}s ({z / floor:.2f}×)")
+            target("backhaul zstd faster than the shell pipeline", z < pipe, f"{z:.2f}s vs {pipe:.2f}s")
+            target("backhaul zstd ≥ 3× faster than today's script", script >= 3 * z, f"{script:.2f}s / {z:.2f}s = {script / z:.2f}×")
+            zo, so = get("bh_zstd", "object_bytes"), get("script", "object_bytes")
+            target("backhaul zstd object ≤ today's script's object", zo is not None and so is not None and zo <= so, f"{zo} B vs {so} B ({human(zo)} vs {human(so)})" if zo and so else "n/a")
+        disks = {k: get(k, "local_disk_bytes") for k in BACKHAUL}
+        target("0 bytes local disk for backhaul (all modes)", all(d == 0 for d in disks.values()), ", ".join(f"{k}={human(v)}" for k, v in disks.items()))
+        rss = {k: get(k, "peak_rss_kb") for k in BACKHAUL}
+        target(
+            f"backhaul peak RSS ≤ {RSS_LIMIT_MIB} MiB (all modes)",
+            all(v is not None and v / 1024 <= RSS_LIMIT_MIB for v in rss.values()),
+            ", ".join(f"{k}={v / 1024:.1f} MiB" if v else f"{k}=n/a" for k, v in rss.items()),
+        )
+        zo, no = get("bh_zstd", "object_bytes"), get("bh_none", "object_bytes")
+        if zo and no:
+            md.append(f"\nUncompressed dump (bh_none object) {human(no)}; zstd -3 ratio {no / zo:.2f}×; "
+                      f"pg_dump's own compression ratio {no / get('bh_pg', 'object_bytes'):.2f}×." if get("bh_pg", "object_bytes") else "")
+        md.append("\nTargets:\n")
+        for t in targets:
+            all_pass &= t["pass"]
+            md.append(f"- **{'PASS' if t['pass'] else 'FAIL'}** {t['target']}: {t['detail']}")
+        result["sizes"].append({**size, "cases": per_case, "targets": targets})
+
+    if len(meta["sizes"]) > 1:
+        md.append("\n## Peak RSS flatness (backhaul, MiB; includes its pg_dump child, whichever is larger)\n")
+        md.append("| mode | " + " | ".join(f"~{s['requested_mb']} MB" for s in meta["sizes"]) + " |")
+        md.append("|---|" + "---|" * len(meta["sizes"]))
+        for k in BACKHAUL:
+            cells = []
+            for s in result["sizes"]:
+                v = s["cases"][k].get("peak_rss_kb")
+                cells.append(f"{v / 1024:.1f}" if v else "n/a")
+            md.append(f"| {k} | " + " | ".join(cells) + " |")
+    md.append(
+        "\nNotes: wall = the measured command start to end (today's script: dump + upload). CPU and peak RSS come from "
+        "GNU time -v and cover the command and its children (pg_dump, zstd, python), not the PostgreSQL server or the "
+        "S3 server; for pipelines and backhaul, peak RSS is the largest single process, not the sum. Local disk = the "
+        "largest size of the files in the run's private TMPDIR, sampled every 0.1 s (for today's script, the dump file size)."
+    )
+    result["all_targets_pass"] = all_pass
+    text = "\n".join(md) + "\n"
+    json.dump(result, open(out_json, "w"), indent=2)
+    open(out_md, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

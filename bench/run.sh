@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# Benchmark harness for `backhaul backup`: one command, run from anywhere (as root, or with sudo).
+#
+#   bash bench/run.sh
+#
+# It starts a throwaway PostgreSQL (temp dir, random port, fsync=off) and a local S3 server,
+# generates a database of roughly BENCH_SIZE_MB with realistic mixed data, then times six ways of
+# producing a backup, interleaved round-robin for BENCH_REPEAT repetitions, each under
+# GNU `/usr/bin/time -v` (wall, user+sys CPU, max RSS):
+#   1 floor     pg_dump -Fc -Z0 > /dev/null                         (no compression, no upload)
+#   2 script    pg_dump -F c -f FILE, then boto3 upload_file(FILE)  (today's script; = aws s3 cp)
+#   3 pipeline  pg_dump -Fc -Z0 | zstd -3 -T2 | boto3 upload_fileobj(stdin)
+#   4 bh_zstd   backhaul backup, PG_COMPRESSION=zstd
+#   5 bh_pg     backhaul backup, PG_COMPRESSION=pg
+#   6 bh_none   backhaul backup, PG_COMPRESSION=none
+# and prints/writes a table (min/median wall, CPU, peak RSS, local disk, object size, x floor)
+# plus PASS/FAIL for backhaul's targets. Everything it starts is stopped and removed on exit.
+#
+# Knobs (environment):
+#   BENCH_SIZE_MB  approximate database size in MB (default 1300)
+#   BENCH_SIZES    several sizes, e.g. "650 1300": runs each, adds a peak-RSS flatness table
+#   BENCH_REPEAT   repetitions per case (default 3)
+#   BENCH_BIN      backhaul binary (default target/release/backhaul; not built by this script)
+#   BENCH_S3       moto (default; Python, may be the bottleneck) or s3s (s3s-fs, Rust, faster)
+#   BENCH_OUT      where <timestamp>.json and <timestamp>.md go (default bench/results, git-ignored)
+#   BACKHAUL_VENV  Python venv with moto and boto3 (default /opt/backhaul-venv, made by scripts/setup.sh)
+# Exit status: 0 when every run completed (targets may still FAIL: read the table), 1 when a run
+# failed, 2 when a prerequisite (binary, s3s-fs) is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SIZES="${BENCH_SIZES:-${BENCH_SIZE_MB:-1300}}"
+REPEAT="${BENCH_REPEAT:-3}"
+BIN="${BENCH_BIN:-target/release/backhaul}"
+S3KIND="${BENCH_S3:-moto}"
+OUT="${BENCH_OUT:-bench/results}"
+VENV="${BACKHAUL_VENV:-/opt/backhaul-venv}"
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+say() { echo "== $*" >&2; }
+
+for s in $SIZES; do [[ "$s" =~ ^[0-9]+$ ]] && [ "$s" -ge 10 ] || die "sizes must be whole MB >= 10, got '$s'"; done
+[[ "$REPEAT" =~ ^[0-9]+$ ]] && [ "$REPEAT" -ge 1 ] || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
+case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
+if [ ! -x "$BIN" ]; then
+  echo "bench: backhaul binary not found at $BIN" >&2
+  echo "bench: build it first (this script does not build), then run again:" >&2
+  echo "    (cd $ROOT && cargo build --release --locked)" >&2
+  echo "bench: or point BENCH_BIN at an existing binary, e.g. BENCH_BIN=target/debug/backhaul (debug figures are not representative)" >&2
+  exit 2
+fi
+case "$S3KIND" in
+  moto) ;;
+  s3s)
+    S3S_FS=$(command -v s3s-fs || true)
+    [ -z "$S3S_FS" ] && [ -x "$HOME/.cargo/bin/s3s-fs" ] && S3S_FS="$HOME/.cargo/bin/s3s-fs"
+    if [ -z "$S3S_FS" ]; then
+      echo "bench: BENCH_S3=s3s needs s3s-fs on PATH; install it with:" >&2
+      echo "    cargo install s3s-fs@0.14.1 --features binary --locked" >&2
+      exit 2
+    fi ;;
+  *) die "BENCH_S3 must be moto or s3s, got '$S3KIND'" ;;
+esac
+case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
+mkdir -p "$OUT" || die "cannot create BENCH_OUT=$OUT"
+
+say "setup (scripts/setup.sh)"
+scripts/setup.sh
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+missing=()
+[ -x /usr/bin/time ] || missing+=(time)
+command -v zstd >/dev/null || missing+=(zstd)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} with apt-get"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PY="$VENV/bin/python"
+[ -x "$PY" ] || die "$PY missing (scripts/setup.sh should have made it)"
+S3UTIL="$ROOT/bench/s3util.py"
+
+WORK=$(mktemp -d /tmp/backhaul-bench.XXXXXX)
+chmod 755 "$WORK"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PG_DUMP="$PGBIN/pg_dump"
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PGPORT=$(free_port); S3PORT=$(free_port)
+S3_PID=""; SAMPLER_PID=""
+cleanup() {
+  local rc=$?
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
+  [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null && wait "$S3_PID" 2>/dev/null || true
+  [ -d "$WORK/data" ] && as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+
+say "starting PostgreSQL $(basename "$(dirname "$PGBIN")") on 127.0.0.1:$PGPORT (data in $WORK, fsync=off)"
+mkdir -p "$WORK/data" "$WORK/sock"
+if [ "$(id -u)" -eq 0 ]; then chown postgres "$WORK/data" "$WORK/sock"; fi
+as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null \
+  || die "initdb failed"
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/data/server.log" -w \
+  -o "-p $PGPORT -k $WORK/sock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB" \
+  start >/dev/null || { tail -20 "$WORK/data/server.log" >&2 || true; die "PostgreSQL did not start"; }
+psql_su() { PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK/sock" -p "$PGPORT" -U postgres "$@"; }
+psql_su -c "create role bench login superuser password 'bench'" >/dev/null
+
+export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3PORT"
+mkdir -p "$WORK/s3"
+if [ "$S3KIND" = moto ]; then
+  S3_SHORT=moto
+  S3_DESC="moto_server $("$PY" -c 'import moto; print(moto.__version__)') (Python, in-memory)"
+  # moto spools object bodies to temp files; keep them out of the measured TMPDIRs.
+  TMPDIR="$WORK/s3" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3PORT" >"$WORK/s3.log" 2>&1 &
+else
+  S3_SHORT=s3s-fs
+  S3_DESC="$("$S3S_FS" --version 2>/dev/null | head -1 || echo s3s-fs) (Rust, files on local disk)"
+  mkdir -p "$WORK/s3/data"
+  "$S3S_FS" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
+    --host 127.0.0.1 --port "$S3PORT" "$WORK/s3/data" >"$WORK/s3.log" 2>&1 &
+fi
+S3_PID=$!
+say "starting S3 server: $S3_DESC on $AWS_ENDPOINT_URL"
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.2; done
+kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3.log" >&2; die "S3 server exited"; }
+BUCKET=backhaul-bench
+"$PY" "$S3UTIL" create-bucket "$BUCKET" || { tail -20 "$WORK/s3.log" >&2; die "could not create bucket on $AWS_ENDPOINT_URL"; }
+
+# pg_dump (cases 1-3) and backhaul (4-6) connect the same way: TCP, password auth.
+export PGHOST=127.0.0.1 PGPORT PGUSER=bench PGPASSWORD=bench
+export PG_DB_HOST=127.0.0.1 PG_DB_PORT=$PGPORT PG_DB_USER=bench PG_DB_PASSWORD=bench PG_DUMP_PATH="$PG_DUMP"
+export S3_BUCKET=$BUCKET S3_FORCE_PATH_STYLE=true STAGE=bench BACKHAUL_LOG_FORMAT=text
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW="$WORK/raw.jsonl"; : >"$RAW"
+SIZES_JSON="$WORK/sizes.jsonl"; : >"$SIZES_JSON"
+FAILED=0
+
+make_db() { # $1 = size in MB; sets DB, DB_BYTES, ROWS
+  local size=$1 base bpr sample=50000
+  DB="bench_$size"
+  psql_su -c "drop database if exists $DB" -c "create database $DB owner bench" >/dev/null
+  base=$(psql_su -At -d "$DB" -c "select pg_database_size(current_database())")
+  # Measure bytes per row (table + toast + indexes) on a sample, then size the real table.
+  psql_su -d "$DB" -v n=$sample -f "$ROOT/bench/generate.sql" >/dev/null
+  bpr=$(psql_su -At -d "$DB" -c "select pg_total_relation_size('events')::float8 / $sample")
+  ROWS=$(awk -v s="$size" -v b="$base" -v r="$bpr" 'BEGIN { n = (s * 1048576 - b) / r; if (n < 1000) n = 1000; printf "%d", n }')
+  say "generating ~$size MB: $ROWS rows in events (~$(printf '%.0f' "$bpr") bytes/row with indexes)"
+  local t0=$SECONDS
+  psql_su -d "$DB" -v n="$ROWS" -f "$ROOT/bench/generate.sql" >/dev/null
+  psql_su -d "$DB" -c "vacuum analyze" -c "checkpoint" >/dev/null
+  DB_BYTES=$(psql_su -At -d "$DB" -c "select pg_database_size(current_database())")
+  say "database $DB: $(awk -v b="$DB_BYTES" 'BEGIN{printf "%.1f MiB", b/1048576}') (pg_database_size), generated in $((SECONDS - t0))s"
+}
+
+sample_disk() { # $1 dir, $2 output file: largest total size of the files under $1
+  local max=0 s
+  echo 0 >"$2"
+  while :; do
+    s=$(find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{t += $1} END {printf "%d", t}') || s=0
+    if [ "${s:-0}" -gt "$max" ]; then max=$s; echo "$max" >"$2"; fi
+    sleep 0.1
+  done
+}
+
+tfield() { # $1 time -v output, $2 label
+  awk -F': ' -v k="$2" 'index($0, k) { v = $NF } END { print (v == "" ? 0 : v) }' "$1"
+}
+
+run_case() { # $1 size, $2 case, $3 rep
+  local size=$1 name=$2 rep=$3 d="$WORK/run" rc t0 t1 disk obj="null" key
+  rm -rf "$d"; mkdir -p "$d/tmp"
+  local -a cmd
+  case "$name" in
+    floor)    cmd=(bash -c 'exec "$0" -Fc -Z0 -d "$1" >/dev/null' "$PG_DUMP" "$DB") ;;
+    script)   cmd=(bash -c 'set -e; "$0" -F c -d "$1" -f "$2"; "$3" "$4" upload-file "$5" "bench/script/$1.dump" "$2"' \
+                   "$PG_DUMP" "$DB" "$d/tmp/$DB.dump" "$PY" "$S3UTIL" "$BUCKET") ;;
+    pipeline) cmd=(bash -c 'set -o pipefail; "$0" -Fc -Z0 -d "$1" | zstd -3 -T2 -q -c | "$2" "$3" upload-stdin "$4" "bench/pipeline/$1.dump.zst"' \
+                   "$PG_DUMP" "$DB" "$PY" "$S3UTIL" "$BUCKET") ;;
+    bh_zstd)  cmd=(env PG_COMPRESSION=zstd PG_DB_NAME="$DB" "$BIN" backup) ;;
+    bh_pg)    cmd=(env PG_COMPRESSION=pg PG_DB_NAME="$DB" "$BIN" backup) ;;
+    bh_none)  cmd=(env PG_COMPRESSION=none PG_DB_NAME="$DB" "$BIN" backup) ;;
+  esac
+  sample_disk "$d/tmp" "$d/disk" & SAMPLER_PID=$!
+  t0=$(date +%s.%N)
+  set +e
+  TMPDIR="$d/tmp" BACKUP_WORK_DIR="$d/tmp" /usr/bin/time -v -o "$d/time" "${cmd[@]}" >"$d/stdout" 2>"$d/stderr"
+  rc=$?
+  set -e
+  t1=$(date +%s.%N)
+  kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+  disk=$(cat "$d/disk")
+  if [ "$name" = script ] && [ -f "$d/tmp/$DB.dump" ]; then
+    local fsz; fsz=$(stat -c %s "$d/tmp/$DB.dump")
+    [ "$fsz" -gt "$disk" ] && disk=$fsz
+  fi
+  if [ "$name" != floor ] && [ "$rc" -eq 0 ]; then
+    obj=$("$PY" "$S3UTIL" object-bytes "$BUCKET" | awk '{print $1}')
+  fi
+  "$PY" "$S3UTIL" clear "$BUCKET"
+  local wall user sys rss
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  user=$(tfield "$d/time" "User time (seconds)")
+  sys=$(tfield "$d/time" "System time (seconds)")
+  rss=$(tfield "$d/time" "Maximum resident set size (kbytes)")
+  if [ "$rc" -ne 0 ]; then
+    FAILED=$((FAILED + 1))
+    echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
+    tail -15 "$d/stderr" | sed 's/^/    /' >&2
+  fi
+  printf '{"size_mb":%s,"case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s}\n' \
+    "$size" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" >>"$RAW"
+  printf '   %-9s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B, object %s B%s\n' "$name" "$rep" "$wall" \
+    "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" "${obj/null/-}" \
+    "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
+  rm -rf "$d"
+}
+
+CASES=(floor script pipeline bh_zstd bh_pg bh_none)
+for size in $SIZES; do
+  make_db "$size"
+  printf '{"requested_mb":%s,"db":"%s","db_bytes":%s,"rows":%s}\n' "$size" "$DB" "$DB_BYTES" "$ROWS" >>"$SIZES_JSON"
+  say "warm-up: one untimed pg_dump"
+  "$PG_DUMP" -Fc -Z0 -d "$DB" >/dev/null
+  for rep in $(seq "$REPEAT"); do
+    say "~$size MB, repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
+    for c in "${CASES[@]}"; do run_case "$size" "$c" "$rep"; done
+  done
+  psql_su -c "drop database $DB" >/dev/null
+done
+
+# Machine and tool info, then the report.
+"$PY" - "$WORK/meta.json" <<EOF
+import json, os, sys
+def first(path, prefix):
+    for line in open(path):
+        if line.startswith(prefix):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+meta = {
+  "stamp": "$STAMP",
+  "s3_server": """$S3_DESC""",
+  "s3_server_short": "$S3_SHORT",
+  "machine": {
+    "nproc": os.cpu_count(),
+    "cpu_model": first("/proc/cpuinfo", "model name"),
+    "mem_total_mib": int(first("/proc/meminfo", "MemTotal").split()[0]) // 1024,
+    "kernel": os.uname().release,
+    "postgres": """$(psql_su -At -c 'select version()')""",
+    "pg_dump": """$("$PG_DUMP" --version)""",
+    "zstd": """$(zstd --version | grep -o 'v[0-9][0-9.]*' | head -1)""",
+    "backhaul_bin": """$BIN""",
+    "backhaul_version": """$("$BIN" --version 2>/dev/null | head -1 || echo unknown)""",
+  },
+  "settings": {"sizes_mb": "$SIZES".split(), "repeat": $REPEAT, "s3": "$S3KIND"},
+  "sizes": [json.loads(l) for l in open("$SIZES_JSON") if l.strip()],
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=2)
+EOF
+echo >&2
+"$PY" "$ROOT/bench/report.py" "$RAW" "$WORK/meta.json" "$OUT/$STAMP.json" "$OUT/$STAMP.md"
+# Keep the raw per-run numbers in the JSON too.
+"$PY" - "$OUT/$STAMP.json" "$RAW" <<'EOF'
+import json, sys
+out = json.load(open(sys.argv[1]))
+out["runs"] = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+json.dump(out, open(sys.argv[1], "w"), indent=2)
+EOF
+say "results: $OUT/$STAMP.md and $OUT/$STAMP.json"
+if [ "$FAILED" -gt 0 ]; then
+  echo "bench: $FAILED run(s) failed; their figures are left out (see the messages above)" >&2
+  exit 1
+fi
