@@ -4,5 +4,6 @@
 
 mod common;
 
+mod backup_mongo;
 mod backup_pg;
 mod config_errors;
