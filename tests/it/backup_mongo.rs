@@ -44,7 +44,11 @@ impl Mongo {
             .args(["--db", db, "--large-mb", large_mb])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn server(&self) -> PathBuf {
@@ -171,8 +175,16 @@ fn zip_holds_exactly_what_mongodump_wrote() {
     if Command::new("unzip").arg("-v").output().is_ok() {
         let file = m.tmp.path().join("shop.zip");
         std::fs::write(&file, &object).unwrap();
-        let st = Command::new("unzip").arg("-tq").arg(&file).output().unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stdout));
+        let st = Command::new("unzip")
+            .arg("-tq")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stdout)
+        );
     }
 }
 
@@ -217,7 +229,11 @@ fn archive_restores_with_mongorestore() {
         .env("BACKHAUL_STANDIN_MONGO_PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let cmp = Command::new("python3")
         .arg(standins().join("mongo_fixture.py"))
         .arg("--compare")
@@ -257,7 +273,10 @@ fn uri_never_reaches_argv_or_output() {
         assert_eq!(dump["config_mode"], "0600", "{dump}");
         assert_eq!(dump["config_keys"], serde_json::json!(["uri"]), "{dump}");
         let config = dump["config"].as_str().unwrap();
-        assert!(!Path::new(config).exists(), "config file {config} left behind");
+        assert!(
+            !Path::new(config).exists(),
+            "config file {config} left behind"
+        );
         let argv = serde_json::to_string(&dump["argv"]).unwrap();
         for text in [
             std::fs::read_to_string(&log).unwrap(),
@@ -336,7 +355,10 @@ fn failing_mongo_does_not_stop_postgres() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     let mongo = lines.iter().find(|l| l["kind"] == "mongo").unwrap();
     assert_eq!(mongo["status"], "failed");
-    assert!(mongo["error"].as_str().unwrap().contains("mongo is down"), "{mongo}");
+    assert!(
+        mongo["error"].as_str().unwrap().contains("mongo is down"),
+        "{mongo}"
+    );
     let pg_line = lines.iter().find(|l| l["kind"] == "postgres").unwrap();
     assert_eq!(pg_line["status"], "ok");
     let keys = moto().keys(&bucket);
@@ -385,7 +407,11 @@ fn empty_dump_is_an_error() {
     let bucket = moto().bucket("mempty");
     let mut cmd = m.backup(&bucket);
     cmd.arg("--mongodump-arg=--collection=not_there");
-    assert_failed_cleanly(&mut cmd, &bucket, "mongodump wrote nothing for database shop");
+    assert_failed_cleanly(
+        &mut cmd,
+        &bucket,
+        "mongodump wrote nothing for database shop",
+    );
     m.assert_work_dir_empty();
 }
 
@@ -407,7 +433,11 @@ fn bad_mongo_settings_are_config_errors() {
             "http://backup:s3cr%40t-pw@h/",
             "error: MONGO_CONNECTION_STRING",
         ),
-        ("MONGO_FORMAT", "tar", "error: MONGO_FORMAT \"tar\" is not one of zip, archive"),
+        (
+            "MONGO_FORMAT",
+            "tar",
+            "error: MONGO_FORMAT \"tar\" is not one of zip, archive",
+        ),
     ] {
         let m = Mongo::with_shop("0.1");
         let out = m
@@ -418,7 +448,10 @@ fn bad_mongo_settings_are_config_errors() {
             .code(2);
         let err = String::from_utf8_lossy(&out.get_output().stderr);
         assert!(err.contains(expect), "{err}");
-        assert!(!err.contains(PASSWORD) && !err.contains(PASSWORD_ENCODED), "{err}");
+        assert!(
+            !err.contains(PASSWORD) && !err.contains(PASSWORD_ENCODED),
+            "{err}"
+        );
     }
 }
 
@@ -438,6 +471,9 @@ fn dry_run_shows_mongo_with_the_password_masked() {
         targets[0]["connection"],
         "mongodb://backup:***@mongo.internal:27017/?authSource=admin"
     );
-    assert!(targets[1]["key"].as_str().unwrap().contains("_MONGO/inventory_"));
+    assert!(targets[1]["key"]
+        .as_str()
+        .unwrap()
+        .contains("_MONGO/inventory_"));
     assert!(!String::from_utf8_lossy(&out.get_output().stdout).contains(PASSWORD_ENCODED));
 }
