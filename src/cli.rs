@@ -158,6 +158,10 @@ pub struct MongoArgs {
     /// Where mongodump writes its tree in zip mode (a private temp dir is created inside).
     #[arg(long, env = "BACKUP_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+
+    /// Minimum free space (MiB) in the work dir before a zip-format mongodump starts.
+    #[arg(long, env = "BACKUP_MIN_FREE_MIB", default_value_t = 1024)]
+    pub min_free_mib: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, Store};
 use super::{Interrupted, Reported, Runtime};
 use crate::cli::{BackupArgs, Only};
+use crate::config::mongo::{MongoConn, MongoFormat};
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};
 use crate::layout::{self, Kind};
@@ -23,6 +24,8 @@ use crate::manifest::{self, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::secret::Redactor;
+use crate::secret::Secret;
+use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
 use crate::storage::{Storage, Upload};
 
@@ -56,6 +59,16 @@ struct PgSettings {
     pg_dump_path: Option<std::path::PathBuf>,
 }
 
+struct MongoSettings {
+    conn: MongoConn,
+    format: MongoFormat,
+    extra_args: Vec<String>,
+    mongodump_path: Option<std::path::PathBuf>,
+    /// Parent of the private dump dir in zip mode.
+    work_dir: std::path::PathBuf,
+    min_free_mib: u64,
+}
+
 /// Everything a target needs, shared across concurrently running targets.
 struct Job {
     store: Store,
@@ -63,6 +76,7 @@ struct Job {
     redactor: Redactor,
     timestamp: String,
     pg: Option<(PgSettings, PgTools)>,
+    mongo: Option<(MongoSettings, MongoTools)>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
 }
@@ -135,16 +149,19 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mongo_present = non_empty(args.mongo.mongo_uri.clone()).is_some();
-    if args.only == Some(Only::Mongo) && !mongo_present {
+    let mongo_uri = non_empty(args.mongo.mongo_uri.clone());
+    if args.only == Some(Only::Mongo) && mongo_uri.is_none() {
         return Err(ConfigError::missing(
             "MONGO_CONNECTION_STRING",
             "--only mongo needs a MongoDB connection string",
         )
         .into());
     }
-    let _ = want_mongo;
-    if pg_settings.is_none() && !mongo_present {
+    let mongo_settings = match mongo_uri.filter(|_| want_mongo) {
+        Some(uri) => Some(mongo_settings(&args, Secret::new(uri), &mut redactor)?),
+        None => None,
+    };
+    if pg_settings.is_none() && mongo_settings.is_none() {
         return Err(ConfigError::missing(
             "PG_DB_HOST",
             "nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING)",
@@ -183,6 +200,21 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(s) = &mongo_settings {
+        for db in &s.conn.databases {
+            let ext = s.format.extension();
+            let key = layout::artifact_key(&prefix, &store.stage, Kind::Mongo, db, &timestamp, ext);
+            targets.push(Target {
+                kind: Kind::Mongo,
+                database: db.clone(),
+                manifest_key: layout::manifest_key(&key),
+                key,
+                compression: s.format.compression().to_string(),
+                connection: s.conn.display_uri(),
+            });
+        }
+    }
+
     if args.dry_run {
         let plan = Plan {
             destination: store.dest.display(),
@@ -215,6 +247,20 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mongo = match mongo_settings {
+        Some(s) => {
+            let tools = match MongoTools::locate(s.mongodump_path.as_deref()).await {
+                Ok(t) => t,
+                Err(e) if e.is_config() => {
+                    return Err(ConfigError::invalid("MONGODUMP_PATH", e.to_string()).into())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            tracing::info!(mongodump = %tools.mongodump.display(), version = %tools.version, "using mongodump");
+            Some((s, tools))
+        }
+        None => None,
+    };
     let storage = store.open().await?;
     tracing::info!(destination = %store.dest.display(), stage = %store.stage, %timestamp, targets = targets.len(), "backup starting");
     let job = Arc::new(Job {
@@ -223,6 +269,7 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         redactor,
         timestamp,
         pg,
+        mongo,
         timeout,
         cancel: rt.cancel.clone(),
     });
@@ -292,6 +339,29 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         return Err(Reported(format!("{failed} of {} backups failed", results.len())).into());
     }
     Ok(())
+}
+
+/// Validates the MongoDB settings (exit 2 on any problem) and registers the URI's secrets.
+fn mongo_settings(
+    args: &BackupArgs,
+    uri: Secret,
+    redactor: &mut Redactor,
+) -> anyhow::Result<MongoSettings> {
+    let conn = MongoConn::resolve(&uri, non_empty(args.mongo.mongo_db.clone()).as_deref())?;
+    mongo::add_secrets(&conn, redactor);
+    let format: MongoFormat = args.mongo.mongo_format.parse()?;
+    Ok(MongoSettings {
+        conn,
+        format,
+        extra_args: args.mongo.mongodump_args.clone(),
+        mongodump_path: args.mongo.mongodump_path.clone(),
+        work_dir: args
+            .mongo
+            .work_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir),
+        min_free_mib: args.mongo.min_free_mib,
+    })
 }
 
 fn clone_err(e: &TargetError) -> anyhow::Error {
@@ -376,7 +446,10 @@ async fn produce(
             let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
             dump_postgres(job, s, tools, &t.database, upload).await
         }
-        Kind::Mongo => anyhow::bail!("MongoDB backups are not available yet"),
+        Kind::Mongo => {
+            let (s, tools) = job.mongo.as_ref().expect("mongo target implies settings");
+            dump_mongo(job, s, tools, &t.database, upload).await
+        }
     }
 }
 
@@ -432,4 +505,84 @@ async fn dump_postgres(
             neon_endpoint: s.conn.neon_endpoint(),
         },
     ))
+}
+
+async fn dump_mongo(
+    job: &Job,
+    s: &MongoSettings,
+    tools: &MongoTools,
+    db: &str,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<(StreamStats, SourceInfo)> {
+    let stats = match s.format {
+        MongoFormat::Zip => dump_mongo_zip(job, s, tools, db, upload).await?,
+        MongoFormat::Archive => dump_mongo_archive(job, s, tools, db, upload).await?,
+    };
+    Ok((
+        stats,
+        SourceInfo {
+            dump_tool: "mongodump".into(),
+            dump_tool_version: tools.version.clone(),
+            server_version: None,
+            host: s.conn.host(),
+            neon_endpoint: None,
+        },
+    ))
+}
+
+/// mongodump into a private temp dir, then zip it into the upload. The dir is owned by this
+/// future, so it is removed on success, failure and cancellation alike.
+async fn dump_mongo_zip(
+    job: &Job,
+    s: &MongoSettings,
+    tools: &MongoTools,
+    db: &str,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<StreamStats> {
+    mongo::check_free_space(&s.work_dir, s.min_free_mib)?;
+    let dir = mongo::dump_to_dir(
+        tools,
+        &s.conn,
+        db,
+        &s.extra_args,
+        &s.work_dir,
+        job.redactor.clone(),
+    )
+    .await?;
+    let root = dir.path().to_path_buf();
+    let producer: Producer = Box::new(move |sink| mongo::zip_tree(&root, sink));
+    let progress = Progress::for_terminal(format!("mongo {db}"));
+    let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
+    progress.done();
+    drop(dir);
+    Ok(streamed?)
+}
+
+/// `mongodump --archive --gzip` streamed straight into the upload, as pg_dump is.
+async fn dump_mongo_archive(
+    job: &Job,
+    s: &MongoSettings,
+    tools: &MongoTools,
+    db: &str,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<StreamStats> {
+    let mongo::ArchiveDump { mut child, config } =
+        mongo::spawn_archive(tools, &s.conn, db, &s.extra_args, job.redactor.clone())?;
+    let stdout = child.take_stdout().context("mongodump has no stdout")?;
+    let producer: Producer =
+        Box::new(move |sink| pipeline::copy_encoded(stdout, sink, Codec::Identity));
+    let progress = Progress::for_terminal(format!("mongo {db}"));
+    let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
+    progress.done();
+    let result = match streamed {
+        Ok(stats) => child.wait().await.map(|_| stats).map_err(Into::into),
+        Err(e) => {
+            // The child's own failure, if any, is the root cause (the stream only saw EOF/EPIPE).
+            child.terminate().await?;
+            Err(e.into())
+        }
+    };
+    // The config file holds the password: it goes once mongodump has exited, on every path.
+    drop(config);
+    result
 }

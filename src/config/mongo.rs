@@ -15,6 +15,38 @@ pub enum MongoFormat {
     Archive,
 }
 
+impl MongoFormat {
+    /// Object key extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            MongoFormat::Zip => ".zip",
+            MongoFormat::Archive => ".archive.gz",
+        }
+    }
+
+    /// The manifest's `compression` value.
+    pub fn compression(self) -> &'static str {
+        match self {
+            MongoFormat::Zip => "zip",
+            MongoFormat::Archive => "archive-gzip",
+        }
+    }
+}
+
+impl std::str::FromStr for MongoFormat {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "zip" => Ok(MongoFormat::Zip),
+            "archive" => Ok(MongoFormat::Archive),
+            other => Err(ConfigError::invalid(
+                "MONGO_FORMAT",
+                format!("\"{other}\" is not one of zip, archive"),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MongoConn {
     pub uri: Secret,
@@ -78,6 +110,31 @@ impl MongoConn {
     pub fn display_uri(&self) -> String {
         crate::secret::redact_urls(self.uri.expose())
     }
+
+    /// The host list (`h1:27017,h2`), without credentials, for the manifest.
+    pub fn host(&self) -> String {
+        let rest = self.rest();
+        let after_at = rest.rfind('@').map(|i| &rest[i + 1..]).unwrap_or(rest);
+        after_at.split(['/', '?']).next().unwrap_or("").to_string()
+    }
+
+    /// The password, percent-decoded, so the redactor can also catch it when a tool echoes it
+    /// decoded. `None` when the URI carries no password.
+    pub fn password(&self) -> Option<Secret> {
+        let rest = self.rest();
+        let userinfo = &rest[..rest.rfind('@')?];
+        let (_, pw) = userinfo.split_once(':')?;
+        let decoded = percent_encoding::percent_decode_str(pw).decode_utf8_lossy();
+        (!decoded.is_empty()).then(|| Secret::new(decoded.into_owned()))
+    }
+
+    /// The URI after its scheme (validated in [`MongoConn::resolve`]).
+    fn rest(&self) -> &str {
+        let raw = self.uri.expose();
+        raw.strip_prefix("mongodb://")
+            .or_else(|| raw.strip_prefix("mongodb+srv://"))
+            .unwrap_or(raw)
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +149,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.databases, vec!["app"]);
+        assert_eq!(c.host(), "h1:27017,h2");
+        assert_eq!(c.password().unwrap().expose(), "p@ss");
         assert_eq!(
             c.display_uri(),
             "mongodb://u:***@h1:27017,h2/app?authSource=admin"
@@ -102,6 +161,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.databases, vec!["a", "b"]);
+        assert_eq!(c.host(), "cluster0.x.mongodb.net");
+        let c = MongoConn::resolve(&Secret::new("mongodb://h:1/db"), None).unwrap();
+        assert!(c.password().is_none());
         for (uri, dbs) in [
             ("http://h/db", None),
             ("mongodb://", Some("a")),

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod backup_mongo;
 mod backup_pg;
 mod config_errors;
 mod faults;
