@@ -22,6 +22,9 @@ struct Status {
     task_definition: Option<TaskStatus>,
     bucket: Option<String>,
     recent_backups: Vec<String>,
+    /// Why backups could not be listed; the schedule part of the report is still useful.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backups_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +71,10 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     if bucket.is_some() || a.store.dest.is_some() {
         let mut store = a.store.clone();
         store.bucket = bucket.clone();
-        st.recent_backups = recent(&store).await?;
+        match recent(&store).await {
+            Ok(keys) => st.recent_backups = keys,
+            Err(e) => st.backups_error = Some(first_line(&format!("{e:#}"))),
+        }
         st.bucket = bucket;
     }
     if a.json {
@@ -151,6 +157,15 @@ async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Vec<String>> {
     Ok(objects.into_iter().take(RECENT).map(|o| o.key).collect())
 }
 
+/// SDK errors carry the raw response in their context; one line is enough for a report.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    line.split(" (ServiceError")
+        .next()
+        .unwrap_or(line)
+        .to_string()
+}
+
 fn text(st: &Status) -> String {
     let mut out = format!("stage: {}\n", st.stage);
     match &st.rule {
@@ -191,6 +206,9 @@ fn text(st: &Status) -> String {
         out += &format!("recent backups in {b}:\n");
         for k in &st.recent_backups {
             out += &format!("  {k}\n");
+        }
+        if let Some(e) = &st.backups_error {
+            out += &format!("  cannot list backups: {e}\n");
         }
     }
     out
