@@ -223,7 +223,7 @@ fn schedule_registers_task_definition_rule_and_target() {
         .unwrap();
     let (subnets, sg) = network();
     assert_eq!(vpc.subnets().join(","), *subnets);
-    assert_eq!(vpc.security_groups(), [sg.clone()]);
+    assert_eq!(vpc.security_groups(), std::slice::from_ref(sg));
     assert_eq!(vpc.assign_public_ip().map(|a| a.as_str()), Some("DISABLED"));
 
     // status shows names, never values, and the stage's newest backups.
