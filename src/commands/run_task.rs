@@ -220,3 +220,50 @@ fn outcome(task: &Task) -> anyhow::Result<()> {
         .into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ecs::types::Container;
+
+    fn stopped(exit: Option<i32>) -> Task {
+        Task::builder()
+            .last_status("STOPPED")
+            .stopped_reason("Essential container in task exited")
+            .containers(
+                Container::builder()
+                    .name(CONTAINER)
+                    .set_exit_code(exit)
+                    .build(),
+            )
+            .build()
+    }
+
+    fn code(r: anyhow::Result<()>) -> Option<(u8, String)> {
+        r.err().map(|e| {
+            let t = e.downcast_ref::<TaskFailed>().unwrap();
+            (t.code, t.message.clone())
+        })
+    }
+
+    #[test]
+    fn container_exit_code_becomes_ours() {
+        assert_eq!(code(outcome(&stopped(Some(0)))), None);
+        assert_eq!(
+            code(outcome(&stopped(Some(3)))),
+            Some((
+                3,
+                "task exited with code 3: Essential container in task exited".into()
+            ))
+        );
+        // Codes that do not fit an exit status still mean failure.
+        assert_eq!(code(outcome(&stopped(Some(256)))).unwrap().0, 1);
+        assert_eq!(
+            code(outcome(&stopped(None))),
+            Some((
+                1,
+                "task stopped without an exit code: Essential container in task exited".into()
+            ))
+        );
+    }
+}
