@@ -52,6 +52,18 @@ pub enum Command {
     /// Delete old backups according to a retention policy.
     #[command(after_help = PRUNE_EXAMPLES)]
     Prune(PruneArgs),
+    /// Register the ECS task definition and the EventBridge rule that runs backups on a schedule.
+    #[command(after_help = SCHEDULE_EXAMPLES)]
+    Schedule(ScheduleArgs),
+    /// Remove the stage's EventBridge rule (and optionally its task definitions). Safe to repeat.
+    #[command(after_help = UNSCHEDULE_EXAMPLES)]
+    Unschedule(UnscheduleArgs),
+    /// Run the stage's backup task once on Fargate now, optionally waiting for its exit code.
+    #[command(after_help = RUN_TASK_EXAMPLES)]
+    RunTask(RunTaskArgs),
+    /// Show the stage's schedule, task definition and most recent backups.
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
 }
 
 /// Where backups live. Shared by every command that touches storage.
@@ -366,3 +378,189 @@ const VERIFY_EXAMPLES: &str = "Examples:
 const PRUNE_EXAMPLES: &str = "Examples:
   backhaul prune --stage prod --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
   backhaul prune --stage dev --keep-last 3";
+
+/// Where a Fargate task runs. Shared by `schedule` and `run-task`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NetworkArgs {
+    /// ECS cluster name or ARN [default: backhaul-<stage>].
+    #[arg(long, env = "ECS_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// Subnet ids, comma separated (private subnets need a NAT or VPC endpoints).
+    #[arg(long, env = "ECS_SUBNETS", value_delimiter = ',')]
+    pub subnets: Vec<String>,
+
+    /// Security group ids, comma separated.
+    #[arg(long, env = "ECS_SECURITY_GROUPS", value_delimiter = ',')]
+    pub security_groups: Vec<String>,
+
+    /// Give the task a public IP (needed in public subnets without a NAT to pull the image).
+    #[arg(long, env = "ECS_ASSIGN_PUBLIC_IP", value_parser = clap::builder::FalseyValueParser::new())]
+    pub assign_public_ip: bool,
+
+    /// Fargate platform version.
+    #[arg(long, env = "ECS_PLATFORM_VERSION", default_value = "LATEST")]
+    pub platform_version: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    /// Stage name: names the task family, rule and log group ([a-z0-9][a-z0-9-]*).
+    #[arg(long, env = "STAGE")]
+    pub stage: Option<String>,
+
+    /// EventBridge schedule: rate(1 day) or cron(0 3 * * ? *) (UTC) [default: the stack's, else cron(0 3 * * ? *)].
+    #[arg(long, env = "BACKUP_SCHEDULE")]
+    pub schedule: Option<String>,
+
+    /// Container image, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/backhaul:1.4.0.
+    #[arg(long, env = "BACKHAUL_IMAGE")]
+    pub image: Option<String>,
+
+    #[command(flatten)]
+    pub network: NetworkArgs,
+
+    /// Role ECS uses to pull the image, read secrets and write logs.
+    #[arg(long, env = "ECS_EXECUTION_ROLE_ARN")]
+    pub execution_role_arn: Option<String>,
+
+    /// Role the backup itself runs as (needs S3 access to the bucket).
+    #[arg(long, env = "ECS_TASK_ROLE_ARN")]
+    pub task_role_arn: Option<String>,
+
+    /// Role EventBridge uses to run the task (ecs:RunTask, iam:PassRole).
+    #[arg(long, env = "EVENTS_ROLE_ARN")]
+    pub events_role_arn: Option<String>,
+
+    /// Task CPU units (256, 512, 1024, 2048, 4096, 8192, 16384).
+    #[arg(long, env = "ECS_CPU", default_value_t = 512)]
+    pub cpu: u32,
+
+    /// Task memory in MiB, valid for --cpu (e.g. 1024-4096 with --cpu 512).
+    #[arg(long, env = "ECS_MEMORY", default_value_t = 1024)]
+    pub memory: u32,
+
+    /// Plaintext environment variable for the task, KEY=VALUE, repeatable; wins over --env-file.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// File of KEY=VALUE lines (# comments, blank lines, optional quotes) added to the task environment.
+    #[arg(long, env = "BACKHAUL_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// Secret for the task, KEY=<Secrets Manager or SSM parameter ARN>[:jsonKey::], repeatable.
+    #[arg(long = "secret", value_name = "KEY=ARN")]
+    pub secrets: Vec<String>,
+
+    /// Allow plaintext --env values that look like secrets (names with PASSWORD, SECRET, TOKEN,
+    /// PRIVATE_KEY, or URLs with a password).
+    #[arg(long)]
+    pub force_plaintext_env: bool,
+
+    /// CloudWatch log group for the task (must exist) [default: /backhaul/<stage>].
+    #[arg(long, env = "ECS_LOG_GROUP")]
+    pub log_group: Option<String>,
+
+    /// Region of the log group [default: the SDK region].
+    #[arg(long, env = "ECS_LOG_REGION")]
+    pub log_region: Option<String>,
+
+    /// awslogs stream prefix; streams are <prefix>/backhaul/<task id>.
+    #[arg(long, env = "ECS_LOG_STREAM_PREFIX", default_value = "backhaul")]
+    pub log_stream_prefix: String,
+
+    /// backhaul command line the task runs, split on whitespace.
+    #[arg(long, env = "BACKHAUL_TASK_COMMAND", default_value = "backup")]
+    pub command: String,
+
+    /// Read cluster, image, network, roles, log group, schedule, stage, S3_BUCKET and database
+    /// secrets from this CloudFormation stack's outputs (infra/backhaul.yaml); flags win.
+    #[arg(long, env = "BACKHAUL_STACK")]
+    pub from_stack: Option<String>,
+
+    /// Print the task definition, rule and target as JSON without changing anything (with
+    /// --from-stack the stack is still read).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UnscheduleArgs {
+    /// Stage whose rule backhaul-<stage> is removed.
+    #[arg(long, env = "STAGE")]
+    pub stage: Option<String>,
+
+    /// Also deregister every active revision of the backhaul-<stage> task family.
+    #[arg(long, env = "BACKHAUL_DEREGISTER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub deregister: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunTaskArgs {
+    /// Stage whose task family (latest revision) and rule target are used.
+    #[arg(long, env = "STAGE")]
+    pub stage: Option<String>,
+
+    /// Network flags override the rule target's; they are required when there is no rule.
+    #[command(flatten)]
+    pub network: NetworkArgs,
+
+    /// Extra environment for this run only, KEY=VALUE, repeatable (e.g. --env BACKUP_PARALLEL=2).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Wait until the task stops and exit with its container's exit code.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How often --wait polls DescribeTasks.
+    #[arg(
+        long,
+        env = "BACKHAUL_POLL_INTERVAL",
+        default_value = "2s",
+        hide = true
+    )]
+    pub poll_interval: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const SCHEDULE_EXAMPLES: &str = "Examples:
+  # Everything from the CloudFormation stack (infra/backhaul.yaml), daily at 03:00 UTC:
+  backhaul schedule --from-stack backhaul-prod
+
+  # Explicit settings; the database password stays in Secrets Manager:
+  backhaul schedule --stage prod --schedule 'cron(0 3 * * ? *)' \\
+    --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/backhaul:1.4.0 \\
+    --subnets subnet-0a1,subnet-0b2 --security-groups sg-0c3 \\
+    --execution-role-arn arn:aws:iam::123456789012:role/backhaul-exec \\
+    --task-role-arn arn:aws:iam::123456789012:role/backhaul-task \\
+    --events-role-arn arn:aws:iam::123456789012:role/backhaul-events \\
+    --env S3_BUCKET=acme-backups --env-file prod.env \\
+    --secret POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf
+
+  # Review what would be registered:
+  backhaul schedule --from-stack backhaul-dev --schedule 'rate(6 hours)' --dry-run";
+
+const UNSCHEDULE_EXAMPLES: &str = "Examples:
+  backhaul unschedule --stage dev
+  backhaul unschedule --stage dev --deregister";
+
+const RUN_TASK_EXAMPLES: &str = "Examples:
+  # Run the scheduled backup now and wait for the result:
+  backhaul run-task --stage prod --wait
+
+  # Without a schedule, or elsewhere:
+  backhaul run-task --stage dev --subnets subnet-0a1 --security-groups sg-0c3 --env BACKUP_PARALLEL=2";
+
+const STATUS_EXAMPLES: &str = "Examples:
+  backhaul status --stage prod
+  backhaul status --stage prod --bucket acme-backups --json";

@@ -4,6 +4,7 @@
 // Modules wired up by commands still being written; removed once every command lands.
 #![allow(dead_code)]
 
+mod aws;
 mod cli;
 mod commands;
 mod config;
@@ -53,6 +54,10 @@ async fn run(cli: Cli) -> ExitCode {
             Command::Restore(_) | Command::List(_) | Command::Verify(_) | Command::Prune(_) => {
                 anyhow::bail!("not implemented yet")
             }
+            Command::Schedule(a) => commands::schedule::run(a).await,
+            Command::Unschedule(a) => commands::schedule::unschedule(a).await,
+            Command::RunTask(a) => commands::run_task::run(a).await,
+            Command::Status(a) => commands::status::run(a).await,
         }
     };
     tokio::pin!(work);
@@ -77,6 +82,10 @@ fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
     if e.downcast_ref::<Interrupted>().is_some() || signal != 0 {
         tracing::error!(signal, "stopped by signal; uploads aborted");
         return ExitCode::from(128 + signal.clamp(0, 127) as u8);
+    }
+    if let Some(t) = e.downcast_ref::<commands::run_task::TaskFailed>() {
+        eprintln!("error: {t}");
+        return ExitCode::from(t.code);
     }
     if let Some(r) = e.downcast_ref::<Reported>() {
         tracing::error!("{r}");

@@ -3,6 +3,9 @@
 
 pub mod backup;
 pub mod common;
+pub mod run_task;
+pub mod schedule;
+pub mod status;
 
 use tokio_util::sync::CancellationToken;
 

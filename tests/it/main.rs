@@ -7,4 +7,5 @@ mod common;
 mod backup_mongo;
 mod backup_pg;
 mod config_errors;
+mod ecs;
 mod faults;

@@ -1,0 +1,662 @@
+//! `backhaul schedule` and `backhaul unschedule`: keep one ECS task definition family and one
+//! EventBridge rule per stage in the state the flags (or the CloudFormation stack) describe.
+//!
+//! Everything the user typed is validated before the first AWS call (exit 2), so a typo never
+//! leaves a half-updated schedule. Re-running with the same settings changes nothing: the
+//! latest revision is reused when it already matches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::Context;
+use aws_sdk_ecs::types::{TaskDefinition, TaskDefinitionStatus};
+use serde_json::json;
+
+use crate::aws::ecs::{family_of, revision_of, LogSpec, TaskSpec};
+use crate::aws::events::{rule_name, Network, RuleSpec, TargetSpec, TARGET_ID};
+use crate::aws::{build_err, sdk_err, Clients};
+use crate::cli::{ScheduleArgs, UnscheduleArgs};
+use crate::config::{self, non_empty, ConfigError};
+
+/// Schedule used when neither the flag nor the stack gives one: daily, 03:00 UTC.
+const DEFAULT_SCHEDULE: &str = "cron(0 3 * * ? *)";
+
+/// Substrings of variable names whose values must not sit in a task definition in plaintext.
+const SECRET_NAME_MARKERS: [&str; 4] = ["PASSWORD", "SECRET", "TOKEN", "PRIVATE_KEY"];
+
+/// Everything `schedule` will create, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub task: TaskSpec,
+    pub rule: RuleSpec,
+    pub cluster: String,
+    pub events_role_arn: String,
+    pub platform_version: String,
+    pub network: Network,
+}
+
+/// Outputs of the CloudFormation stack made from infra/backhaul.yaml.
+#[derive(Debug, Clone, Default)]
+pub struct StackOutputs(pub HashMap<String, String>);
+
+impl StackOutputs {
+    fn get(&self, key: &str) -> Option<String> {
+        non_empty(self.0.get(key).cloned())
+    }
+}
+
+pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
+    let stack = match &a.from_stack {
+        Some(name) => read_stack(name).await?,
+        None => StackOutputs::default(),
+    };
+    let mut plan = resolve(&a, &stack)?;
+    let clients = Clients::load().await;
+    if plan.task.log.region.is_empty() {
+        plan.task.log.region = clients.region.clone().ok_or_else(|| {
+            ConfigError::missing("--log-region", "no AWS region configured (set AWS_REGION)")
+        })?;
+    }
+    if a.dry_run {
+        println!("{}", serde_json::to_string_pretty(&dry_run_json(&plan))?);
+        return Ok(());
+    }
+    let summary = apply(&clients, &plan).await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Reads the stack's outputs; `--from-stack` needs them even for `--dry-run`.
+pub async fn read_stack(name: &str) -> anyhow::Result<StackOutputs> {
+    let conf = crate::storage::s3::sdk_config().await;
+    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    let out = cfn
+        .describe_stacks()
+        .stack_name(name)
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("reading CloudFormation stack {name}"), e))?;
+    let stack = out
+        .stacks()
+        .first()
+        .with_context(|| format!("CloudFormation stack {name} not found"))?;
+    Ok(StackOutputs(
+        stack
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+            .collect(),
+    ))
+}
+
+/// Turns flags (winning) and stack outputs into a plan. Pure apart from reading --env-file.
+/// The log region is left empty when unknown; the caller fills it from the SDK.
+pub fn resolve(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Plan, ConfigError> {
+    let stage = non_empty(a.stage.clone())
+        .or_else(|| stack.get("Stage"))
+        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
+    config::validate_stage(&stage, "--stage")?;
+    let raw_schedule = non_empty(a.schedule.clone())
+        .or_else(|| stack.get("ScheduleExpression"))
+        .unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
+    let schedule = crate::schedule_expr::parse(&raw_schedule)
+        .map_err(|e| ConfigError::invalid("--schedule", e.to_string()))?;
+    crate::fargate::validate(a.cpu, a.memory).map_err(fargate_err)?;
+    let image = required(
+        a.image.clone(),
+        stack,
+        "ImageUri",
+        "--image",
+        "the container image",
+    )?;
+    let network = resolve_network(a, stack)?;
+    let execution_role_arn = required(
+        a.execution_role_arn.clone(),
+        stack,
+        "TaskExecutionRoleArn",
+        "--execution-role-arn",
+        "the role ECS uses to pull the image, read secrets and write logs",
+    )?;
+    let events_role_arn = required(
+        a.events_role_arn.clone(),
+        stack,
+        "EventsRoleArn",
+        "--events-role-arn",
+        "the role EventBridge uses to run the task",
+    )?;
+    let command: Vec<String> = a.command.split_whitespace().map(str::to_string).collect();
+    if command.is_empty() {
+        return Err(ConfigError::invalid(
+            "--command",
+            "is empty: e.g. --command backup",
+        ));
+    }
+    let task = TaskSpec {
+        family: rule_name(&stage),
+        cpu: a.cpu,
+        memory: a.memory,
+        image,
+        command,
+        env: resolve_env(a, stack, &stage)?,
+        secrets: resolve_secrets(&a.secrets, stack)?,
+        execution_role_arn,
+        task_role_arn: non_empty(a.task_role_arn.clone()).or_else(|| stack.get("TaskRoleArn")),
+        log: LogSpec {
+            group: non_empty(a.log_group.clone())
+                .or_else(|| stack.get("LogGroupName"))
+                .unwrap_or_else(|| format!("/backhaul/{stage}")),
+            region: non_empty(a.log_region.clone())
+                .or_else(|| stack.get("Region"))
+                .unwrap_or_default(),
+            stream_prefix: a.log_stream_prefix.clone(),
+        },
+        stage: stage.clone(),
+    };
+    Ok(Plan {
+        cluster: non_empty(a.network.cluster.clone())
+            .or_else(|| stack.get("ClusterName"))
+            .unwrap_or_else(|| format!("backhaul-{stage}")),
+        rule: RuleSpec::for_stage(&stage, schedule.to_string()),
+        task,
+        events_role_arn,
+        platform_version: a.network.platform_version.clone(),
+        network,
+    })
+}
+
+/// Fargate's messages already start with the flag ("--cpu 1024 ..."); keep them verbatim.
+fn fargate_err(e: crate::fargate::FargateError) -> ConfigError {
+    let text = e.to_string();
+    let (var, message) = text.split_once(' ').unwrap_or(("--cpu", text.as_str()));
+    ConfigError::invalid(var, message)
+}
+
+fn required(
+    flag: Option<String>,
+    stack: &StackOutputs,
+    output: &str,
+    var: &str,
+    what: &str,
+) -> Result<String, ConfigError> {
+    non_empty(flag)
+        .or_else(|| stack.get(output))
+        .ok_or_else(|| ConfigError::missing(var, format!("name {what} (or use --from-stack)")))
+}
+
+fn split_list(flag: &[String], stack: Option<String>) -> Vec<String> {
+    let from_flag: Vec<String> = flag
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !from_flag.is_empty() {
+        return from_flag;
+    }
+    stack
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn resolve_network(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Network, ConfigError> {
+    let subnets = split_list(&a.network.subnets, stack.get("Subnets"));
+    if subnets.is_empty() {
+        return Err(ConfigError::missing(
+            "--subnets",
+            "name the task's subnets, e.g. --subnets subnet-0a1,subnet-0b2 (or use --from-stack)",
+        ));
+    }
+    let security_groups = split_list(&a.network.security_groups, stack.get("SecurityGroups"));
+    if security_groups.is_empty() {
+        return Err(ConfigError::missing(
+            "--security-groups",
+            "name the task's security groups, e.g. --security-groups sg-0c3 (or use --from-stack)",
+        ));
+    }
+    Ok(Network {
+        subnets,
+        security_groups,
+        assign_public_ip: a.network.assign_public_ip
+            || stack.get("AssignPublicIp").as_deref() == Some("ENABLED"),
+    })
+}
+
+/// Stack's S3_BUCKET, then --env-file, then --env (later wins); STAGE is always the stage.
+fn resolve_env(
+    a: &ScheduleArgs,
+    stack: &StackOutputs,
+    stage: &str,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut env = BTreeMap::new();
+    if let Some(bucket) = stack.get("BucketName") {
+        env.insert("S3_BUCKET".to_string(), bucket);
+    }
+    if let Some(path) = &a.env_file {
+        for (k, v) in read_env_file(path)? {
+            check_plaintext(&k, &v, a.force_plaintext_env, "--env-file")?;
+            env.insert(k, v);
+        }
+    }
+    for item in &a.env {
+        let (k, v) = parse_kv(item, "--env")?;
+        check_plaintext(&k, &v, a.force_plaintext_env, "--env")?;
+        env.insert(k, v);
+    }
+    env.insert("STAGE".to_string(), stage.to_string());
+    Ok(env)
+}
+
+/// Splits `KEY=VALUE`; the name must be a portable environment variable name.
+pub fn parse_kv(item: &str, var: &str) -> Result<(String, String), ConfigError> {
+    let (k, v) = item.split_once('=').ok_or_else(|| {
+        ConfigError::invalid(
+            var,
+            format!("{item:?} must be KEY=VALUE, e.g. {var} S3_BUCKET=acme-backups"),
+        )
+    })?;
+    let k = k.trim();
+    let valid = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(ConfigError::invalid(
+            var,
+            format!("{k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Reads `KEY=VALUE` lines; `#` comments, blank lines, `export ` and matching quotes allowed.
+fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid("--env-file", format!("cannot read {}: {e}", path.display()))
+    })?;
+    parse_env_file(&text, &path.display().to_string())
+}
+
+pub fn parse_env_file(text: &str, name: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = parse_kv(line, &format!("--env-file {name}:{}", n + 1))?;
+        out.push((k, unquote(v.trim()).to_string()));
+    }
+    Ok(out)
+}
+
+fn unquote(v: &str) -> &str {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
+}
+
+/// Refuses values that would leak a credential into the task definition, which anyone with
+/// ecs:DescribeTaskDefinition can read; secrets belong in `--secret`.
+fn check_plaintext(k: &str, v: &str, force: bool, var: &str) -> Result<(), ConfigError> {
+    if force {
+        return Ok(());
+    }
+    let upper = k.to_ascii_uppercase();
+    let why = if SECRET_NAME_MARKERS.iter().any(|m| upper.contains(m)) {
+        "looks like a secret"
+    } else if url_has_password(v) {
+        "holds a URL with a password"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::invalid(
+        var,
+        format!("{k} {why}: store it in Secrets Manager or SSM and pass --secret {k}=<ARN> (or --force-plaintext-env)"),
+    ))
+}
+
+/// `scheme://user:pass@host...`
+pub fn url_has_password(v: &str) -> bool {
+    let Some((_, rest)) = v.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.contains(':'),
+        None => false,
+    }
+}
+
+/// Stack database secrets, then `--secret KEY=ARN` (later wins).
+fn resolve_secrets(
+    items: &[String],
+    stack: &StackOutputs,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    if let Some(arn) = stack.get("PostgresSecretArn") {
+        out.insert("POSTGRES_SECRET".to_string(), arn);
+    }
+    if let Some(arn) = stack.get("MongoSecretArn") {
+        out.insert("MONGO_CONNECTION_STRING".to_string(), arn);
+    }
+    for item in items {
+        let (k, v) = parse_kv(item, "--secret")?;
+        validate_secret_arn(&k, &v)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// ECS resolves `valueFrom` only for Secrets Manager secrets and SSM parameters (full ARNs so
+/// cross-account and JSON-key forms work: `arn:...:secret:name-AbCdEf:password::`).
+pub fn validate_secret_arn(k: &str, arn: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = arn.splitn(7, ':').collect();
+    let ok = parts.len() >= 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && matches!(parts[2], "secretsmanager" | "ssm")
+        && !parts[3].is_empty()
+        && !parts[4].is_empty()
+        && !parts[5].is_empty();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "--secret",
+            format!("{k}={arn:?} must be a Secrets Manager or SSM parameter ARN, e.g. {k}=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"),
+        ))
+    }
+}
+
+fn dry_run_json(plan: &Plan) -> serde_json::Value {
+    let target = TargetSpec {
+        cluster_arn: cluster_placeholder(&plan.cluster),
+        task_definition_arn: format!("<{}:new or unchanged revision>", plan.task.family),
+        role_arn: plan.events_role_arn.clone(),
+        platform_version: plan.platform_version.clone(),
+        network: plan.network.clone(),
+    };
+    json!({
+        "task_definition": plan.task.to_json(),
+        "rule": plan.rule.to_json(),
+        "target": target.to_json(),
+    })
+}
+
+fn cluster_placeholder(cluster: &str) -> String {
+    if cluster.starts_with("arn:") {
+        cluster.to_string()
+    } else {
+        format!("<ARN of ECS cluster {cluster}>")
+    }
+}
+
+/// Registers (if needed), puts the rule and its one target, and returns the JSON summary.
+async fn apply(c: &Clients, plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let cluster_arn = cluster_arn(&c.ecs, &plan.cluster).await?;
+    let (td, changed) = ensure_task_definition(&c.ecs, &plan.task).await?;
+    let td_arn = td.task_definition_arn().unwrap_or_default().to_string();
+    let rule_arn = c
+        .events
+        .put_rule()
+        .name(&plan.rule.name)
+        .schedule_expression(&plan.rule.schedule)
+        .state(aws_sdk_eventbridge::types::RuleState::Enabled)
+        .description(&plan.rule.description)
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("putting rule {}", plan.rule.name), e))?
+        .rule_arn()
+        .unwrap_or_default()
+        .to_string();
+    let target = TargetSpec {
+        cluster_arn,
+        task_definition_arn: td_arn.clone(),
+        role_arn: plan.events_role_arn.clone(),
+        platform_version: plan.platform_version.clone(),
+        network: plan.network.clone(),
+    };
+    put_target(c, &plan.rule.name, &target).await?;
+    Ok(json!({
+        "rule_arn": rule_arn,
+        "task_definition_arn": td_arn,
+        "revision": td.revision(),
+        "changed": changed,
+    }))
+}
+
+/// EventBridge needs the cluster ARN; looking it up also proves the cluster exists.
+async fn cluster_arn(ecs: &aws_sdk_ecs::Client, cluster: &str) -> anyhow::Result<String> {
+    if cluster.starts_with("arn:") {
+        return Ok(cluster.to_string());
+    }
+    let out = ecs
+        .describe_clusters()
+        .clusters(cluster)
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("describing ECS cluster {cluster}"), e))?;
+    out.clusters()
+        .iter()
+        .find(|c| c.status() != Some("INACTIVE"))
+        .and_then(|c| c.cluster_arn())
+        .map(str::to_string)
+        .with_context(|| {
+            format!("ECS cluster {cluster} does not exist: create it (infra/backhaul.yaml) or pass --cluster")
+        })
+}
+
+/// Reuses the latest active revision when it matches; otherwise registers a new one.
+async fn ensure_task_definition(
+    ecs: &aws_sdk_ecs::Client,
+    spec: &TaskSpec,
+) -> anyhow::Result<(TaskDefinition, bool)> {
+    if let Some(existing) = latest_active(ecs, &spec.family).await? {
+        if spec.matches(&existing) {
+            return Ok((existing, false));
+        }
+    }
+    let out = spec
+        .register(ecs)
+        .map_err(build_err)?
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("registering task definition {}", spec.family), e))?;
+    let td = out
+        .task_definition()
+        .cloned()
+        .context("RegisterTaskDefinition returned no task definition")?;
+    Ok((td, true))
+}
+
+/// ARNs of the family's ACTIVE revisions, oldest first.
+pub async fn active_revisions(
+    ecs: &aws_sdk_ecs::Client,
+    family: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut arns = Vec::new();
+    let mut pages = ecs
+        .list_task_definitions()
+        .family_prefix(family)
+        .status(TaskDefinitionStatus::Active)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| sdk_err(format!("listing task definitions {family}"), e))?;
+        arns.extend(
+            page.task_definition_arns()
+                .iter()
+                .filter(|a| family_of(a) == Some(family))
+                .cloned(),
+        );
+    }
+    arns.sort_by_key(|a| revision_of(a));
+    Ok(arns)
+}
+
+/// The family's newest ACTIVE revision, if any.
+pub async fn latest_active(
+    ecs: &aws_sdk_ecs::Client,
+    family: &str,
+) -> anyhow::Result<Option<TaskDefinition>> {
+    let Some(arn) = active_revisions(ecs, family).await?.pop() else {
+        return Ok(None);
+    };
+    let out = ecs
+        .describe_task_definition()
+        .task_definition(&arn)
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("describing task definition {arn}"), e))?;
+    Ok(out.task_definition().cloned())
+}
+
+/// Puts our target, then removes any other target, so the rule starts exactly one task.
+async fn put_target(c: &Clients, rule: &str, target: &TargetSpec) -> anyhow::Result<()> {
+    let out = c
+        .events
+        .put_targets()
+        .rule(rule)
+        .targets(target.target().map_err(build_err)?)
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("putting target on rule {rule}"), e))?;
+    if out.failed_entry_count() > 0 {
+        anyhow::bail!("putting target on rule {rule}: {:?}", out.failed_entries());
+    }
+    let others: Vec<String> = target_ids(c, rule)
+        .await?
+        .into_iter()
+        .filter(|id| id != TARGET_ID)
+        .collect();
+    remove_targets(c, rule, others).await
+}
+
+/// Target ids of a rule; a missing rule has none.
+pub async fn target_ids(c: &Clients, rule: &str) -> anyhow::Result<Vec<String>> {
+    Ok(targets(c, rule)
+        .await?
+        .iter()
+        .map(|t| t.id().to_string())
+        .collect())
+}
+
+/// Targets of a rule; a missing rule has none.
+pub async fn targets(
+    c: &Clients,
+    rule: &str,
+) -> anyhow::Result<Vec<aws_sdk_eventbridge::types::Target>> {
+    match c.events.list_targets_by_rule().rule(rule).send().await {
+        Ok(out) => Ok(out.targets().to_vec()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(sdk_err(format!("listing targets of rule {rule}"), e)),
+    }
+}
+
+async fn remove_targets(c: &Clients, rule: &str, ids: Vec<String>) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    c.events
+        .remove_targets()
+        .rule(rule)
+        .set_ids(Some(ids))
+        .send()
+        .await
+        .map_err(|e| sdk_err(format!("removing targets from rule {rule}"), e))?;
+    Ok(())
+}
+
+pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
+    let stage = non_empty(a.stage.clone())
+        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
+    config::validate_stage(&stage, "--stage")?;
+    let c = Clients::load().await;
+    let rule = rule_name(&stage);
+    let ids = target_ids(&c, &rule).await?;
+    let removed = ids.len();
+    remove_targets(&c, &rule, ids).await?;
+    match c.events.delete_rule().name(&rule).send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) => {}
+        Err(e) => return Err(sdk_err(format!("deleting rule {rule}"), e)),
+    }
+    let mut deregistered = Vec::new();
+    if a.deregister {
+        for arn in active_revisions(&c.ecs, &rule).await? {
+            c.ecs
+                .deregister_task_definition()
+                .task_definition(&arn)
+                .send()
+                .await
+                .map_err(|e| sdk_err(format!("deregistering {arn}"), e))?;
+            deregistered.push(arn);
+        }
+    }
+    println!(
+        "{}",
+        json!({"rule": rule, "removed_targets": removed, "deregistered": deregistered})
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_env_is_refused_unless_forced() {
+        let e = check_plaintext("DB_PASSWORD", "x", false, "--env").unwrap_err();
+        assert_eq!(e.to_string(), "--env DB_PASSWORD looks like a secret: store it in Secrets Manager or SSM and pass --secret DB_PASSWORD=<ARN> (or --force-plaintext-env)");
+        assert!(check_plaintext("DATABASE_URL", "postgres://u:p@h/db", false, "--env").is_err());
+        assert!(check_plaintext("DATABASE_URL", "postgres://u@h/db", false, "--env").is_ok());
+        assert!(check_plaintext("DB_PASSWORD", "x", true, "--env").is_ok());
+        assert!(check_plaintext("S3_BUCKET", "b", false, "--env").is_ok());
+    }
+
+    #[test]
+    fn env_file_syntax() {
+        let got = parse_env_file("# c\n\nA=1\nexport B=\"two words\"\nC='x=y'\n", "f.env").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into())
+            ]
+        );
+        let e = parse_env_file("A=1\nnope\n", "f.env").unwrap_err();
+        assert!(e.to_string().starts_with("--env-file f.env:2 "), "{e}");
+    }
+
+    #[test]
+    fn secret_arns() {
+        assert!(
+            validate_secret_arn("P", "arn:aws:secretsmanager:us-east-1:1:secret:x-AbC").is_ok()
+        );
+        assert!(validate_secret_arn(
+            "P",
+            "arn:aws:secretsmanager:us-east-1:1:secret:x-AbC:password::"
+        )
+        .is_ok());
+        assert!(validate_secret_arn("P", "arn:aws:ssm:us-east-1:1:parameter/x").is_ok());
+        assert!(validate_secret_arn("P", "arn:aws:s3:::bucket").is_err());
+        assert!(validate_secret_arn("P", "hunter2").is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! `backhaul status`: what is scheduled for a stage and what it last produced. Shows variable
+//! names only: values in a task definition may be sensitive even when they should not be.
+
+use serde::Serialize;
+
+use crate::aws::ecs::CONTAINER;
+use crate::aws::events::{network_of, rule_name, TARGET_ID};
+use crate::aws::{sdk_err, Clients};
+use crate::cli::StatusArgs;
+use crate::commands::common::Store;
+use crate::config::{self, non_empty, ConfigError};
+use crate::layout::MANIFEST_SUFFIX;
+
+/// Backups shown.
+const RECENT: usize = 5;
+
+#[derive(Debug, Serialize, Default)]
+struct Status {
+    stage: String,
+    rule: Option<RuleStatus>,
+    target: Option<TargetStatus>,
+    task_definition: Option<TaskStatus>,
+    bucket: Option<String>,
+    recent_backups: Vec<String>,
+    /// Why backups could not be listed; the schedule part of the report is still useful.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backups_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RuleStatus {
+    name: String,
+    schedule: Option<String>,
+    state: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetStatus {
+    cluster: String,
+    task_definition_arn: Option<String>,
+    subnets: Vec<String>,
+    security_groups: Vec<String>,
+    assign_public_ip: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TaskStatus {
+    family: String,
+    revision: i32,
+    image: Option<String>,
+    env_names: Vec<String>,
+    secret_names: Vec<String>,
+    #[serde(skip)]
+    bucket: Option<String>,
+}
+
+pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
+    let stage = non_empty(a.store.stage.clone())
+        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
+    config::validate_stage(&stage, "--stage")?;
+    let c = Clients::load().await;
+    let mut st = Status {
+        rule: rule(&c, &stage).await?,
+        target: target(&c, &stage).await?,
+        task_definition: task(&c, &stage).await?,
+        stage,
+        ..Status::default()
+    };
+    let bucket = non_empty(a.store.bucket.clone())
+        .or_else(|| st.task_definition.as_ref().and_then(|t| t.bucket.clone()));
+    if bucket.is_some() || a.store.dest.is_some() {
+        let mut store = a.store.clone();
+        store.bucket = bucket.clone();
+        match recent(&store).await {
+            Ok(keys) => st.recent_backups = keys,
+            Err(e) => st.backups_error = Some(first_line(&format!("{e:#}"))),
+        }
+        st.bucket = bucket;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&st)?);
+    } else {
+        print!("{}", text(&st));
+    }
+    Ok(())
+}
+
+async fn rule(c: &Clients, stage: &str) -> anyhow::Result<Option<RuleStatus>> {
+    let name = rule_name(stage);
+    match c.events.describe_rule().name(&name).send().await {
+        Ok(r) => Ok(Some(RuleStatus {
+            name,
+            schedule: r.schedule_expression().map(str::to_string),
+            state: r.state().map(|s| s.as_str().to_string()),
+        })),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(sdk_err(format!("describing rule {name}"), e)),
+    }
+}
+
+async fn target(c: &Clients, stage: &str) -> anyhow::Result<Option<TargetStatus>> {
+    let targets = crate::commands::schedule::targets(c, &rule_name(stage)).await?;
+    Ok(targets.iter().find(|t| t.id() == TARGET_ID).and_then(|t| {
+        let (cluster, net) = network_of(t)?;
+        Some(TargetStatus {
+            cluster,
+            task_definition_arn: t
+                .ecs_parameters()
+                .map(|e| e.task_definition_arn().to_string()),
+            subnets: net.subnets,
+            security_groups: net.security_groups,
+            assign_public_ip: net.assign_public_ip,
+        })
+    }))
+}
+
+async fn task(c: &Clients, stage: &str) -> anyhow::Result<Option<TaskStatus>> {
+    let family = rule_name(stage);
+    let Some(td) = crate::commands::schedule::latest_active(&c.ecs, &family).await? else {
+        return Ok(None);
+    };
+    let container = td
+        .container_definitions()
+        .iter()
+        .find(|c| c.name() == Some(CONTAINER));
+    let env = container.map(|c| c.environment()).unwrap_or_default();
+    Ok(Some(TaskStatus {
+        family,
+        revision: td.revision(),
+        image: container.and_then(|c| c.image()).map(str::to_string),
+        env_names: env
+            .iter()
+            .filter_map(|kv| kv.name().map(str::to_string))
+            .collect(),
+        secret_names: container
+            .map(|c| c.secrets().iter().map(|s| s.name().to_string()).collect())
+            .unwrap_or_default(),
+        bucket: env
+            .iter()
+            .find(|kv| kv.name() == Some("S3_BUCKET"))
+            .and_then(|kv| kv.value().map(str::to_string)),
+    }))
+}
+
+/// Newest artifact keys (manifests left out) under the stage prefix.
+async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Vec<String>> {
+    let store = Store::resolve(store)?;
+    let storage = store.open().await?;
+    let mut objects = storage.list(&store.stage_prefix()).await?;
+    objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX));
+    objects.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
+    Ok(objects.into_iter().take(RECENT).map(|o| o.key).collect())
+}
+
+/// SDK errors carry the raw response in their context; one line is enough for a report.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    line.split(" (ServiceError")
+        .next()
+        .unwrap_or(line)
+        .to_string()
+}
+
+fn text(st: &Status) -> String {
+    let mut out = format!("stage: {}\n", st.stage);
+    match &st.rule {
+        Some(r) => {
+            out += &format!(
+                "rule: {} {} {}\n",
+                r.name,
+                r.state.as_deref().unwrap_or("?"),
+                r.schedule.as_deref().unwrap_or("?")
+            )
+        }
+        None => out += "rule: none (not scheduled)\n",
+    }
+    if let Some(t) = &st.target {
+        out += &format!(
+            "target: cluster {} task {} subnets {} security groups {} public ip {}\n",
+            t.cluster,
+            t.task_definition_arn.as_deref().unwrap_or("?"),
+            t.subnets.join(","),
+            t.security_groups.join(","),
+            t.assign_public_ip
+        );
+    }
+    match &st.task_definition {
+        Some(t) => {
+            out += &format!(
+                "task definition: {}:{} image {}\n",
+                t.family,
+                t.revision,
+                t.image.as_deref().unwrap_or("?")
+            );
+            out += &format!("env: {}\n", t.env_names.join(", "));
+            out += &format!("secrets: {}\n", t.secret_names.join(", "));
+        }
+        None => out += "task definition: none\n",
+    }
+    if let Some(b) = &st.bucket {
+        out += &format!("recent backups in {b}:\n");
+        for k in &st.recent_backups {
+            out += &format!("  {k}\n");
+        }
+        if let Some(e) = &st.backups_error {
+            out += &format!("  cannot list backups: {e}\n");
+        }
+    }
+    out
+}
