@@ -4,10 +4,12 @@
 // Modules wired up by commands still being written; removed once every command lands.
 #![allow(dead_code)]
 
+mod catalog;
 mod cli;
 mod commands;
 mod config;
 mod fargate;
+mod feed;
 mod layout;
 mod logging;
 mod manifest;
@@ -50,9 +52,10 @@ async fn run(cli: Cli) -> ExitCode {
     let work = async move {
         match cli.command {
             Command::Backup(a) => commands::backup::run(a, rt).await,
-            Command::Restore(_) | Command::List(_) | Command::Verify(_) | Command::Prune(_) => {
-                anyhow::bail!("not implemented yet")
-            }
+            Command::Restore(a) => commands::restore::run(a, rt).await,
+            Command::List(a) => commands::list::run(a).await,
+            Command::Verify(a) => commands::verify::run(a, rt).await,
+            Command::Prune(a) => commands::prune::run(a).await,
         }
     };
     tokio::pin!(work);

@@ -3,6 +3,10 @@
 
 pub mod backup;
 pub mod common;
+pub mod list;
+pub mod prune;
+pub mod restore;
+pub mod verify;
 
 use tokio_util::sync::CancellationToken;
 
