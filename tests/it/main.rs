@@ -6,3 +6,4 @@ mod common;
 
 mod backup_pg;
 mod config_errors;
+mod data;
