@@ -282,9 +282,7 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
             Err(e) => {
                 failed += 1;
                 interrupted |= matches!(e, TargetError::Interrupted);
-                let msg = job
-                    .redactor
-                    .redact(&format!("{:#}", anyhow::Error::from(clone_err(e))));
+                let msg = job.redactor.redact(&format!("{:#}", clone_err(e)));
                 tracing::error!(kind = t.kind.as_str(), database = %t.database, key = %t.key, seconds, error = %msg, "backup failed");
                 Summary {
                     event: "artifact",

@@ -269,6 +269,8 @@ impl Zone {
 
     /// Interprets a wall-clock time read back from a key. Ambiguous times (DST fold) take the
     /// earlier instant; times in a DST gap cannot come from us and are rejected.
+    // `from_local` mirrors chrono's `TimeZone::from_local_datetime`, which also takes `&self`.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_local(&self, naive: chrono::NaiveDateTime) -> Option<DateTime<FixedOffset>> {
         match self {
             Zone::Named(tz) => tz

@@ -126,7 +126,7 @@ fn candidates(name: &str) -> Vec<PathBuf> {
             is_executable(&p).then_some((major, p))
         })
         .collect();
-    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
     out.extend(versioned.into_iter().map(|(_, p)| p));
     out
 }

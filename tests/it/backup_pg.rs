@@ -2,8 +2,6 @@
 //! compression mode, the seed-compatible layout, multipart, secret hygiene, and failures that
 //! leave nothing behind.
 
-use std::path::PathBuf;
-
 use crate::common::*;
 
 const PASSWORD: &str = "p@ss:w/rd%#?&=";
@@ -315,6 +313,6 @@ fn file_destination_round_trip() {
         .unwrap()
         .to_string();
     let object = std::fs::read(dir.path().join(&key)).unwrap();
-    assert!(PathBuf::from(dir.path().join(format!("{key}.manifest.json"))).exists());
+    assert!(dir.path().join(format!("{key}.manifest.json")).exists());
     restore_and_compare(&pg, &object, "zstd", "app");
 }

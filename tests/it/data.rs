@@ -407,7 +407,10 @@ fn prune_applies_gfs_over_a_year_of_backups() {
         times.len() - 20
     );
     assert!(
-        plan.contains(&format!("keep {} (daily, weekly, monthly, newest successful)", at(12, 31))),
+        plan.contains(&format!(
+            "keep {} (daily, weekly, monthly, newest successful)",
+            at(12, 31)
+        )),
         "{plan}"
     );
     assert_eq!(
