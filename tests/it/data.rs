@@ -427,3 +427,83 @@ fn prune_applies_gfs_over_a_year_of_backups() {
     want.sort();
     assert_eq!(moto().keys(&bucket), want);
 }
+
+fn mongo_zip(content: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("shop/items.bson", opts).unwrap();
+    w.write_all(content).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+fn mongo_manifest(key: &str, body: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "format": 1, "tool": "backhaul", "tool_version": "0", "kind": "mongo", "stage": "prod",
+        "database": "shop", "key": key, "timestamp": "2025-03-01_00h00m00s", "timezone": "UTC",
+        "started_at": "2025-01-01T00:00:00Z", "finished_at": "2025-01-01T00:00:00Z",
+        "compression": "zip", "raw_bytes": body.len(), "stored_bytes": body.len(),
+        "sha256": sha256_hex(body), "parts": 1,
+        "source": {"dump_tool": "mongodump", "dump_tool_version": "100", "host": "h"}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn mongo_zip_artifacts_are_listed_verified_and_pruned() {
+    let bucket = moto().bucket("mongo");
+    let content = b"a mongodump bson file ".repeat(100);
+    let good = mongo_zip(&content);
+    let mut bad = good.clone();
+    let at = bad.windows(8).position(|w| w == b"mongodum").unwrap() + 40;
+    bad[at] ^= 0xff;
+    let good_key = "prod/2025-03-01_00h00m00s_MONGO/shop_2025-03-01_00h00m00s.zip";
+    let bad_key = "prod/2025-03-02_00h00m00s_MONGO/shop_2025-03-02_00h00m00s.zip";
+    moto().put(&bucket, good_key, good.clone());
+    moto().put(
+        &bucket,
+        &format!("{good_key}.manifest.json"),
+        mongo_manifest(good_key, &good),
+    );
+    // The manifest matches the damaged bytes: only the structure check can catch it.
+    moto().put(&bucket, bad_key, bad.clone());
+    moto().put(
+        &bucket,
+        &format!("{bad_key}.manifest.json"),
+        mongo_manifest(bad_key, &bad),
+    );
+
+    let out = store_cmd(&bucket)
+        .args(["list", "--json", "--kind", "mongo"])
+        .assert()
+        .success();
+    let rows = summaries(&out.get_output().stdout);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["kind"], "mongo");
+
+    let out = store_cmd(&bucket)
+        .args(["verify", good_key])
+        .assert()
+        .success();
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["details"]["zip_entries"], 1, "{line}");
+    let out = store_cmd(&bucket)
+        .args(["verify", bad_key])
+        .assert()
+        .code(1);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["details"]["structure"], "failed", "{line}");
+
+    // The failed newest backup never counts as good: the older good one survives --keep-last 1.
+    let out = store_cmd(&bucket)
+        .args(["prune", "--keep-last", "1", "--kind", "mongo"])
+        .assert()
+        .success();
+    let plan = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(plan.contains(&format!("keep {good_key}")), "{plan}");
+    assert!(
+        plan.contains(&format!("keep {bad_key}")),
+        "newer than newest good: {plan}"
+    );
+}
