@@ -340,7 +340,7 @@ async fn verify_results(
     }
     let v = Verifier {
         storage: job.storage.clone(),
-        tools: tools.clone(),
+        tools: Some(tools.clone()),
         redactor,
         restore_into: Some(target),
         cancel: job.cancel.clone(),

@@ -31,7 +31,8 @@ use crate::storage::Storage;
 /// What verification needs, shared by `verify` and `backup --verify-into`.
 pub struct Verifier {
     pub storage: Arc<dyn Storage>,
-    pub tools: PgTools,
+    /// `None` when no PostgreSQL client is installed (a MongoDB-only image).
+    pub tools: Option<PgTools>,
     pub redactor: Redactor,
     pub restore_into: Option<PgTarget>,
     pub cancel: CancellationToken,
@@ -98,7 +99,12 @@ impl Verifier {
         };
         details.insert("sha256".into(), json!(m.sha256));
         details.insert("stored_bytes".into(), json!(m.stored_bytes));
-        let mut child = pg::spawn_list(&self.tools, self.redactor.clone())
+        let tools = self.tools.as_ref().ok_or_else(|| {
+            Failure::Transient(anyhow::anyhow!(
+                "no pg_restore found: install the PostgreSQL client or set PG_DUMP_PATH"
+            ))
+        })?;
+        let mut child = pg::spawn_list(tools, self.redactor.clone())
             .map_err(|e| Failure::Transient(e.into()))?;
         let stdin = child
             .take_stdin()
@@ -320,7 +326,12 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         )
         .into());
     }
-    let tools = restore::locate_tools(args.pg.pg_dump_path.as_deref()).await?;
+    // An explicit PG_DUMP_PATH must be right (exit 2); otherwise a missing client only
+    // matters once a PostgreSQL artifact comes up.
+    let tools = match &args.pg.pg_dump_path {
+        Some(p) => Some(restore::locate_tools(Some(p)).await?),
+        None => restore::locate_tools(None).await.ok(),
+    };
     let restore_into = match non_empty(args.restore_into.clone()) {
         Some(url) => Some(
             PgTarget::resolve(&url, "VERIFY_RESTORE_INTO", args.pg.pg_dump_path.as_deref()).await?,

@@ -203,13 +203,21 @@ fn legacy_dump_without_manifest_restores_and_lists() {
 #[test]
 fn tampered_object_is_refused_and_nothing_is_committed() {
     let pg = cluster();
-    for mode in ["none", "zstd"] {
+    // "subtle": uncompressed COPY data edited in a way pg_restore accepts; only the withheld
+    // tail keeps the single transaction from committing it.
+    for mode in ["none", "zstd", "subtle"] {
         let bucket = moto().bucket(&format!("tamper-{mode}"));
-        let key = backup(&pg, &bucket, mode, &[]);
+        let compression = if mode == "subtle" { "none" } else { mode };
+        let key = backup(&pg, &bucket, compression, &[]);
         let mut object = moto().get(&bucket, &key);
-        let at = object.len() / 2;
-        for b in &mut object[at..at + 16] {
-            *b ^= 0x5a;
+        if mode == "subtle" {
+            let at = object.windows(4).position(|w| w == b"rush").unwrap();
+            object[at..at + 4].copy_from_slice(b"RUSH");
+        } else {
+            let at = object.len() / 2;
+            for b in &mut object[at..at + 16] {
+                *b ^= 0x5a;
+            }
         }
         moto().put(&bucket, &key, object);
 
