@@ -515,3 +515,31 @@ fn mongo_zip_artifacts_are_listed_verified_and_pruned() {
         "newer than newest good: {plan}"
     );
 }
+
+#[test]
+fn backup_prune_applies_the_policy_after_a_successful_run() {
+    let pg = cluster();
+    let bucket = moto().bucket("bprune");
+    let mut cmd = backhaul_moto();
+    cmd.arg("backup");
+    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    cmd.env("S3_BUCKET", &bucket)
+        .env("STAGE", "prod")
+        .env("BACKUP_PRUNE", "true")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("refusing to prune"));
+    assert!(moto().keys(&bucket).is_empty(), "nothing ran");
+
+    let keep_last = [
+        ("BACKUP_PRUNE", "true".to_string()),
+        ("KEEP_LAST", "1".to_string()),
+    ];
+    backup(&pg, &bucket, "zstd", &keep_last);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let newest = backup(&pg, &bucket, "zstd", &keep_last);
+    assert_eq!(
+        moto().keys(&bucket),
+        vec![newest.clone(), format!("{newest}.manifest.json")]
+    );
+}
