@@ -73,7 +73,7 @@ impl Verifier {
                 error: None,
                 record: true,
             },
-            Err(Failure::Artifact(msg)) => Outcome {
+            Err(Failure::Artifact(msg) | Failure::Mismatch(msg)) => Outcome {
                 ok: false,
                 details: Value::Object(details),
                 error: Some(msg),
@@ -199,7 +199,7 @@ impl Verifier {
             ) {
                 Ok(_) => {}
                 Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
-                    return Err(Failure::Artifact(e.to_string()))
+                    return Err(Failure::Mismatch(e.to_string()))
                 }
                 Err(e) => return Err(Failure::Transient(e.into())),
             }
@@ -211,9 +211,7 @@ impl Verifier {
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
         match checked {
-            Err(Failure::Artifact(msg))
-                if msg.starts_with("checksum") || msg.starts_with("size") =>
-            {
+            Err(Failure::Mismatch(msg)) => {
                 details.insert("checksum".into(), json!("mismatch"));
                 Err(Failure::Artifact(msg))
             }
@@ -264,6 +262,8 @@ fn zip_entries(mut file: std::fs::File) -> Result<usize, String> {
 enum Failure {
     /// The artifact is bad: recorded in its manifest.
     Artifact(String),
+    /// The stored bytes differ from the manifest (a kind of `Artifact` failure).
+    Mismatch(String),
     /// We could not tell: reported, not recorded.
     Transient(anyhow::Error),
 }
