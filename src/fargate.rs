@@ -73,6 +73,7 @@ impl MemoryChoices {
         }
     }
 
+    #[cfg(test)]
     fn values(self) -> Vec<u32> {
         match self {
             MemoryChoices::List(values) => values.to_vec(),
@@ -128,6 +129,7 @@ pub fn validate(cpu: u32, memory_mib: u32) -> Result<(), FargateError> {
 /// Every memory size (MiB, ascending) allowed with `cpu`, or `None` when `cpu`
 /// is not a Fargate size. The first element is the smallest, which is a
 /// sensible default when the user gives only `--cpu`.
+#[cfg(test)]
 pub fn valid_memory_for(cpu: u32) -> Option<Vec<u32>> {
     choices(cpu).map(MemoryChoices::values)
 }

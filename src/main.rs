@@ -1,14 +1,13 @@
 //! Entry point: parse the command line, set up logging and signals, run the command, and turn
 //! its outcome into an exit code (0 ok, 1 failed, 2 bad configuration or usage, 128+N signal).
 
-// Modules wired up by commands still being written; removed once every command lands.
-#![allow(dead_code)]
-
 mod aws;
+mod catalog;
 mod cli;
 mod commands;
 mod config;
 mod fargate;
+mod feed;
 mod layout;
 mod logging;
 mod manifest;
@@ -51,9 +50,10 @@ async fn run(cli: Cli) -> ExitCode {
     let work = async move {
         match cli.command {
             Command::Backup(a) => commands::backup::run(a, rt).await,
-            Command::Restore(_) | Command::List(_) | Command::Verify(_) | Command::Prune(_) => {
-                anyhow::bail!("not implemented yet")
-            }
+            Command::Restore(a) => commands::restore::run(a, rt).await,
+            Command::List(a) => commands::list::run(a).await,
+            Command::Verify(a) => commands::verify::run(a, rt).await,
+            Command::Prune(a) => commands::prune::run(a).await,
             Command::Schedule(a) => commands::schedule::run(a).await,
             Command::Unschedule(a) => commands::schedule::unschedule(a).await,
             Command::RunTask(a) => commands::run_task::run(a).await,

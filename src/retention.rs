@@ -54,6 +54,7 @@ impl Policy {
 
     /// The most items the rules themselves can keep, excluding the safety
     /// nets. `u64` so that six `u32::MAX` rules cannot overflow.
+    #[cfg(test)]
     pub fn max_kept(&self) -> u64 {
         self.rules().iter().map(|(n, _)| u64::from(*n)).sum()
     }

@@ -68,27 +68,6 @@ pub struct CronExpr {
     fields: [String; 6],
 }
 
-impl CronExpr {
-    pub fn minutes(&self) -> &str {
-        &self.fields[0]
-    }
-    pub fn hours(&self) -> &str {
-        &self.fields[1]
-    }
-    pub fn day_of_month(&self) -> &str {
-        &self.fields[2]
-    }
-    pub fn month(&self) -> &str {
-        &self.fields[3]
-    }
-    pub fn day_of_week(&self) -> &str {
-        &self.fields[4]
-    }
-    pub fn year(&self) -> &str {
-        &self.fields[5]
-    }
-}
-
 impl fmt::Display for CronExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cron({})", self.fields.join(" "))
@@ -612,17 +591,7 @@ mod tests {
         let ScheduleExpr::Cron(c) = parse("cron(1 2 ? 4 5 2030)").unwrap() else {
             panic!("expected cron");
         };
-        assert_eq!(
-            [
-                c.minutes(),
-                c.hours(),
-                c.day_of_month(),
-                c.month(),
-                c.day_of_week(),
-                c.year()
-            ],
-            ["1", "2", "?", "4", "5", "2030"]
-        );
+        assert_eq!(c.fields, ["1", "2", "?", "4", "5", "2030"]);
     }
 
     const INVALID: &[&str] = &[

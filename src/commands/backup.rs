@@ -14,7 +14,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
+use super::restore::PgTarget;
+use super::verify::{self, Verifier};
 use super::{Interrupted, Reported, Runtime};
+use crate::catalog::{Entry, Filter};
 use crate::cli::{BackupArgs, Only};
 use crate::config::mongo::{MongoConn, MongoFormat};
 use crate::config::postgres::PgConn;
@@ -174,6 +177,12 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     if args.parallel == 0 {
         return Err(ConfigError::invalid("BACKUP_PARALLEL", "must be at least 1").into());
     }
+    let prune_policy = if args.prune {
+        Some(super::prune::policy(&args.keep)?)
+    } else {
+        None
+    };
+    let verify_into = non_empty(args.verify_into.clone());
 
     let timestamp = layout::timestamp(store.zone.at(Utc::now()));
     let prefix = store.dest.key_prefix();
@@ -261,6 +270,12 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let verify_target = match (&verify_into, &pg) {
+        (Some(url), Some((s, _))) => {
+            Some(PgTarget::resolve(url, "BACKUP_VERIFY_INTO", s.pg_dump_path.as_deref()).await?)
+        }
+        _ => None,
+    };
     let storage = store.open().await?;
     tracing::info!(destination = %store.dest.display(), stage = %store.stage, %timestamp, targets = targets.len(), "backup starting");
     let job = Arc::new(Job {
@@ -335,8 +350,21 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     if interrupted {
         return Err(Interrupted.into());
     }
-    if failed > 0 {
-        return Err(Reported(format!("{failed} of {} backups failed", results.len())).into());
+    let mut unverified = 0;
+    if let Some(target) = verify_target {
+        unverified = verify_results(&job, target, &results).await?;
+    }
+    if failed > 0 || unverified > 0 {
+        return Err(Reported(format!(
+            "{failed} of {} backups failed, {unverified} failed verification",
+            results.len()
+        ))
+        .into());
+    }
+    if let Some(policy) = prune_policy {
+        super::prune::apply(&job.storage, &job.store, &policy, &Filter::default(), false)
+            .await
+            .context("pruning after the backup")?;
     }
     Ok(())
 }
@@ -362,6 +390,50 @@ fn mongo_settings(
             .unwrap_or_else(std::env::temp_dir),
         min_free_mib: args.mongo.min_free_mib,
     })
+}
+
+type TargetResult = (usize, Target, Duration, Result<Manifest, TargetError>);
+
+/// `--verify-into`: restores each new PostgreSQL artifact into the scratch database and
+/// records the outcome in its manifest. Returns how many failed; the artifacts stay either way.
+async fn verify_results(
+    job: &Job,
+    target: PgTarget,
+    results: &[TargetResult],
+) -> anyhow::Result<usize> {
+    let Some((_, tools)) = &job.pg else {
+        return Ok(0);
+    };
+    let mut redactor = job.redactor.clone();
+    if let Some(p) = &target.conn.password {
+        redactor.add(p);
+    }
+    let v = Verifier {
+        storage: job.storage.clone(),
+        tools: Some(tools.clone()),
+        redactor,
+        restore_into: Some(target),
+        cancel: job.cancel.clone(),
+    };
+    let prefix = job.store.dest.key_prefix();
+    let mut failed = 0;
+    for (_, t, _, res) in results {
+        let (Ok(m), Kind::Postgres) = (res, t.kind) else {
+            continue;
+        };
+        let parsed = layout::parse_key(&prefix, &t.key, &job.store.zone)
+            .with_context(|| format!("{} does not parse back", t.key))?;
+        let entry = Entry {
+            key: t.key.clone(),
+            parsed,
+            size: m.stored_bytes,
+            manifest: Some(m.clone()),
+        };
+        if !verify::check_and_report(&v, &entry).await? {
+            failed += 1;
+        }
+    }
+    Ok(failed)
 }
 
 fn clone_err(e: &TargetError) -> anyhow::Error {

@@ -32,7 +32,7 @@ impl Store {
             a.s3_force_path_style,
         )?;
         let zone: Zone = a.timezone.parse()?;
-        if a.part_size_mib < 5 || a.part_size_mib > 5 * 1024 {
+        if (a.part_size_mib << 20) < storage::MIN_PART || a.part_size_mib > 5 * 1024 {
             return Err(ConfigError::invalid(
                 "--part-size-mib",
                 format!(

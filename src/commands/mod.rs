@@ -3,9 +3,13 @@
 
 pub mod backup;
 pub mod common;
+pub mod list;
+pub mod prune;
+pub mod restore;
 pub mod run_task;
 pub mod schedule;
 pub mod status;
+pub mod verify;
 
 use tokio_util::sync::CancellationToken;
 

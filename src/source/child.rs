@@ -125,10 +125,6 @@ impl ChildProc {
         })
     }
 
-    pub fn id(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// The child's stdout as a blocking file, for a producer thread.
     pub fn take_stdout(&mut self) -> Option<std::fs::File> {
         let out = self.child.stdout.take()?;

@@ -297,6 +297,14 @@ pub fn spawn_restore(
     Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
 }
 
+/// Starts `pg_restore --list` reading an archive from stdin: it parses the header and table of
+/// contents and exits 0 only for a readable custom-format archive. Needs no server.
+pub fn spawn_list(tools: &PgTools, redactor: Redactor) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.sibling("pg_restore"));
+    cmd.arg("--list").stdin(Stdio::piped());
+    Ok(ChildProc::spawn("pg_restore --list", cmd, redactor)?)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOpts {
     pub clean: bool,

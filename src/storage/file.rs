@@ -91,10 +91,6 @@ impl Drop for FileUpload {
 
 #[async_trait]
 impl Storage for FileStorage {
-    fn describe(&self) -> String {
-        format!("file://{}", self.root.display())
-    }
-
     fn part_size(&self, _index: u32) -> usize {
         1 << 20
     }

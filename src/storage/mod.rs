@@ -65,8 +65,6 @@ pub trait Upload: Send {
 
 #[async_trait]
 pub trait Storage: Send + Sync {
-    /// `s3://bucket/prefix` or `file:///dir`, for messages.
-    fn describe(&self) -> String;
     /// Size of the `index`-th (0-based) part a producer should hand to [`Upload::write`].
     fn part_size(&self, index: u32) -> usize;
     async fn begin(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;

@@ -282,10 +282,6 @@ impl Drop for S3Upload {
 
 #[async_trait]
 impl Storage for S3Storage {
-    fn describe(&self) -> String {
-        format!("s3://{}", self.bucket)
-    }
-
     fn part_size(&self, index: u32) -> usize {
         self.plan.part_size(index)
     }

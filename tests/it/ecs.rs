@@ -21,7 +21,7 @@ const PG_SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:de
 fn py(script: &str) -> String {
     let prelude = "import boto3, json, os, sys, urllib.request\n\
         def client(s): return boto3.client(s, endpoint_url=os.environ['E'], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n";
-    let out = Command::new(venv().join("bin/python"))
+    let out = Command::new(crate::common::venv().join("bin/python"))
         .arg("-c")
         .arg(format!("{prelude}{script}"))
         .env("E", &moto().endpoint)

@@ -7,5 +7,6 @@ mod common;
 mod backup_mongo;
 mod backup_pg;
 mod config_errors;
+mod data;
 mod ecs;
 mod faults;

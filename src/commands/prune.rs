@@ -1,0 +1,121 @@
+//! `backhaul prune` (and `backup --prune`): applies the GFS policy of [`crate::retention`] per
+//! series — one (stage, kind, database) — in the store's time zone, and deletes artifacts
+//! together with their manifests in one batched request.
+//!
+//! Legacy objects (no manifest) count as good backups: they are the old script's real dumps.
+//! Only a recorded failed verification makes an artifact "not ok".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::common::Store;
+use super::restore::filter;
+use crate::catalog::{self, Entry, Filter};
+use crate::cli::{KeepArgs, PruneArgs};
+use crate::config::ConfigError;
+use crate::layout::Kind;
+use crate::retention::{self, Item, Policy};
+use crate::storage::Storage;
+
+pub fn policy(k: &KeepArgs) -> Result<Policy, ConfigError> {
+    let p = Policy {
+        keep_last: k.keep_last,
+        keep_hourly: k.keep_hourly,
+        keep_daily: k.keep_daily,
+        keep_weekly: k.keep_weekly,
+        keep_monthly: k.keep_monthly,
+        keep_yearly: k.keep_yearly,
+    };
+    if p.is_empty() {
+        return Err(ConfigError::invalid(
+            "--keep-*",
+            format!("not given: {}", retention::RetentionError::NoKeepRule),
+        ));
+    }
+    Ok(p)
+}
+
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub kept: usize,
+    pub deleted: usize,
+}
+
+/// Decides per series, prints one `keep|delete <key> (<reasons>)` line per artifact and,
+/// unless `dry_run`, deletes the others with their manifests.
+pub async fn apply(
+    storage: &Arc<dyn Storage>,
+    store: &Store,
+    policy: &Policy,
+    filter: &Filter,
+    dry_run: bool,
+) -> anyhow::Result<Pruned> {
+    let entries = catalog::load(
+        storage,
+        &store.dest.key_prefix(),
+        &store.stage,
+        &store.zone,
+        filter,
+    )
+    .await?;
+    let tz = store.zone.bucket_zone();
+    let mut series: BTreeMap<(String, Kind, String), Vec<&Entry>> = BTreeMap::new();
+    for e in &entries {
+        series
+            .entry((
+                e.parsed.stage.clone(),
+                e.parsed.kind,
+                e.parsed.database.clone(),
+            ))
+            .or_default()
+            .push(e);
+    }
+    let mut out = Pruned::default();
+    let mut doomed = Vec::new();
+    let mut lines = String::new();
+    for members in series.values() {
+        let items: Vec<Item<usize>> = members
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Item {
+                id: i,
+                time: e.parsed.time,
+                ok: e.verified() != Some(false),
+            })
+            .collect();
+        for d in retention::apply(&items, policy, &tz)? {
+            let e = members[d.id];
+            if d.keep {
+                out.kept += 1;
+                lines.push_str(&format!("keep {} ({})\n", e.key, d.reasons.join(", ")));
+            } else {
+                out.deleted += 1;
+                let why = if e.verified() == Some(false) {
+                    "failed verification, older than the newest good backup"
+                } else {
+                    "no keep rule matched"
+                };
+                lines.push_str(&format!("delete {} ({why})\n", e.key));
+                doomed.push(e.key.clone());
+                if e.manifest.is_some() {
+                    doomed.push(e.manifest_key());
+                }
+            }
+        }
+    }
+    print!("{lines}");
+    tracing::info!(policy = %policy, kept = out.kept, deleted = out.deleted, dry_run, "prune");
+    if !dry_run && !doomed.is_empty() {
+        storage.delete(&doomed).await?;
+    }
+    Ok(out)
+}
+
+pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
+    let store = Store::resolve(&args.store)?;
+    let filter = filter(args.kind.as_deref(), args.database.clone())?;
+    let policy = policy(&args.keep)?;
+    let storage = store.open().await?;
+    apply(&storage, &store, &policy, &filter, args.dry_run).await?;
+    Ok(())
+}

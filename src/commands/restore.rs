@@ -1,0 +1,338 @@
+//! `backhaul restore`: one artifact into a PostgreSQL database.
+//!
+//! Streaming by default (object → checks → decompress → `pg_restore --single-transaction`),
+//! with the archive's tail withheld until the checksum matched (see [`crate::feed`]), so a
+//! damaged object commits nothing. `--jobs N` downloads to a private temp file first, verified
+//! before pg_restore sees it, because parallel pg_restore needs a seekable file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{self, Store};
+use super::{Interrupted, Runtime};
+use crate::catalog::{self, Entry, Filter};
+use crate::cli::RestoreArgs;
+use crate::config::postgres::PgConn;
+use crate::config::{non_empty, ConfigError};
+use crate::feed::{self, Consumer, Decode, Expect, Fed, FeedError};
+use crate::layout::Kind;
+use crate::secret::Redactor;
+use crate::source::postgres::{self as pg, PgTools, RestoreOpts};
+use crate::storage::Storage;
+
+/// Counts what a restore would collide with: user tables, views, sequences.
+const USER_RELATIONS_SQL: &str = "select count(*) from pg_class c join pg_namespace n on n.oid=c.relnamespace where c.relkind in ('r','p','v','m','S') and n.nspname not in ('pg_catalog','information_schema') and n.nspname not like 'pg_toast%'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("target database \"{database}\" is not empty ({relations} tables, views or sequences): pass --clean to drop the objects the backup contains before restoring")]
+    NotEmpty { database: String, relations: u64 },
+    #[error("restoring MongoDB artifacts is not supported yet ({0})")]
+    MongoUnsupported(String),
+}
+
+/// A PostgreSQL database to restore into, with the client tools and a redactor for its password.
+pub struct PgTarget {
+    pub tools: PgTools,
+    pub conn: PgConn,
+    pub database: String,
+    pub redactor: Redactor,
+}
+
+impl PgTarget {
+    /// `var` names the flag/variable the URL came from, for configuration errors.
+    pub async fn resolve(
+        url: &str,
+        var: &str,
+        pg_dump_path: Option<&Path>,
+    ) -> anyhow::Result<PgTarget> {
+        if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+            return Err(RestoreError::MongoUnsupported("target is a MongoDB URI".into()).into());
+        }
+        let conn = PgConn::parse_url(url).map_err(|e| ConfigError::invalid(var, e.message))?;
+        let database = conn.databases.first().cloned().ok_or_else(|| {
+            ConfigError::invalid(
+                var,
+                "has no database name; expected postgresql://user:password@host:5432/dbname",
+            )
+        })?;
+        let mut redactor = Redactor::default();
+        common::pg_redactor(&conn, &mut redactor);
+        let tools = locate_tools(pg_dump_path).await?;
+        Ok(PgTarget {
+            tools,
+            conn,
+            database,
+            redactor,
+        })
+    }
+
+    async fn query(&self, sql: &str) -> anyhow::Result<String> {
+        pg::psql_query(&self.tools, &self.conn, &self.database, sql, &self.redactor)
+            .await
+            .with_context(|| format!("querying database \"{}\"", self.database))
+    }
+
+    pub async fn user_relations(&self) -> anyhow::Result<u64> {
+        let out = self.query(USER_RELATIONS_SQL).await?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("unexpected count {out:?}"))
+    }
+
+    /// Exact `count(*)` per user table, `schema.table` → rows: what a restore test reports.
+    pub async fn row_counts(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let tables = self
+            .query("select format('%I.%I', schemaname, tablename) from pg_tables where schemaname not in ('pg_catalog','information_schema') order by 1")
+            .await?;
+        let tables: Vec<&str> = tables.lines().filter(|l| !l.is_empty()).collect();
+        if tables.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let sql = tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "select '{}' || '|' || count(*) from {t}",
+                    t.replace('\'', "''")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" union all ");
+        let out = self.query(&sql).await?;
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (name, n) = l.rsplit_once('|').context("unexpected psql output")?;
+                Ok((name.to_string(), n.parse()?))
+            })
+            .collect()
+    }
+}
+
+/// `PG_DUMP_PATH` (pg_restore and psql are taken from beside it) or the newest install.
+pub async fn locate_tools(explicit: Option<&Path>) -> anyhow::Result<PgTools> {
+    match PgTools::locate(explicit).await {
+        Ok(t) => Ok(t),
+        Err(e) if e.is_config() => Err(ConfigError::invalid(
+            "PG_DUMP_PATH",
+            e.to_string()
+                .trim_start_matches("PG_DUMP_PATH ")
+                .to_string(),
+        )
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn filter(kind: Option<&str>, database: Option<String>) -> Result<Filter, ConfigError> {
+    let kind = non_empty(kind.map(str::to_string))
+        .map(|k| {
+            k.parse::<Kind>()
+                .map_err(|e| ConfigError::invalid("--kind", e))
+        })
+        .transpose()?;
+    Ok(Filter {
+        kind,
+        database: non_empty(database),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    event: &'static str,
+    status: &'static str,
+    key: &'a str,
+    database: &'a str,
+    stored_bytes: u64,
+    raw_bytes: u64,
+    sha256: &'a str,
+    checksum_verified: bool,
+    seconds: f64,
+}
+
+pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
+    let store = Store::resolve(&args.store)?;
+    let filter = filter(args.kind.as_deref(), args.database.clone())?;
+    if args.jobs == Some(0) {
+        return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
+    }
+    let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
+    let storage = store.open().await?;
+    let entry = catalog::resolve(
+        &storage,
+        &store.dest.key_prefix(),
+        &store.stage,
+        &store.zone,
+        &args.key,
+        &filter,
+    )
+    .await?;
+    if entry.parsed.kind == Kind::Mongo {
+        return Err(RestoreError::MongoUnsupported(entry.key.clone()).into());
+    }
+    let relations = target.user_relations().await?;
+    if relations > 0 && !args.clean {
+        return Err(RestoreError::NotEmpty {
+            database: target.database.clone(),
+            relations,
+        }
+        .into());
+    }
+    tracing::info!(key = %entry.key, database = %target.database, clean = args.clean, "restore starting");
+    let started = Instant::now();
+    let fed = restore_pg(&storage, &entry, &target, args.clean, args.jobs, &rt.cancel).await?;
+    let line = Summary {
+        event: "restore",
+        status: "ok",
+        key: &entry.key,
+        database: &target.database,
+        stored_bytes: fed.stored_bytes,
+        raw_bytes: fed.raw_bytes,
+        sha256: &fed.sha256,
+        checksum_verified: entry.manifest.is_some(),
+        seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    };
+    println!("{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+/// Restores one PostgreSQL artifact into `target`. Checks the manifest's SHA-256 and size
+/// when there is a manifest; objects from the old script have none and are restored unchecked.
+pub async fn restore_pg(
+    storage: &Arc<dyn Storage>,
+    entry: &Entry,
+    target: &PgTarget,
+    clean: bool,
+    jobs: Option<u32>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Fed> {
+    let decode = Decode::for_extension(&entry.parsed.extension);
+    let expect = expectation(entry);
+    if expect.is_none() {
+        tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
+    }
+    let reader = storage.get(&entry.key).await?;
+    let bridge = SyncIoBridge::new(reader);
+    match jobs {
+        Some(j) if j > 1 => via_file(bridge, decode, expect, target, clean, j, cancel).await,
+        _ => streaming(bridge, decode, expect, target, clean, cancel).await,
+    }
+}
+
+pub fn expectation(entry: &Entry) -> Option<Expect> {
+    entry.manifest.as_ref().map(|m| Expect {
+        sha256: m.sha256.clone(),
+        size: m.stored_bytes,
+    })
+}
+
+async fn streaming(
+    src: SyncIoBridge<crate::storage::Reader>,
+    decode: Decode,
+    expect: Option<Expect>,
+    target: &PgTarget,
+    clean: bool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Fed> {
+    let opts = RestoreOpts { clean, jobs: None };
+    let mut child = pg::spawn_restore(
+        &target.tools,
+        &target.conn,
+        &target.database,
+        &opts,
+        None,
+        target.redactor.clone(),
+    )?;
+    let stdin = child.take_stdin().context("pg_restore has no stdin")?;
+    let stdin = std::fs::File::from(stdin.into_owned_fd().context("pg_restore stdin")?);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut stdin = stdin;
+        let r = feed::feed(src, decode, &mut stdin, expect.as_ref(), Consumer::Strict);
+        // The pipe goes back to the caller: it must stay open until pg_restore is killed on
+        // failure, or pg_restore would see a clean end of input.
+        (r, stdin)
+    });
+    let (res, stdin) = tokio::select! {
+        j = task => j.context("restore task panicked")?,
+        _ = cancel.cancelled() => {
+            let _ = child.terminate().await;
+            return Err(Interrupted.into());
+        }
+    };
+    match res {
+        Ok(fed) => {
+            drop(stdin);
+            tokio::select! {
+                r = child.wait() => { r?; }
+                _ = cancel.cancelled() => return Err(Interrupted.into()),
+            }
+            Ok(fed)
+        }
+        Err(FeedError::Sink(e)) => {
+            // pg_restore stopped reading: its exit status and stderr are the real cause.
+            drop(stdin);
+            child.wait().await?;
+            Err(FeedError::Sink(e).into())
+        }
+        Err(e) => {
+            let _ = child.terminate().await;
+            drop(stdin);
+            Err(anyhow::Error::from(e).context("restore stopped; nothing was committed"))
+        }
+    }
+}
+
+async fn via_file(
+    src: SyncIoBridge<crate::storage::Reader>,
+    decode: Decode,
+    expect: Option<Expect>,
+    target: &PgTarget,
+    clean: bool,
+    jobs: u32,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Fed> {
+    // tempfile creates the directory 0700: the dump never becomes readable by other users.
+    let dir = tempfile::Builder::new()
+        .prefix("backhaul-restore-")
+        .tempdir()
+        .context("creating a temp directory for --jobs")?;
+    let path = dir.path().join("archive.dump");
+    let file_path = path.clone();
+    let download = tokio::task::spawn_blocking(move || -> anyhow::Result<Fed> {
+        let file = std::fs::File::create(&file_path)
+            .with_context(|| format!("creating {}", file_path.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        let fed = feed::feed(src, decode, &mut w, expect.as_ref(), Consumer::Strict)?;
+        Ok(fed)
+    });
+    let fed = tokio::select! {
+        j = download => j.context("download task panicked")??,
+        _ = cancel.cancelled() => return Err(Interrupted.into()),
+    };
+    let opts = RestoreOpts {
+        clean,
+        jobs: Some(jobs),
+    };
+    let child = pg::spawn_restore(
+        &target.tools,
+        &target.conn,
+        &target.database,
+        &opts,
+        Some(&path),
+        target.redactor.clone(),
+    )?;
+    tokio::select! {
+        r = child.wait() => { r?; }
+        // Dropping the wait future drops the child, which kills its process group.
+        _ = cancel.cancelled() => return Err(Interrupted.into()),
+    }
+    Ok(fed)
+}
