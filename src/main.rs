@@ -13,6 +13,7 @@ mod logging;
 mod manifest;
 mod pipeline;
 mod progress;
+mod report;
 mod retention;
 mod schedule_expr;
 mod secret;

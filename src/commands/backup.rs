@@ -26,6 +26,7 @@ use crate::layout::{self, Kind};
 use crate::manifest::{self, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, Producer, StreamStats};
 use crate::progress::Progress;
+use crate::report::{ArtifactReport, Notifier};
 use crate::secret::Redactor;
 use crate::secret::Secret;
 use crate::source::mongo::{self, MongoTools};
@@ -82,24 +83,6 @@ struct Job {
     mongo: Option<(MongoSettings, MongoTools)>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
-}
-
-#[derive(Debug, Serialize)]
-struct Summary<'a> {
-    event: &'static str,
-    status: &'static str,
-    kind: Kind,
-    database: &'a str,
-    key: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raw_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stored_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sha256: Option<&'a str>,
-    seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +167,9 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     };
     let verify_into = non_empty(args.verify_into.clone());
 
+    let notifier = non_empty(args.notify_url.clone())
+        .map(|u| Notifier::new(&u))
+        .transpose()?;
     let timestamp = layout::timestamp(store.zone.at(Utc::now()));
     let prefix = store.dest.key_prefix();
     let mut targets = Vec::new();
@@ -289,6 +275,9 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         cancel: rt.cancel.clone(),
     });
 
+    if let Some(n) = &notifier {
+        n.start(&job.store.stage).await;
+    }
     let limit = Arc::new(Semaphore::new(args.parallel));
     let mut set = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().cloned().enumerate() {
@@ -308,51 +297,51 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
 
     let mut failed = 0;
     let mut interrupted = false;
+    let mut reports = Vec::with_capacity(results.len());
     for (_, t, took, res) in &results {
         let seconds = (took.as_secs_f64() * 1000.0).round() / 1000.0;
-        let line = match res {
+        let mut report = ArtifactReport {
+            event: "artifact",
+            status: "ok",
+            stage: job.store.stage.clone(),
+            kind: t.kind,
+            database: t.database.clone(),
+            key: t.key.clone(),
+            raw_bytes: None,
+            stored_bytes: None,
+            sha256: None,
+            seconds,
+            error: None,
+        };
+        match res {
             Ok(m) => {
                 tracing::info!(kind = t.kind.as_str(), database = %t.database, key = %t.key, stored_bytes = m.stored_bytes, raw_bytes = m.raw_bytes, sha256 = %m.sha256, seconds, "backup ok");
-                Summary {
-                    event: "artifact",
-                    status: "ok",
-                    kind: t.kind,
-                    database: &t.database,
-                    key: &t.key,
-                    raw_bytes: Some(m.raw_bytes),
-                    stored_bytes: Some(m.stored_bytes),
-                    sha256: Some(&m.sha256),
-                    seconds,
-                    error: None,
-                }
+                report.raw_bytes = Some(m.raw_bytes);
+                report.stored_bytes = Some(m.stored_bytes);
+                report.sha256 = Some(m.sha256.clone());
             }
             Err(e) => {
                 failed += 1;
                 interrupted |= matches!(e, TargetError::Interrupted);
                 let msg = job.redactor.redact(&format!("{:#}", clone_err(e)));
                 tracing::error!(kind = t.kind.as_str(), database = %t.database, key = %t.key, seconds, error = %msg, "backup failed");
-                Summary {
-                    event: "artifact",
-                    status: "failed",
-                    kind: t.kind,
-                    database: &t.database,
-                    key: &t.key,
-                    raw_bytes: None,
-                    stored_bytes: None,
-                    sha256: None,
-                    seconds,
-                    error: Some(msg),
-                }
+                report.status = "failed";
+                report.error = Some(msg);
             }
-        };
-        println!("{}", serde_json::to_string(&line)?);
+        }
+        println!("{}", report.to_line());
+        reports.push(report);
+    }
+    let mut unverified = 0;
+    if let (Some(target), false) = (verify_target, interrupted) {
+        unverified = verify_results(&job, target, &results).await?;
+    }
+    if let Some(n) = &notifier {
+        n.finish(&job.store.stage, &reports, interrupted || unverified > 0)
+            .await;
     }
     if interrupted {
         return Err(Interrupted.into());
-    }
-    let mut unverified = 0;
-    if let Some(target) = verify_target {
-        unverified = verify_results(&job, target, &results).await?;
     }
     if failed > 0 || unverified > 0 {
         return Err(Reported(format!(
