@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::*;
 
-/// Records (path, body) of every POST it receives; answers 200.
-fn ping_server() -> (String, Arc<Mutex<Vec<(String, serde_json::Value)>>>) {
+/// (path, JSON body) of each request the ping server received.
+type Pings = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// Records every POST it receives; answers 200.
+fn ping_server() -> (String, Pings) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/ping/6f1c2a", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
