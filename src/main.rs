@@ -32,7 +32,10 @@ use cli::{Cli, Command};
 use commands::{Interrupted, Reported, Runtime};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     logging::init(cli.log_format, &cli.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,6 +80,35 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit_code(&e, signal.load(Ordering::SeqCst)),
     }
+}
+
+/// Help and version go to stdout with exit 0; usage errors become one line on stderr with
+/// exit 2, like every other configuration error.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    // clap's first paragraph is the error itself (some kinds continue it on indented lines,
+    // e.g. the missing arguments); tips and usage follow after a blank line.
+    let rendered = e.render().to_string();
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    eprintln!("{} (see backhaul --help)", first.join(" "));
+    ExitCode::from(2)
 }
 
 fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {

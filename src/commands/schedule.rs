@@ -372,7 +372,9 @@ pub fn validate_secret_arn(k: &str, arn: &str) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::invalid(
             "--secret",
-            format!("{k}={arn:?} must be a Secrets Manager or SSM parameter ARN, e.g. {k}=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"),
+            // The value is not echoed: someone who pasted the secret itself instead of its ARN
+            // must not find it in the task's logs.
+            format!("{k}=<value> must be a Secrets Manager or SSM parameter ARN (the value given is not one and is not shown), e.g. {k}=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"),
         ))
     }
 }

@@ -411,7 +411,7 @@ fn bad_settings_exit_2_before_any_aws_call() {
     );
     rejected(
         &["--secret", "POSTGRES_SECRET=hunter2"],
-        "--secret POSTGRES_SECRET=\"hunter2\" must be a Secrets Manager or SSM parameter ARN, e.g. POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
+        "--secret POSTGRES_SECRET=<value> must be a Secrets Manager or SSM parameter ARN (the value given is not one and is not shown), e.g. POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
     );
     let out = backhaul()
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")

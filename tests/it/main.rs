@@ -6,6 +6,7 @@ mod common;
 
 mod backup_mongo;
 mod backup_pg;
+mod bad_input;
 mod config_errors;
 mod data;
 mod ecs;

@@ -1,0 +1,209 @@
+//! The bad-input matrix: every case exits 2 with exactly one line on stderr naming what to fix,
+//! prints nothing on stdout, and makes no AWS call (AWS points at a closed port, so a call would
+//! fail with exit 1 instead). The whole table is one reviewed snapshot.
+
+use crate::common::*;
+
+type Case = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+const PG: &[(&str, &str)] = &[
+    ("S3_BUCKET", "acme-backups"),
+    ("STAGE", "prod"),
+    ("PG_DB_HOST", "db"),
+    ("PG_DB_USER", "app"),
+    ("PG_DB_NAME", "app"),
+];
+const STORE: &[(&str, &str)] = &[("S3_BUCKET", "acme-backups"), ("STAGE", "prod")];
+const SCHED: &[&str] = &[
+    "schedule",
+    "--stage",
+    "prod",
+    "--image",
+    "acct.dkr.ecr.us-east-1.amazonaws.com/backhaul:1",
+    "--subnets",
+    "subnet-1",
+    "--security-groups",
+    "sg-1",
+    "--execution-role-arn",
+    "arn:aws:iam::123456789012:role/exec",
+    "--events-role-arn",
+    "arn:aws:iam::123456789012:role/events",
+    "--dry-run",
+];
+
+fn cases() -> Vec<(Vec<&'static str>, Vec<(&'static str, &'static str)>)> {
+    let with = |base: &'static [(&'static str, &'static str)],
+                extra: &'static [(&'static str, &'static str)]| {
+        let mut v: Vec<_> = base
+            .iter()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .copied()
+            .collect();
+        v.extend(extra.iter().filter(|(_, v)| !v.is_empty()).copied());
+        v.retain(|(_, v)| !v.is_empty());
+        v
+    };
+    let sched = |extra: &'static [&'static str]| -> Vec<&'static str> {
+        SCHED.iter().chain(extra).copied().collect()
+    };
+    let fixed: Vec<Case> = vec![
+        (&["backup"], &[("S3_BUCKET", "")]),
+        (&["backup"], &[("STAGE", "")]),
+        (&["backup"], &[("STAGE", "Prod")]),
+        (&["backup"], &[("STAGE", "dev_1")]),
+        (&["backup"], &[("S3_BUCKET", "My_Bucket")]),
+        (&["backup"], &[("S3_BUCKET", "ab")]),
+        (
+            &["backup"],
+            &[("PG_DB_HOST", ""), ("PG_DB_USER", ""), ("PG_DB_NAME", "")],
+        ),
+        (&["backup"], &[("PG_DB_USER", "")]),
+        (&["backup"], &[("PG_DB_NAME", " , ")]),
+        (&["backup"], &[("PG_DB_PORT", "54x")]),
+        (&["backup"], &[("PG_DB_PORT", "70000")]),
+        (&["backup"], &[("PG_DB_HOST", "postgres://db")]),
+        (
+            &["backup"],
+            &[
+                ("PG_DB_HOST", ""),
+                ("POSTGRES_SECRET", "{\"username\":\"app\","),
+            ],
+        ),
+        (
+            &["backup"],
+            &[
+                ("PG_DB_HOST", ""),
+                (
+                    "POSTGRES_SECRET",
+                    "{\"username\":\"app\",\"host\":\"db\",\"port\":\"x\"}",
+                ),
+            ],
+        ),
+        (&["backup"], &[("DATABASE_URL", "mysql://app:pw@db/app")]),
+        (&["backup"], &[("DATABASE_URL", "postgresql://:5432/app")]),
+        (&["backup"], &[("NEON_DB_ENDPOINT_OPTION", "endpoint=")]),
+        (&["backup"], &[("NEON_DB_ENDPOINT_OPTION", "ep x")]),
+        (&["backup"], &[("BACKUP_TIMEZONE", "Mars/Olympus")]),
+        (&["backup"], &[("BACKUP_TIMEZONE", "+25:00")]),
+        (&["backup"], &[("PG_COMPRESSION", "lz4")]),
+        (&["backup"], &[("PG_ZSTD_LEVEL", "25")]),
+        (&["backup"], &[("BACKUP_TIMEOUT", "soon")]),
+        (&["backup"], &[("BACKUP_PARALLEL", "0")]),
+        (&["backup"], &[("BACKHAUL_PART_SIZE_MIB", "4")]),
+        (&["backup"], &[("BACKHAUL_UPLOAD_CONCURRENCY", "0")]),
+        (&["backup"], &[("BACKUP_PREFIX", "a/../b")]),
+        (&["backup", "--dest", "ftp://host/dir"], &[]),
+        (&["backup", "--dest", "file://relative/dir"], &[]),
+        (&["backup", "--sse", "rot13"], &[]),
+        (&["backup", "--sse-kms-key-id", "key-1"], &[]),
+        (&["backup"], &[("BACKHAUL_NOTIFY_URL", "hc-ping.com/abc")]),
+        (
+            &["backup"],
+            &[
+                ("MONGO_CONNECTION_STRING", "http://mongo/db"),
+                ("MONGO_DB_NAME", "shop"),
+            ],
+        ),
+        (
+            &["backup"],
+            &[
+                ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
+                ("MONGO_DB_NAME", ""),
+            ],
+        ),
+        (
+            &["backup"],
+            &[
+                ("MONGO_CONNECTION_STRING", "mongodb://mongo/shop"),
+                ("MONGO_FORMAT", "tar"),
+            ],
+        ),
+        (&["backup", "--only", "mongo"], &[]),
+        (&["backup", "--only", "oracle"], &[]),
+        (&["backup", "--no-such-flag"], &[]),
+        (&["bakup"], &[]),
+        (&["prune"], &[]),
+        (&["prune", "--keep-daily", "-1"], &[]),
+        (&["restore", "latest", "--to", "mysql://u:pw@h/d"], &[]),
+        (
+            &[
+                "restore",
+                "latest",
+                "--to",
+                "postgresql://u:pw@h/d",
+                "--jobs",
+                "0",
+            ],
+            &[],
+        ),
+        (&["restore", "latest"], &[]),
+        (&["verify", "--since", "a week"], &[]),
+    ];
+    let mut out: Vec<_> = fixed
+        .into_iter()
+        .map(|(args, env)| {
+            let base = if args[0] == "backup" { PG } else { STORE };
+            (args.to_vec(), with(base, env))
+        })
+        .collect();
+    for extra in [
+        &["--schedule", "rate(5 minute)"][..],
+        &["--schedule", "rate(0 minutes)"],
+        &["--schedule", "cron(0 3 * * *)"],
+        &["--schedule", "cron(99 3 * * ? *)"],
+        &["--schedule", "cron(0 3 1 * MON *)"],
+        &["--cpu", "1024", "--memory", "512"],
+        &["--cpu", "300"],
+        &["--env", "DB_PASSWORD=hunter22"],
+        &["--env", "DATABASE_URL=postgresql://u:hunter22@db/app"],
+        &["--env", "NOEQUALS"],
+        &["--secret", "POSTGRES_SECRET=hunter22"],
+    ] {
+        let leaked: &'static [&'static str] = Box::leak(extra.to_vec().into_boxed_slice());
+        out.push((sched(leaked), vec![("AWS_REGION", "us-east-1")]));
+    }
+    out
+}
+
+#[test]
+fn every_bad_input_exits_2_with_one_line() {
+    let cases = cases();
+    assert!(cases.len() >= 30, "the matrix covers at least 30 cases");
+    let mut report = String::new();
+    for (args, env) in &cases {
+        let mut cmd = backhaul();
+        cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .envs(env.iter().copied())
+            .args(args);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let shown_env: Vec<String> = env
+            .iter()
+            .filter(|(k, _)| !PG.contains(&(k, "")))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        report.push_str(&format!(
+            "$ {} backhaul {}\n",
+            shown_env.join(" "),
+            args.join(" ")
+        ));
+        report.push_str(&format!(
+            "  exit {:?}: {}\n",
+            out.status.code(),
+            lines.join(" // ")
+        ));
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(lines.len(), 1, "{args:?} {env:?}: one line, got {stderr}");
+        assert!(lines[0].starts_with("error: "), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert!(
+            !stderr.contains("hunter22"),
+            "{args:?}: secret echoed: {stderr}"
+        );
+    }
+    insta::assert_snapshot!("bad_input_matrix", report);
+}
