@@ -34,7 +34,7 @@ const SCHED: &[&str] = &[
     "--dry-run",
 ];
 
-fn cases() -> Vec<(Vec<&'static str>, Vec<(&'static str, &'static str)>)> {
+fn cases() -> Vec<(Vec<&'static str>, Env)> {
     let with = |base: &'static [(&'static str, &'static str)],
                 extra: &'static [(&'static str, &'static str)]| {
         let mut v: Vec<_> = base
