@@ -4,6 +4,7 @@
 
 use crate::common::*;
 
+type Env = Vec<(&'static str, &'static str)>;
 type Case = (
     &'static [&'static str],
     &'static [(&'static str, &'static str)],
