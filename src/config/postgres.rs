@@ -617,3 +617,57 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn neon_normaliser_never_panics(s in "\\PC{0,80}") {
+            let _ = normalize_neon_option(&s);
+        }
+
+        #[test]
+        fn neon_forms_agree(id in "ep-[a-z0-9]{1,12}(-[a-z0-9]{1,10}){0,3}") {
+            let forms = [id.clone(), format!("endpoint={id}"), format!("endpoint%3D{id}")];
+            for f in forms {
+                prop_assert_eq!(normalize_neon_option(&f).unwrap(), id.clone());
+            }
+        }
+
+        #[test]
+        fn url_parser_never_panics(s in "(postgres(ql)?://)?\\PC{0,120}") {
+            let _ = PgConn::parse_url(&s);
+        }
+
+        /// What the builder writes, the parser reads back unchanged: any user, password,
+        /// database name and options survive percent-encoding.
+        #[test]
+        fn url_round_trips(
+            user in "\\PC{1,20}",
+            password in "\\PC{0,30}",
+            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z0-9-]{1,10}){0,3}",
+            port in 1u16..,
+            db in "\\PC{1,20}",
+            options in proptest::option::of("\\PC{1,30}"),
+        ) {
+            let conn = PgConn {
+                host: host.clone(),
+                port,
+                user: user.clone(),
+                password: (!password.is_empty()).then(|| Secret::new(password.clone())),
+                databases: vec![db.clone()],
+                params: options.clone().map(|o| vec![("options".to_string(), o)]).unwrap_or_default(),
+            };
+            let back = PgConn::parse_url(&conn.url_with_password(&db)).unwrap();
+            prop_assert_eq!(back.user, user);
+            prop_assert_eq!(back.password.map(|p| p.expose().to_string()).unwrap_or_default(), password);
+            prop_assert_eq!(back.host, host);
+            prop_assert_eq!(back.port, port);
+            prop_assert_eq!(back.databases, vec![db]);
+            prop_assert_eq!(back.params, conn.params);
+        }
+    }
+}

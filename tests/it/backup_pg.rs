@@ -316,3 +316,30 @@ fn file_destination_round_trip() {
     assert!(dir.path().join(format!("{key}.manifest.json")).exists());
     restore_and_compare(&pg, &object, "zstd", "app");
 }
+
+#[test]
+fn older_pg_dump_than_server_is_refused_with_the_version_needed() {
+    let pg = cluster_with_fixture("app");
+    let bucket = moto().bucket("oldclient");
+    let major = pg.psql(
+        "postgres",
+        "select current_setting('server_version_num')::int / 10000",
+    );
+    let mut cmd = backhaul_moto();
+    cmd.arg("backup");
+    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    cmd.env("S3_BUCKET", &bucket)
+        .env("STAGE", "prod")
+        .env("PG_DUMP_PATH", tests_dir().join("fixtures/pg_dump_old"));
+    assert_failed_cleanly(
+        &mut cmd,
+        &bucket,
+        &format!("pg_dump 12.0 is older than the server ({major}."),
+    );
+    let out = cmd.assert().code(1);
+    let err = summaries(&out.get_output().stdout)[0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.ends_with(&format!("pg_dump must be at least version {major}; install postgresql-client-{major} or set PG_DUMP_PATH")), "{err}");
+}
