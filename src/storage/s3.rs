@@ -64,6 +64,25 @@ impl S3Storage {
         }
     }
 
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StorageError::NotFound(format!("s3://{}/{key}", self.bucket))
+                } else {
+                    err("get object", key, e)
+                }
+            })
+    }
+
     fn sse_mode(&self) -> Option<ServerSideEncryption> {
         self.sse.mode.as_deref().map(ServerSideEncryption::from)
     }
@@ -323,38 +342,12 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, key: &str) -> Result<Reader, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                    StorageError::NotFound(format!("s3://{}/{key}", self.bucket))
-                } else {
-                    err("get object", key, e)
-                }
-            })?;
+        let out = self.get_object(key).await?;
         Ok(Box::new(out.body.into_async_read()))
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                    StorageError::NotFound(format!("s3://{}/{key}", self.bucket))
-                } else {
-                    err("get object", key, e)
-                }
-            })?;
+        let out = self.get_object(key).await?;
         let data = out
             .body
             .collect()
