@@ -96,6 +96,8 @@ pub struct MongoRestored {
     pub database: String,
     /// Documents per collection, counted from the dump's BSON (zip artifacts).
     pub documents: Option<BTreeMap<String, u64>>,
+    /// mongorestore's own total (`N document(s) restored successfully`), when it printed one.
+    pub restored_total: Option<u64>,
 }
 
 /// Restores one MongoDB artifact into `target`. Objects without a manifest (the old script's)
@@ -169,16 +171,28 @@ pub async fn restore_mongo(
         to: &database,
         drop,
     };
-    tokio::select! {
-        r = mongo::run_restore(&target.mongorestore, &target.conn, &source, &opts, target.redactor.clone()) => { r?; }
+    let tail = tokio::select! {
+        r = mongo::run_restore(&target.mongorestore, &target.conn, &source, &opts, target.redactor.clone()) => r?,
         // Dropping the future kills mongorestore's group and removes the config file.
         _ = cancel.cancelled() => return Err(Interrupted.into()),
-    }
+    };
     drop_dir(dir);
     Ok(MongoRestored {
         fed,
         database,
         documents,
+        restored_total: restored_total(&tail),
+    })
+}
+
+/// The total from mongorestore's last line, `N document(s) restored successfully. …`.
+fn restored_total(tail: &[String]) -> Option<u64> {
+    tail.iter().rev().find_map(|l| {
+        let (head, _) = l.split_once(" document(s) restored successfully")?;
+        head.rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     })
 }
 
@@ -321,6 +335,17 @@ mod tests {
         assert_eq!(counts.len(), 2);
         std::fs::write(dir.path().join("shop/a.bson"), &two[..8]).unwrap();
         assert!(count_documents(dir.path()).is_err());
+    }
+
+    #[test]
+    fn mongorestore_total_is_parsed() {
+        let tail = vec![
+            "2024-01-01T00:00:00.000+0000\tfinished restoring shop.a (2 documents, 0 failures)"
+                .to_string(),
+            "2024-01-01T00:00:00.000+0000\t1063 document(s) restored successfully. 0 document(s) failed to restore.".to_string(),
+        ];
+        assert_eq!(restored_total(&tail), Some(1063));
+        assert_eq!(restored_total(&tail[..1]), None);
     }
 
     #[test]
