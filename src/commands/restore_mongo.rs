@@ -125,7 +125,11 @@ pub async fn restore_mongo(
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
     }
     let dir = mongo::private_dir(&target.work_dir, "backhaul-mongo-restore-")?;
-    let object = dir.path().join(if is_zip { "dump.zip" } else { "dump.archive.gz" });
+    let object = dir.path().join(if is_zip {
+        "dump.zip"
+    } else {
+        "dump.archive.gz"
+    });
     let reader = storage.get(&entry.key).await?;
     let src = SyncIoBridge::new(reader);
     let file_path = object.clone();
@@ -214,9 +218,16 @@ pub fn extract_zip(zip: &Path, out: &Path) -> Result<(), MongoRestoreError> {
     for i in 0..archive.len() {
         let mut f = archive.by_index(i).map_err(|e| bad(&e))?;
         let name = String::from_utf8_lossy(f.name_raw()).into_owned();
+        // enclosed_name() would quietly make `/abs` relative; an absolute name in a dump we
+        // wrote means the object is not ours, so it is refused outright.
+        let absolute = name.starts_with(['/', '\\']);
         let rel = f
             .enclosed_name()
-            .filter(|p| p.components().all(|c| matches!(c, std::path::Component::Normal(_))))
+            .filter(|_| !absolute)
+            .filter(|p| {
+                p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            })
             .ok_or_else(|| MongoRestoreError::UnsafeEntry(name.clone()))?;
         let dest = out.join(rel);
         if f.is_dir() {
@@ -310,8 +321,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let z = zip_with(&["shop/ok.bson", evil]);
             let out = dir.path().join("dump");
-            let err = extract_zip(z.path(), &out).unwrap_err();
-            assert!(matches!(err, MongoRestoreError::UnsafeEntry(_)), "{evil}: {err}");
+            let err = extract_zip(z.path(), &out).expect_err(evil);
+            assert!(
+                matches!(err, MongoRestoreError::UnsafeEntry(_)),
+                "{evil}: {err}"
+            );
             assert!(!dir.path().join("evil.bson").exists());
         }
         let dir = tempfile::tempdir().unwrap();

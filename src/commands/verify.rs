@@ -262,8 +262,7 @@ impl Verifier {
             "restored_into".into(),
             json!(target.database_for(&entry.parsed.database)),
         );
-        match restore_mongo::restore_mongo(&self.storage, entry, target, true, &self.cancel).await
-        {
+        match restore_mongo::restore_mongo(&self.storage, entry, target, true, &self.cancel).await {
             Ok(done) => {
                 details.insert("restore".into(), json!("ok"));
                 if let Some(docs) = done.documents {
@@ -387,7 +386,11 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
     let (restore_into, mongo_restore_into) = match non_empty(args.restore_into.clone()) {
         Some(url) if is_mongo_url(&url) => (
             None,
-            Some(MongoTarget::resolve(&url, "VERIFY_RESTORE_INTO", &args.mongo)?),
+            Some(MongoTarget::resolve(
+                &url,
+                "VERIFY_RESTORE_INTO",
+                &args.mongo,
+            )?),
         ),
         Some(url) => (
             Some(

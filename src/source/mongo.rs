@@ -27,9 +27,7 @@ pub enum MongoError {
     BadPath(String),
     #[error("cannot read the version of {path}: {message}")]
     Version { path: String, message: String },
-    #[error(
-        "no mongorestore found: install the MongoDB Database Tools or set MONGORESTORE_PATH"
-    )]
+    #[error("no mongorestore found: install the MongoDB Database Tools or set MONGORESTORE_PATH")]
     NoMongorestore,
     #[error("MONGORESTORE_PATH {0} does not exist or is not executable")]
     BadRestorePath(String),
@@ -437,10 +435,7 @@ mod tests {
                 drop: true,
             },
         );
-        let args: Vec<String> = args
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(
             args,
             vec![

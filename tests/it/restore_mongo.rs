@@ -201,10 +201,7 @@ fn tampered_objects_restore_nothing_and_fail_verification() {
         assert!(err.contains("checksum mismatch"), "{format}: {err}");
         assert_eq!(s.target_files("shop"), Vec::<String>::new(), "{format}");
         s.assert_work_dir_empty();
-        s.cmd(&s.target())
-            .args(["verify", &key])
-            .assert()
-            .code(1);
+        s.cmd(&s.target()).args(["verify", &key]).assert().code(1);
     }
 }
 
