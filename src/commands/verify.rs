@@ -1,7 +1,8 @@
 //! `backhaul verify`: proves artifacts are intact and, with `--restore-into`, restorable.
 //!
 //! Per artifact, one streaming pass checks the stored bytes against the manifest (SHA-256 and
-//! size) and the structure (the decompressed archive fed to `pg_restore --list`). The verdict
+//! size) and the structure (PostgreSQL: the decompressed archive fed to `pg_restore --list`;
+//! MongoDB: every zip entry's CRC, or the whole `.archive.gz` decoded to its gzip trailer). The verdict
 //! is written back into the manifest, so `list` shows it and `prune` never counts a failed
 //! backup as a good one. Transient errors (a dropped connection) are reported but not
 //! recorded: they say nothing about the artifact.
@@ -151,6 +152,12 @@ impl Verifier {
             )));
         }
         details.insert("structure".into(), json!("ok"));
+        if self.mongo_restore_into.is_some() {
+            details.insert(
+                "restore".into(),
+                json!("skipped: --restore-into is not a postgresql:// URL"),
+            );
+        }
         if let Some(target) = &self.restore_into {
             details.insert("restored_into".into(), json!(target.database));
             if let Err(e) =
