@@ -270,7 +270,7 @@ pub struct RestoreArgs {
     #[arg(long, env = "RESTORE_TO", hide_env_values = true)]
     pub to: String,
 
-    /// With `latest`: which database's backups to pick from.
+    /// With `latest`: which database's backups to pick from. MongoDB restores go into the database named in the --to URI's path, else into the one dumped.
     #[arg(long)]
     pub database: Option<String>,
 
@@ -278,7 +278,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub kind: Option<String>,
 
-    /// Drop existing objects first (required when the target is not empty).
+    /// Drop existing objects first (required when the target is not empty). MongoDB: mongorestore --drop (each collection in the dump is replaced); without it, a document that already exists fails the restore.
     #[arg(long)]
     pub clean: bool,
 

@@ -402,6 +402,7 @@ async fn verify_results(
         tools: Some(tools.clone()),
         redactor,
         restore_into: Some(target),
+        mongo_restore_into: None,
         cancel: job.cancel.clone(),
     };
     let prefix = job.store.dest.key_prefix();

@@ -6,6 +6,7 @@ pub mod common;
 pub mod list;
 pub mod prune;
 pub mod restore;
+pub mod restore_mongo;
 pub mod run_task;
 pub mod schedule;
 pub mod status;

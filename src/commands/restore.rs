@@ -1,4 +1,5 @@
-//! `backhaul restore`: one artifact into a PostgreSQL database.
+//! `backhaul restore`: one artifact into a PostgreSQL database (MongoDB artifacts: see
+//! [`super::restore_mongo`]).
 //!
 //! Streaming by default (object → checks → decompress → `pg_restore --single-transaction`),
 //! with the archive's tail withheld until the checksum matched (see [`crate::feed`]), so a
@@ -16,6 +17,7 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
+use super::restore_mongo::{self, MongoTarget};
 use super::{Interrupted, Runtime};
 use crate::catalog::{self, Entry, Filter};
 use crate::cli::RestoreArgs;
@@ -34,8 +36,14 @@ const USER_RELATIONS_SQL: &str = "select count(*) from pg_class c join pg_namesp
 pub enum RestoreError {
     #[error("target database \"{database}\" is not empty ({relations} tables, views or sequences): pass --clean to drop the objects the backup contains before restoring")]
     NotEmpty { database: String, relations: u64 },
-    #[error("restoring MongoDB artifacts is not supported yet ({0})")]
-    MongoUnsupported(String),
+    #[error("a MongoDB URI cannot be used here: expected a postgresql:// URL")]
+    NotPostgres,
+    #[error("{key} is a {kind} backup, but the target is a {target} URL: restore it into a {kind} database")]
+    WrongTarget {
+        key: String,
+        kind: &'static str,
+        target: &'static str,
+    },
 }
 
 /// A PostgreSQL database to restore into, with the client tools and a redactor for its password.
@@ -53,8 +61,8 @@ impl PgTarget {
         var: &str,
         pg_dump_path: Option<&Path>,
     ) -> anyhow::Result<PgTarget> {
-        if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
-            return Err(RestoreError::MongoUnsupported("target is a MongoDB URI".into()).into());
+        if is_mongo_url(url) {
+            return Err(RestoreError::NotPostgres.into());
         }
         let conn = PgConn::parse_url(url).map_err(|e| ConfigError::invalid(var, e.message))?;
         let database = conn.databases.first().cloned().ok_or_else(|| {
@@ -117,6 +125,10 @@ impl PgTarget {
     }
 }
 
+pub fn is_mongo_url(url: &str) -> bool {
+    url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
+}
+
 /// `PG_DUMP_PATH` (pg_restore and psql are taken from beside it) or the newest install.
 pub async fn locate_tools(explicit: Option<&Path>) -> anyhow::Result<PgTools> {
     match PgTools::locate(explicit).await {
@@ -164,6 +176,9 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     if args.jobs == Some(0) {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
+    if is_mongo_url(&args.to) {
+        return run_mongo(args, store, filter, rt).await;
+    }
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
     let storage = store.open().await?;
     let entry = catalog::resolve(
@@ -176,7 +191,12 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     )
     .await?;
     if entry.parsed.kind == Kind::Mongo {
-        return Err(RestoreError::MongoUnsupported(entry.key.clone()).into());
+        return Err(RestoreError::WrongTarget {
+            key: entry.key.clone(),
+            kind: "mongo",
+            target: "postgresql://",
+        }
+        .into());
     }
     let relations = target.user_relations().await?;
     if relations > 0 && !args.clean {
@@ -197,6 +217,56 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         stored_bytes: fed.stored_bytes,
         raw_bytes: fed.raw_bytes,
         sha256: &fed.sha256,
+        checksum_verified: entry.manifest.is_some(),
+        seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    };
+    println!("{}", serde_json::to_string(&line)?);
+    Ok(())
+}
+
+/// `restore` into a MongoDB deployment: `--clean` becomes mongorestore's `--drop`.
+async fn run_mongo(
+    args: RestoreArgs,
+    store: Store,
+    filter: Filter,
+    rt: Runtime,
+) -> anyhow::Result<()> {
+    if args.jobs.is_some() {
+        return Err(ConfigError::invalid("--jobs", "applies to PostgreSQL restores only").into());
+    }
+    let target = MongoTarget::resolve(&args.to, "RESTORE_TO", &args.mongo)?;
+    let storage = store.open().await?;
+    let entry = catalog::resolve(
+        &storage,
+        &store.dest.key_prefix(),
+        &store.stage,
+        &store.zone,
+        &args.key,
+        &filter,
+    )
+    .await?;
+    if entry.parsed.kind != Kind::Mongo {
+        return Err(RestoreError::WrongTarget {
+            key: entry.key.clone(),
+            kind: "postgres",
+            target: "mongodb://",
+        }
+        .into());
+    }
+    let database = target.database_for(&entry.parsed.database);
+    tracing::info!(key = %entry.key, database = %database, clean = args.clean, "restore starting");
+    let started = Instant::now();
+    // mongorestore's stderr is already redacted with the target's secrets (see ChildProc).
+    let done =
+        restore_mongo::restore_mongo(&storage, &entry, &target, args.clean, &rt.cancel).await?;
+    let line = Summary {
+        event: "restore",
+        status: "ok",
+        key: &entry.key,
+        database: &done.database,
+        stored_bytes: done.fed.stored_bytes,
+        raw_bytes: done.fed.raw_bytes,
+        sha256: &done.fed.sha256,
         checksum_verified: entry.manifest.is_some(),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     };

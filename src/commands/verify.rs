@@ -1,7 +1,8 @@
 //! `backhaul verify`: proves artifacts are intact and, with `--restore-into`, restorable.
 //!
 //! Per artifact, one streaming pass checks the stored bytes against the manifest (SHA-256 and
-//! size) and the structure (the decompressed archive fed to `pg_restore --list`). The verdict
+//! size) and the structure (PostgreSQL: the decompressed archive fed to `pg_restore --list`;
+//! MongoDB: every zip entry's CRC, or the whole `.archive.gz` decoded to its gzip trailer). The verdict
 //! is written back into the manifest, so `list` shows it and `prune` never counts a failed
 //! backup as a good one. Transient errors (a dropped connection) are reported but not
 //! recorded: they say nothing about the artifact.
@@ -16,7 +17,8 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
-use super::restore::{self, expectation, filter, PgTarget};
+use super::restore::{self, expectation, filter, is_mongo_url, PgTarget};
+use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
 use crate::catalog::{self, Entry};
 use crate::cli::VerifyArgs;
@@ -35,6 +37,8 @@ pub struct Verifier {
     pub tools: Option<PgTools>,
     pub redactor: Redactor,
     pub restore_into: Option<PgTarget>,
+    /// `--restore-into mongodb://…`: the scratch deployment MongoDB artifacts are restored into.
+    pub mongo_restore_into: Option<MongoTarget>,
     pub cancel: CancellationToken,
 }
 
@@ -148,6 +152,12 @@ impl Verifier {
             )));
         }
         details.insert("structure".into(), json!("ok"));
+        if self.mongo_restore_into.is_some() {
+            details.insert(
+                "restore".into(),
+                json!("skipped: --restore-into is not a postgresql:// URL"),
+            );
+        }
         if let Some(target) = &self.restore_into {
             details.insert("restored_into".into(), json!(target.database));
             if let Err(e) =
@@ -167,8 +177,9 @@ impl Verifier {
 }
 
 impl Verifier {
-    /// Checksum, then structure: a zip is read entry by entry (the zip crate checks each CRC);
-    /// zip needs random access, so the object goes to a private temp file first.
+    /// Checksum, then structure: a zip is read entry by entry (the zip crate checks each CRC),
+    /// an `.archive.gz` is decompressed to the end (gzip CRC + size trailer). Zip needs random
+    /// access, so the object goes to a private temp file first.
     async fn verify_mongo(
         &self,
         entry: &Entry,
@@ -188,7 +199,7 @@ impl Verifier {
         let src = SyncIoBridge::new(reader);
         let expect = expectation(entry);
         let is_zip = entry.parsed.extension.ends_with(".zip");
-        let checked = tokio::task::spawn_blocking(move || -> Result<Option<usize>, Failure> {
+        let checked = tokio::task::spawn_blocking(move || -> Result<Structure, Failure> {
             let mut file = tempfile::tempfile().map_err(|e| Failure::Transient(e.into()))?;
             match feed::feed(
                 src,
@@ -203,10 +214,15 @@ impl Verifier {
                 }
                 Err(e) => return Err(Failure::Transient(e.into())),
             }
-            if !is_zip {
-                return Ok(None);
+            if is_zip {
+                zip_entries(file)
+                    .map(Structure::ZipEntries)
+                    .map_err(Failure::Artifact)
+            } else {
+                check_gzip(&mut file)
+                    .map(Structure::GzipBytes)
+                    .map_err(Failure::Artifact)
             }
-            zip_entries(file).map(Some).map_err(Failure::Artifact)
         })
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
@@ -221,25 +237,67 @@ impl Verifier {
                 Err(Failure::Artifact(msg))
             }
             Err(e) => Err(e),
-            Ok(n) => {
+            Ok(s) => {
                 details.insert("checksum".into(), json!("ok"));
-                match n {
-                    Some(n) => {
-                        details.insert("structure".into(), json!("ok"));
-                        details.insert("zip_entries".into(), json!(n));
-                    }
-                    // No gzip reader is linked yet; the checksum still proves the bytes.
-                    None => {
-                        details.insert("structure".into(), json!("not checked (archive.gz)"));
-                    }
-                }
-                if self.restore_into.is_some() {
-                    details.insert("restore".into(), json!("not supported for MongoDB yet"));
-                }
-                Ok(())
+                details.insert("structure".into(), json!("ok"));
+                match s {
+                    Structure::ZipEntries(n) => details.insert("zip_entries".into(), json!(n)),
+                    Structure::GzipBytes(n) => details.insert("raw_bytes".into(), json!(n)),
+                };
+                self.restore_mongo_into(entry, details).await
             }
         }
     }
+
+    /// With `--restore-into mongodb://…`: restores with `--drop` (a scratch deployment is
+    /// overwritten, never merged into) and records the documents per collection.
+    async fn restore_mongo_into(
+        &self,
+        entry: &Entry,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let Some(target) = &self.mongo_restore_into else {
+            if self.restore_into.is_some() {
+                details.insert(
+                    "restore".into(),
+                    json!("skipped: --restore-into is not a mongodb:// URI"),
+                );
+            }
+            return Ok(());
+        };
+        details.insert(
+            "restored_into".into(),
+            json!(target.database_for(&entry.parsed.database)),
+        );
+        match restore_mongo::restore_mongo(&self.storage, entry, target, true, &self.cancel).await {
+            Ok(done) => {
+                details.insert("restore".into(), json!("ok"));
+                if let Some(docs) = done.documents {
+                    details.insert("collections".into(), json!(docs));
+                }
+                if let Some(n) = done.restored_total {
+                    details.insert("documents_restored".into(), json!(n));
+                }
+                Ok(())
+            }
+            Err(e) if e.downcast_ref::<super::Interrupted>().is_some() => {
+                Err(Failure::Transient(e))
+            }
+            Err(e) => {
+                details.insert("restore".into(), json!("failed"));
+                Err(Failure::Artifact(
+                    target.redactor.redact(&format!("restore failed: {e:#}")),
+                ))
+            }
+        }
+    }
+}
+
+/// What the structure check of a MongoDB artifact found.
+enum Structure {
+    ZipEntries(usize),
+    /// Decompressed size of an `.archive.gz`.
+    GzipBytes(u64),
 }
 
 /// Reads every entry of a zip to the end, which makes the zip crate check its CRC-32.
@@ -332,11 +390,23 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         Some(p) => Some(restore::locate_tools(Some(p)).await?),
         None => restore::locate_tools(None).await.ok(),
     };
-    let restore_into = match non_empty(args.restore_into.clone()) {
-        Some(url) => Some(
-            PgTarget::resolve(&url, "VERIFY_RESTORE_INTO", args.pg.pg_dump_path.as_deref()).await?,
+    let (restore_into, mongo_restore_into) = match non_empty(args.restore_into.clone()) {
+        Some(url) if is_mongo_url(&url) => (
+            None,
+            Some(MongoTarget::resolve(
+                &url,
+                "VERIFY_RESTORE_INTO",
+                &args.mongo,
+            )?),
         ),
-        None => None,
+        Some(url) => (
+            Some(
+                PgTarget::resolve(&url, "VERIFY_RESTORE_INTO", args.pg.pg_dump_path.as_deref())
+                    .await?,
+            ),
+            None,
+        ),
+        None => (None, None),
     };
     let storage = store.open().await?;
     let prefix = store.dest.key_prefix();
@@ -366,12 +436,14 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
     let redactor = restore_into
         .as_ref()
         .map(|t| t.redactor.clone())
+        .or_else(|| mongo_restore_into.as_ref().map(|t| t.redactor.clone()))
         .unwrap_or_default();
     let v = Verifier {
         storage,
         tools,
         redactor,
         restore_into,
+        mongo_restore_into,
         cancel: rt.cancel.clone(),
     };
     let mut failed = 0;

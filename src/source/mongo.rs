@@ -1,8 +1,9 @@
-//! mongodump: finding it, handing it the connection through a private `--config` file, and
-//! turning its output into one artifact — either a dump tree zipped on the fly (`zip`) or its
-//! gzipped archive stream (`archive`).
+//! The MongoDB Database Tools: finding mongodump and mongorestore, handing them the connection
+//! through a private `--config` file, turning mongodump's output into one artifact — either a
+//! dump tree zipped on the fly (`zip`) or its gzipped archive stream (`archive`) — and running
+//! mongorestore on a verified dump.
 //!
-//! The URI holds the password, so it never goes into argv: real mongodump would show it in
+//! The URI holds the password, so it never goes into argv: the real tools would show it in
 //! `ps`. It is written to a 0600 temp file that lives exactly as long as the child.
 
 use std::io::{self, Write};
@@ -26,7 +27,11 @@ pub enum MongoError {
     BadPath(String),
     #[error("cannot read the version of {path}: {message}")]
     Version { path: String, message: String },
-    #[error("writing mongodump's private --config file: {0}")]
+    #[error("no mongorestore found: install the MongoDB Database Tools or set MONGORESTORE_PATH")]
+    NoMongorestore,
+    #[error("MONGORESTORE_PATH {0} does not exist or is not executable")]
+    BadRestorePath(String),
+    #[error("writing the MongoDB tools' private --config file: {0}")]
     ConfigFile(io::Error),
     #[error("cannot create a temp dir in {dir} (BACKUP_WORK_DIR): {source}")]
     WorkDir { dir: String, source: io::Error },
@@ -45,7 +50,13 @@ pub enum MongoError {
 impl MongoError {
     /// A missing or broken binary is a setting to fix, not a transient failure.
     pub fn is_config(&self) -> bool {
-        matches!(self, MongoError::NoMongodump | MongoError::BadPath(_))
+        matches!(
+            self,
+            MongoError::NoMongodump
+                | MongoError::BadPath(_)
+                | MongoError::NoMongorestore
+                | MongoError::BadRestorePath(_)
+        )
     }
 }
 
@@ -69,6 +80,27 @@ impl MongoTools {
             version,
         })
     }
+}
+
+/// `MONGORESTORE_PATH` if given, else the mongorestore beside an explicit `MONGODUMP_PATH`
+/// (the tools ship together), else the first one on PATH.
+pub fn locate_mongorestore(
+    explicit: Option<&Path>,
+    mongodump: Option<&Path>,
+) -> Result<PathBuf, MongoError> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(MongoError::BadRestorePath(p.display().to_string()))
+        };
+    }
+    mongodump
+        .and_then(Path::parent)
+        .map(|d| d.join("mongorestore"))
+        .filter(|p| is_executable(p))
+        .or_else(|| on_path("mongorestore"))
+        .ok_or(MongoError::NoMongorestore)
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -203,6 +235,21 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// A temp dir inside `work_dir` that only we can enter (0700): dumps hold the data in clear.
+/// Removed when the `TempDir` drops.
+pub fn private_dir(work_dir: &Path, prefix: &str) -> Result<TempDir, MongoError> {
+    let err = |source| MongoError::WorkDir {
+        dir: work_dir.display().to_string(),
+        source,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(work_dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(dir)
+}
+
 /// Runs `mongodump --out <private temp dir>` to completion and returns the dir holding
 /// `<db>/<collection>.bson|.metadata.json`. The dir is removed when the `TempDir` drops
 /// (success, failure, or the caller's future being cancelled).
@@ -214,19 +261,7 @@ pub async fn dump_to_dir(
     work_dir: &Path,
     redactor: Redactor,
 ) -> Result<TempDir, MongoError> {
-    let dir = tempfile::Builder::new()
-        .prefix("backhaul-mongo-")
-        .tempdir_in(work_dir)
-        .map_err(|source| MongoError::WorkDir {
-            dir: work_dir.display().to_string(),
-            source,
-        })?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(
-        |source| MongoError::WorkDir {
-            dir: work_dir.display().to_string(),
-            source,
-        },
-    )?;
+    let dir = private_dir(work_dir, "backhaul-mongo-")?;
     let config = write_config(conn)?;
     let mut cmd = dump_command(tools, config.path(), database, extra_args);
     cmd.arg("--out").arg(dir.path());
@@ -292,6 +327,82 @@ pub fn zip_tree(root: &Path, sink: impl Write) -> io::Result<u64> {
     Ok(raw)
 }
 
+/// What mongorestore reads: a dump tree (`<dir>/<db>/<coll>.bson`) or a gzipped archive file.
+pub enum RestoreSource<'a> {
+    Dir(&'a Path),
+    ArchiveGz(&'a Path),
+}
+
+/// How mongorestore applies a dump of database `from` to database `to`.
+pub struct MongoRestoreOpts<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    /// `--drop`: replace each collection the dump holds (backhaul's `--clean`).
+    pub drop: bool,
+}
+
+/// An nsInclude/nsFrom pattern matching `s` literally: `*`, `$` and `\` are special there.
+fn ns_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '$' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The mongorestore arguments after `--config`. `--stopOnError` because mongorestore otherwise
+/// exits 0 after skipping documents whose `_id` already exists, and a restore that silently
+/// kept old data must not report success.
+pub fn restore_args(source: &RestoreSource, opts: &MongoRestoreOpts) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    match source {
+        RestoreSource::Dir(d) => {
+            args.push("--dir".into());
+            args.push(d.as_os_str().to_owned());
+        }
+        RestoreSource::ArchiveGz(f) => {
+            let mut a = std::ffi::OsString::from("--archive=");
+            a.push(f.as_os_str());
+            args.push(a);
+            args.push("--gzip".into());
+        }
+    }
+    let from = ns_escape(opts.from);
+    args.push(format!("--nsInclude={from}.*").into());
+    if opts.from != opts.to {
+        args.push(format!("--nsFrom={from}.$coll$").into());
+        args.push(format!("--nsTo={}.$coll$", ns_escape(opts.to)).into());
+    }
+    if opts.drop {
+        args.push("--drop".into());
+    }
+    args.push("--stopOnError".into());
+    args
+}
+
+/// Runs mongorestore to completion and returns its (redacted) stderr tail. The config file with
+/// the URI is removed once the child has exited, on every path.
+pub async fn run_restore(
+    mongorestore: &Path,
+    conn: &MongoConn,
+    source: &RestoreSource<'_>,
+    opts: &MongoRestoreOpts<'_>,
+    redactor: Redactor,
+) -> Result<Vec<String>, MongoError> {
+    let config = write_config(conn)?;
+    let mut cmd = child::command(mongorestore);
+    cmd.arg("--config")
+        .arg(config.path())
+        .args(restore_args(source, opts));
+    let child = ChildProc::spawn("mongorestore", cmd, redactor)?;
+    let waited = child.wait().await;
+    drop(config);
+    Ok(waited?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +422,31 @@ mod tests {
         assert_eq!(
             yaml_quote(r#"mongodb://u:a"b\c@h/"#),
             r#""mongodb://u:a\"b\\c@h/""#
+        );
+    }
+
+    #[test]
+    fn restore_args_rename_and_escape() {
+        let args = restore_args(
+            &RestoreSource::Dir(Path::new("/t/dump")),
+            &MongoRestoreOpts {
+                from: "shop",
+                to: "sh*p2",
+                drop: true,
+            },
+        );
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            args,
+            vec![
+                "--dir",
+                "/t/dump",
+                "--nsInclude=shop.*",
+                "--nsFrom=shop.$coll$",
+                "--nsTo=sh\\*p2.$coll$",
+                "--drop",
+                "--stopOnError"
+            ]
         );
     }
 

@@ -12,3 +12,4 @@ mod data;
 mod ecs;
 mod faults;
 mod notify;
+mod restore_mongo;
