@@ -129,6 +129,14 @@ impl ChildProc {
     pub fn take_stdout(&mut self) -> Option<std::fs::File> {
         let out = self.child.stdout.take()?;
         let fd = out.into_owned_fd().ok()?;
+        // A 64 KiB pipe makes the dump tool and our reader take turns every 64 KiB; 1 MiB
+        // lets both run for longer stretches. Best effort: a lower system limit just keeps
+        // the default.
+        // SAFETY: fcntl on a pipe fd we own; no memory is passed.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        }
         Some(std::fs::File::from(fd))
     }
 
