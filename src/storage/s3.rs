@@ -6,7 +6,11 @@
 //! goes in the manifest. On failure the multipart upload is aborted, so no orphaned parts keep
 //! costing money.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -37,12 +41,46 @@ fn err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> StorageError 
     StorageError::backend(op, key, DisplayErrorContext(e).to_string())
 }
 
+/// Attempts per request when the user has not chosen (`AWS_MAX_ATTEMPTS` / `AWS_RETRY_MODE`).
+/// The SDK's own default is 3; a backup that has already streamed gigabytes should ride out a
+/// longer throttling burst (`503 SlowDown`) before giving up and aborting.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Connecting to the endpoint: an unreachable S3 (black-holed route, wrong VPC endpoint)
+/// fails the attempt after this instead of the OS's minutes-long TCP timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request attempt, body upload included. Parts are at most a few hundred MiB, so this
+/// allows well under 2 MB/s; its job is that a stuck part upload (a half-open connection, a
+/// server that stopped answering) fails, is retried, and finally aborts the multipart upload
+/// instead of hanging the backup forever.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Loads the standard AWS configuration chain (env, profile, ECS/IMDS credentials) once.
 /// `AWS_ENDPOINT_URL` is honoured by the chain itself.
+///
+/// Defaults we add: standard retry mode (exponential backoff with jitter) with
+/// [`DEFAULT_MAX_ATTEMPTS`] unless `AWS_MAX_ATTEMPTS` or `AWS_RETRY_MODE` is set, in which case
+/// the chain's reading of them wins; and the [`CONNECT_TIMEOUT`] / [`ATTEMPT_TIMEOUT`] timeouts,
+/// which the SDK leaves unset (no timeout at all) by default.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .build(),
+    );
+    if !retry_configured_by_env() {
+        loader =
+            loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));
+    }
+    loader.load().await
+}
+
+fn retry_configured_by_env() -> bool {
+    ["AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
 impl S3Storage {
