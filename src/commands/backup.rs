@@ -466,13 +466,23 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
     let (stats, source) = match produced {
         Ok(v) => v,
         Err(e) => {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(key = %t.key, error = %abort, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
-            }
+            abort_upload(upload.as_mut(), &t.key).await;
             return Err(e);
         }
     };
-    let parts = upload.finish().await.map_err(anyhow::Error::from)?;
+    let parts = match upload.finish().await {
+        Ok(parts) => parts,
+        Err(e) => {
+            // A part that failed late, or CompleteMultipartUpload itself failing, leaves the
+            // multipart upload open: abort it here rather than trust the background abort in
+            // the upload's Drop, which the process may exit before running.
+            // If S3 completed the upload but the answer was lost, the object exists: remove it,
+            // an artifact without a manifest must not look like a backup.
+            abort_upload(upload.as_mut(), &t.key).await;
+            let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
+            return Err(anyhow::Error::from(e).into());
+        }
+    };
     let m = Manifest {
         format: manifest::FORMAT,
         tool: "backhaul".into(),
@@ -506,6 +516,13 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
             .into());
     }
     Ok(m)
+}
+
+/// Aborts a failed upload; a failure to abort is only logged, the target has failed anyway.
+async fn abort_upload(upload: &mut dyn Upload, key: &str) {
+    if let Err(abort) = upload.abort().await {
+        tracing::warn!(key = %key, error = %abort, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
+    }
 }
 
 async fn produce(
