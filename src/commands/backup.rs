@@ -24,10 +24,11 @@ use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};
 use crate::layout::{self, Kind};
 use crate::manifest::{self, Manifest, SourceInfo};
-use crate::pipeline::{self, Codec, Producer, StreamStats};
+use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::secret::Redactor;
 use crate::secret::Secret;
+use crate::source::child::ChildProc;
 use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
 use crate::storage::{Storage, Upload};
@@ -518,6 +519,20 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
     Ok(m)
 }
 
+/// Stops the dump tool after its stream failed and names the root cause. When the upload
+/// failed (S3 unreachable, a part rejected), that is the cause: the tool then only died of the
+/// EPIPE/SIGPIPE we caused by closing its pipe, and reporting "killed by signal 13" would hide
+/// why the backup failed. When reading the stream failed, the tool's own failure, if any, is
+/// the cause (the stream only saw EOF/EPIPE).
+async fn stop_after_failed_stream(child: ChildProc, e: PipelineError) -> anyhow::Error {
+    let stopped = child.terminate().await;
+    match (e, stopped) {
+        (e @ PipelineError::Storage(_), _) => e.into(),
+        (_, Err(tool)) => tool.into(),
+        (e, Ok(_)) => e.into(),
+    }
+}
+
 /// Aborts a failed upload; a failure to abort is only logged, the target has failed anyway.
 async fn abort_upload(upload: &mut dyn Upload, key: &str) {
     if let Err(abort) = upload.abort().await {
@@ -578,11 +593,7 @@ async fn dump_postgres(
             child.wait().await?;
             stats
         }
-        Err(e) => {
-            // The child's own failure, if any, is the root cause (the stream only saw EOF/EPIPE).
-            child.terminate().await?;
-            return Err(e.into());
-        }
+        Err(e) => return Err(stop_after_failed_stream(child, e).await),
     };
     Ok((
         stats,
@@ -665,11 +676,7 @@ async fn dump_mongo_archive(
     progress.done();
     let result = match streamed {
         Ok(stats) => child.wait().await.map(|_| stats).map_err(Into::into),
-        Err(e) => {
-            // The child's own failure, if any, is the root cause (the stream only saw EOF/EPIPE).
-            child.terminate().await?;
-            Err(e.into())
-        }
+        Err(e) => Err(stop_after_failed_stream(child, e).await),
     };
     // The config file holds the password: it goes once mongodump has exited, on every path.
     drop(config);
