@@ -10,3 +10,4 @@ mod config_errors;
 mod data;
 mod ecs;
 mod faults;
+mod s3_faults;
