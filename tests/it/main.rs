@@ -11,3 +11,4 @@ mod data;
 mod ecs;
 mod faults;
 mod s3_faults;
+mod secret_hygiene;
