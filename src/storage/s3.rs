@@ -21,6 +21,8 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use crate::config::ConfigError;
+
 use super::{ObjectInfo, PartPlan, Reader, Storage, StorageError, Upload};
 
 /// Server-side encryption requested for every object we write.
@@ -53,8 +55,34 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One request attempt, body upload included. Parts are at most a few hundred MiB, so this
 /// allows well under 2 MB/s; its job is that a stuck part upload (a half-open connection, a
 /// server that stopped answering) fails, is retried, and finally aborts the multipart upload
-/// instead of hanging the backup forever.
+/// instead of hanging the backup forever. `BACKHAUL_S3_ATTEMPT_TIMEOUT` overrides it for S3
+/// storage (very slow links, or tests that stall a part on purpose).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+const ATTEMPT_TIMEOUT_VAR: &str = "BACKHAUL_S3_ATTEMPT_TIMEOUT";
+
+fn timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(attempt)
+        .build()
+}
+
+/// [`ATTEMPT_TIMEOUT`] unless `BACKHAUL_S3_ATTEMPT_TIMEOUT` (`90s`, `10m`) says otherwise.
+fn attempt_timeout() -> Result<Duration, ConfigError> {
+    match std::env::var(ATTEMPT_TIMEOUT_VAR) {
+        Ok(v) if !v.trim().is_empty() => humantime::parse_duration(v.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    ATTEMPT_TIMEOUT_VAR,
+                    format!("\"{v}\" is not a duration like 90s or 10m"),
+                )
+            }),
+        _ => Ok(ATTEMPT_TIMEOUT),
+    }
+}
 
 /// Loads the standard AWS configuration chain (env, profile, ECS/IMDS credentials) once.
 /// `AWS_ENDPOINT_URL` is honoured by the chain itself.
@@ -64,12 +92,8 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// the chain's reading of them wins; and the [`CONNECT_TIMEOUT`] / [`ATTEMPT_TIMEOUT`] timeouts,
 /// which the SDK leaves unset (no timeout at all) by default.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-            .build(),
-    );
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts(ATTEMPT_TIMEOUT));
     if !retry_configured_by_env() {
         loader =
             loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));
@@ -89,17 +113,19 @@ impl S3Storage {
         force_path_style: bool,
         plan: PartPlan,
         sse: Sse,
-    ) -> S3Storage {
+    ) -> Result<S3Storage, ConfigError> {
+        let attempt = attempt_timeout()?;
         let conf = sdk_config().await;
         let s3conf = aws_sdk_s3::config::Builder::from(&conf)
             .force_path_style(force_path_style)
+            .timeout_config(timeouts(attempt))
             .build();
-        S3Storage {
+        Ok(S3Storage {
             client: Client::from_conf(s3conf),
             bucket: bucket.to_string(),
             plan,
             sse,
-        }
+        })
     }
 
     fn sse_mode(&self) -> Option<ServerSideEncryption> {

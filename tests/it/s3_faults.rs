@@ -87,6 +87,47 @@ fn throttled_part_uploads_are_retried() {
 }
 
 #[test]
+fn stalled_part_upload_times_out_and_is_retried() {
+    let pg = big_cluster();
+    let bucket = moto().bucket("stall");
+    // The first part upload gets no answer for far longer than the attempt timeout.
+    let stall = Fault::Delay {
+        first: 1,
+        by: Duration::from_secs(60),
+    };
+    let proxy = FaultProxy::start(&moto().endpoint, vec![rule(UPLOAD_PART, stall)]);
+    let out = backup_via(&pg, &bucket, &proxy.endpoint(), 3)
+        .env("BACKHAUL_S3_ATTEMPT_TIMEOUT", "3s")
+        .assert()
+        .success();
+    let line = &summaries(&out.get_output().stdout)[0];
+    let key = line["key"].as_str().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&moto().get(&bucket, &format!("{key}.manifest.json"))).unwrap();
+    let parts = manifest["parts"].as_u64().unwrap() as usize;
+    assert_eq!(manifest["sha256"], sha256_hex(&moto().get(&bucket, key)));
+    assert_eq!(
+        proxy.hits(0),
+        parts + 1,
+        "the stalled attempt was given up and retried"
+    );
+}
+
+#[test]
+fn invalid_attempt_timeout_is_a_config_error() {
+    let out = backhaul()
+        .args(["backup", "--pg-url", "postgresql://u@127.0.0.1:9/d"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("S3_BUCKET", "unused")
+        .env("STAGE", "prod")
+        .env("BACKHAUL_S3_ATTEMPT_TIMEOUT", "soon")
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("BACKHAUL_S3_ATTEMPT_TIMEOUT"), "{err}");
+}
+
+#[test]
 fn persistent_part_errors_fail_and_abort() {
     let pg = big_cluster();
     let bucket = moto().bucket("internal");
@@ -94,7 +135,7 @@ fn persistent_part_errors_fail_and_abort() {
         &moto().endpoint,
         vec![
             rule(UPLOAD_PART, Fault::InternalError),
-            rule(ABORT, Fault::Delay(Duration::ZERO)),
+            rule(ABORT, Fault::Pass),
         ],
     );
     let out = backup_via(&pg, &bucket, &proxy.endpoint(), 2)
@@ -116,10 +157,7 @@ fn lost_completion_fails_and_leaves_nothing() {
     let bucket = moto().bucket("complete");
     let proxy = FaultProxy::start(
         &moto().endpoint,
-        vec![
-            rule(COMPLETE, Fault::Drop),
-            rule(ABORT, Fault::Delay(Duration::ZERO)),
-        ],
+        vec![rule(COMPLETE, Fault::Drop), rule(ABORT, Fault::Pass)],
     );
     let out = backup_via(&pg, &bucket, &proxy.endpoint(), 2)
         .assert()

@@ -17,8 +17,10 @@ pub enum Fault {
     SlowDown(usize),
     /// `500 InternalError` every time.
     InternalError,
-    /// Forwarded after this delay.
-    Delay(Duration),
+    /// The first `first` matches forwarded only after `by` (a stalled server), later ones at once.
+    Delay { first: usize, by: Duration },
+    /// Forwarded untouched; the rule only counts.
+    Pass,
     /// Connection closed without a response, every time.
     Drop,
 }
@@ -149,8 +151,8 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            Some((Fault::Delay(d), _)) => {
-                std::thread::sleep(d);
+            Some((Fault::Delay { first, by }, seen)) if seen < first => {
+                std::thread::sleep(by);
                 forward(st, &req, method == "HEAD", &mut client)?
             }
             _ => forward(st, &req, method == "HEAD", &mut client)?,
