@@ -24,11 +24,12 @@ use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};
 use crate::layout::{self, Kind};
 use crate::manifest::{self, Manifest, SourceInfo};
-use crate::pipeline::{self, Codec, Producer, StreamStats};
+use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::report::{ArtifactReport, Notifier};
 use crate::secret::Redactor;
 use crate::secret::Secret;
+use crate::source::child::ChildProc;
 use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
 use crate::storage::{Storage, Upload};
@@ -456,13 +457,23 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
     let (stats, source) = match produced {
         Ok(v) => v,
         Err(e) => {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(key = %t.key, error = %abort, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
-            }
+            abort_upload(upload.as_mut(), &t.key).await;
             return Err(e);
         }
     };
-    let parts = upload.finish().await.map_err(anyhow::Error::from)?;
+    let parts = match upload.finish().await {
+        Ok(parts) => parts,
+        Err(e) => {
+            // A part that failed late, or CompleteMultipartUpload itself failing, leaves the
+            // multipart upload open: abort it here rather than trust the background abort in
+            // the upload's Drop, which the process may exit before running.
+            // If S3 completed the upload but the answer was lost, the object exists: remove it,
+            // an artifact without a manifest must not look like a backup.
+            abort_upload(upload.as_mut(), &t.key).await;
+            let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
+            return Err(anyhow::Error::from(e).into());
+        }
+    };
     let m = Manifest {
         format: manifest::FORMAT,
         tool: "backhaul".into(),
@@ -496,6 +507,27 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
             .into());
     }
     Ok(m)
+}
+
+/// Stops the dump tool after its stream failed and names the root cause. When the upload
+/// failed (S3 unreachable, a part rejected), that is the cause: the tool then only died of the
+/// EPIPE/SIGPIPE we caused by closing its pipe, and reporting "killed by signal 13" would hide
+/// why the backup failed. When reading the stream failed, the tool's own failure, if any, is
+/// the cause (the stream only saw EOF/EPIPE).
+async fn stop_after_failed_stream(child: ChildProc, e: PipelineError) -> anyhow::Error {
+    let stopped = child.terminate().await;
+    match (e, stopped) {
+        (e @ PipelineError::Storage(_), _) => e.into(),
+        (_, Err(tool)) => tool.into(),
+        (e, Ok(_)) => e.into(),
+    }
+}
+
+/// Aborts a failed upload; a failure to abort is only logged, the target has failed anyway.
+async fn abort_upload(upload: &mut dyn Upload, key: &str) {
+    if let Err(abort) = upload.abort().await {
+        tracing::warn!(key = %key, error = %abort, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
+    }
 }
 
 async fn produce(
@@ -551,11 +583,7 @@ async fn dump_postgres(
             child.wait().await?;
             stats
         }
-        Err(e) => {
-            // The child's own failure, if any, is the root cause (the stream only saw EOF/EPIPE).
-            child.terminate().await?;
-            return Err(e.into());
-        }
+        Err(e) => return Err(stop_after_failed_stream(child, e).await),
     };
     Ok((
         stats,
@@ -638,11 +666,7 @@ async fn dump_mongo_archive(
     progress.done();
     let result = match streamed {
         Ok(stats) => child.wait().await.map(|_| stats).map_err(Into::into),
-        Err(e) => {
-            // The child's own failure, if any, is the root cause (the stream only saw EOF/EPIPE).
-            child.terminate().await?;
-            Err(e.into())
-        }
+        Err(e) => Err(stop_after_failed_stream(child, e).await),
     };
     // The config file holds the password: it goes once mongodump has exited, on every path.
     drop(config);

@@ -128,7 +128,7 @@ pub async fn open(
             bucket,
             force_path_style,
             ..
-        } => Arc::new(s3::S3Storage::connect(bucket, *force_path_style, plan, sse).await),
+        } => Arc::new(s3::S3Storage::connect(bucket, *force_path_style, plan, sse).await?),
         Destination::File { root } => Arc::new(file::FileStorage::new(root.clone())),
     })
 }

@@ -6,7 +6,11 @@
 //! goes in the manifest. On failure the multipart upload is aborted, so no orphaned parts keep
 //! costing money.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -16,6 +20,8 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::task::JoinSet;
+
+use crate::config::ConfigError;
 
 use super::{ObjectInfo, PartPlan, Reader, Storage, StorageError, Upload};
 
@@ -37,12 +43,68 @@ fn err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> StorageError 
     StorageError::backend(op, key, DisplayErrorContext(e).to_string())
 }
 
+/// Attempts per request when the user has not chosen (`AWS_MAX_ATTEMPTS` / `AWS_RETRY_MODE`).
+/// The SDK's own default is 3; a backup that has already streamed gigabytes should ride out a
+/// longer throttling burst (`503 SlowDown`) before giving up and aborting.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Connecting to the endpoint: an unreachable S3 (black-holed route, wrong VPC endpoint)
+/// fails the attempt after this instead of the OS's minutes-long TCP timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request attempt, body upload included. Parts are at most a few hundred MiB, so this
+/// allows well under 2 MB/s; its job is that a stuck part upload (a half-open connection, a
+/// server that stopped answering) fails, is retried, and finally aborts the multipart upload
+/// instead of hanging the backup forever. `BACKHAUL_S3_ATTEMPT_TIMEOUT` overrides it for S3
+/// storage (very slow links, or tests that stall a part on purpose).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+const ATTEMPT_TIMEOUT_VAR: &str = "BACKHAUL_S3_ATTEMPT_TIMEOUT";
+
+fn timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(attempt)
+        .build()
+}
+
+/// [`ATTEMPT_TIMEOUT`] unless `BACKHAUL_S3_ATTEMPT_TIMEOUT` (`90s`, `10m`) says otherwise.
+fn attempt_timeout() -> Result<Duration, ConfigError> {
+    match std::env::var(ATTEMPT_TIMEOUT_VAR) {
+        Ok(v) if !v.trim().is_empty() => humantime::parse_duration(v.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    ATTEMPT_TIMEOUT_VAR,
+                    format!("\"{v}\" is not a duration like 90s or 10m"),
+                )
+            }),
+        _ => Ok(ATTEMPT_TIMEOUT),
+    }
+}
+
 /// Loads the standard AWS configuration chain (env, profile, ECS/IMDS credentials) once.
 /// `AWS_ENDPOINT_URL` is honoured by the chain itself.
+///
+/// Defaults we add: standard retry mode (exponential backoff with jitter) with
+/// [`DEFAULT_MAX_ATTEMPTS`] unless `AWS_MAX_ATTEMPTS` or `AWS_RETRY_MODE` is set, in which case
+/// the chain's reading of them wins; and the [`CONNECT_TIMEOUT`] / [`ATTEMPT_TIMEOUT`] timeouts,
+/// which the SDK leaves unset (no timeout at all) by default.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts(ATTEMPT_TIMEOUT));
+    if !retry_configured_by_env() {
+        loader =
+            loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));
+    }
+    loader.load().await
+}
+
+fn retry_configured_by_env() -> bool {
+    ["AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
 impl S3Storage {
@@ -51,17 +113,19 @@ impl S3Storage {
         force_path_style: bool,
         plan: PartPlan,
         sse: Sse,
-    ) -> S3Storage {
+    ) -> Result<S3Storage, ConfigError> {
+        let attempt = attempt_timeout()?;
         let conf = sdk_config().await;
         let s3conf = aws_sdk_s3::config::Builder::from(&conf)
             .force_path_style(force_path_style)
+            .timeout_config(timeouts(attempt))
             .build();
-        S3Storage {
+        Ok(S3Storage {
             client: Client::from_conf(s3conf),
             bucket: bucket.to_string(),
             plan,
             sse,
-        }
+        })
     }
 
     async fn get_object(

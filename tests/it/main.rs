@@ -13,3 +13,5 @@ mod ecs;
 mod faults;
 mod notify;
 mod restore_mongo;
+mod s3_faults;
+mod secret_hygiene;
