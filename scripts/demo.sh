@@ -52,6 +52,8 @@ echo; echo "\$ backhaul list"
 "$BACKHAUL" list
 echo; echo "\$ backhaul verify latest --database shop"
 "$BACKHAUL" verify latest --database shop
+echo; echo "\$ backhaul list   # now marked verified"
+"$BACKHAUL" list
 echo; echo "\$ backhaul restore latest --database shop --to postgresql://demo:***@127.0.0.1:$PGPORT/shop_restored"
 psql_su -c "create database shop_restored owner demo"
 RESTORE_TO="postgresql://demo:dem0%3Ap%40ss%2Fword@127.0.0.1:$PGPORT/shop_restored" "$BACKHAUL" restore latest --database shop

@@ -24,6 +24,9 @@ pub fn init(format: LogFormat, filter: &str) {
             .with_current_span(false)
             .init();
     } else {
-        builder.with_target(false).init();
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     }
 }
