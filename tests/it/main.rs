@@ -9,4 +9,5 @@ mod backup_pg;
 mod config_errors;
 mod data;
 mod ecs;
+mod encryption;
 mod faults;
