@@ -256,6 +256,16 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub keep: KeepArgs,
 
+    /// Encrypt every artifact to this age recipient (age1…), repeatable; the key gets `.age`.
+    /// Only public keys are needed here: restore/verify take the identity with --identity.
+    #[arg(
+        long = "encrypt-to",
+        env = "BACKUP_ENCRYPT_TO",
+        value_name = "RECIPIENT",
+        value_delimiter = ','
+    )]
+    pub encrypt_to: Vec<String>,
+
     /// POST the run's result here (healthchecks.io style: URL on success, URL/fail on failure, URL/start first).
     #[arg(long, env = "BACKHAUL_NOTIFY_URL", hide_env_values = true)]
     pub notify_url: Option<String>,
@@ -285,6 +295,10 @@ pub struct RestoreArgs {
     /// Parallel pg_restore jobs (downloads to a temp file first, after verifying it).
     #[arg(long)]
     pub jobs: Option<u32>,
+
+    /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
+    #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub store: StoreArgs,
@@ -325,6 +339,9 @@ pub struct VerifyArgs {
     /// Also restore into this scratch database/deployment and report row counts.
     #[arg(long, env = "VERIFY_RESTORE_INTO", hide_env_values = true)]
     pub restore_into: Option<String>,
+    /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
+    #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

@@ -1,38 +1,64 @@
-//! The read side of the data path: stored object → SHA-256 + byte count → decompress → a
-//! consumer (pg_restore's stdin, a temp file, `pg_restore --list`).
+//! The read side of the data path: stored object → SHA-256 + byte count → [decrypt] →
+//! decompress → a consumer (pg_restore's stdin, a temp file, `pg_restore --list`).
 //!
-//! The last [`HOLD_BACK`] bytes of decompressed output are withheld until the whole object
+//! The last [`HOLD_BACK`] bytes of decoded output are withheld until the whole object
 //! has been read and matched against its manifest. pg_restore runs in one transaction and
 //! cannot reach its COMMIT without them, so a corrupted object is stopped before anything is
 //! committed, however large it is and however late the corruption sits.
 //!
-//! Runs on a blocking thread: hashing and decompression are CPU-bound.
+//! The stages are readers pulled from the end (age only decrypts as a reader); a tap at the
+//! bottom hashes every byte taken from storage, and whatever the decoders leave unread is
+//! drained through the hash afterwards, so the checksum always covers the whole object.
+//!
+//! Runs on a blocking thread: hashing, decryption and decompression are CPU-bound.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+
+use crate::crypto::{self, DecryptError, Identities};
 
 /// Withheld tail. Bigger than any single pg_restore read at the end of an archive, small
 /// enough to be irrelevant for memory.
 pub const HOLD_BACK: usize = 64 << 10;
 const READ_BUF: usize = 1 << 20;
 
-/// How the stored object is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decode {
-    Identity,
-    Zstd,
+/// How the stored object is encoded: optionally age-encrypted, then optionally zstd.
+#[derive(Clone, Default)]
+pub struct Decode {
+    /// Decrypt with these identities first. `None` reads the stored bytes as they are.
+    pub decrypt: Option<Arc<Identities>>,
+    pub zstd: bool,
 }
 
 impl Decode {
-    /// By extension: our zstd artifacts end in `.zst`; pg's own compression is inside the
-    /// archive and pg_restore handles it.
-    pub fn for_extension(ext: &str) -> Decode {
-        if ext.ends_with(".zst") {
-            Decode::Zstd
+    /// Stored bytes as they are.
+    pub fn identity() -> Decode {
+        Decode::default()
+    }
+
+    /// By extension: our zstd artifacts end in `.zst` (before any `.age`); pg's own
+    /// compression is inside the archive and pg_restore handles it. An encrypted artifact
+    /// needs `identities`; without them it is an error naming `--identity`.
+    pub fn for_artifact(
+        key: &str,
+        extension: &str,
+        identities: Option<&Arc<Identities>>,
+    ) -> Result<Decode, crate::config::ConfigError> {
+        let decrypt = if crypto::is_encrypted(extension) {
+            Some(
+                identities
+                    .cloned()
+                    .ok_or_else(|| crypto::missing_identity(key))?,
+            )
         } else {
-            Decode::Identity
-        }
+            None
+        };
+        Ok(Decode {
+            decrypt,
+            zstd: crypto::inner_extension(extension).ends_with(".zst"),
+        })
     }
 }
 
@@ -68,6 +94,9 @@ pub enum FeedError {
     Read(io::Error),
     #[error("decompressing: {0}")]
     Decode(io::Error),
+    /// The artifact is encrypted to keys we were not given (reported before reading it all).
+    #[error(transparent)]
+    NoIdentity(DecryptError),
     /// The consumer stopped taking input (pg_restore exited); its own error says why.
     #[error("writing to the restore tool: {0}")]
     Sink(io::Error),
@@ -132,26 +161,117 @@ impl<W: Write> Write for HoldBack<W> {
     }
 }
 
-enum Decoder<'a, W: Write> {
-    Plain(HoldBack<W>),
-    Zstd(zstd::stream::write::Decoder<'a, HoldBack<W>>),
+/// Hashes and counts every byte read from storage.
+struct Tap<'a, R: Read> {
+    inner: &'a mut R,
+    hasher: &'a mut Sha256,
+    stored: &'a mut u64,
 }
 
-impl<W: Write> Decoder<'_, W> {
-    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
-        match self {
-            Decoder::Plain(h) => h.write_all(b),
-            Decoder::Zstd(d) => d.write_all(b),
+impl<R: Read> Read for Tap<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        *self.stored += n as u64;
+        Ok(n)
+    }
+}
+
+/// A read error from storage, kept apart from decoding errors (which may just be damage).
+struct ReadFailed(io::Error);
+
+/// Runs the decoding chain over `tap` into `hold`. Errors: `Ok(Err(..))` is a decoding
+/// problem (possibly damage: the checksum decides), `Err` ends the feed at once.
+fn decode_into<R: Read, W: Write>(
+    tap: Tap<'_, R>,
+    decode: &Decode,
+    hold: &mut HoldBack<W>,
+) -> Result<Result<(), FeedError>, ReadFailed> {
+    let errors = ErrorSlot::default();
+    let tap = Watched {
+        inner: tap,
+        slot: &errors,
+    };
+    let plain: Box<dyn Read + '_> = match &decode.decrypt {
+        None => Box::new(tap),
+        Some(ids) => match ids.decrypt(tap) {
+            Ok(r) => Box::new(r),
+            Err(e) => return errors.take().map(|_| Err(decrypt_error(e))),
+        },
+    };
+    let mut plain: Box<dyn Read + '_> = if decode.zstd {
+        match zstd::stream::read::Decoder::new(plain) {
+            Ok(d) => Box::new(d),
+            Err(e) => return errors.take().map(|_| Err(FeedError::Decode(e))),
+        }
+    } else {
+        plain
+    };
+    let copied = crate::pipeline::copy_counting(&mut plain, hold);
+    drop(plain);
+    errors
+        .take()
+        .map(|_| copied.map(|_| ()).map_err(FeedError::Decode))
+}
+
+/// A wrong key stops the feed at once (no point reading gigabytes to say so); a damaged
+/// header is a decoding error, judged by the checksum.
+fn decrypt_error(e: DecryptError) -> FeedError {
+    match e {
+        DecryptError::NoMatch => FeedError::NoIdentity(e),
+        DecryptError::Format(msg) => FeedError::Decode(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("decrypting: {msg}"),
+        )),
+    }
+}
+
+/// Remembers a storage read error that the decoders above would otherwise disguise.
+#[derive(Default)]
+struct ErrorSlot(std::cell::Cell<Option<io::Error>>);
+
+impl ErrorSlot {
+    fn take(&self) -> Result<(), ReadFailed> {
+        match self.0.take() {
+            Some(e) => Err(ReadFailed(e)),
+            None => Ok(()),
         }
     }
-    fn finish(self) -> io::Result<HoldBack<W>> {
-        match self {
-            Decoder::Plain(h) => Ok(h),
-            Decoder::Zstd(mut d) => {
-                d.flush()?;
-                Ok(d.into_inner())
+}
+
+struct Watched<'s, T: Read> {
+    inner: T,
+    slot: &'s ErrorSlot,
+}
+
+impl<T: Read> Read for Watched<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let shown = io::Error::new(e.kind(), e.to_string());
+                    self.slot.0.set(Some(e));
+                    return Err(shown);
+                }
+                ok => return ok,
             }
         }
+    }
+}
+
+/// Hashes what the decoders did not read (trailing bytes, or everything after damage).
+fn drain<R: Read>(src: &mut R, hasher: &mut Sha256, stored: &mut u64) -> Result<(), FeedError> {
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FeedError::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        *stored += n as u64;
     }
 }
 
@@ -159,39 +279,27 @@ impl<W: Write> Decoder<'_, W> {
 /// written; the caller then kills the consumer rather than closing its input normally.
 pub fn feed<W: Write>(
     mut src: impl Read,
-    decode: Decode,
+    decode: &Decode,
     sink: W,
     expect: Option<&Expect>,
     consumer: Consumer,
 ) -> Result<Fed, FeedError> {
-    let hold = HoldBack::new(sink);
-    let mut dec = match decode {
-        Decode::Identity => Decoder::Plain(hold),
-        Decode::Zstd => {
-            Decoder::Zstd(zstd::stream::write::Decoder::new(hold).map_err(FeedError::Decode)?)
-        }
-    };
+    let mut hold = HoldBack::new(sink);
     let mut hasher = Sha256::new();
     let mut stored = 0u64;
-    let mut decode_error = None;
-    let mut buf = vec![0u8; READ_BUF];
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(FeedError::Read(e)),
-        };
-        hasher.update(&buf[..n]);
-        stored += n as u64;
-        // After a decode error keep hashing: a damaged object should be reported as a
-        // checksum mismatch, which names the cause, not as a codec error.
-        if decode_error.is_none() {
-            if let Err(e) = dec.write_all(&buf[..n]) {
-                decode_error = Some(e);
-            }
-        }
+    let tap = Tap {
+        inner: &mut src,
+        hasher: &mut hasher,
+        stored: &mut stored,
+    };
+    // After a decode error keep hashing: a damaged object should be reported as a
+    // checksum mismatch, which names the cause, not as a codec error.
+    let decoded =
+        decode_into(tap, decode, &mut hold).map_err(|ReadFailed(e)| FeedError::Read(e))?;
+    if let Err(e @ FeedError::NoIdentity(_)) = decoded {
+        return Err(e);
     }
+    drain(&mut src, &mut hasher, &mut stored)?;
     let sha256 = hex::encode(hasher.finalize());
     if let Some(x) = expect {
         if !x.sha256.eq_ignore_ascii_case(&sha256) {
@@ -207,10 +315,7 @@ pub fn feed<W: Write>(
             });
         }
     }
-    if let Some(e) = decode_error {
-        return Err(FeedError::Decode(e));
-    }
-    let hold = dec.finish().map_err(FeedError::Decode)?;
+    decoded?;
     let raw = hold.raw;
     match hold.release() {
         Ok(_) => {}
@@ -242,7 +347,10 @@ mod tests {
         let mut out = Vec::new();
         let fed = feed(
             &stored[..],
-            Decode::Zstd,
+            &Decode {
+                decrypt: None,
+                zstd: true,
+            },
             &mut out,
             Some(&expect_of(&stored)),
             Consumer::Strict,
@@ -261,7 +369,7 @@ mod tests {
         let mut out = Vec::new();
         let err = feed(
             &raw[..],
-            Decode::Identity,
+            &Decode::identity(),
             &mut out,
             Some(&expect),
             Consumer::Strict,
@@ -281,7 +389,10 @@ mod tests {
         }
         let err = feed(
             &bad[..],
-            Decode::Zstd,
+            &Decode {
+                decrypt: None,
+                zstd: true,
+            },
             io::sink(),
             Some(&expect_of(&good)),
             Consumer::Strict,

@@ -5,6 +5,7 @@
 //! [prefix/]<stage>/<ts>_PGSQL/backup_<stage>_<db>_<ts>.dump[.zst]
 //! [prefix/]<stage>/<ts>_MONGO/<db>_<ts>.zip | .archive.gz
 //! ```
+//! plus `.age` when the artifact is encrypted (`--encrypt-to`).
 //! with `<ts>` formatted `%Y-%m-%d_%Hh%Mm%Ss` in the configured zone. Every artifact has a
 //! `<key>.manifest.json` beside it.
 
@@ -184,6 +185,17 @@ mod tests {
         assert_eq!(
             (k.kind, k.database.as_str(), k.extension.as_str()),
             (Kind::Mongo, "shop", ".archive.gz")
+        );
+        // Encrypted artifacts keep the whole suffix chain as their extension.
+        let k = parse_key(
+            "",
+            "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_db_2024-03-09_07h05m03s.dump.zst.age",
+            &zone,
+        )
+        .unwrap();
+        assert_eq!(
+            (k.database.as_str(), k.extension.as_str()),
+            ("app_db", ".dump.zst.age")
         );
         for other in [
             "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.manifest.json",

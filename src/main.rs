@@ -6,6 +6,7 @@ mod catalog;
 mod cli;
 mod commands;
 mod config;
+mod crypto;
 mod fargate;
 mod feed;
 mod layout;

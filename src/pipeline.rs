@@ -2,7 +2,11 @@
 //! [`PartSink`], which hashes and counts the stored bytes and cuts them into upload parts;
 //! an async consumer hands the parts to storage as they come.
 //!
-//! source → compress → hash + count → parts → storage
+//! source → compress → [encrypt] → hash + count → parts → storage
+//!
+//! Encryption wraps the producer (see [`crate::crypto::Recipients::encrypting`]), so it comes
+//! after compression (ciphertext does not compress) and before hashing (the manifest's
+//! SHA-256 is of the stored bytes, checkable without a key).
 //!
 //! The producer runs on a blocking thread (compression and hashing are CPU-bound) and is
 //! joined to the async upload by a channel of capacity one, so memory is bounded by
@@ -99,7 +103,8 @@ impl Write for PartSink {
 }
 
 /// What a producer does: write the artifact into the sink, return how many raw bytes it read.
-pub type Producer = Box<dyn FnOnce(&mut PartSink) -> io::Result<u64> + Send>;
+/// The sink is a plain writer so producers can be wrapped (encryption) without knowing it.
+pub type Producer = Box<dyn FnOnce(&mut dyn Write) -> io::Result<u64> + Send>;
 
 /// Runs `producer` on a blocking thread and uploads what it writes. Does not finish or abort
 /// the upload: the caller decides, once it knows whether the source itself succeeded.
@@ -149,7 +154,7 @@ pub enum Codec {
 }
 
 /// Copies `src` into `sink` through `codec`. Returns the raw byte count.
-pub fn copy_encoded(mut src: impl Read, sink: &mut PartSink, codec: Codec) -> io::Result<u64> {
+pub fn copy_encoded(mut src: impl Read, sink: &mut dyn Write, codec: Codec) -> io::Result<u64> {
     match codec {
         Codec::Identity => copy_counting(&mut src, sink),
         Codec::Zstd { level, threads } => {
@@ -165,7 +170,7 @@ pub fn copy_encoded(mut src: impl Read, sink: &mut PartSink, codec: Codec) -> io
     }
 }
 
-pub fn copy_counting(src: &mut impl Read, dst: &mut impl Write) -> io::Result<u64> {
+pub fn copy_counting(src: &mut impl Read, dst: &mut (impl Write + ?Sized)) -> io::Result<u64> {
     let mut buf = vec![0u8; READ_BUF];
     let mut total = 0u64;
     loop {

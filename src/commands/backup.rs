@@ -22,6 +22,7 @@ use crate::cli::{BackupArgs, Only};
 use crate::config::mongo::{MongoConn, MongoFormat};
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};
+use crate::crypto::{self, Recipients};
 use crate::layout::{self, Kind};
 use crate::manifest::{self, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
@@ -83,7 +84,19 @@ struct Job {
     pg: Option<(PgSettings, PgTools)>,
     mongo: Option<(MongoSettings, MongoTools)>,
     timeout: Option<Duration>,
+    /// `--encrypt-to`: every artifact is encrypted to these.
+    encrypt: Option<Recipients>,
     cancel: CancellationToken,
+}
+
+impl Job {
+    /// Adds the encryption stage when recipients are configured.
+    fn seal(&self, producer: Producer) -> Producer {
+        match &self.encrypt {
+            Some(r) => r.encrypting(producer),
+            None => producer,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +180,20 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         None
     };
     let verify_into = non_empty(args.verify_into.clone());
+    let encrypt = Recipients::parse(&args.encrypt_to)?;
+    if encrypt.is_some() && verify_into.is_some() {
+        // The backup holds only public keys, so it could not decrypt what it restores.
+        return Err(ConfigError::invalid(
+            "--verify-into",
+            "cannot be combined with --encrypt-to (the backup has no identity to decrypt with): run `backhaul verify --identity <file> --restore-into <url>` instead",
+        )
+        .into());
+    }
+    let suffix = if encrypt.is_some() {
+        crypto::SUFFIX
+    } else {
+        ""
+    };
 
     let notifier = non_empty(args.notify_url.clone())
         .map(|u| Notifier::new(&u))
@@ -179,9 +206,10 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
             PgCompression::Zstd => ".dump.zst",
             PgCompression::Pg | PgCompression::None => ".dump",
         };
+        let ext = format!("{ext}{suffix}");
         for db in &s.conn.databases {
             let key =
-                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, &timestamp, ext);
+                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, &timestamp, &ext);
             targets.push(Target {
                 kind: Kind::Postgres,
                 database: db.clone(),
@@ -198,8 +226,9 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
 
     if let Some(s) = &mongo_settings {
         for db in &s.conn.databases {
-            let ext = s.format.extension();
-            let key = layout::artifact_key(&prefix, &store.stage, Kind::Mongo, db, &timestamp, ext);
+            let ext = format!("{}{suffix}", s.format.extension());
+            let key =
+                layout::artifact_key(&prefix, &store.stage, Kind::Mongo, db, &timestamp, &ext);
             targets.push(Target {
                 kind: Kind::Mongo,
                 database: db.clone(),
@@ -273,6 +302,7 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         pg,
         mongo,
         timeout,
+        encrypt,
         cancel: rt.cancel.clone(),
     });
 
@@ -402,6 +432,7 @@ async fn verify_results(
         storage: job.storage.clone(),
         tools: Some(tools.clone()),
         redactor,
+        identities: None,
         restore_into: Some(target),
         mongo_restore_into: None,
         cancel: job.cancel.clone(),
@@ -492,7 +523,7 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
         sha256: stats.sha256,
         parts,
         source,
-        encryption: None,
+        encryption: job.encrypt.as_ref().map(Recipients::manifest),
         verification: None,
     };
     if let Err(e) = job
@@ -574,7 +605,9 @@ async fn dump_postgres(
         },
         PgCompression::Pg | PgCompression::None => Codec::Identity,
     };
-    let producer: Producer = Box::new(move |sink| pipeline::copy_encoded(stdout, sink, codec));
+    let producer = job.seal(Box::new(move |sink| {
+        pipeline::copy_encoded(stdout, sink, codec)
+    }));
     let progress = Progress::for_terminal(format!("postgres {db}"));
     let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
@@ -640,7 +673,7 @@ async fn dump_mongo_zip(
     )
     .await?;
     let root = dir.path().to_path_buf();
-    let producer: Producer = Box::new(move |sink| mongo::zip_tree(&root, sink));
+    let producer = job.seal(Box::new(move |sink| mongo::zip_tree(&root, sink)));
     let progress = Progress::for_terminal(format!("mongo {db}"));
     let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
@@ -659,8 +692,9 @@ async fn dump_mongo_archive(
     let mongo::ArchiveDump { mut child, config } =
         mongo::spawn_archive(tools, &s.conn, db, &s.extra_args, job.redactor.clone())?;
     let stdout = child.take_stdout().context("mongodump has no stdout")?;
-    let producer: Producer =
-        Box::new(move |sink| pipeline::copy_encoded(stdout, sink, Codec::Identity));
+    let producer = job.seal(Box::new(move |sink| {
+        pipeline::copy_encoded(stdout, sink, Codec::Identity)
+    }));
     let progress = Progress::for_terminal(format!("mongo {db}"));
     let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();

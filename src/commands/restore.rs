@@ -23,6 +23,7 @@ use crate::catalog::{self, Entry, Filter};
 use crate::cli::RestoreArgs;
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError};
+use crate::crypto::Identities;
 use crate::feed::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::layout::Kind;
 use crate::secret::Redactor;
@@ -176,8 +177,9 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     if args.jobs == Some(0) {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
+    let identities = load_identities(args.identity.as_deref())?;
     if is_mongo_url(&args.to) {
-        return run_mongo(args, store, filter, rt).await;
+        return run_mongo(args, store, filter, identities, rt).await;
     }
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
     let storage = store.open().await?;
@@ -198,6 +200,8 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         }
         .into());
     }
+    // Before touching the target: an encrypted artifact without an identity is a setting to fix.
+    let decode = Decode::for_artifact(&entry.key, &entry.parsed.extension, identities.as_ref())?;
     let relations = target.user_relations().await?;
     if relations > 0 && !args.clean {
         return Err(RestoreError::NotEmpty {
@@ -208,7 +212,10 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     }
     tracing::info!(key = %entry.key, database = %target.database, clean = args.clean, "restore starting");
     let started = Instant::now();
-    let fed = restore_pg(&storage, &entry, &target, args.clean, args.jobs, &rt.cancel).await?;
+    let fed = restore_pg(
+        &storage, &entry, decode, &target, args.clean, args.jobs, &rt.cancel,
+    )
+    .await?;
     let line = Summary {
         event: "restore",
         status: "ok",
@@ -229,6 +236,7 @@ async fn run_mongo(
     args: RestoreArgs,
     store: Store,
     filter: Filter,
+    identities: Option<Arc<Identities>>,
     rt: Runtime,
 ) -> anyhow::Result<()> {
     if args.jobs.is_some() {
@@ -257,8 +265,15 @@ async fn run_mongo(
     tracing::info!(key = %entry.key, database = %database, clean = args.clean, "restore starting");
     let started = Instant::now();
     // mongorestore's stderr is already redacted with the target's secrets (see ChildProc).
-    let done =
-        restore_mongo::restore_mongo(&storage, &entry, &target, args.clean, &rt.cancel).await?;
+    let done = restore_mongo::restore_mongo(
+        &storage,
+        &entry,
+        &target,
+        args.clean,
+        identities.as_ref(),
+        &rt.cancel,
+    )
+    .await?;
     let line = Summary {
         event: "restore",
         status: "ok",
@@ -279,12 +294,12 @@ async fn run_mongo(
 pub async fn restore_pg(
     storage: &Arc<dyn Storage>,
     entry: &Entry,
+    decode: Decode,
     target: &PgTarget,
     clean: bool,
     jobs: Option<u32>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Fed> {
-    let decode = Decode::for_extension(&entry.parsed.extension);
     let expect = expectation(entry);
     if expect.is_none() {
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
@@ -295,6 +310,11 @@ pub async fn restore_pg(
         Some(j) if j > 1 => via_file(bridge, decode, expect, target, clean, j, cancel).await,
         _ => streaming(bridge, decode, expect, target, clean, cancel).await,
     }
+}
+
+/// `--identity`, read up front so a bad file fails before anything runs (exit 2).
+pub fn load_identities(path: Option<&Path>) -> anyhow::Result<Option<Arc<Identities>>> {
+    Ok(path.map(Identities::load).transpose()?.map(Arc::new))
 }
 
 pub fn expectation(entry: &Entry) -> Option<Expect> {
@@ -325,7 +345,7 @@ async fn streaming(
     let stdin = std::fs::File::from(stdin.into_owned_fd().context("pg_restore stdin")?);
     let task = tokio::task::spawn_blocking(move || {
         let mut stdin = stdin;
-        let r = feed::feed(src, decode, &mut stdin, expect.as_ref(), Consumer::Strict);
+        let r = feed::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
         // The pipe goes back to the caller: it must stay open until pg_restore is killed on
         // failure, or pg_restore would see a clean end of input.
         (r, stdin)
@@ -380,7 +400,7 @@ async fn via_file(
         let file = std::fs::File::create(&file_path)
             .with_context(|| format!("creating {}", file_path.display()))?;
         let mut w = std::io::BufWriter::new(file);
-        let fed = feed::feed(src, decode, &mut w, expect.as_ref(), Consumer::Strict)?;
+        let fed = feed::feed(src, &decode, &mut w, expect.as_ref(), Consumer::Strict)?;
         Ok(fed)
     });
     let fed = tokio::select! {

@@ -107,9 +107,13 @@ pub async fn restore_mongo(
     entry: &Entry,
     target: &MongoTarget,
     drop: bool,
+    identities: Option<&Arc<crate::crypto::Identities>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<MongoRestored> {
-    let ext = entry.parsed.extension.as_str();
+    // Encrypted artifacts are decrypted on the way to the temp file; the format is what
+    // lies under the `.age`.
+    let decode = Decode::for_artifact(&entry.key, &entry.parsed.extension, identities)?;
+    let ext = crate::crypto::inner_extension(&entry.parsed.extension);
     let is_zip = if ext.ends_with(".zip") {
         true
     } else if ext.ends_with(".archive.gz") {
@@ -139,7 +143,7 @@ pub async fn restore_mongo(
         let mut w = io::BufWriter::new(file);
         Ok(feed::feed(
             src,
-            Decode::Identity,
+            &decode,
             &mut w,
             expect.as_ref(),
             Consumer::Strict,

@@ -10,6 +10,7 @@ mod bad_input;
 mod config_errors;
 mod data;
 mod ecs;
+mod encryption;
 mod faults;
 mod notify;
 mod restore_mongo;

@@ -1,0 +1,295 @@
+//! Client-side encryption with age (`--encrypt-to` / `--identity`) and S3 server-side
+//! encryption, against a real PostgreSQL cluster, the stand-in mongodump and moto.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use age::secrecy::ExposeSecret;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+const PASSWORD: &str = "enc-pw";
+
+/// A fresh age key pair: the identity file on disk, its recipient and its secret text.
+struct Key {
+    _dir: TempDir,
+    file: PathBuf,
+    recipient: String,
+    secret: String,
+}
+
+fn key() -> Key {
+    let id = age::x25519::Identity::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.txt");
+    let secret = id.to_string().expose_secret().to_string();
+    std::fs::write(&file, format!("# created: by the test\n{secret}\n")).unwrap();
+    Key {
+        _dir: dir,
+        file,
+        recipient: id.to_public().to_string(),
+        secret,
+    }
+}
+
+fn cluster() -> Pg {
+    let pg = Pg::start();
+    pg.create_user("app", PASSWORD);
+    pg.create_db("app");
+    pg.psql("app", FIXTURE_SQL);
+    pg
+}
+
+fn url(pg: &Pg, db: &str) -> String {
+    format!("postgresql://app:{PASSWORD}@127.0.0.1:{}/{db}", pg.port)
+}
+
+fn store_cmd(bucket: &str) -> assert_cmd::Command {
+    let mut cmd = backhaul_moto();
+    cmd.env("S3_BUCKET", bucket).env("STAGE", "prod");
+    cmd
+}
+
+fn artifact_key(stdout: &[u8]) -> String {
+    let lines = summaries(stdout);
+    let line = lines.iter().find(|l| l["event"] == "artifact").unwrap();
+    assert_eq!(line["status"], "ok", "{line}");
+    line["key"].as_str().unwrap().to_string()
+}
+
+fn pg_backup(pg: &Pg, bucket: &str, extra: &[&str]) -> String {
+    let mut cmd = store_cmd(bucket);
+    cmd.arg("backup").args(extra);
+    pg_env(&mut cmd, pg, "app", PASSWORD, "app");
+    let out = cmd.assert().success();
+    artifact_key(&out.get_output().stdout)
+}
+
+fn manifest(bucket: &str, key: &str) -> serde_json::Value {
+    serde_json::from_slice(&moto().get(bucket, &format!("{key}.manifest.json"))).unwrap()
+}
+
+fn output(a: &assert_cmd::assert::Assert) -> String {
+    let o = a.get_output();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn postgres_backup_is_encrypted_and_restores_with_the_identity() {
+    let pg = cluster();
+    let k = key();
+    let bucket = moto().bucket("age-pg");
+    let key = pg_backup(&pg, &bucket, &["--encrypt-to", &k.recipient]);
+    assert!(key.ends_with(".dump.zst.age"), "{key}");
+
+    let object = moto().get(&bucket, &key);
+    assert!(object.starts_with(b"age-encryption.org/v1"));
+    assert!(!object.windows(5).any(|w| w == b"PGDMP"));
+    let man = manifest(&bucket, &key);
+    assert_eq!(man["encryption"]["scheme"], "age");
+    assert_eq!(man["encryption"]["recipients"][0], k.recipient.as_str());
+    assert_eq!(man["compression"], "zstd");
+    assert_eq!(man["sha256"], sha256_hex(&object));
+
+    // list parses the key like any other artifact.
+    let out = store_cmd(&bucket)
+        .args(["list", "--json"])
+        .assert()
+        .success();
+    assert_eq!(summaries(&out.get_output().stdout)[0]["key"], key.as_str());
+
+    let restore = |db: &str, identity: Option<&Path>| {
+        pg.create_db(db);
+        let mut cmd = store_cmd(&bucket);
+        cmd.args(["restore", "latest", "--to", &url(&pg, db)]);
+        if let Some(f) = identity {
+            cmd.arg("--identity").arg(f);
+        }
+        cmd.assert()
+    };
+    let a = restore("no_identity", None).code(2);
+    let all = output(&a);
+    assert!(all.contains("--identity is not set"), "{all}");
+
+    let other = self::key();
+    let a = restore("wrong_identity", Some(&other.file)).code(1);
+    let all = output(&a);
+    assert!(all.contains("no identity matches"), "{all}");
+    assert!(!all.contains(&other.secret), "{all}");
+    assert_eq!(user_tables(&pg, "wrong_identity"), "0");
+
+    let a = restore("restored", Some(&k.file)).success();
+    assert!(!output(&a).contains(&k.secret));
+    assert_eq!(summaries(&a.get_output().stdout)[0]["status"], "ok");
+    assert_eq!(pg.fingerprint("restored"), pg.fingerprint("app"));
+
+    let a = store_cmd(&bucket)
+        .args(["verify", "latest", "--identity"])
+        .arg(&k.file)
+        .assert()
+        .success();
+    let line = &summaries(&a.get_output().stdout)[0];
+    assert_eq!(line["details"]["checksum"], "ok");
+    assert_eq!(line["details"]["structure"], "ok");
+
+    // Without an identity the stored bytes are still checked; the structure is not.
+    let a = store_cmd(&bucket)
+        .args(["verify", "latest"])
+        .assert()
+        .success();
+    let line = &summaries(&a.get_output().stdout)[0];
+    assert_eq!(line["status"], "ok");
+    assert_eq!(line["details"]["checksum"], "ok");
+    assert_eq!(
+        line["details"]["structure"],
+        "skipped (encrypted, no --identity)"
+    );
+}
+
+fn user_tables(pg: &Pg, db: &str) -> String {
+    pg.psql(
+        db,
+        "select count(*) from pg_tables where schemaname not in ('pg_catalog','information_schema')",
+    )
+}
+
+#[test]
+fn env_recipients_and_pg_compression_modes() {
+    let pg = cluster();
+    let (a, b) = (key(), key());
+    let bucket = moto().bucket("age-env");
+    let mut cmd = store_cmd(&bucket);
+    cmd.arg("backup")
+        .env(
+            "BACKUP_ENCRYPT_TO",
+            format!("{},{}", a.recipient, b.recipient),
+        )
+        .env("PG_COMPRESSION", "pg");
+    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    let key = artifact_key(&cmd.assert().success().get_output().stdout);
+    assert!(key.ends_with(".dump.age"), "{key}");
+    let man = manifest(&bucket, &key);
+    assert_eq!(man["encryption"]["recipients"].as_array().unwrap().len(), 2);
+    // Either recipient's identity decrypts.
+    for (db, k) in [("via_a", &a), ("via_b", &b)] {
+        pg.create_db(db);
+        store_cmd(&bucket)
+            .args(["restore", &key, "--to", &url(&pg, db), "--identity"])
+            .arg(&k.file)
+            .assert()
+            .success();
+        assert_eq!(pg.fingerprint(db), pg.fingerprint("app"), "{db}");
+    }
+}
+
+#[test]
+fn bad_recipient_is_a_config_error() {
+    let a = backhaul_moto()
+        .args(["backup", "--encrypt-to", "age1notakey"])
+        .env("S3_BUCKET", "unused")
+        .env("STAGE", "prod")
+        .env("PG_DB_HOST", "127.0.0.1")
+        .env("PG_DB_NAME", "app")
+        .env("PG_DB_USER", "app")
+        .env("PG_DB_PASSWORD", "x")
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert_eq!(
+        err.trim_end(),
+        "error: --encrypt-to \"age1notakey\" is not an age X25519 recipient (expected age1…)"
+    );
+}
+
+#[test]
+fn unreadable_identity_file_is_a_config_error_without_its_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("id.txt");
+    std::fs::write(&f, "AGE-SECRET-KEY-1NOTREALLYAKEYBUTSECRETLOOKING\n").unwrap();
+    let a = store_cmd("unused")
+        .args(["verify", "latest", "--identity"])
+        .arg(&f)
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(err.contains("--identity"), "{err}");
+    assert!(!err.contains("NOTREALLYAKEY"), "{err}");
+}
+
+fn standins() -> PathBuf {
+    tests_dir().join("standins")
+}
+
+#[test]
+fn mongo_zip_is_encrypted_and_verifies_with_the_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, work) = (tmp.path().join("server"), tmp.path().join("work"));
+    std::fs::create_dir_all(&server).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new("python3")
+        .arg(standins().join("mongo_fixture.py"))
+        .arg("--data")
+        .arg(&server)
+        .args(["--db", "shop", "--large-mb", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let k = key();
+    let bucket = moto().bucket("age-mongo");
+    let path = format!(
+        "{}:{}",
+        standins().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let a = store_cmd(&bucket)
+        .args(["backup", "--encrypt-to", &k.recipient])
+        .env("PATH", path)
+        .env("BACKHAUL_STANDIN_MONGO_DATA", &server)
+        .env("BACKHAUL_STANDIN_MONGO_PASSWORD", "pw")
+        .env(
+            "MONGO_CONNECTION_STRING",
+            "mongodb://u:pw@mongo.internal:27017/",
+        )
+        .env("MONGO_DB_NAME", "shop")
+        .env("BACKUP_WORK_DIR", &work)
+        .assert()
+        .success();
+    let key = artifact_key(&a.get_output().stdout);
+    assert!(key.ends_with(".zip.age"), "{key}");
+    let object = moto().get(&bucket, &key);
+    assert!(object.starts_with(b"age-encryption.org/v1"));
+    assert_eq!(manifest(&bucket, &key)["encryption"]["scheme"], "age");
+
+    let a = store_cmd(&bucket)
+        .args(["verify", "latest", "--kind", "mongo", "--identity"])
+        .arg(&k.file)
+        .assert()
+        .success();
+    let line = &summaries(&a.get_output().stdout)[0];
+    assert_eq!(line["details"]["structure"], "ok", "{line}");
+    assert!(line["details"]["zip_entries"].as_u64().unwrap() >= 14);
+
+    let other = self::key();
+    store_cmd(&bucket)
+        .args(["verify", "latest", "--identity"])
+        .arg(&other.file)
+        .assert()
+        .code(1);
+}
+
+#[test]
+fn sse_aes256_reaches_the_object() {
+    let pg = cluster();
+    let bucket = moto().bucket("sse");
+    let key = pg_backup(&pg, &bucket, &["--sse", "AES256"]);
+    let head = block_on(moto().s3().head_object().bucket(&bucket).key(&key).send()).unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+    );
+}
