@@ -117,6 +117,8 @@ fn key_and_manifest_follow_the_seed_layout() {
         .unwrap()
         .starts_with(&pg.psql("postgres", "show server_version")[..2]));
     assert_eq!(manifest["tool_version"], env!("CARGO_PKG_VERSION"));
+    // Smaller than one part: a single PutObject, no multipart upload.
+    assert_eq!(manifest["parts"], 1);
 }
 
 #[test]
