@@ -51,13 +51,14 @@ fn hung_dump_is_killed_at_the_timeout() {
     let pid_file = pg.dir.path().join("dump.pid");
     let out = backhaul_moto()
         .envs(hanging_env(&pg, &bucket, &pid_file))
-        .env("BACKUP_TIMEOUT", "3s")
+        // Long enough for the stand-in to write its bytes and pid even on a loaded machine.
+        .env("BACKUP_TIMEOUT", "10s")
         .arg("backup")
         .assert()
         .code(1);
     let line = &summaries(&out.get_output().stdout)[0];
     assert_eq!(line["status"], "failed");
-    assert_eq!(line["error"], "timed out after 3s");
+    assert_eq!(line["error"], "timed out after 10s");
     assert!(!pid_alive(&pid_file), "the hung pg_dump was killed");
     assert_eq!(moto().keys(&bucket), Vec::<String>::new());
     assert_eq!(moto().multipart_uploads(&bucket), 0);
