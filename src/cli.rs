@@ -217,8 +217,9 @@ pub struct BackupArgs {
     #[arg(long, env = "PG_COMPRESSION", default_value = "zstd")]
     pub compression: String,
 
-    /// zstd level (1-19).
-    #[arg(long, env = "PG_ZSTD_LEVEL", default_value_t = 3)]
+    /// zstd level (1-19). 1 is the default because it measured fastest *and* smallest on
+    /// pg_dump archives (bench/RESULTS-2026-11-23.md): higher levels only cost CPU here.
+    #[arg(long, env = "PG_ZSTD_LEVEL", default_value_t = 1)]
     pub zstd_level: i32,
 
     /// zstd worker threads; 0 = one per CPU.
