@@ -47,6 +47,25 @@ pub struct Target {
     pub connection: String,
 }
 
+impl Target {
+    fn new(
+        kind: Kind,
+        database: &str,
+        key: String,
+        compression: &str,
+        connection: String,
+    ) -> Target {
+        Target {
+            kind,
+            database: database.to_string(),
+            manifest_key: layout::manifest_key(&key),
+            key,
+            compression: compression.to_string(),
+            connection,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Plan<'a> {
     destination: String,
@@ -210,17 +229,14 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         for db in &s.conn.databases {
             let key =
                 layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, &timestamp, &ext);
-            targets.push(Target {
-                kind: Kind::Postgres,
-                database: db.clone(),
-                manifest_key: layout::manifest_key(&key),
+            let compression = serde_json::to_value(s.compression)?;
+            targets.push(Target::new(
+                Kind::Postgres,
+                db,
                 key,
-                compression: serde_json::to_value(s.compression)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                connection: s.conn.url_for(db),
-            });
+                compression.as_str().unwrap_or_default(),
+                s.conn.url_for(db),
+            ));
         }
     }
 
@@ -229,14 +245,13 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
             let ext = format!("{}{suffix}", s.format.extension());
             let key =
                 layout::artifact_key(&prefix, &store.stage, Kind::Mongo, db, &timestamp, &ext);
-            targets.push(Target {
-                kind: Kind::Mongo,
-                database: db.clone(),
-                manifest_key: layout::manifest_key(&key),
+            targets.push(Target::new(
+                Kind::Mongo,
+                db,
                 key,
-                compression: s.format.compression().to_string(),
-                connection: s.conn.display_uri(),
-            });
+                s.format.compression(),
+                s.conn.display_uri(),
+            ));
         }
     }
 

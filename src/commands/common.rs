@@ -79,6 +79,24 @@ impl Store {
         storage::open(&self.dest, self.plan, self.sse.clone()).await
     }
 
+    /// The artifact named by `key` (or `latest` matching `filter`) in this stage.
+    pub async fn find(
+        &self,
+        storage: &Arc<dyn Storage>,
+        key: &str,
+        filter: &crate::catalog::Filter,
+    ) -> Result<crate::catalog::Entry, crate::catalog::CatalogError> {
+        crate::catalog::resolve(
+            storage,
+            &self.dest.key_prefix(),
+            &self.stage,
+            &self.zone,
+            key,
+            filter,
+        )
+        .await
+    }
+
     /// Key prefix of this stage's backups ("[prefix/]stage/").
     pub fn stage_prefix(&self) -> String {
         crate::layout::stage_prefix(&self.dest.key_prefix(), &self.stage)

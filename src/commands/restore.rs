@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, Store};
 use super::restore_mongo::{self, MongoTarget};
 use super::{Interrupted, Runtime};
-use crate::catalog::{self, Entry, Filter};
+use crate::catalog::{Entry, Filter};
 use crate::cli::RestoreArgs;
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError};
@@ -183,15 +183,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     }
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
     let storage = store.open().await?;
-    let entry = catalog::resolve(
-        &storage,
-        &store.dest.key_prefix(),
-        &store.stage,
-        &store.zone,
-        &args.key,
-        &filter,
-    )
-    .await?;
+    let entry = store.find(&storage, &args.key, &filter).await?;
     if entry.parsed.kind == Kind::Mongo {
         return Err(RestoreError::WrongTarget {
             key: entry.key.clone(),
@@ -244,15 +236,7 @@ async fn run_mongo(
     }
     let target = MongoTarget::resolve(&args.to, "RESTORE_TO", &args.mongo)?;
     let storage = store.open().await?;
-    let entry = catalog::resolve(
-        &storage,
-        &store.dest.key_prefix(),
-        &store.stage,
-        &store.zone,
-        &args.key,
-        &filter,
-    )
-    .await?;
+    let entry = store.find(&storage, &args.key, &filter).await?;
     if entry.parsed.kind != Kind::Mongo {
         return Err(RestoreError::WrongTarget {
             key: entry.key.clone(),

@@ -29,7 +29,7 @@ use crate::catalog::{self, Entry};
 use crate::cli::VerifyArgs;
 use crate::config::{non_empty, ConfigError};
 use crate::crypto::{self, Identities};
-use crate::feed::{self, Consumer, Decode, FeedError};
+use crate::feed::{self, Consumer, Decode, Expect, FeedError};
 use crate::layout::Kind;
 use crate::manifest::Verification;
 use crate::secret::Redactor;
@@ -107,12 +107,7 @@ impl Verifier {
         entry: &Entry,
         details: &mut Map<String, Value>,
     ) -> Result<(), Failure> {
-        let Some(m) = &entry.manifest else {
-            details.insert("checksum".into(), json!("unverifiable: no manifest"));
-            return Err(Failure::Artifact("unverifiable: no manifest".into()));
-        };
-        details.insert("sha256".into(), json!(m.sha256));
-        details.insert("stored_bytes".into(), json!(m.stored_bytes));
+        let expect = Some(require_manifest(entry, details)?);
         let tools = self.tools.as_ref().ok_or_else(|| {
             Failure::Transient(anyhow::anyhow!(
                 "no pg_restore found: install the PostgreSQL client or set PG_DUMP_PATH"
@@ -125,14 +120,8 @@ impl Verifier {
             .and_then(|s| s.into_owned_fd().ok())
             .map(std::fs::File::from)
             .ok_or_else(|| Failure::Transient(anyhow::anyhow!("pg_restore --list has no stdin")))?;
-        let reader = self
-            .storage
-            .get(&entry.key)
-            .await
-            .map_err(|e| Failure::Transient(e.into()))?;
-        let src = SyncIoBridge::new(reader);
+        let src = self.open(entry).await?;
         let decode = self.decode(entry)?;
-        let expect = expectation(entry);
         let restore_decode = decode.clone();
         let fed = tokio::task::spawn_blocking(move || {
             feed::feed(src, &decode, stdin, expect.as_ref(), Consumer::MayStopEarly)
@@ -195,7 +184,29 @@ impl Verifier {
     }
 }
 
+/// What the manifest promises; an artifact without one cannot be verified. Records the
+/// promised digest and size in `details` either way.
+fn require_manifest(entry: &Entry, details: &mut Map<String, Value>) -> Result<Expect, Failure> {
+    let Some(expect) = expectation(entry) else {
+        details.insert("checksum".into(), json!("unverifiable: no manifest"));
+        return Err(Failure::Artifact("unverifiable: no manifest".into()));
+    };
+    details.insert("sha256".into(), json!(expect.sha256));
+    details.insert("stored_bytes".into(), json!(expect.size));
+    Ok(expect)
+}
+
 impl Verifier {
+    /// The stored object as a blocking reader, for the feed on a blocking thread.
+    async fn open(&self, entry: &Entry) -> Result<SyncIoBridge<crate::storage::Reader>, Failure> {
+        let reader = self
+            .storage
+            .get(&entry.key)
+            .await
+            .map_err(|e| Failure::Transient(e.into()))?;
+        Ok(SyncIoBridge::new(reader))
+    }
+
     /// Checksum, then structure: a zip is read entry by entry (the zip crate checks each CRC),
     /// an `.archive.gz` is decompressed to the end (gzip CRC + size trailer). Zip needs random
     /// access, so the object goes to a private temp file first.
@@ -204,19 +215,8 @@ impl Verifier {
         entry: &Entry,
         details: &mut Map<String, Value>,
     ) -> Result<(), Failure> {
-        let Some(m) = &entry.manifest else {
-            details.insert("checksum".into(), json!("unverifiable: no manifest"));
-            return Err(Failure::Artifact("unverifiable: no manifest".into()));
-        };
-        details.insert("sha256".into(), json!(m.sha256));
-        details.insert("stored_bytes".into(), json!(m.stored_bytes));
-        let reader = self
-            .storage
-            .get(&entry.key)
-            .await
-            .map_err(|e| Failure::Transient(e.into()))?;
-        let src = SyncIoBridge::new(reader);
-        let expect = expectation(entry);
+        let expect = Some(require_manifest(entry, details)?);
+        let src = self.open(entry).await?;
         let is_zip = crypto::inner_extension(&entry.parsed.extension).ends_with(".zip");
         let decode = self.decode(entry)?;
         let checked = tokio::task::spawn_blocking(move || -> Result<Structure, Failure> {
@@ -341,19 +341,8 @@ impl Verifier {
         entry: &Entry,
         details: &mut Map<String, Value>,
     ) -> Result<(), Failure> {
-        let Some(m) = &entry.manifest else {
-            details.insert("checksum".into(), json!("unverifiable: no manifest"));
-            return Err(Failure::Artifact("unverifiable: no manifest".into()));
-        };
-        details.insert("sha256".into(), json!(m.sha256));
-        details.insert("stored_bytes".into(), json!(m.stored_bytes));
-        let reader = self
-            .storage
-            .get(&entry.key)
-            .await
-            .map_err(|e| Failure::Transient(e.into()))?;
-        let src = SyncIoBridge::new(reader);
-        let expect = expectation(entry);
+        let expect = Some(require_manifest(entry, details)?);
+        let src = self.open(entry).await?;
         let fed = tokio::task::spawn_blocking(move || {
             feed::feed(
                 src,
@@ -502,7 +491,7 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
     let prefix = store.dest.key_prefix();
     let entries = match (key, since) {
         (Some(k), _) => {
-            vec![catalog::resolve(&storage, &prefix, &store.stage, &store.zone, &k, &filter).await?]
+            vec![store.find(&storage, &k, &filter).await?]
         }
         (None, Some(d)) => {
             let cutoff =
