@@ -442,7 +442,7 @@ pub struct ScheduleArgs {
     #[arg(long, env = "ECS_EXECUTION_ROLE_ARN")]
     pub execution_role_arn: Option<String>,
 
-    /// Role the backup itself runs as (needs S3 access to the bucket).
+    /// Role the backup itself runs as (needs S3 access to the bucket); required, or from the stack.
     #[arg(long, env = "ECS_TASK_ROLE_ARN")]
     pub task_role_arn: Option<String>,
 
@@ -458,6 +458,11 @@ pub struct ScheduleArgs {
     #[arg(long, env = "ECS_MEMORY", default_value_t = 1024)]
     pub memory: u32,
 
+    /// Fargate ephemeral storage in GiB (21-200) [default: Fargate's 20]. Zip-mode MongoDB
+    /// dumps are written to disk before they are zipped: size it above the largest dump.
+    #[arg(long, env = "ECS_EPHEMERAL_STORAGE_GIB")]
+    pub ephemeral_storage_gib: Option<u32>,
+
     /// Plaintext environment variable for the task, KEY=VALUE, repeatable; wins over --env-file.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -466,7 +471,8 @@ pub struct ScheduleArgs {
     #[arg(long, env = "BACKHAUL_ENV_FILE")]
     pub env_file: Option<PathBuf>,
 
-    /// Secret for the task, KEY=<Secrets Manager or SSM parameter ARN>[:jsonKey::], repeatable.
+    /// Secret for the task, KEY=<Secrets Manager ARN>[:<json-key>:<version-stage>:<version-id>],
+    /// KEY=<SSM parameter ARN> or KEY=<SSM parameter name>; repeatable.
     #[arg(long = "secret", value_name = "KEY=ARN")]
     pub secrets: Vec<String>,
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ecs::types::{
-    Compatibility, ContainerDefinition, KeyValuePair, LogConfiguration, LogDriver, NetworkMode,
-    Secret as EcsSecret, Tag, TaskDefinition,
+    Compatibility, ContainerDefinition, EphemeralStorage, KeyValuePair, LogConfiguration,
+    LogDriver, NetworkMode, Secret as EcsSecret, Tag, TaskDefinition,
 };
 use serde_json::{json, Value};
 
@@ -30,9 +30,15 @@ pub struct TaskSpec {
     /// Name → valueFrom (Secrets Manager or SSM ARN).
     pub secrets: BTreeMap<String, String>,
     pub execution_role_arn: String,
-    pub task_role_arn: Option<String>,
+    /// Required: without a task role the container has no credentials for S3.
+    pub task_role_arn: String,
+    /// Fargate ephemeral storage; `None` keeps Fargate's default of 20 GiB.
+    pub ephemeral_storage_gib: Option<u32>,
     pub log: LogSpec,
 }
+
+/// Fargate's ephemeral storage range when set explicitly (ECS API `EphemeralStorage`).
+pub const EPHEMERAL_STORAGE_GIB: std::ops::RangeInclusive<u32> = 21..=200;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSpec {
@@ -42,8 +48,10 @@ pub struct LogSpec {
 }
 
 impl LogSpec {
-    /// awslogs options; the group is created by infrastructure, never by the task (which
-    /// would need logs:CreateLogGroup on its execution role).
+    /// awslogs options. The group is created by infrastructure, never by the task (which
+    /// would need logs:CreateLogGroup on its execution role) — and `awslogs-create-group` is
+    /// left out entirely rather than set to "false": real ECS accepts only "true" for it
+    /// (ClientException "should only be set to 'true', else omit option").
     pub fn options(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("awslogs-group".to_string(), self.group.clone()),
@@ -52,7 +60,6 @@ impl LogSpec {
                 "awslogs-stream-prefix".to_string(),
                 self.stream_prefix.clone(),
             ),
-            ("awslogs-create-group".to_string(), "false".to_string()),
         ])
     }
 }
@@ -96,6 +103,9 @@ impl TaskSpec {
         aws_sdk_ecs::operation::register_task_definition::builders::RegisterTaskDefinitionFluentBuilder,
         aws_sdk_ecs::error::BuildError,
     >{
+        let storage = self
+            .ephemeral_storage_gib
+            .map(|g| EphemeralStorage::builder().size_in_gib(g as i32).build());
         Ok(client
             .register_task_definition()
             .family(&self.family)
@@ -104,7 +114,8 @@ impl TaskSpec {
             .cpu(self.cpu.to_string())
             .memory(self.memory.to_string())
             .execution_role_arn(&self.execution_role_arn)
-            .set_task_role_arn(self.task_role_arn.clone())
+            .task_role_arn(&self.task_role_arn)
+            .set_ephemeral_storage(storage)
             .container_definitions(self.container()?)
             .set_tags(Some(self.tags())))
     }
@@ -117,7 +128,9 @@ impl TaskSpec {
             && existing.network_mode() == Some(&NetworkMode::Awsvpc)
             && existing.requires_compatibilities() == [Compatibility::Fargate]
             && existing.execution_role_arn() == Some(self.execution_role_arn.as_str())
-            && existing.task_role_arn() == self.task_role_arn.as_deref();
+            && existing.task_role_arn() == Some(self.task_role_arn.as_str())
+            && existing.ephemeral_storage().map(|e| e.size_in_gib() as u32)
+                == self.ephemeral_storage_gib;
         match existing.container_definitions() {
             [c] => top && self.container_matches(c),
             _ => false,
@@ -171,7 +184,7 @@ impl TaskSpec {
             .iter()
             .map(|(k, v)| json!({"name": k, "valueFrom": v}))
             .collect();
-        json!({
+        let mut input = json!({
             "family": self.family,
             "requiresCompatibilities": ["FARGATE"],
             "networkMode": "awsvpc",
@@ -184,6 +197,9 @@ impl TaskSpec {
                 "image": self.image,
                 "essential": true,
                 "command": self.command,
+                // The SDK always sends the container's cpu (0 = no reservation of its own,
+                // the task-level cpu applies); shown so the plan is byte-for-byte the request.
+                "cpu": 0,
                 "memory": self.memory,
                 "stopTimeout": STOP_TIMEOUT,
                 "environment": env,
@@ -191,7 +207,11 @@ impl TaskSpec {
                 "logConfiguration": {"logDriver": "awslogs", "options": self.log.options()},
             }],
             "tags": [{"key": "backhaul:stage", "value": self.stage}],
-        })
+        });
+        if let Some(g) = self.ephemeral_storage_gib {
+            input["ephemeralStorage"] = json!({ "sizeInGiB": g });
+        }
+        input
     }
 }
 
@@ -230,7 +250,8 @@ mod tests {
                 "arn:aws:secretsmanager:us-east-1:1:secret:x".into(),
             )]),
             execution_role_arn: "arn:aws:iam::1:role/exec".into(),
-            task_role_arn: None,
+            task_role_arn: "arn:aws:iam::1:role/task".into(),
+            ephemeral_storage_gib: None,
             log: LogSpec {
                 group: "/backhaul/dev".into(),
                 region: "us-east-1".into(),
@@ -249,6 +270,7 @@ mod tests {
             .network_mode(NetworkMode::Awsvpc)
             .requires_compatibilities(Compatibility::Fargate)
             .execution_role_arn(&s.execution_role_arn)
+            .task_role_arn(&s.task_role_arn)
             .container_definitions(c)
             .build()
     }
@@ -270,7 +292,10 @@ mod tests {
         changed.image = "img:2".into();
         assert!(!changed.matches(&existing));
         let mut changed = s.clone();
-        changed.task_role_arn = Some("arn:aws:iam::1:role/task".into());
+        changed.task_role_arn = "arn:aws:iam::1:role/other".into();
+        assert!(!changed.matches(&existing));
+        let mut changed = s.clone();
+        changed.ephemeral_storage_gib = Some(50);
         assert!(!changed.matches(&existing));
     }
 

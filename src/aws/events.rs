@@ -37,7 +37,7 @@ impl RuleSpec {
 }
 
 pub fn rule_name(stage: &str) -> String {
-    format!("backhaul-{stage}")
+    super::names::stage_resource(stage)
 }
 
 /// Where and how the scheduled task runs.

@@ -1,38 +1,45 @@
 //! Thin, pure builders of ECS and EventBridge requests from validated settings, plus the
-//! small pieces of shared AWS plumbing (clients, error text). Keeping the builders pure lets
-//! unit tests pin exactly what is sent without a network.
+//! small pieces of shared AWS plumbing (clients, error text, names). Keeping the builders pure
+//! lets unit tests pin exactly what is sent without a network.
 
 pub mod ecs;
+pub mod error;
 pub mod events;
+pub mod names;
 
-use std::fmt::Display;
+use aws_sdk_ecs::config::http::HttpResponse;
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+
+use crate::config::ConfigError;
 
 /// Clients for the services `schedule`, `run-task` and `status` talk to, all built from the
 /// same configuration chain as S3 so `AWS_ENDPOINT_URL` (moto, LocalStack) applies to all.
 pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub events: aws_sdk_eventbridge::Client,
-    pub region: Option<String>,
+    pub region: String,
 }
 
 impl Clients {
-    pub async fn load() -> Clients {
-        let conf = crate::storage::s3::sdk_config().await;
-        Clients {
+    /// Fails before any network call when no region is configured (see `sdk_config`): every
+    /// ECS and EventBridge request is regional.
+    pub async fn load() -> Result<Clients, ConfigError> {
+        let conf = crate::storage::s3::sdk_config().await?;
+        let region = conf.region().map(|r| r.to_string()).unwrap_or_default();
+        Ok(Clients {
             ecs: aws_sdk_ecs::Client::new(&conf),
             events: aws_sdk_eventbridge::Client::new(&conf),
-            region: conf.region().map(|r| r.to_string()),
-        }
+            region,
+        })
     }
 }
 
-/// The SDK's default error Display is just "service error"; the context chain carries the
-/// service's code and message, which is what a user needs to act.
-pub fn sdk_err<E: std::error::Error + Send + Sync + 'static>(
-    op: impl Display,
-    e: E,
-) -> anyhow::Error {
-    anyhow::anyhow!("{op}: {}", aws_sdk_ecs::error::DisplayErrorContext(e))
+/// One failed call as one line (see [`error::AwsError`]); `operation` is the IAM action.
+pub fn sdk_err<E>(operation: &str, e: SdkError<E, HttpResponse>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    error::from_sdk(operation, &e).into()
 }
 
 /// A request could not be assembled (a required field missing); a bug, not user input.

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod common;
 pub mod list;
+mod preflight;
 pub mod prune;
 pub mod restore;
 pub mod restore_mongo;

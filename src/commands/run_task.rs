@@ -12,11 +12,11 @@ use serde_json::json;
 
 use crate::aws::ecs::{task_id, CONTAINER};
 use crate::aws::events::{network_of, rule_name, Network, TARGET_ID};
-use crate::aws::{build_err, sdk_err, Clients};
+use crate::aws::{build_err, names, sdk_err, Clients};
 use crate::cli::RunTaskArgs;
 use crate::commands::common::parse_duration;
 use crate::commands::schedule::{latest_active, parse_kv, targets};
-use crate::config::{self, non_empty, ConfigError};
+use crate::config::{non_empty, ConfigError};
 
 /// The task stopped with a failure; `main` exits with `code`.
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +27,14 @@ pub struct TaskFailed {
 }
 
 pub async fn run(a: RunTaskArgs) -> anyhow::Result<()> {
-    let stage = non_empty(a.stage.clone())
-        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
-    config::validate_stage(&stage, "--stage")?;
+    let stage = names::scheduled_stage(a.stage.clone())?;
     let env = a
         .env
         .iter()
         .map(|e| parse_kv(e, "--env"))
         .collect::<Result<Vec<_>, _>>()?;
     let poll = parse_duration(&a.poll_interval, "BACKHAUL_POLL_INTERVAL")?;
-    let c = Clients::load().await;
+    let c = Clients::load().await?;
     let family = rule_name(&stage);
     let td = latest_active(&c.ecs, &family).await?.with_context(|| {
         format!("no active task definition {family}: run `backhaul schedule --stage {stage}` first")
@@ -152,13 +150,18 @@ async fn start(
         )
         .send()
         .await
-        .map_err(|e| sdk_err(format!("running task {family} on {cluster}"), e))?;
+        .map_err(|e| sdk_err("ecs:RunTask", e))?;
     if let Some(f) = out.failures().first() {
-        anyhow::bail!(
-            "running task {family} on {cluster}: {} {}",
-            f.reason().unwrap_or_default(),
-            f.detail().unwrap_or_default()
-        );
+        return Err(crate::aws::error::AwsError {
+            operation: "ecs:RunTask".to_string(),
+            code: f.reason().unwrap_or("Failure").to_string(),
+            message: format!(
+                "task {family} on cluster {cluster}: {}",
+                f.detail().unwrap_or("no detail given")
+            ),
+            hint: None,
+        }
+        .into());
     }
     out.tasks()
         .first()
@@ -188,7 +191,7 @@ async fn wait(c: &Clients, cluster: &str, task_arn: &str, poll: Duration) -> any
             .tasks(task_arn)
             .send()
             .await
-            .map_err(|e| sdk_err(format!("describing task {task_arn}"), e))?;
+            .map_err(|e| sdk_err("ecs:DescribeTasks", e))?;
         let task = out
             .tasks()
             .first()

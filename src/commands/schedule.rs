@@ -12,11 +12,12 @@ use anyhow::Context;
 use aws_sdk_ecs::types::{TaskDefinition, TaskDefinitionStatus};
 use serde_json::json;
 
-use crate::aws::ecs::{family_of, revision_of, LogSpec, TaskSpec};
+use super::preflight;
+use crate::aws::ecs::{family_of, revision_of, LogSpec, TaskSpec, EPHEMERAL_STORAGE_GIB};
 use crate::aws::events::{rule_name, Network, RuleSpec, TargetSpec, TARGET_ID};
-use crate::aws::{build_err, sdk_err, Clients};
+use crate::aws::{build_err, names, sdk_err, Clients};
 use crate::cli::{ScheduleArgs, UnscheduleArgs};
-use crate::config::{self, non_empty, ConfigError};
+use crate::config::{non_empty, ConfigError};
 
 /// Schedule used when neither the flag nor the stack gives one: daily, 03:00 UTC.
 const DEFAULT_SCHEDULE: &str = "cron(0 3 * * ? *)";
@@ -51,31 +52,37 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         None => StackOutputs::default(),
     };
     let mut plan = resolve(&a, &stack)?;
-    let clients = Clients::load().await;
+    preflight::check(&plan.task)?;
+    let warnings = unreadable_secrets(&plan.task, &stack, a.from_stack.as_deref());
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let clients = Clients::load().await?;
     if plan.task.log.region.is_empty() {
-        plan.task.log.region = clients.region.clone().ok_or_else(|| {
-            ConfigError::missing("--log-region", "no AWS region configured (set AWS_REGION)")
-        })?;
+        plan.task.log.region = clients.region.clone();
     }
     if a.dry_run {
         println!("{}", serde_json::to_string_pretty(&dry_run_json(&plan))?);
         return Ok(());
     }
-    let summary = apply(&clients, &plan).await?;
+    let mut summary = apply(&clients, &plan).await?;
+    if !warnings.is_empty() {
+        summary["warnings"] = json!(warnings);
+    }
     println!("{summary}");
     Ok(())
 }
 
 /// Reads the stack's outputs; `--from-stack` needs them even for `--dry-run`.
 pub async fn read_stack(name: &str) -> anyhow::Result<StackOutputs> {
-    let conf = crate::storage::s3::sdk_config().await;
+    let conf = crate::storage::s3::sdk_config().await?;
     let cfn = aws_sdk_cloudformation::Client::new(&conf);
     let out = cfn
         .describe_stacks()
         .stack_name(name)
         .send()
         .await
-        .map_err(|e| sdk_err(format!("reading CloudFormation stack {name}"), e))?;
+        .map_err(|e| sdk_err("cloudformation:DescribeStacks", e))?;
     let stack = out
         .stacks()
         .first()
@@ -92,10 +99,7 @@ pub async fn read_stack(name: &str) -> anyhow::Result<StackOutputs> {
 /// Turns flags (winning) and stack outputs into a plan. Pure apart from reading --env-file.
 /// The log region is left empty when unknown; the caller fills it from the SDK.
 pub fn resolve(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Plan, ConfigError> {
-    let stage = non_empty(a.stage.clone())
-        .or_else(|| stack.get("Stage"))
-        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
-    config::validate_stage(&stage, "--stage")?;
+    let stage = names::scheduled_stage(non_empty(a.stage.clone()).or_else(|| stack.get("Stage")))?;
     let raw_schedule = non_empty(a.schedule.clone())
         .or_else(|| stack.get("ScheduleExpression"))
         .unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
@@ -124,6 +128,36 @@ pub fn resolve(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Plan, ConfigErr
         "--events-role-arn",
         "the role EventBridge uses to run the task",
     )?;
+    let task_role_arn = required(
+        a.task_role_arn.clone(),
+        stack,
+        "TaskRoleArn",
+        "--task-role-arn",
+        "the role the backup runs as (without one the task has no credentials for S3)",
+    )?;
+    for (arn, var) in [
+        (&execution_role_arn, "--execution-role-arn"),
+        (&task_role_arn, "--task-role-arn"),
+        (&events_role_arn, "--events-role-arn"),
+    ] {
+        validate_role_arn(arn, var)?;
+    }
+    if let Some(g) = a.ephemeral_storage_gib {
+        if !EPHEMERAL_STORAGE_GIB.contains(&g) {
+            return Err(ConfigError::invalid(
+                "--ephemeral-storage-gib",
+                format!(
+                    "{g} is out of range: Fargate takes {}-{} GiB (omit it for the default 20 GiB)",
+                    EPHEMERAL_STORAGE_GIB.start(),
+                    EPHEMERAL_STORAGE_GIB.end()
+                ),
+            ));
+        }
+    }
+    let log_group = non_empty(a.log_group.clone())
+        .or_else(|| stack.get("LogGroupName"))
+        .unwrap_or_else(|| names::log_group(&stage));
+    validate_log_group(&log_group)?;
     let command: Vec<String> = a.command.split_whitespace().map(str::to_string).collect();
     if command.is_empty() {
         return Err(ConfigError::invalid(
@@ -140,11 +174,10 @@ pub fn resolve(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Plan, ConfigErr
         env: resolve_env(a, stack, &stage)?,
         secrets: resolve_secrets(&a.secrets, stack)?,
         execution_role_arn,
-        task_role_arn: non_empty(a.task_role_arn.clone()).or_else(|| stack.get("TaskRoleArn")),
+        task_role_arn,
+        ephemeral_storage_gib: a.ephemeral_storage_gib,
         log: LogSpec {
-            group: non_empty(a.log_group.clone())
-                .or_else(|| stack.get("LogGroupName"))
-                .unwrap_or_else(|| format!("/backhaul/{stage}")),
+            group: log_group,
             region: non_empty(a.log_region.clone())
                 .or_else(|| stack.get("Region"))
                 .unwrap_or_default(),
@@ -152,10 +185,12 @@ pub fn resolve(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Plan, ConfigErr
         },
         stage: stage.clone(),
     };
+    let cluster = non_empty(a.network.cluster.clone())
+        .or_else(|| stack.get("ClusterName"))
+        .unwrap_or_else(|| names::stage_resource(&stage));
+    validate_cluster(&cluster)?;
     Ok(Plan {
-        cluster: non_empty(a.network.cluster.clone())
-            .or_else(|| stack.get("ClusterName"))
-            .unwrap_or_else(|| format!("backhaul-{stage}")),
+        cluster,
         rule: RuleSpec::for_stage(&stage, schedule.to_string()),
         task,
         events_role_arn,
@@ -234,6 +269,15 @@ fn resolve_env(
     let mut env = BTreeMap::new();
     if let Some(bucket) = stack.get("BucketName") {
         env.insert("S3_BUCKET".to_string(), bucket);
+    }
+    // The stack's task role may write only under <KeyPrefix>/<Stage>/, and can use only the
+    // stack's KMS key: the task must be told both, or every run is denied.
+    if let Some(prefix) = stack.get("KeyPrefix") {
+        env.insert("BACKUP_PREFIX".to_string(), prefix);
+    }
+    if let Some(key) = stack.get("KmsKeyArn") {
+        env.insert("S3_SSE".to_string(), "aws:kms".to_string());
+        env.insert("S3_SSE_KMS_KEY_ID".to_string(), key);
     }
     if let Some(path) = &a.env_file {
         for (k, v) in read_env_file(path)? {
@@ -356,27 +400,163 @@ fn resolve_secrets(
     Ok(out)
 }
 
-/// ECS resolves `valueFrom` only for Secrets Manager secrets and SSM parameters (full ARNs so
-/// cross-account and JSON-key forms work: `arn:...:secret:name-AbCdEf:password::`).
-pub fn validate_secret_arn(k: &str, arn: &str) -> Result<(), ConfigError> {
-    let parts: Vec<&str> = arn.splitn(7, ':').collect();
-    let ok = parts.len() >= 6
-        && parts[0] == "arn"
-        && parts[1].starts_with("aws")
-        && matches!(parts[2], "secretsmanager" | "ssm")
-        && !parts[3].is_empty()
-        && !parts[4].is_empty()
-        && !parts[5].is_empty();
+/// The `valueFrom` forms the ECS agent resolves (ECS developer guide, "Pass sensitive data to
+/// an Amazon ECS container"): a Secrets Manager secret ARN, alone or followed by exactly
+/// `:<json-key>:<version-stage>:<version-id>` (each may be empty); an SSM parameter ARN; or
+/// the name of an SSM parameter in the task's region. Anything else registers fine and fails
+/// when the task starts, every night.
+pub fn validate_secret_arn(k: &str, v: &str) -> Result<(), ConfigError> {
+    let problem = match secret_ref_problem(v) {
+        None => return Ok(()),
+        Some(p) => p,
+    };
+    Err(ConfigError::invalid(
+        "--secret",
+        // The value is not echoed: someone who pasted the secret itself instead of its ARN
+        // must not find it in the task's logs.
+        format!("{k}=<value> {problem} (the value is not shown), e.g. {k}=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf, {k}=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf:password:: or {k}=arn:aws:ssm:us-east-1:123456789012:parameter/prod/db-password"),
+    ))
+}
+
+fn secret_ref_problem(v: &str) -> Option<String> {
+    const NOT_A_REF: &str =
+        "must be a Secrets Manager secret ARN, an SSM parameter ARN or an SSM parameter name";
+    let Some(rest) = v.strip_prefix("arn:") else {
+        return (!is_ssm_name(v)).then(|| NOT_A_REF.to_string());
+    };
+    let parts: Vec<&str> = rest.splitn(5, ':').collect();
+    let [partition, service, region, account, resource] = parts[..] else {
+        return Some(NOT_A_REF.to_string());
+    };
+    let partition_ok = partition == "aws"
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'-')
+        });
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    let account_ok = account.len() == 12 && account.bytes().all(|c| c.is_ascii_digit());
+    if !(partition_ok && region_ok && account_ok) {
+        return Some(format!(
+            "{NOT_A_REF} (arn:<partition>:<service>:<region>:<12-digit account>:...)"
+        ));
+    }
+    match service {
+        "secretsmanager" => {
+            let Some(id) = resource.strip_prefix("secret:") else {
+                return Some("is a Secrets Manager ARN without secret:<name>".to_string());
+            };
+            let fields: Vec<&str> = id.split(':').collect();
+            let name_ok = !fields[0].is_empty()
+                && fields[0]
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"/_+=.@-".contains(&c));
+            if !name_ok {
+                return Some("is a Secrets Manager ARN with an invalid secret name".to_string());
+            }
+            match fields.len() {
+                1 | 4 => None,
+                n => Some(format!("is a Secrets Manager ARN with {} field(s) after the secret name: ECS takes the ARN alone or followed by exactly :<json-key>:<version-stage>:<version-id> (each may be empty)", n - 1)),
+            }
+        }
+        "ssm" => match resource.strip_prefix("parameter") {
+            Some(name) if name.starts_with('/') && is_ssm_name(name) => None,
+            _ => Some("is an SSM ARN that is not parameter/<name>".to_string()),
+        },
+        _ => Some(NOT_A_REF.to_string()),
+    }
+}
+
+/// SSM parameter names: letters, digits and `_.-`, in `/`-separated levels; `aws` and `ssm`
+/// prefixes are reserved (SSM PutParameter documentation).
+fn is_ssm_name(v: &str) -> bool {
+    let levels: Vec<&str> = v.strip_prefix('/').unwrap_or(v).split('/').collect();
+    let reserved = {
+        let first = levels[0].to_ascii_lowercase();
+        first.starts_with("aws") || first.starts_with("ssm")
+    };
+    !v.is_empty()
+        && v.len() <= 2048
+        && !reserved
+        && levels.iter().all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+        })
+}
+
+/// `arn:<partition>:iam::<account>:role/<path/name>`: a role name elsewhere is a typo that
+/// ECS or EventBridge would reject only when the schedule first fires.
+fn validate_role_arn(arn: &str, var: &str) -> Result<(), ConfigError> {
+    let ok = arn.strip_prefix("arn:").is_some_and(|rest| {
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        matches!(parts[..], [p, "iam", "", account, res]
+            if p.starts_with("aws")
+                && account.len() == 12
+                && account.bytes().all(|c| c.is_ascii_digit())
+                && res.strip_prefix("role/").is_some_and(|n| !n.is_empty()))
+    });
     if ok {
         Ok(())
     } else {
         Err(ConfigError::invalid(
-            "--secret",
-            // The value is not echoed: someone who pasted the secret itself instead of its ARN
-            // must not find it in the task's logs.
-            format!("{k}=<value> must be a Secrets Manager or SSM parameter ARN (the value given is not one and is not shown), e.g. {k}=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"),
+            var,
+            format!("\"{arn}\" is not an IAM role ARN, e.g. arn:aws:iam::123456789012:role/backhaul-task"),
         ))
     }
+}
+
+/// CloudWatch log group names: 1-512 of `[.\-_/#A-Za-z0-9]` (CloudWatch Logs API).
+fn validate_log_group(g: &str) -> Result<(), ConfigError> {
+    let ok = (1..=512).contains(&g.len())
+        && g.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_/#".contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "--log-group",
+            format!("\"{g}\" is not a log group name (1-512 of letters, digits and . - _ / #)"),
+        ))
+    }
+}
+
+/// Cluster names: 1-255 letters, digits, `-` and `_` (ECS CreateCluster), or a cluster ARN.
+fn validate_cluster(c: &str) -> Result<(), ConfigError> {
+    let ok = c.starts_with("arn:")
+        || ((1..=255).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "--cluster",
+            format!("\"{c}\" is not an ECS cluster name (letters, digits, - and _) or ARN"),
+        ))
+    }
+}
+
+/// With `--from-stack`, the stack's execution role may read exactly the secrets given to the
+/// stack; any other `--secret` fails when the task starts unless someone granted it by hand.
+fn unreadable_secrets(
+    task: &TaskSpec,
+    stack: &StackOutputs,
+    from_stack: Option<&str>,
+) -> Vec<String> {
+    let Some(name) = from_stack else {
+        return Vec::new();
+    };
+    let readable: Vec<String> = ["PostgresSecretArn", "MongoSecretArn"]
+        .iter()
+        .filter_map(|k| stack.get(k))
+        .collect();
+    task.secrets
+        .iter()
+        .filter(|(_, v)| !readable.iter().any(|r| r == *v))
+        .map(|(k, _)| format!("secret {k} is not one the execution role of stack {name} can read (it can read only the stack's PostgresSecretArn and MongoSecretArn): grant secretsmanager:GetSecretValue or ssm:GetParameters on it, or the task will fail to start"))
+        .collect()
 }
 
 fn dry_run_json(plan: &Plan) -> serde_json::Value {
@@ -387,10 +567,32 @@ fn dry_run_json(plan: &Plan) -> serde_json::Value {
         platform_version: plan.platform_version.clone(),
         network: plan.network.clone(),
     };
+    // The writes in the order `apply` sends them, each with its input in the API's own JSON
+    // spelling; ARNs not known before the first write are shown as <placeholders>.
     json!({
-        "task_definition": plan.task.to_json(),
-        "rule": plan.rule.to_json(),
-        "target": target.to_json(),
+        "requests": [
+            {
+                "operation": "ecs:RegisterTaskDefinition",
+                "when": "unless the family's latest active revision already matches",
+                "input": plan.task.to_json(),
+            },
+            {"operation": "events:PutRule", "input": plan.rule.to_json()},
+            {
+                "operation": "events:PutTargets",
+                "input": {"Rule": plan.rule.name, "Targets": [target.to_json()]},
+            },
+            {
+                "operation": "events:RemoveTargets",
+                "when": "only for targets other than the rule's own (id backhaul)",
+                "input": {"Rule": plan.rule.name, "Ids": ["<other target ids>"]},
+            },
+        ],
+        "reads": [
+            "ecs:DescribeClusters",
+            "ecs:ListTaskDefinitions",
+            "ecs:DescribeTaskDefinition",
+            "events:ListTargetsByRule",
+        ],
     })
 }
 
@@ -416,7 +618,7 @@ async fn apply(c: &Clients, plan: &Plan) -> anyhow::Result<serde_json::Value> {
         .description(&plan.rule.description)
         .send()
         .await
-        .map_err(|e| sdk_err(format!("putting rule {}", plan.rule.name), e))?
+        .map_err(|e| sdk_err("events:PutRule", e))?
         .rule_arn()
         .unwrap_or_default()
         .to_string();
@@ -446,7 +648,7 @@ async fn cluster_arn(ecs: &aws_sdk_ecs::Client, cluster: &str) -> anyhow::Result
         .clusters(cluster)
         .send()
         .await
-        .map_err(|e| sdk_err(format!("describing ECS cluster {cluster}"), e))?;
+        .map_err(|e| sdk_err("ecs:DescribeClusters", e))?;
     out.clusters()
         .iter()
         .find(|c| c.status() != Some("INACTIVE"))
@@ -472,7 +674,7 @@ async fn ensure_task_definition(
         .map_err(build_err)?
         .send()
         .await
-        .map_err(|e| sdk_err(format!("registering task definition {}", spec.family), e))?;
+        .map_err(|e| sdk_err("ecs:RegisterTaskDefinition", e))?;
     let td = out
         .task_definition()
         .cloned()
@@ -493,7 +695,7 @@ pub async fn active_revisions(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| sdk_err(format!("listing task definitions {family}"), e))?;
+        let page = page.map_err(|e| sdk_err("ecs:ListTaskDefinitions", e))?;
         arns.extend(
             page.task_definition_arns()
                 .iter()
@@ -518,7 +720,7 @@ pub async fn latest_active(
         .task_definition(&arn)
         .send()
         .await
-        .map_err(|e| sdk_err(format!("describing task definition {arn}"), e))?;
+        .map_err(|e| sdk_err("ecs:DescribeTaskDefinition", e))?;
     Ok(out.task_definition().cloned())
 }
 
@@ -531,10 +733,8 @@ async fn put_target(c: &Clients, rule: &str, target: &TargetSpec) -> anyhow::Res
         .targets(target.target().map_err(build_err)?)
         .send()
         .await
-        .map_err(|e| sdk_err(format!("putting target on rule {rule}"), e))?;
-    if out.failed_entry_count() > 0 {
-        anyhow::bail!("putting target on rule {rule}: {:?}", out.failed_entries());
-    }
+        .map_err(|e| sdk_err("events:PutTargets", e))?;
+    failed_entries("events:PutTargets", out.failed_entries())?;
     let others: Vec<String> = target_ids(c, rule)
         .await?
         .into_iter()
@@ -565,29 +765,74 @@ pub async fn targets(
         {
             Ok(Vec::new())
         }
-        Err(e) => Err(sdk_err(format!("listing targets of rule {rule}"), e)),
+        Err(e) => Err(sdk_err("events:ListTargetsByRule", e)),
     }
 }
 
+/// Removes targets; a partial failure is an error, so a rule is never deleted (or left
+/// "clean") while a target it should have lost is still attached.
 async fn remove_targets(c: &Clients, rule: &str, ids: Vec<String>) -> anyhow::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    c.events
+    let out = c
+        .events
         .remove_targets()
         .rule(rule)
         .set_ids(Some(ids))
         .send()
         .await
-        .map_err(|e| sdk_err(format!("removing targets from rule {rule}"), e))?;
-    Ok(())
+        .map_err(|e| sdk_err("events:RemoveTargets", e))?;
+    failed_entries("events:RemoveTargets", out.failed_entries())
 }
 
+/// PutTargets and RemoveTargets answer 200 with per-target failures; those are errors too.
+fn failed_entries<T: FailedEntry>(operation: &str, entries: &[T]) -> anyhow::Result<()> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    Err(crate::aws::error::AwsError {
+        operation: operation.to_string(),
+        code: first.code().unwrap_or("FailedEntry").to_string(),
+        message: format!(
+            "target {}: {} ({} of the targets failed)",
+            first.id().unwrap_or("?"),
+            first.message().unwrap_or_default(),
+            entries.len()
+        ),
+        hint: None,
+    }
+    .into())
+}
+
+/// The two failed-entry types EventBridge returns share these fields.
+trait FailedEntry {
+    fn id(&self) -> Option<&str>;
+    fn code(&self) -> Option<&str>;
+    fn message(&self) -> Option<&str>;
+}
+
+macro_rules! failed_entry {
+    ($t:ty) => {
+        impl FailedEntry for $t {
+            fn id(&self) -> Option<&str> {
+                self.target_id()
+            }
+            fn code(&self) -> Option<&str> {
+                self.error_code()
+            }
+            fn message(&self) -> Option<&str> {
+                self.error_message()
+            }
+        }
+    };
+}
+failed_entry!(aws_sdk_eventbridge::types::PutTargetsResultEntry);
+failed_entry!(aws_sdk_eventbridge::types::RemoveTargetsResultEntry);
+
 pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
-    let stage = non_empty(a.stage.clone())
-        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
-    config::validate_stage(&stage, "--stage")?;
-    let c = Clients::load().await;
+    let stage = names::scheduled_stage(a.stage.clone())?;
+    let c = Clients::load().await?;
     let rule = rule_name(&stage);
     let ids = target_ids(&c, &rule).await?;
     let removed = ids.len();
@@ -597,7 +842,7 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_resource_not_found_exception()) => {}
-        Err(e) => return Err(sdk_err(format!("deleting rule {rule}"), e)),
+        Err(e) => return Err(sdk_err("events:DeleteRule", e)),
     }
     let mut deregistered = Vec::new();
     if a.deregister {
@@ -607,7 +852,7 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
                 .task_definition(&arn)
                 .send()
                 .await
-                .map_err(|e| sdk_err(format!("deregistering {arn}"), e))?;
+                .map_err(|e| sdk_err("ecs:DeregisterTaskDefinition", e))?;
             deregistered.push(arn);
         }
     }
@@ -648,17 +893,62 @@ mod tests {
     }
 
     #[test]
-    fn secret_arns() {
-        assert!(
-            validate_secret_arn("P", "arn:aws:secretsmanager:us-east-1:1:secret:x-AbC").is_ok()
+    fn secret_value_from_forms_ecs_accepts() {
+        let sm = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf";
+        for ok in [
+            sm.to_string(),
+            format!("{sm}:password::"),
+            format!("{sm}:password:AWSCURRENT:"),
+            format!("{sm}:::0f1e2d3c"),
+            "arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:x-AbC".to_string(),
+            "arn:aws:ssm:us-east-1:123456789012:parameter/prod/db-password".to_string(),
+            "/prod/db-password".to_string(),
+            "db_password".to_string(),
+        ] {
+            assert!(validate_secret_arn("P", &ok).is_ok(), "{ok}");
+        }
+        let other = "arn:aws:secretsmanager:eu-west-1:210987654321:secret:app-XyZ";
+        for (bad, why) in [
+            (
+                format!("{other}:password"),
+                "with 1 field(s) after the secret name",
+            ),
+            (format!("{other}:password:AWSCURRENT"), "with 2 field(s)"),
+            (format!("{other}:a:b:c:d"), "with 4 field(s)"),
+            (
+                "arn:aws:secretsmanager:us-east-1:1:secret:x".to_string(),
+                "12-digit account",
+            ),
+            (
+                "arn:aws:ssm:us-east-1:123456789012:db-password".to_string(),
+                "not parameter/<name>",
+            ),
+            ("arn:aws:s3:::bucket".to_string(), "12-digit account"),
+            (
+                "arn:aws:s3:us-east-1:123456789012:bucket".to_string(),
+                "must be a Secrets Manager",
+            ),
+            ("hunter2!".to_string(), "must be a Secrets Manager"),
+            ("aws/reserved".to_string(), "must be a Secrets Manager"),
+            (
+                "{\"password\":\"x\"}".to_string(),
+                "must be a Secrets Manager",
+            ),
+        ] {
+            let e = validate_secret_arn("P", &bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains(&bad), "the value is never echoed: {e}");
+        }
+    }
+
+    #[test]
+    fn role_arns() {
+        assert!(validate_role_arn("arn:aws:iam::123456789012:role/x", "--task-role-arn").is_ok());
+        assert!(validate_role_arn("arn:aws:iam::123456789012:role/path/x", "--x").is_ok());
+        assert_eq!(
+            validate_role_arn("backhaul-task", "--task-role-arn").unwrap_err().to_string(),
+            "--task-role-arn \"backhaul-task\" is not an IAM role ARN, e.g. arn:aws:iam::123456789012:role/backhaul-task"
         );
-        assert!(validate_secret_arn(
-            "P",
-            "arn:aws:secretsmanager:us-east-1:1:secret:x-AbC:password::"
-        )
-        .is_ok());
-        assert!(validate_secret_arn("P", "arn:aws:ssm:us-east-1:1:parameter/x").is_ok());
-        assert!(validate_secret_arn("P", "arn:aws:s3:::bucket").is_err());
-        assert!(validate_secret_arn("P", "hunter2").is_err());
+        assert!(validate_role_arn("arn:aws:iam::123456789012:user/x", "--x").is_err());
     }
 }

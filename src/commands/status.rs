@@ -5,10 +5,10 @@ use serde::Serialize;
 
 use crate::aws::ecs::CONTAINER;
 use crate::aws::events::{network_of, rule_name, TARGET_ID};
-use crate::aws::{sdk_err, Clients};
+use crate::aws::{names, sdk_err, Clients};
 use crate::cli::StatusArgs;
 use crate::commands::common::Store;
-use crate::config::{self, non_empty, ConfigError};
+use crate::config::non_empty;
 use crate::layout::MANIFEST_SUFFIX;
 
 /// Backups shown.
@@ -55,10 +55,8 @@ struct TaskStatus {
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
-    let stage = non_empty(a.store.stage.clone())
-        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
-    config::validate_stage(&stage, "--stage")?;
-    let c = Clients::load().await;
+    let stage = names::scheduled_stage(a.store.stage.clone())?;
+    let c = Clients::load().await?;
     let mut st = Status {
         rule: rule(&c, &stage).await?,
         target: target(&c, &stage).await?,
@@ -73,7 +71,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         store.bucket = bucket.clone();
         match recent(&store).await {
             Ok(keys) => st.recent_backups = keys,
-            Err(e) => st.backups_error = Some(first_line(&format!("{e:#}"))),
+            Err(e) => st.backups_error = Some(format!("{e:#}")),
         }
         st.bucket = bucket;
     }
@@ -99,7 +97,7 @@ async fn rule(c: &Clients, stage: &str) -> anyhow::Result<Option<RuleStatus>> {
         {
             Ok(None)
         }
-        Err(e) => Err(sdk_err(format!("describing rule {name}"), e)),
+        Err(e) => Err(sdk_err("events:DescribeRule", e)),
     }
 }
 
@@ -155,15 +153,6 @@ async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Vec<String>> {
     objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX));
     objects.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
     Ok(objects.into_iter().take(RECENT).map(|o| o.key).collect())
-}
-
-/// SDK errors carry the raw response in their context; one line is enough for a report.
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or_default();
-    line.split(" (ServiceError")
-        .next()
-        .unwrap_or(line)
-        .to_string()
 }
 
 fn text(st: &Status) -> String {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
@@ -39,8 +40,23 @@ pub struct S3Storage {
     sse: Sse,
 }
 
-fn err<E: std::error::Error>(op: &'static str, key: &str, e: E) -> StorageError {
-    StorageError::backend(op, key, DisplayErrorContext(e).to_string())
+/// One line per failed call: the service's code and message (never the SDK's debug dump of
+/// the raw response), with the IAM action to grant when access was denied.
+fn err<E>(op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let action = match op {
+        "get object" | "head object" => "s3:GetObject",
+        "abort multipart upload" => "s3:AbortMultipartUpload",
+        "list objects" => "s3:ListBucket",
+        "list multipart uploads" => "s3:ListBucketMultipartUploads",
+        "list parts" => "s3:ListMultipartUploadParts",
+        "delete objects" => "s3:DeleteObject",
+        _ => "s3:PutObject",
+    };
+    let e = crate::aws::error::from_sdk(action, &e);
+    StorageError::backend(op, key, e.detail())
 }
 
 /// Attempts per request when the user has not chosen (`AWS_MAX_ATTEMPTS` / `AWS_RETRY_MODE`).
@@ -91,14 +107,33 @@ fn attempt_timeout() -> Result<Duration, ConfigError> {
 /// [`DEFAULT_MAX_ATTEMPTS`] unless `AWS_MAX_ATTEMPTS` or `AWS_RETRY_MODE` is set, in which case
 /// the chain's reading of them wins; and the [`CONNECT_TIMEOUT`] / [`ATTEMPT_TIMEOUT`] timeouts,
 /// which the SDK leaves unset (no timeout at all) by default.
-pub async fn sdk_config() -> aws_config::SdkConfig {
+pub async fn sdk_config() -> Result<aws_config::SdkConfig, ConfigError> {
+    // Resolved first and passed in, so no provider (the credentials chain builds its own
+    // region chain when given none) goes on to ask the instance metadata service.
+    let region = region_chain().region().await.ok_or_else(|| {
+        ConfigError::missing(
+            "AWS_REGION",
+            "no AWS region configured: set AWS_REGION (or a region in the AWS profile)",
+        )
+    })?;
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(region)
         .timeout_config(timeouts(ATTEMPT_TIMEOUT));
     if !retry_configured_by_env() {
         loader =
             loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));
     }
-    loader.load().await
+    Ok(loader.load().await)
+}
+
+/// Environment, then profile: the SDK's default chain would go on to ask the EC2 instance
+/// metadata service, which outside EC2 costs seconds of retries and three warnings before the
+/// one line that matters ("no region"). ECS and Fargate set AWS_REGION for the task.
+fn region_chain() -> aws_config::meta::region::RegionProviderChain {
+    aws_config::meta::region::RegionProviderChain::first_try(
+        aws_config::environment::region::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(aws_config::profile::region::ProfileFileRegionProvider::new())
 }
 
 fn retry_configured_by_env() -> bool {
@@ -115,7 +150,7 @@ impl S3Storage {
         sse: Sse,
     ) -> Result<S3Storage, ConfigError> {
         let attempt = attempt_timeout()?;
-        let conf = sdk_config().await;
+        let conf = sdk_config().await?;
         let s3conf = aws_sdk_s3::config::Builder::from(&conf)
             .force_path_style(force_path_style)
             .timeout_config(timeouts(attempt))
@@ -412,11 +447,9 @@ impl Storage for S3Storage {
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
         let out = self.get_object(key).await?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| err("read object", key, e))?;
+        let data = out.body.collect().await.map_err(|e| {
+            StorageError::backend("read object", key, DisplayErrorContext(e).to_string())
+        })?;
         Ok(data.into_bytes())
     }
 
@@ -470,12 +503,12 @@ impl Storage for S3Storage {
                 .iter()
                 .map(|k| ObjectIdentifier::builder().key(k).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err("delete objects", &chunk[0], e))?;
+                .map_err(|e| StorageError::backend("delete objects", &chunk[0], e.to_string()))?;
             let delete = Delete::builder()
                 .set_objects(Some(objects))
                 .quiet(true)
                 .build()
-                .map_err(|e| err("delete objects", &chunk[0], e))?;
+                .map_err(|e| StorageError::backend("delete objects", &chunk[0], e.to_string()))?;
             let out = self
                 .client
                 .delete_objects()

@@ -9,7 +9,8 @@ use aws_sdk_ecs::types::{
     Compatibility, LogDriver, NetworkMode, TaskDefinition, TaskDefinitionStatus,
 };
 
-use crate::common::{backhaul, backhaul_moto, block_on, moto, summaries, tests_dir};
+use crate::common::contract::{check_records, json_request, Contract};
+use crate::common::{backhaul, block_on, moto, summaries, tests_dir};
 
 const EXEC_ROLE: &str = "arn:aws:iam::123456789012:role/backhaul-exec";
 const TASK_ROLE: &str = "arn:aws:iam::123456789012:role/backhaul-task";
@@ -72,10 +73,10 @@ fn create_cluster(name: &str) -> String {
         .to_string()
 }
 
-/// `backhaul schedule` with every required flag, against moto.
-fn schedule(stage: &str) -> assert_cmd::Command {
+/// `backhaul schedule` with every required flag, against moto through the recorder.
+fn schedule(rec: &Contract, stage: &str) -> assert_cmd::Command {
     let (subnets, sg) = network();
-    let mut cmd = backhaul_moto();
+    let mut cmd = rec.backhaul();
     cmd.args([
         "schedule",
         "--stage",
@@ -146,7 +147,8 @@ fn schedule_registers_task_definition_rule_and_target() {
     let stage = stage("sched");
     let family = format!("backhaul-{stage}");
     let cluster_arn = create_cluster(&family);
-    let s = summary(&mut schedule(&stage));
+    let rec = Contract::start();
+    let s = summary(&mut schedule(&rec, &stage));
     assert_eq!(s["changed"], true);
     assert_eq!(s["revision"], 1);
 
@@ -193,7 +195,9 @@ fn schedule_registers_task_definition_rule_and_target() {
     assert_eq!(opts["awslogs-group"], format!("/backhaul/{stage}"));
     assert_eq!(opts["awslogs-region"], "us-east-1");
     assert_eq!(opts["awslogs-stream-prefix"], "backhaul");
-    assert_eq!(opts["awslogs-create-group"], "false");
+    // Real ECS refuses any value but "true" for this option: it must be absent.
+    assert_eq!(opts.len(), 3, "{opts:?}");
+    assert!(td.ephemeral_storage().is_none());
 
     let rule = block_on(events().describe_rule().name(&family).send()).unwrap();
     assert_eq!(rule.schedule_expression(), Some("cron(0 3 * * ? *)"));
@@ -232,7 +236,8 @@ fn schedule_registers_task_definition_rule_and_target() {
         "{stage}/2024-03-09_07h05m03s_PGSQL/backup_{stage}_app_2024-03-09_07h05m03s.dump.zst"
     );
     moto().put(&bucket, &key, b"x".to_vec());
-    let out = backhaul_moto()
+    let out = rec
+        .backhaul()
         .args(["status", "--stage", &stage, "--bucket", &bucket])
         .assert()
         .success()
@@ -250,7 +255,8 @@ fn schedule_registers_task_definition_rule_and_target() {
         "{text}"
     );
     // A bucket that cannot be listed (S3_BUCKET=acme from the task definition) is a note.
-    let out = backhaul_moto()
+    let out = rec
+        .backhaul()
         .args(["status", "--stage", &stage, "--json"])
         .assert()
         .success()
@@ -263,13 +269,23 @@ fn schedule_registers_task_definition_rule_and_target() {
         st["task_definition"]["env_names"],
         serde_json::json!(["BACKUP_PARALLEL", "S3_BUCKET", "STAGE"])
     );
+    let note = st["backups_error"].as_str().unwrap();
+    assert!(note.contains(": NoSuchBucket: "), "{st}");
     assert!(
-        st["backups_error"]
-            .as_str()
-            .unwrap()
-            .contains("NoSuchBucket"),
-        "{st}"
+        !note.contains("raw:") && !note.contains("ErrorMetadata"),
+        "{note}"
     );
+    rec.check(&[
+        "ecs:DescribeClusters",
+        "ecs:ListTaskDefinitions",
+        "ecs:RegisterTaskDefinition",
+        "events:PutRule",
+        "events:PutTargets",
+        "events:ListTargetsByRule",
+        "events:DescribeRule",
+        "ecs:DescribeTaskDefinition",
+        "s3:ListObjectsV2",
+    ]);
 }
 
 #[test]
@@ -277,7 +293,8 @@ fn schedule_is_idempotent_and_a_change_makes_a_new_revision() {
     let stage = stage("idem");
     let family = format!("backhaul-{stage}");
     create_cluster(&family);
-    let first = summary(&mut schedule(&stage));
+    let rec = Contract::start();
+    let first = summary(&mut schedule(&rec, &stage));
     // A stray target someone added by hand is removed.
     let stray = aws_sdk_eventbridge::types::Target::builder()
         .id("stray")
@@ -286,14 +303,14 @@ fn schedule_is_idempotent_and_a_change_makes_a_new_revision() {
         .unwrap();
     block_on(events().put_targets().rule(&family).targets(stray).send()).unwrap();
 
-    let again = summary(&mut schedule(&stage));
+    let again = summary(&mut schedule(&rec, &stage));
     assert_eq!(again["changed"], false);
     assert_eq!(again["revision"], first["revision"]);
     assert_eq!(again["task_definition_arn"], first["task_definition_arn"]);
     assert_eq!(targets(&family).len(), 1);
     assert_eq!(active_revisions(&family).len(), 1);
 
-    let changed = summary(schedule(&stage).args(["--env", "EXTRA=1"]));
+    let changed = summary(schedule(&rec, &stage).args(["--env", "EXTRA=1"]));
     assert_eq!(changed["changed"], true);
     assert_eq!(changed["revision"], 2);
     let ts = targets(&family);
@@ -302,6 +319,8 @@ fn schedule_is_idempotent_and_a_change_makes_a_new_revision() {
         Some(ts[0].ecs_parameters().unwrap().task_definition_arn()),
         changed["task_definition_arn"].as_str()
     );
+    // The stray target was removed: the second run sent RemoveTargets.
+    rec.check(&["events:RemoveTargets", "ecs:RegisterTaskDefinition"]);
 }
 
 #[test]
@@ -309,19 +328,31 @@ fn unschedule_removes_rule_targets_and_revisions_and_can_repeat() {
     let stage = stage("unsched");
     let family = format!("backhaul-{stage}");
     create_cluster(&family);
-    summary(&mut schedule(&stage));
-    summary(schedule(&stage).args(["--env", "EXTRA=1"]));
+    let rec = Contract::start();
+    summary(&mut schedule(&rec, &stage));
+    summary(schedule(&rec, &stage).args(["--env", "EXTRA=1"]));
     assert_eq!(active_revisions(&family).len(), 2);
 
-    let out = summary(backhaul_moto().args(["unschedule", "--stage", &stage, "--deregister"]));
+    let out = summary(
+        rec.backhaul()
+            .args(["unschedule", "--stage", &stage, "--deregister"]),
+    );
     assert_eq!(out["removed_targets"], 1);
     assert_eq!(out["deregistered"].as_array().unwrap().len(), 2);
     let err = block_on(events().describe_rule().name(&family).send()).unwrap_err();
     assert!(err.into_service_error().is_resource_not_found_exception());
     assert!(active_revisions(&family).is_empty());
 
-    let again = summary(backhaul_moto().args(["unschedule", "--stage", &stage, "--deregister"]));
+    let again = summary(
+        rec.backhaul()
+            .args(["unschedule", "--stage", &stage, "--deregister"]),
+    );
     assert_eq!(again["removed_targets"], 0);
+    rec.check(&[
+        "events:RemoveTargets",
+        "events:DeleteRule",
+        "ecs:DeregisterTaskDefinition",
+    ]);
 }
 
 #[test]
@@ -329,12 +360,13 @@ fn run_task_waits_for_the_exit_code() {
     let stage = stage("run");
     let family = format!("backhaul-{stage}");
     create_cluster(&family);
-    summary(&mut schedule(&stage));
+    let rec = Contract::start();
+    summary(&mut schedule(&rec, &stage));
     py("req = urllib.request.Request(os.environ['E'] + '/moto-api/state-manager/set-transition', \
         data=json.dumps({'model_name': 'ecs::task', 'transition': {'progression': 'immediate'}}).encode(), method='POST')\n\
         urllib.request.urlopen(req).read()");
     let out = summary(
-        backhaul_moto()
+        rec.backhaul()
             .args([
                 "run-task",
                 "--stage",
@@ -353,6 +385,7 @@ fn run_task_waits_for_the_exit_code() {
     let id = arn.rsplit('/').next().unwrap();
     assert_eq!(out["log_stream"], format!("backhaul/backhaul/{id}"));
     assert_eq!(out["log_group"], format!("/backhaul/{stage}"));
+    rec.check(&["ecs:RunTask", "ecs:DescribeTasks"]);
 }
 
 /// Runs `schedule` with one bad setting against a closed port: any AWS call would fail with
@@ -375,7 +408,12 @@ fn rejected(extra: &[&str], message: &str) {
             "--execution-role-arn",
             EXEC_ROLE,
         ])
-        .args(["--events-role-arn", EVENTS_ROLE])
+        .args([
+            "--events-role-arn",
+            EVENTS_ROLE,
+            "--task-role-arn",
+            TASK_ROLE,
+        ])
         .args(extra);
     let out = cmd.assert().code(2).get_output().clone();
     assert_eq!(
@@ -410,8 +448,30 @@ fn bad_settings_exit_2_before_any_aws_call() {
         "--env \"NOEQUALS\" must be KEY=VALUE, e.g. --env S3_BUCKET=acme-backups",
     );
     rejected(
-        &["--secret", "POSTGRES_SECRET=hunter2"],
-        "--secret POSTGRES_SECRET=<value> must be a Secrets Manager or SSM parameter ARN (the value given is not one and is not shown), e.g. POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
+        &["--secret", "POSTGRES_SECRET=hunter2!"],
+        &format!("--secret POSTGRES_SECRET=<value> must be a Secrets Manager secret ARN, an SSM parameter ARN or an SSM parameter name (the value is not shown), {SECRET_EXAMPLES}"),
+    );
+    // One field after the secret id: ECS takes none or exactly three.
+    rejected(
+        &["--secret", "POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:pg-AbCdEf:password"],
+        &format!("--secret POSTGRES_SECRET=<value> is a Secrets Manager ARN with 1 field(s) after the secret name: ECS takes the ARN alone or followed by exactly :<json-key>:<version-stage>:<version-id> (each may be empty) (the value is not shown), {SECRET_EXAMPLES}"),
+    );
+    rejected(
+        &["--ephemeral-storage-gib", "20"],
+        "--ephemeral-storage-gib 20 is out of range: Fargate takes 21-200 GiB (omit it for the default 20 GiB)",
+    );
+    // Preflight: the task's own `backup` configuration code, run on the task's environment.
+    rejected(
+        &["--env", "S3_BUCKET=acme"],
+        "task configuration would fail every scheduled run: `backup` says: PG_DB_HOST is not set: nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING) — set it with --env, --env-file or --secret",
+    );
+    rejected(
+        &["--secret", &format!("POSTGRES_SECRET={PG_SECRET}")],
+        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
+    );
+    rejected(
+        &["--env", "S3_BUCKET=acme", "--env", "PG_DB_HOST=db", "--env", "PG_DB_NAME=app"],
+        "task configuration would fail every scheduled run: `backup` says: PG_DB_USER is not set: set PG_DB_USER or POSTGRES_SECRET — set it with --env, --env-file or --secret",
     );
     let out = backhaul()
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
@@ -440,6 +500,7 @@ fn bad_settings_exit_2_before_any_aws_call() {
     );
 }
 
+const SECRET_EXAMPLES: &str = "e.g. POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf, POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf:password:: or POSTGRES_SECRET=arn:aws:ssm:us-east-1:123456789012:parameter/prod/db-password";
 const CRON_99: &str = "--schedule invalid schedule \"cron(99 3 * * ? *)\": minutes value 99 is out of range: minutes takes 0-59 and the wildcards , - * /, e.g. cron(0/15 * * * ? *)";
 const CPU_MEMORY: &str =
     "--memory 512 is not valid with --cpu 1024: choose 2048-8192 in steps of 1024";
@@ -483,6 +544,8 @@ fn dry_run_prints_the_plan_without_aws() {
             "S3_BUCKET=acme-backups",
             "--env",
             "PG_DB_NAME=app,audit",
+            "--env",
+            "KEEP_DAILY=7",
         ])
         .args(["--secret", &format!("POSTGRES_SECRET={PG_SECRET}")])
         .args(["--command", "backup --prune", "--dry-run"])
@@ -577,7 +640,8 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     .unwrap();
     assert_eq!(clusters.clusters().len(), 1, "{clusters:?}");
 
-    let s = summary(backhaul_moto().args(["schedule", "--from-stack", &stack]));
+    let rec = Contract::start();
+    let s = summary(rec.backhaul().args(["schedule", "--from-stack", &stack]));
     let family = format!("backhaul-{stage}");
     let rule = block_on(events().describe_rule().name(&family).send()).unwrap();
     assert_eq!(
@@ -605,4 +669,254 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         td.execution_role_arn(),
         Some(output("TaskExecutionRoleArn").as_str())
     );
+    assert_eq!(td.task_role_arn(), Some(output("TaskRoleArn").as_str()));
+    rec.check(&[
+        "cloudformation:DescribeStacks",
+        "ecs:RegisterTaskDefinition",
+        "events:PutRule",
+        "events:PutTargets",
+    ]);
+}
+
+/// `schedule` with every required flag but pointed nowhere: only validation can answer.
+fn offline_schedule(stage: &str) -> assert_cmd::Command {
+    let mut cmd = backhaul();
+    cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").args([
+        "schedule",
+        "--stage",
+        stage,
+        "--image",
+        "i",
+        "--subnets",
+        "subnet-1",
+        "--security-groups",
+        "sg-1",
+        "--execution-role-arn",
+        EXEC_ROLE,
+        "--events-role-arn",
+        EVENTS_ROLE,
+        "--env",
+        "S3_BUCKET=acme",
+        "--secret",
+        &format!("POSTGRES_SECRET={PG_SECRET}"),
+    ]);
+    cmd
+}
+
+fn one_error_line(cmd: &mut assert_cmd::Command, code: i32) -> String {
+    let out = cmd.assert().code(code).get_output().clone();
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn task_role_and_stage_length_are_checked_before_anything_is_registered() {
+    let err = one_error_line(&mut offline_schedule("dev"), 2);
+    assert_eq!(err, "error: --task-role-arn is not set: name the role the backup runs as (without one the task has no credentials for S3) (or use --from-stack)\n");
+    // 55 characters: backhaul-<stage> is exactly EventBridge's 64.
+    let ok = "a".repeat(55);
+    let plan = offline_schedule(&ok)
+        .args(["--task-role-arn", TASK_ROLE, "--dry-run"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let plan: serde_json::Value = serde_json::from_slice(&plan).unwrap();
+    assert_eq!(
+        plan["requests"][1]["input"]["Name"],
+        format!("backhaul-{ok}")
+    );
+    let long = "a".repeat(56);
+    let err = one_error_line(
+        offline_schedule(&long).args(["--task-role-arn", TASK_ROLE]),
+        2,
+    );
+    assert_eq!(err, format!("error: --stage \"{long}\" is 56 characters: a scheduled stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64\n"));
+    for cmd in ["unschedule", "run-task", "status"] {
+        let err = one_error_line(
+            backhaul()
+                .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+                .args([cmd, "--stage", &long]),
+            2,
+        );
+        assert!(err.contains("is 56 characters"), "{cmd}: {err}");
+    }
+}
+
+/// `--dry-run` prints the very requests `schedule` then sends, and both pass the contract.
+#[test]
+fn dry_run_prints_exactly_the_requests_schedule_sends() {
+    let stage = stage("exact");
+    let family = format!("backhaul-{stage}");
+    let cluster_arn = create_cluster(&family);
+    let rec = Contract::start();
+    let plan = rec
+        .backhaul()
+        .args([
+            "schedule",
+            "--stage",
+            &stage,
+            "--ephemeral-storage-gib",
+            "64",
+        ])
+        .args(
+            schedule(&rec, &stage)
+                .get_args()
+                .skip(3)
+                .collect::<Vec<_>>(),
+        )
+        .arg("--dry-run")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let plan: serde_json::Value = serde_json::from_slice(&plan).unwrap();
+    let requests = plan["requests"].as_array().unwrap();
+    let ops: Vec<&str> = requests
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "ecs:RegisterTaskDefinition",
+            "events:PutRule",
+            "events:PutTargets",
+            "events:RemoveTargets"
+        ]
+    );
+    assert!(
+        !plan.to_string().contains("null"),
+        "no null members: {plan}"
+    );
+    check_records(
+        &[
+            json_request(
+                "AmazonEC2ContainerServiceV20141113.RegisterTaskDefinition",
+                &requests[0]["input"],
+            ),
+            json_request("AWSEvents.PutRule", &requests[1]["input"]),
+            json_request("AWSEvents.PutTargets", &requests[2]["input"]),
+        ],
+        &[
+            "ecs:RegisterTaskDefinition",
+            "events:PutRule",
+            "events:PutTargets",
+        ],
+    );
+    // Nothing was sent for the dry run.
+    assert!(rec.requests().is_empty(), "{:?}", rec.requests());
+
+    summary(schedule(&rec, &stage).args(["--ephemeral-storage-gib", "64"]));
+    let sent_td = rec.bodies("RegisterTaskDefinition");
+    assert_eq!(sent_td, [requests[0]["input"].clone()]);
+    assert_eq!(rec.bodies("PutRule"), [requests[1]["input"].clone()]);
+    let mut target = requests[2]["input"].clone();
+    let td_arn = task_definition(&family)
+        .task_definition_arn()
+        .unwrap()
+        .to_string();
+    target["Targets"][0]["Arn"] = cluster_arn.into();
+    target["Targets"][0]["EcsParameters"]["TaskDefinitionArn"] = td_arn.into();
+    assert_eq!(rec.bodies("PutTargets"), [target]);
+    assert_eq!(
+        task_definition(&family)
+            .ephemeral_storage()
+            .map(|e| e.size_in_gib()),
+        Some(64)
+    );
+    rec.check(&[
+        "ecs:RegisterTaskDefinition",
+        "events:PutRule",
+        "events:PutTargets",
+    ]);
+}
+
+/// Without a region: one line, exit 2, before any network call — the instance metadata
+/// service (pointed at a listener here) is never asked.
+#[test]
+fn no_region_is_one_line_and_no_metadata_probe() {
+    let imds = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    imds.set_nonblocking(true).unwrap();
+    let imds_url = format!("http://{}", imds.local_addr().unwrap());
+    for args in [
+        vec!["status", "--stage", "dev"],
+        vec!["unschedule", "--stage", "dev"],
+        vec!["run-task", "--stage", "dev"],
+        vec!["list", "--stage", "dev", "--bucket", "acme-backups"],
+    ] {
+        let err = one_error_line(
+            backhaul()
+                .env_remove("AWS_REGION")
+                .env_remove("AWS_EC2_METADATA_DISABLED")
+                .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds_url)
+                .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+                .args(&args),
+            2,
+        );
+        assert_eq!(
+            err,
+            "error: AWS_REGION is not set: no AWS region configured: set AWS_REGION (or a region in the AWS profile)\n",
+            "{args:?}"
+        );
+    }
+    assert!(imds.accept().is_err(), "the metadata service was contacted");
+}
+
+/// AWS errors are `<operation>: <Code>: <message>` on one line, never the SDK's debug dump.
+#[test]
+fn aws_errors_are_one_readable_line() {
+    let stage = stage("errs");
+    let family = format!("backhaul-{stage}");
+    create_cluster(&family);
+    let rec = Contract::start();
+    summary(&mut schedule(&rec, &stage));
+    let (_, sg) = network();
+    let outputs = [
+        // A subnet that does not exist.
+        one_error_line(
+            rec.backhaul().args([
+                "run-task",
+                "--stage",
+                &stage,
+                "--subnets",
+                "subnet-0000000000000dead",
+                "--security-groups",
+                sg,
+            ]),
+            1,
+        ),
+        // A bucket that does not exist.
+        one_error_line(
+            rec.backhaul()
+                .args(["list", "--stage", &stage, "--bucket", "bh-no-such-bucket"]),
+            1,
+        ),
+        // A cluster that does not exist.
+        one_error_line(
+            schedule(&rec, &stage).args(["--cluster", "no-such-cluster"]),
+            1,
+        ),
+    ];
+    for o in &outputs {
+        assert!(
+            !o.contains("ErrorMetadata") && !o.contains("raw:") && !o.contains("Response {"),
+            "{o}"
+        );
+    }
+    assert!(
+        outputs[0].starts_with("error: ecs:RunTask: "),
+        "{}",
+        outputs[0]
+    );
+    assert!(
+        outputs[1].contains("s3:ListBucket") || outputs[1].contains(": NoSuchBucket: "),
+        "{}",
+        outputs[1]
+    );
+    assert!(outputs[2].contains("no-such-cluster"), "{}", outputs[2]);
 }

@@ -52,6 +52,8 @@ impl Rule {
 
 struct State {
     upstream: String,
+    /// Every request seen, raw as framed (for the AWS contract checker).
+    recorded: std::sync::Mutex<Vec<Vec<u8>>>,
     rules: Vec<Rule>,
     /// Requests each rule matched, faulted or not.
     hits: Vec<AtomicUsize>,
@@ -73,6 +75,7 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
             upstream: upstream.trim_start_matches("http://").to_string(),
+            recorded: Default::default(),
             hits: rules.iter().map(|_| AtomicUsize::new(0)).collect(),
             rules,
             stop: AtomicBool::new(false),
@@ -95,6 +98,11 @@ impl FaultProxy {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every request received so far, raw (head and body as framed on the wire).
+    pub fn recorded(&self) -> Vec<Vec<u8>> {
+        self.state.recorded.lock().unwrap().clone()
     }
 
     /// How many requests rule `i` matched so far.
@@ -130,6 +138,7 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
         let Some(req) = read_message(&mut reader, false)? else {
             return Ok(());
         };
+        st.recorded.lock().unwrap().push(req.raw.clone());
         let mut it = req.start_line.split_whitespace();
         let (method, target) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
         let rule = st.rules.iter().position(|r| r.matches(method, target));
