@@ -291,7 +291,36 @@ fn resolve_env(
         env.insert(k, v);
     }
     env.insert("STAGE".to_string(), stage.to_string());
+    check_stack_bounds(&env, stack)?;
     Ok(env)
+}
+
+/// The stack's task role may use only the stack's bucket, prefix and KMS key: a task
+/// environment that points elsewhere would be denied on every run.
+fn check_stack_bounds(
+    env: &BTreeMap<String, String>,
+    stack: &StackOutputs,
+) -> Result<(), ConfigError> {
+    if stack.0.is_empty() {
+        return Ok(());
+    }
+    let bounds = [
+        ("S3_BUCKET", "BucketName"),
+        ("BACKUP_PREFIX", "KeyPrefix"),
+        ("S3_SSE_KMS_KEY_ID", "KmsKeyArn"),
+    ];
+    for (var, output) in bounds {
+        let want = stack.get(output);
+        let got = non_empty(env.get(var).cloned());
+        if got != want {
+            let stack_says = want.map_or("none".to_string(), |w| format!("\"{w}\""));
+            return Err(ConfigError::invalid(
+                var,
+                format!("{} differs from the stack's {output} ({stack_says}): the stack's task role is allowed only that; drop the --env/--env-file value or update the stack", got.map_or("(unset)".to_string(), |g| format!("\"{g}\""))),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits `KEY=VALUE`; the name must be a portable environment variable name.

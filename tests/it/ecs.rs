@@ -565,6 +565,7 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     let secret_arn = py(&format!(
         "print(client('secretsmanager').create_secret(Name='{stage}/pg', SecretString='{{}}')['ARN'])"
     ));
+    let kms_key = py("print(client('kms').create_key()['KeyMetadata']['Arn'])");
     let conf = moto().sdk_config();
     let cfn = aws_sdk_cloudformation::Client::new(&conf);
     let template = std::fs::read_to_string(tests_dir().join("../infra/backhaul.yaml")).unwrap();
@@ -583,6 +584,8 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
             .parameters(param("Subnets", subnets))
             .parameters(param("SecurityGroups", sg))
             .parameters(param("PostgresSecretArn", &secret_arn))
+            .parameters(param("KeyPrefix", "teams/shop"))
+            .parameters(param("KmsKeyArn", &kms_key))
             .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityNamedIam)
             .send(),
     )
@@ -623,6 +626,8 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         "ScheduleExpression",
         "PostgresSecretArn",
         "Region",
+        "KeyPrefix",
+        "KmsKeyArn",
     ] {
         output(k);
     }
@@ -641,7 +646,35 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     assert_eq!(clusters.clusters().len(), 1, "{clusters:?}");
 
     let rec = Contract::start();
-    let s = summary(rec.backhaul().args(["schedule", "--from-stack", &stack]));
+    // A value the stack's task role does not allow is refused before anything is sent.
+    let err = one_error_line(
+        rec.backhaul().args([
+            "schedule",
+            "--from-stack",
+            &stack,
+            "--env",
+            "BACKUP_PREFIX=elsewhere",
+        ]),
+        2,
+    );
+    assert_eq!(err, "error: BACKUP_PREFIX \"elsewhere\" differs from the stack's KeyPrefix (\"teams/shop\"): the stack's task role is allowed only that; drop the --env/--env-file value or update the stack\n");
+    // A secret the stack's execution role cannot read is a warning naming it.
+    let s = summary(rec.backhaul().args([
+        "schedule",
+        "--from-stack",
+        &stack,
+        "--secret",
+        "API_TOKEN=arn:aws:ssm:us-east-1:123456789012:parameter/shop/token",
+    ]));
+    let warnings = s["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{s}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("secret API_TOKEN is not one the execution role of stack"),
+        "{s}"
+    );
     let family = format!("backhaul-{stage}");
     let rule = block_on(events().describe_rule().name(&family).send()).unwrap();
     assert_eq!(
@@ -664,7 +697,24 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         .iter()
         .map(|s| (s.name(), s.value_from()))
         .collect();
-    assert_eq!(secrets, [("POSTGRES_SECRET", secret_arn.as_str())]);
+    assert_eq!(
+        secrets,
+        [
+            (
+                "API_TOKEN",
+                "arn:aws:ssm:us-east-1:123456789012:parameter/shop/token"
+            ),
+            ("POSTGRES_SECRET", secret_arn.as_str())
+        ]
+    );
+    let env: std::collections::BTreeMap<&str, &str> = c
+        .environment()
+        .iter()
+        .map(|kv| (kv.name().unwrap(), kv.value().unwrap()))
+        .collect();
+    assert_eq!(env["BACKUP_PREFIX"], "teams/shop");
+    assert_eq!(env["S3_SSE"], "aws:kms");
+    assert_eq!(env["S3_SSE_KMS_KEY_ID"], kms_key);
     assert_eq!(
         td.execution_role_arn(),
         Some(output("TaskExecutionRoleArn").as_str())
