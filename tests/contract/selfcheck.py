@@ -485,6 +485,41 @@ def cli_cases(sc: Selfcheck, tmp: str) -> None:
         p = cli(garbage)
         _assert(p.returncode == 2 and ":1:" in p.stderr, f"exit {p.returncode}: {p.stderr}")
 
+    def plan():
+        path = os.path.join(tmp, "plan.json")
+        good_plan = {
+            "reads": ["ecs:DescribeClusters"],
+            "requests": [
+                {"operation": "ecs:RegisterTaskDefinition", "input": taskdef(), "when": "unless unchanged"},
+                {"operation": "events:PutRule", "input": {"Name": "backhaul-dev", "ScheduleExpression": "rate(1 day)"}},
+                {"operation": "events:PutTargets", "input": targets(TaskDefinitionArn="<backhaul-dev:new revision>")},
+                {"operation": "events:RemoveTargets", "input": {"Rule": "backhaul-dev", "Ids": ["<other target ids>"]}},
+            ],
+        }
+        with open(path, "w") as f:
+            json.dump(good_plan, f)
+        p = cli("--plan", path, "--expect", "ecs:RegisterTaskDefinition")
+        _assert(p.returncode == 0 and "checked 4 planned requests" in p.stdout, f"exit {p.returncode}: {p.stdout}{p.stderr}")
+        good_plan["requests"][0]["input"] = dict(taskdef(), taskRoleArn=None)
+        good_plan["requests"][1]["input"]["ScheduleExpression"] = "rate(1 days)"
+        with open(path, "w") as f:
+            json.dump(good_plan, f)
+        p = cli("--plan", path)
+        _assert(p.returncode == 1 and "ecs:RegisterTaskDefinition taskRoleArn: null" in p.stdout and "events.schedule-expression" in p.stdout, p.stdout)
+        with open(path, "w") as f:
+            f.write('{"requests": [{"input": {}}]}')
+        p = cli("--plan", path)
+        _assert(p.returncode == 2, f"exit {p.returncode}: {p.stderr}")
+
+    def omitted():
+        rec = record("s3", "UploadPart", {"Bucket": "b", "Key": "k", "UploadId": "u", "PartNumber": 1, "Body": b""})
+        rec.update(body_b64="", body_omitted=5 << 20)
+        rep = run([rec])
+        _assert(list(rep.counts) == ["s3:UploadPart"] and not rep.violations, f"{rep.counts} {[v.line() for v in rep.violations]}")
+        rec = record("s3", "CompleteMultipartUpload", {"Bucket": "b", "Key": "k", "UploadId": "u", "MultipartUpload": {"Parts": []}})
+        rec.update(body_b64="", body_omitted=100)
+        _assert([v.rule for v in run([rec]).violations] == ["model.body"], "an omitted XML body is reported")
+
     def markdown():
         p = cli("--rules-markdown")
         _assert(p.returncode == 0 and all(f"`{r.id}`" in p.stdout for r in check.RULES), p.stdout)
@@ -494,6 +529,8 @@ def cli_cases(sc: Selfcheck, tmp: str) -> None:
     sc.case("cli: violation line and exit 1", violation)
     sc.case("cli: unreadable recording exits 2", unreadable)
     sc.case("cli: --rules-markdown", markdown)
+    sc.case("cli: --plan checks a schedule --dry-run plan", plan)
+    sc.case("omitted object bytes (record_proxy.py --max-body)", omitted)
 
 
 def free_port() -> int:
@@ -512,7 +549,7 @@ def end_to_end(sc: Selfcheck, tmp: str) -> None:
     port = free_port()
     moto = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rec = os.path.join(tmp, "e2e.jsonl")
-    proxy = subprocess.Popen([PY, os.path.join(HERE, "record_proxy.py"), "--upstream", f"http://127.0.0.1:{port}", "--out", rec], stdout=subprocess.PIPE, text=True)
+    proxy = subprocess.Popen([PY, os.path.join(HERE, "record_proxy.py"), "--upstream", f"http://127.0.0.1:{port}", "--out", rec, "--max-body", "500"], stdout=subprocess.PIPE, text=True)
     try:
         line = proxy.stdout.readline().strip()
         _assert(line.startswith("listening on http://127.0.0.1:"), f"proxy said {line!r}")
@@ -545,6 +582,8 @@ def end_to_end(sc: Selfcheck, tmp: str) -> None:
             p = cli(rec, "--strict", "--expect", "ecs:RegisterTaskDefinition,events:PutRule,events:PutTargets,s3:CreateBucket,s3:PutObject,s3:CreateMultipartUpload,s3:UploadPart,s3:CompleteMultipartUpload,s3:GetObject,s3:ListObjectsV2")
             _assert(p.returncode == 0, f"exit {p.returncode}:\n{p.stdout}{p.stderr}")
             _assert("checked 11 requests" in p.stdout, p.stdout)
+            recorded = [json.loads(line) for line in open(rec)]
+            _assert([r["body_omitted"] for r in recorded if "body_omitted" in r] == [1000], "the 1000-byte part is left out of the recording, nothing else")
 
         sc.case("end to end: boto3 through record_proxy to moto, recording passes", calls)
 
