@@ -30,6 +30,9 @@ sys.path.insert(0, HERE)
 import botocore.serialize  # noqa: E402
 
 import check  # noqa: E402
+import rules  # noqa: E402
+import shapes  # noqa: E402
+import wire  # noqa: E402
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/backhaul-task"
@@ -38,7 +41,7 @@ SECRET = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:backhaul/pg-AbCdEf"
 
 def record(service: str, op: str, params: dict, *, auth: bool = True) -> dict:
     """One recorded request as the proxy writes it, serialized by botocore."""
-    m = check.model(service)
+    m = shapes.model(service)
     ser = botocore.serialize.create_serializer(m.protocol, include_validation=False)
     r = ser.serialize_to_request(params, m.operation_model(op))
     body = r["body"]
@@ -62,7 +65,7 @@ def record(service: str, op: str, params: dict, *, auth: bool = True) -> dict:
 
 
 def run(records: list[dict], strict: bool = True) -> check.Report:
-    reqs = [check.to_request(i, r) for i, r in enumerate(records, 1)]
+    reqs = [wire.to_request(i, r) for i, r in enumerate(records, 1)]
     return check.check(reqs, strict=strict)
 
 
@@ -156,8 +159,9 @@ def schedule(**over) -> dict:
 GOOD = [
     ("ecs", "RegisterTaskDefinition", taskdef()),
     ("ecs", "RegisterTaskDefinition", taskdef(cpu="1 vCPU", memory="2 GB", ephemeralStorage={"sizeInGiB": 21})),
-    ("ecs", "RegisterTaskDefinition", taskdef(cpu="16384", memory="122880", container={"memory": 4096, "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-create-group": "true"}}})),
+    ("ecs", "RegisterTaskDefinition", taskdef(cpu="16384", memory="122880", container={"memory": 4096, "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "eu-west-1", "awslogs-stream-prefix": "p", "awslogs-create-group": "true"}}})),
     ("ecs", "RunTask", run_task()),
+    ("ecs", "RunTask", run_task(overrides={"cpu": "1024", "memory": "3072"}, startedBy="backhaul/run-task_1")),
     ("ecs", "RunTask", run_task(overrides={"containerOverrides": [{"name": "backhaul", "command": ["backup"]}], "ephemeralStorage": {"sizeInGiB": 200}})),
     ("ecs", "DescribeTasks", {"cluster": "backhaul", "tasks": ["arn:aws:ecs:us-east-1:123456789012:task/backhaul/abc"]}),
     ("ecs", "DescribeTaskDefinition", {"taskDefinition": "backhaul-dev"}),
@@ -185,7 +189,8 @@ GOOD = [
     ("s3", "CreateBucket", {"Bucket": "backups", "CreateBucketConfiguration": {"LocationConstraint": "eu-west-1"}}),
     ("s3", "CreateBucket", {"Bucket": "backups"}),
     ("s3", "HeadBucket", {"Bucket": "backups"}),
-    ("s3", "PutObject", {"Bucket": "backups", "Key": "dev/pg/2026/x y.dump.zst", "Body": b"data", "ChecksumSHA256": "AAAA", "ServerSideEncryption": "aws:kms", "Metadata": {"sha256": "ab"}}),
+    ("s3", "PutObject", {"Bucket": "backups", "Key": "dev/pg/2026/x y.dump.zst", "Body": b"data", "ChecksumSHA256": "AAAA", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:us-east-1:123456789012:key/abc", "Metadata": {"sha256": "ab"}}),
+    ("s3", "PutObject", {"Bucket": "acme.backups-2026", "Key": "ü/" + "k" * 500, "Body": b"", "ServerSideEncryption": "AES256"}),
     ("s3", "GetObject", {"Bucket": "backups", "Key": "dev/pg/x.dump", "Range": "bytes=0-9"}),
     ("s3", "HeadObject", {"Bucket": "backups", "Key": "dev/pg/x.dump"}),
     ("s3", "ListObjectsV2", {"Bucket": "backups", "Prefix": "dev/", "ContinuationToken": "t", "MaxKeys": 1000}),
@@ -230,7 +235,7 @@ BAD = [
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": SECRET + ":password:AWSCURRENT"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": SECRET + ":a:b:c:d"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": f"arn:aws:ssm:us-east-1:{ACCOUNT}:secret/x"}]})),
-    ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": f"arn:aws:s3:::bucket/key"}]})),
+    ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": "arn:aws:s3:::bucket/key"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:x"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": "has space"}]})),
     ("ecs.family", "ecs", "RegisterTaskDefinition", taskdef(family="backhaul.dev")),
@@ -263,6 +268,25 @@ BAD = [
     ("tags.limits", "ecs", "RunTask", run_task(tags=[{"key": "k", "value": "v" * 257}])),
     ("tags.limits", "events", "PutRule", {"Name": "b", "ScheduleExpression": "rate(1 day)", "Tags": [{"Key": "k" * 129, "Value": "v"}]}),
     ("tags.limits", "ecs", "RegisterTaskDefinition", taskdef(tags=[{"key": "stage", "value": "a|b"}])),
+    ("ecs.fargate-task-size", "ecs", "RunTask", run_task(overrides={"cpu": "256", "memory": "4096"})),
+    ("ecs.awslogs-options", "ecs", "RegisterTaskDefinition", taskdef(container={"logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "us-east-1"}}})),
+    ("ecs.containers", "ecs", "RegisterTaskDefinition", taskdef(container={"essential": False})),
+    ("ecs.containers", "ecs", "RegisterTaskDefinition", taskdef(container={"name": "back haul"})),
+    ("ecs.containers", "ecs", "RegisterTaskDefinition", taskdef(containerDefinitions=[taskdef()["containerDefinitions"][0]] * 2)),
+    ("ecs.task-definition-size", "ecs", "RegisterTaskDefinition", taskdef(container={"environment": [{"name": f"V{i}", "value": "x" * 100} for i in range(700)]})),
+    ("ecs.overrides-size", "ecs", "RunTask", run_task(overrides={"containerOverrides": [{"name": "backhaul", "environment": [{"name": f"V{i}", "value": "x" * 100} for i in range(80)]}]})),
+    ("ecs.started-by", "ecs", "RunTask", run_task(startedBy="backhaul run-task")),
+    ("events.rule-trigger", "events", "PutRule", {"Name": "b"}),
+    ("events.rule-trigger", "events", "PutRule", {"Name": "b", "ScheduleExpression": "rate(1 day)", "EventBusName": "custom"}),
+    ("scheduler.timezone", "scheduler", "CreateSchedule", schedule(ScheduleExpressionTimezone="Europe/Berlinn")),
+    ("s3.bucket-name", "s3", "CreateBucket", {"Bucket": "Acme_Backups"}),
+    ("s3.bucket-name", "s3", "CreateBucket", {"Bucket": "192.168.1.1"}),
+    ("s3.key", "s3", "PutObject", {"Bucket": "backups", "Key": "k" * 1025, "Body": b"x"}),
+    ("s3.sizes", "s3", "UploadPart", {"Bucket": "backups", "Key": "k", "UploadId": "u", "PartNumber": 10001, "Body": b"x"}),
+    ("s3.sizes", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "ContentLength": (5 << 30) + 1}),
+    ("s3.sizes", "s3", "CompleteMultipartUpload", {"Bucket": "backups", "Key": "k", "UploadId": "u", "MultipartUpload": {"Parts": [{"ETag": "a", "PartNumber": 2}, {"ETag": "b", "PartNumber": 1}]}}),
+    ("s3.metadata", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "Body": b"", "Metadata": {"note": "n" * 2100}}),
+    ("s3.sse-kms", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "Body": b"", "ServerSideEncryption": "AES256", "SSEKMSKeyId": "arn:aws:kms:us-east-1:123456789012:key/abc"}),
     # Model checks (botocore's shapes).
     ("model.required", "ecs", "RegisterTaskDefinition", {k: v for k, v in taskdef().items() if k != "family"}),
     ("model.required", "events", "PutTargets", {"Rule": "r", "Targets": [{"Id": "1"}]}),
@@ -282,7 +306,7 @@ BAD = [
 
 
 def json_record(service: str, op: str, body_text: str) -> dict:
-    prefix = check.model(service).metadata["targetPrefix"]
+    prefix = shapes.model(service).metadata["targetPrefix"]
     return {
         "method": "POST",
         "target": "/",
@@ -330,10 +354,10 @@ def unit_cases(sc: Selfcheck) -> None:
     for rule_id, service, op, params in BAD:
         sc.case(f"bad {rule_id} {service}:{op}", lambda r=rule_id, s=service, o=op, p=params: sc.expect_rule(run([record(s, o, p)]), r))
 
-    ids = {r.id for r in check.RULES}
+    ids = {r.id for r in rules.RULES}
     covered = {b[0] for b in BAD}
     sc.case("every rules-table row has a bad input", lambda: _assert(ids <= covered, f"rows without a bad input: {sorted(ids - covered)}"))
-    sc.case("every rules-table row names a source", lambda: _assert(all(r.source and r.text for r in check.RULES), "a row lacks text or source"))
+    sc.case("every rules-table row names a source", lambda: _assert(all(r.source and r.text for r in rules.RULES), "a row lacks text or source"))
 
     # JSON null members: the SDK's serializer never writes them; a hand-built body must be caught.
     body = json.dumps(dict(taskdef(), taskRoleArn=None))
@@ -342,7 +366,7 @@ def unit_cases(sc: Selfcheck) -> None:
         "null member path",
         lambda: _assert(any(v.path == "taskRoleArn" for v in run([json_record("ecs", "RegisterTaskDefinition", body)]).violations), "path of the null member is not taskRoleArn"),
     )
-    nested = json.dumps(taskdef(containerDefinitions=[dict(taskdef()["containerDefinitions"][0], logConfiguration={"logDriver": "awslogs", "options": {"awslogs-create-group": "false"}})]))
+    nested = json.dumps(taskdef(containerDefinitions=[dict(taskdef()["containerDefinitions"][0], logConfiguration={"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "us-east-1", "awslogs-stream-prefix": "p", "awslogs-create-group": "false"}})]))
     sc.case(
         "violation path is JSON-pointer-like",
         lambda: _assert(
@@ -379,8 +403,8 @@ def _assert(cond: bool, msg: str) -> None:
 
 def _query_lists() -> None:
     params = {"StackName": "s", "TemplateBody": "x", "Parameters": [{"ParameterKey": "A", "ParameterValue": "1"}, {"ParameterKey": "B", "ParameterValue": "2"}], "Tags": []}
-    req = check.to_request(1, record("cloudformation", "CreateStack", params))
-    ident = check.identify(req)
+    req = wire.to_request(1, record("cloudformation", "CreateStack", params))
+    ident = wire.identify(req)
     _assert(ident.params == params, f"decoded {ident.params}")
 
 
@@ -399,9 +423,9 @@ def _aws_chunked_put() -> None:
         }
     )
     rec["body_b64"] = base64.b64encode(aws_chunked(data, {"x-amz-checksum-crc32": crc})).decode()
-    req = check.to_request(1, rec)
+    req = wire.to_request(1, rec)
     _assert(req.body == data, f"decoded body {req.body!r}")
-    ident = check.identify(req)
+    ident = wire.identify(req)
     _assert(ident.op == "s3:PutObject", ident.op)
     _assert(ident.params.get("ChecksumCRC32") == crc, f"trailer not read: {ident.params}")
     _assert(len(ident.params["Body"]) == len(data), "body length")
@@ -415,7 +439,7 @@ def _aws_chunked_put() -> None:
 def _x_id() -> None:
     rec = record("s3", "UploadPart", {"Bucket": "b", "Key": "k", "UploadId": "u", "PartNumber": 1, "Body": b"x"})
     rec["target"] += "&x-id=UploadPart"
-    _assert(check.identify(check.to_request(1, rec)).op == "s3:UploadPart", "x-id UploadPart")
+    _assert(wire.identify(wire.to_request(1, rec)).op == "s3:UploadPart", "x-id UploadPart")
     rec = record("s3", "GetObject", {"Bucket": "b", "Key": "a/b/c"})
     rec["target"] += "?x-id=GetObject"
     rep = run([rec])
@@ -522,7 +546,7 @@ def cli_cases(sc: Selfcheck, tmp: str) -> None:
 
     def markdown():
         p = cli("--rules-markdown")
-        _assert(p.returncode == 0 and all(f"`{r.id}`" in p.stdout for r in check.RULES), p.stdout)
+        _assert(p.returncode == 0 and all(f"`{r.id}`" in p.stdout for r in rules.RULES), p.stdout)
 
     sc.case("cli: good recording exits 0", good_run)
     sc.case("cli: --expect of an unseen operation exits 1", missing)
