@@ -11,7 +11,7 @@ Usage:
     check.py --rules-markdown        # the rules table, for README.md
 
 Exit status: 0 all requests conform; 1 a violation, or an --expect operation was not seen;
-2 the recording cannot be read.
+2 the recording cannot be read; 3 the checker itself failed (a bug: traceback on stderr).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,9 @@ def check_request(req: Request, report: Report, strict: bool = False) -> None:
         report.counts[ident.op] = report.counts.get(ident.op, 0) + 1
         return
     report.counts[ident.op] = report.counts.get(ident.op, 0) + 1
+    if ident.params is None:
+        report.warnings.append(f"warning: request {req.n}: {ident.op}: input not checked: {ident.why}")
+        return
     _report_params(ident, report, req.n)
 
 
@@ -201,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             ident = identify(req)
             print(f"#{req.n} {req.method} {req.path} -> {ident.op} {ident.why}")
             print("   ", json.dumps(ident.params, default=lambda o: f"<{len(o)} bytes>" if isinstance(o, Streamed) else str(o)))
-    report = check_plan(plan) if plan is not None else check(requests, args.strict)
+    try:
+        report = check_plan(plan) if plan is not None else check(requests, args.strict)
+    except Exception:  # noqa: BLE001 - a checker bug must not read as a violation (exit 1)
+        traceback.print_exc()
+        print("check.py: internal error (a bug in the checker, not in the recording)", file=sys.stderr)
+        return 3
     for w in report.warnings:
         print(w)
     for v in report.violations:

@@ -393,6 +393,7 @@ def unit_cases(sc: Selfcheck) -> None:
     sc.case("s3 unknown query parameter", lambda: sc.expect_rule(run([dict(record("s3", "GetObject", {"Bucket": "b", "Key": "k"}), target="/b/k?versionid=1")]), "model.unknown"))
     sc.case("s3 unidentified is a warning unless --strict", _s3_unidentified)
     sc.case("unknown service is a warning", _unknown_service)
+    sc.case("rpc-v2-cbor: operation from the path, input not decoded", _cbor)
     sc.case("moto-api control requests are skipped", lambda: _assert(run([{"method": "POST", "target": "/moto-api/state-manager/set-transition", "headers": {}, "body_b64": ""}]).checked == 0, "counted"))
 
 
@@ -453,6 +454,17 @@ def _s3_unidentified() -> None:
     _assert(not rep.violations and rep.warnings, f"lenient: {rep.warnings} {rep.violations}")
     rep = run([rec], strict=True)
     _assert([v.rule for v in rep.violations] == ["model.operation"], "strict")
+
+
+def _cbor() -> None:
+    rec = {
+        "method": "POST",
+        "target": "/service/AmazonEC2ContainerServiceV20141113/operation/ListClusters",
+        "headers": {"smithy-protocol": "rpc-v2-cbor", "authorization": "AWS4-HMAC-SHA256 Credential=A/20260101/us-east-1/ecs/aws4_request, SignedHeaders=host, Signature=0"},
+        "body_b64": base64.b64encode(b"\xa0").decode(),
+    }
+    rep = run([rec])
+    _assert(list(rep.counts) == ["ecs:ListClusters"] and not rep.violations and rep.warnings, f"{rep.counts} {rep.warnings}")
 
 
 def _unknown_service() -> None:

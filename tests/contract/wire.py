@@ -144,6 +144,14 @@ def identify(req: Request) -> Identified:
     target = req.headers.get("x-amz-target")
     scope = credential_scope_service(req)
     service = None
+    m = re.fullmatch(r"/service/([^/]+)/operation/([^/]+)", req.path)
+    if req.headers.get("smithy-protocol") == "rpc-v2-cbor" and m:
+        # Smithy RPC v2 CBOR (newer SDKs for some services): the operation is in the path; the
+        # CBOR body is not decoded here, so only the operation is checked.
+        svc = signing_names().get(scope or "", scope)
+        if svc and available(svc) and m.group(2) in model(svc).operation_names:
+            return Identified(svc, m.group(2), None, why="rpc-v2-cbor body not decoded")
+        return Identified(None, None, why=f"rpc-v2-cbor request for {m.group(1)}/{m.group(2)}")
     if target and "." in target:
         prefix, _, op = target.rpartition(".")
         service = target_prefixes().get(prefix)
