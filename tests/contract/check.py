@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import botocore  # noqa: E402
 
-from rules import RULES  # noqa: E402
+from rules import RULES, Sequence  # noqa: E402
 from shapes import (  # noqa: E402
     HEURISTIC_SERVICES,
     SKIPPED_PATTERNS,
@@ -67,6 +67,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     checked: int = 0
+    state: dict = field(default_factory=dict)  # per sequence rule, across requests
 
 
 def model_source(service: str) -> str:
@@ -96,10 +97,10 @@ def check_request(req: Request, report: Report, strict: bool = False) -> None:
     if ident.params is None:
         report.warnings.append(f"warning: request {req.n}: {ident.op}: input not checked: {ident.why}")
         return
-    _report_params(ident, report, req.n)
+    _report_params(ident, report, req.n, req.status)
 
 
-def _report_params(ident: Identified, report: Report, n: int) -> None:
+def _report_params(ident: Identified, report: Report, n: int, status: int | None = None) -> None:
     op_model = model(ident.service).operation_model(ident.operation)
     found = list(ident.problems)
     if op_model.input_shape is not None:
@@ -107,7 +108,10 @@ def _report_params(ident: Identified, report: Report, n: int) -> None:
     rule_found = []
     for r in RULES:
         if ident.op in r.ops:
-            for path, detail in r.check(ident.params or {}, ident.op):
+            args = (ident.params or {}, ident.op)
+            if r.sequence:
+                args += (Sequence(report.state.setdefault(r.id, {}), n, status),)
+            for path, detail in r.check(*args):
                 rule_found.append(Violation(ident.op, fmt_path(path), r.id, f"{r.text}: {detail}", r.source, n))
     # A rule restating a model constraint (rule names) speaks for it: one line per breach.
     covered = {v.path for v in rule_found}

@@ -5,12 +5,13 @@ Point an AWS client's endpoint at this proxy; it forwards every request unchange
 upstream (moto_server) and appends one JSON object per request to the recording:
 
     {"method": "POST", "target": "/path?query", "headers": {"x-amz-target": ...},
-     "body_b64": "<base64 of the raw request body>"}
+     "body_b64": "<base64 of the raw request body>", "status": <response status>}
 
 Header names are lowercased; the body is exactly what the client sent (aws-chunked framing
 included), unless --max-body leaves a large PUT body out (then "body_b64" is "" and
-"body_omitted" is its length). Each line is written and flushed before the response is relayed, so a test that
-stops the proxy right after its last call has a complete recording.
+"body_omitted" is its length). "status" is the upstream's response status (502: upstream
+unreachable). Each line is written and flushed before the response is relayed to the client,
+so a test that stops the proxy right after its last call has a complete recording.
 
 Usage:
     record_proxy.py --upstream http://127.0.0.1:5000 --out rec.jsonl [--listen 127.0.0.1:0] [--max-body BYTES]
@@ -85,7 +86,6 @@ def make_handler(upstream: urllib.parse.SplitResult, recorder: Recorder, max_bod
                 rec.update(body_b64="", body_omitted=len(body))
             else:
                 rec["body_b64"] = base64.b64encode(body).decode("ascii")
-            recorder.write(rec)
             fwd = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             if body or self.command in ("POST", "PUT", "PATCH"):
                 fwd["Content-Length"] = str(len(body))
@@ -95,6 +95,8 @@ def make_handler(upstream: urllib.parse.SplitResult, recorder: Recorder, max_bod
                 resp = conn.getresponse()
                 data = resp.read()
             except OSError as e:
+                rec["status"] = 502
+                recorder.write(rec)
                 msg = f"record_proxy: upstream failed: {e}\n".encode()
                 self.send_response(502)
                 self.send_header("Content-Type", "text/plain")
@@ -104,6 +106,8 @@ def make_handler(upstream: urllib.parse.SplitResult, recorder: Recorder, max_bod
                 return
             finally:
                 conn.close()
+            rec["status"] = resp.status
+            recorder.write(rec)
             self.send_response_only(resp.status, resp.reason)
             for k, v in resp.getheaders():
                 if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":

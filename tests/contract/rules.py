@@ -25,18 +25,34 @@ class Rule:
     ops: tuple[str, ...]  # "ecs:RegisterTaskDefinition"
     text: str
     source: str
-    check: Callable[[dict, str], Iterator[tuple[list, str]]]  # (params, op) → (path, what was found)
+    check: Callable[..., Iterator[tuple[list, str]]]  # (params, op[, Sequence]) → (path, what was found)
+    sequence: bool = False
+
+
+@dataclass
+class Sequence:
+    """What a sequence rule sees beyond one request: its own state across the recording, the
+    request's line number and the response status (None when the recorder did not write it)."""
+
+    state: dict
+    n: int
+    status: int | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
 
 
 RULES: list[Rule] = []
 
 
-def rule(id: str, ops: str, text: str, source: str):
+def rule(id: str, ops: str, text: str, source: str, sequence: bool = False):
     """Adds a row: the decorated function gets the request's params (model member names) and
-    its "service:Operation", and yields (path parts, what was found) for each breach."""
+    its "service:Operation" (and with sequence=True a Sequence), and yields (path parts, what
+    was found) for each breach."""
 
     def deco(fn):
-        RULES.append(Rule(id, tuple(o.strip() for o in ops.split(",")), text, source, fn))
+        RULES.append(Rule(id, tuple(o.strip() for o in ops.split(",")), text, source, fn, sequence))
         return fn
 
     return deco
@@ -704,3 +720,23 @@ def _s3_metadata(p, op):
 def _sse_kms(p, op):
     if p.get("SSEKMSKeyId") and p.get("ServerSideEncryption") not in ("aws:kms", "aws:kms:dsse"):
         yield ["SSEKMSKeyId"], f"with ServerSideEncryption {short(p.get('ServerSideEncryption'))}"
+
+
+@rule(
+    "s3.upload-state",
+    "s3:UploadPart,s3:UploadPartCopy,s3:CompleteMultipartUpload,s3:AbortMultipartUpload,s3:ListParts",
+    "no call for a multipart upload after it was completed or aborted (S3: NoSuchUpload: The specified multipart "
+    "upload does not exist ... might have been aborted or completed); needs response statuses in the recording",
+    "https://docs.aws.amazon.com/AmazonS3/latest/API/API_AbortMultipartUpload.html; "
+    "https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html (NoSuchUpload)",
+    sequence=True,
+)
+def _upload_state(p, op, seq):
+    uid = p.get("UploadId")
+    if not isinstance(uid, str):
+        return
+    ended = seq.state.get(uid)
+    if ended:
+        yield ["UploadId"], f"upload {short(uid, 24)} was {ended[0]} by request {ended[1]}"
+    elif seq.succeeded and op in ("s3:CompleteMultipartUpload", "s3:AbortMultipartUpload"):
+        seq.state[uid] = ("completed" if op == "s3:CompleteMultipartUpload" else "aborted", seq.n)

@@ -305,6 +305,24 @@ BAD = [
 ]
 
 
+def with_status(rec: dict, status: int) -> dict:
+    return dict(rec, status=status)
+
+
+_COMPLETE = {"Bucket": "backups", "Key": "k", "UploadId": "u1", "MultipartUpload": {"Parts": [{"ETag": "e", "PartNumber": 1}]}}
+_ABORT = {"Bucket": "backups", "Key": "k", "UploadId": "u1"}
+
+# (rule id, records) for rules that look across requests.
+BAD_SEQUENCES = [
+    ("s3.upload-state", [with_status(record("s3", "CompleteMultipartUpload", _COMPLETE), 200), with_status(record("s3", "AbortMultipartUpload", _ABORT), 404)]),
+    ("s3.upload-state", [with_status(record("s3", "AbortMultipartUpload", _ABORT), 204), with_status(record("s3", "UploadPart", dict(_ABORT, PartNumber=2, Body=b"x")), 404)]),
+]
+GOOD_SEQUENCES = [
+    ("complete failed, then abort", [with_status(record("s3", "CompleteMultipartUpload", _COMPLETE), 500), with_status(record("s3", "AbortMultipartUpload", _ABORT), 204)]),
+    ("no statuses recorded", [record("s3", "CompleteMultipartUpload", _COMPLETE), record("s3", "AbortMultipartUpload", _ABORT)]),
+]
+
+
 def json_record(service: str, op: str, body_text: str) -> dict:
     prefix = shapes.model(service).metadata["targetPrefix"]
     return {
@@ -354,8 +372,12 @@ def unit_cases(sc: Selfcheck) -> None:
     for rule_id, service, op, params in BAD:
         sc.case(f"bad {rule_id} {service}:{op}", lambda r=rule_id, s=service, o=op, p=params: sc.expect_rule(run([record(s, o, p)]), r))
 
+    for rule_id, recs in BAD_SEQUENCES:
+        sc.case(f"bad sequence {rule_id}", lambda r=rule_id, x=recs: sc.expect_rule(run(x), r))
+    for name, recs in GOOD_SEQUENCES:
+        sc.case(f"good sequence: {name}", lambda x=recs: _assert(not run(x).violations, [v.line() for v in run(x).violations]))
     ids = {r.id for r in rules.RULES}
-    covered = {b[0] for b in BAD}
+    covered = {b[0] for b in BAD} | {b[0] for b in BAD_SEQUENCES}
     sc.case("every rules-table row has a bad input", lambda: _assert(ids <= covered, f"rows without a bad input: {sorted(ids - covered)}"))
     sc.case("every rules-table row names a source", lambda: _assert(all(r.source and r.text for r in rules.RULES), "a row lacks text or source"))
 
@@ -620,6 +642,7 @@ def end_to_end(sc: Selfcheck, tmp: str) -> None:
             _assert("checked 11 requests" in p.stdout, p.stdout)
             recorded = [json.loads(line) for line in open(rec)]
             _assert([r["body_omitted"] for r in recorded if "body_omitted" in r] == [1000], "the 1000-byte part is left out of the recording, nothing else")
+            _assert(all(200 <= r["status"] < 300 for r in recorded), f"statuses {[r['status'] for r in recorded]}")
 
         sc.case("end to end: boto3 through record_proxy to moto, recording passes", calls)
 

@@ -31,6 +31,7 @@ class Request:
     body: bytes
     notes: list[str] = field(default_factory=list)
     omitted: int | None = None  # length of a body the recording left out
+    status: int | None = None  # the response's HTTP status, when the recorder wrote it
 
 
 class Unreadable(Exception):
@@ -67,6 +68,8 @@ def to_request(n: int, rec: dict) -> Request:
     body = base64.b64decode(rec.get("body_b64") or "", validate=True)
     omitted = rec.get("body_omitted")
     req = Request(n, rec["method"].upper(), path or "/", urllib.parse.parse_qsl(qs, keep_blank_values=True), headers, body)
+    if rec.get("status") is not None:
+        req.status = int(rec["status"])
     if omitted:
         # A large payload the recorder left out (record_proxy.py --max-body): only its length is
         # known, which is all a blob payload is checked for.
