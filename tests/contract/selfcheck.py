@@ -412,6 +412,7 @@ def unit_cases(sc: Selfcheck) -> None:
     # S3 uploads with aws-chunked framing and a trailing checksum (what the Rust SDK sends).
     sc.case("s3 aws-chunked PutObject", _aws_chunked_put)
     sc.case("s3 x-id names the operation", _x_id)
+    sc.case("s3 virtual-hosted style", _virtual_host)
     sc.case("s3 unknown query parameter", lambda: sc.expect_rule(run([dict(record("s3", "GetObject", {"Bucket": "b", "Key": "k"}), target="/b/k?versionid=1")]), "model.unknown"))
     sc.case("s3 unidentified is a warning unless --strict", _s3_unidentified)
     sc.case("unknown service is a warning", _unknown_service)
@@ -467,6 +468,22 @@ def _x_id() -> None:
     rec["target"] += "?x-id=GetObject"
     rep = run([rec])
     _assert(list(rep.counts) == ["s3:GetObject"] and not rep.violations, f"{rep.counts} {[v.line() for v in rep.violations]}")
+
+
+def _virtual_host() -> None:
+    for host, path, op in [
+        ("backups.s3.us-east-1.amazonaws.com", "/dev/a%20b", "s3:GetObject"),
+        ("backups.localhost:5000", "/", "s3:ListObjectsV2"),
+        ("127.0.0.1:5000", "/", "s3:ListBuckets"),
+        ("s3.us-east-1.amazonaws.com", "/backups/k", "s3:GetObject"),
+    ]:
+        rec = record("s3", "GetObject", {"Bucket": "b", "Key": "k"})
+        rec["target"] = path + ("?list-type=2" if op == "s3:ListObjectsV2" else "")
+        rec["headers"]["host"] = host
+        ident = wire.identify(wire.to_request(1, rec))
+        _assert(ident.op == op, f"{host}{path}: {ident.op} {ident.why}")
+        if op == "s3:GetObject":
+            _assert(ident.params["Bucket"] == "backups", f"{host}: bucket {ident.params}")
 
 
 def _s3_unidentified() -> None:

@@ -364,8 +364,20 @@ def _location_members(shape):
         yield name, s, s.serialization.get("location"), s.serialization.get("name", name)
 
 
+def virtual_host_bucket(req: Request) -> str | None:
+    """The bucket of a virtual-hosted-style S3 request (`bucket.s3.us-east-1.amazonaws.com`,
+    `bucket.localhost:5000`); None for path style (an IP or a plain service host)."""
+    host = req.headers.get("host", "").rsplit(":", 1)[0] if not req.headers.get("host", "").startswith("[") else ""
+    m = re.fullmatch(r"(.+?)\.(?:s3[.-].*|s3|localhost)", host)
+    return m.group(1) if m and not re.fullmatch(r"[\d.]+", host) else None
+
+
 def decode_rest(req: Request, service: str) -> Identified:
     m = model(service)
+    if service == "s3":
+        bucket = virtual_host_bucket(req)
+        if bucket:
+            req.path = "/" + urllib.parse.quote(bucket) + (req.path if req.path != "/" else "")
     query_keys = {k for k, _ in req.query}
     hint = dict(req.query).get("x-id")  # the Rust SDK names S3 operations: ?x-id=GetObject
     best = None
