@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """AWS contract checker: holds recorded HTTP requests to AWS's published service models
 (botocore's JSON models) and to a short table of rules real services enforce and moto does not.
 
@@ -26,6 +25,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import botocore  # noqa: E402

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Self-test of the contract checker; needs no Rust.
 
 Requests are built with botocore's own serializers from the same models the checker reads, so
@@ -25,6 +24,7 @@ import urllib.parse
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, HERE)
 
 import botocore.serialize  # noqa: E402
