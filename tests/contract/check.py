@@ -97,6 +97,12 @@ def check_request(req: Request, report: Report, strict: bool = False) -> None:
     if ident.params is None:
         report.warnings.append(f"warning: request {req.n}: {ident.op}: input not checked: {ident.why}")
         return
+    op_model = model(ident.service).operation_model(ident.operation)
+    if op_model.http_checksum.get("requestChecksumRequired") or op_model.http_checksum_required:
+        # S3 refuses these without an integrity header (InvalidRequest: Missing required header
+        # for this request: Content-MD5); the checksum may also come as an aws-chunked trailer.
+        if "content-md5" not in req.headers and not any(k.startswith("x-amz-checksum-") for k in req.headers):
+            ident.problems.append(("", "model.checksum", "the model requires a request checksum: Content-MD5 or an x-amz-checksum-* header"))
     _report_params(ident, report, req.n, req.status)
 
 

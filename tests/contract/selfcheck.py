@@ -12,6 +12,7 @@ Run: /opt/backhaul-venv/bin/python tests/contract/selfcheck.py
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -39,8 +40,9 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/backhaul-task"
 SECRET = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:backhaul/pg-AbCdEf"
 
 
-def record(service: str, op: str, params: dict, *, auth: bool = True) -> dict:
-    """One recorded request as the proxy writes it, serialized by botocore."""
+def record(service: str, op: str, params: dict, *, auth: bool = True, checksum: bool = False) -> dict:
+    """One recorded request as the proxy writes it, serialized by botocore (checksum: add the
+    Content-MD5 header botocore's handlers would add)."""
     m = shapes.model(service)
     ser = botocore.serialize.create_serializer(m.protocol, include_validation=False)
     r = ser.serialize_to_request(params, m.operation_model(op))
@@ -61,6 +63,8 @@ def record(service: str, op: str, params: dict, *, auth: bool = True) -> dict:
     if auth:
         scope = m.metadata.get("signingName") or m.metadata.get("endpointPrefix")
         headers["authorization"] = f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/{scope}/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+    if checksum:
+        headers["content-md5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
     return {"method": r["method"], "target": target, "headers": headers, "body_b64": base64.b64encode(body).decode()}
 
 
@@ -200,7 +204,7 @@ GOOD = [
     ("s3", "AbortMultipartUpload", {"Bucket": "backups", "Key": "k", "UploadId": "u1"}),
     ("s3", "ListParts", {"Bucket": "backups", "Key": "k", "UploadId": "u1"}),
     ("s3", "ListMultipartUploads", {"Bucket": "backups", "Prefix": "dev/"}),
-    ("s3", "DeleteObjects", {"Bucket": "backups", "Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}], "Quiet": True}}),
+    ("s3", "DeleteObjects", {"Bucket": "backups", "Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}], "Quiet": True}}, "checksum"),
     ("s3", "DeleteObject", {"Bucket": "backups", "Key": "a"}),
     ("s3", "CopyObject", {"Bucket": "backups", "Key": "b", "CopySource": "backups/a"}),
     ("s3", "GetObjectTagging", {"Bucket": "backups", "Key": "a"}),
@@ -367,8 +371,11 @@ class Selfcheck:
 
 
 def unit_cases(sc: Selfcheck) -> None:
-    for service, op, params in GOOD:
-        sc.case(f"good {service}:{op} {json.dumps(params, default=str)[:60]}", lambda s=service, o=op, p=params: sc.expect_clean(run([record(s, o, p)]), f"{s}:{o}"))
+    for service, op, params, *flags in GOOD:
+        sc.case(
+            f"good {service}:{op} {json.dumps(params, default=str)[:60]}",
+            lambda s=service, o=op, p=params, c="checksum" in flags: sc.expect_clean(run([record(s, o, p, checksum=c)]), f"{s}:{o}"),
+        )
     for rule_id, service, op, params in BAD:
         sc.case(f"bad {rule_id} {service}:{op}", lambda r=rule_id, s=service, o=op, p=params: sc.expect_rule(run([record(s, o, p)]), r))
 
@@ -412,6 +419,8 @@ def unit_cases(sc: Selfcheck) -> None:
     # S3 uploads with aws-chunked framing and a trailing checksum (what the Rust SDK sends).
     sc.case("s3 aws-chunked PutObject", _aws_chunked_put)
     sc.case("s3 x-id names the operation", _x_id)
+    delete = record("s3", "DeleteObjects", {"Bucket": "backups", "Delete": {"Objects": [{"Key": "a"}]}})
+    sc.case("s3 DeleteObjects without a checksum header", lambda: sc.expect_rule(run([delete]), "model.checksum"))
     sc.case("s3 virtual-hosted style", _virtual_host)
     sc.case("s3 unknown query parameter", lambda: sc.expect_rule(run([dict(record("s3", "GetObject", {"Bucket": "b", "Key": "k"}), target="/b/k?versionid=1")]), "model.unknown"))
     sc.case("s3 unidentified is a warning unless --strict", _s3_unidentified)
@@ -654,9 +663,10 @@ def end_to_end(sc: Selfcheck, tmp: str) -> None:
             s3.complete_multipart_upload(Bucket="backups", Key="dev/big", UploadId=up, MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": 1}]})
             _assert(s3.get_object(Bucket="backups", Key="dev/big")["Body"].read() == b"x" * 1000, "object through the proxy")
             s3.list_objects_v2(Bucket="backups", Prefix="dev/")
-            p = cli(rec, "--strict", "--expect", "ecs:RegisterTaskDefinition,events:PutRule,events:PutTargets,s3:CreateBucket,s3:PutObject,s3:CreateMultipartUpload,s3:UploadPart,s3:CompleteMultipartUpload,s3:GetObject,s3:ListObjectsV2")
+            s3.delete_objects(Bucket="backups", Delete={"Objects": [{"Key": "dev/a b.txt"}]})
+            p = cli(rec, "--strict", "--expect", "ecs:RegisterTaskDefinition,events:PutRule,events:PutTargets,s3:CreateBucket,s3:PutObject,s3:CreateMultipartUpload,s3:UploadPart,s3:CompleteMultipartUpload,s3:GetObject,s3:ListObjectsV2,s3:DeleteObjects")
             _assert(p.returncode == 0, f"exit {p.returncode}:\n{p.stdout}{p.stderr}")
-            _assert("checked 11 requests" in p.stdout, p.stdout)
+            _assert("checked 12 requests" in p.stdout, p.stdout)
             recorded = [json.loads(line) for line in open(rec)]
             _assert([r["body_omitted"] for r in recorded if "body_omitted" in r] == [1000], "the 1000-byte part is left out of the recording, nothing else")
             _assert(all(200 <= r["status"] < 300 for r in recorded), f"statuses {[r['status'] for r in recorded]}")
