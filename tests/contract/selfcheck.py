@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Self-test of the contract checker; needs no Rust.
 
 Requests are built with botocore's own serializers from the same models the checker reads, so
@@ -13,6 +12,7 @@ Run: /opt/backhaul-venv/bin/python tests/contract/selfcheck.py
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -25,20 +25,25 @@ import urllib.parse
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, HERE)
 
 import botocore.serialize  # noqa: E402
 
 import check  # noqa: E402
+import rules  # noqa: E402
+import shapes  # noqa: E402
+import wire  # noqa: E402
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/backhaul-task"
 SECRET = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:backhaul/pg-AbCdEf"
 
 
-def record(service: str, op: str, params: dict, *, auth: bool = True) -> dict:
-    """One recorded request as the proxy writes it, serialized by botocore."""
-    m = check.model(service)
+def record(service: str, op: str, params: dict, *, auth: bool = True, checksum: bool = False) -> dict:
+    """One recorded request as the proxy writes it, serialized by botocore (checksum: add the
+    Content-MD5 header botocore's handlers would add)."""
+    m = shapes.model(service)
     ser = botocore.serialize.create_serializer(m.protocol, include_validation=False)
     r = ser.serialize_to_request(params, m.operation_model(op))
     body = r["body"]
@@ -58,11 +63,13 @@ def record(service: str, op: str, params: dict, *, auth: bool = True) -> dict:
     if auth:
         scope = m.metadata.get("signingName") or m.metadata.get("endpointPrefix")
         headers["authorization"] = f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/{scope}/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+    if checksum:
+        headers["content-md5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
     return {"method": r["method"], "target": target, "headers": headers, "body_b64": base64.b64encode(body).decode()}
 
 
 def run(records: list[dict], strict: bool = True) -> check.Report:
-    reqs = [check.to_request(i, r) for i, r in enumerate(records, 1)]
+    reqs = [wire.to_request(i, r) for i, r in enumerate(records, 1)]
     return check.check(reqs, strict=strict)
 
 
@@ -156,8 +163,9 @@ def schedule(**over) -> dict:
 GOOD = [
     ("ecs", "RegisterTaskDefinition", taskdef()),
     ("ecs", "RegisterTaskDefinition", taskdef(cpu="1 vCPU", memory="2 GB", ephemeralStorage={"sizeInGiB": 21})),
-    ("ecs", "RegisterTaskDefinition", taskdef(cpu="16384", memory="122880", container={"memory": 4096, "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-create-group": "true"}}})),
+    ("ecs", "RegisterTaskDefinition", taskdef(cpu="16384", memory="122880", container={"memory": 4096, "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "eu-west-1", "awslogs-stream-prefix": "p", "awslogs-create-group": "true"}}})),
     ("ecs", "RunTask", run_task()),
+    ("ecs", "RunTask", run_task(overrides={"cpu": "1024", "memory": "3072"}, startedBy="backhaul/run-task_1")),
     ("ecs", "RunTask", run_task(overrides={"containerOverrides": [{"name": "backhaul", "command": ["backup"]}], "ephemeralStorage": {"sizeInGiB": 200}})),
     ("ecs", "DescribeTasks", {"cluster": "backhaul", "tasks": ["arn:aws:ecs:us-east-1:123456789012:task/backhaul/abc"]}),
     ("ecs", "DescribeTaskDefinition", {"taskDefinition": "backhaul-dev"}),
@@ -185,7 +193,8 @@ GOOD = [
     ("s3", "CreateBucket", {"Bucket": "backups", "CreateBucketConfiguration": {"LocationConstraint": "eu-west-1"}}),
     ("s3", "CreateBucket", {"Bucket": "backups"}),
     ("s3", "HeadBucket", {"Bucket": "backups"}),
-    ("s3", "PutObject", {"Bucket": "backups", "Key": "dev/pg/2026/x y.dump.zst", "Body": b"data", "ChecksumSHA256": "AAAA", "ServerSideEncryption": "aws:kms", "Metadata": {"sha256": "ab"}}),
+    ("s3", "PutObject", {"Bucket": "backups", "Key": "dev/pg/2026/x y.dump.zst", "Body": b"data", "ChecksumSHA256": "AAAA", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:us-east-1:123456789012:key/abc", "Metadata": {"sha256": "ab"}}),
+    ("s3", "PutObject", {"Bucket": "acme.backups-2026", "Key": "ü/" + "k" * 500, "Body": b"", "ServerSideEncryption": "AES256"}),
     ("s3", "GetObject", {"Bucket": "backups", "Key": "dev/pg/x.dump", "Range": "bytes=0-9"}),
     ("s3", "HeadObject", {"Bucket": "backups", "Key": "dev/pg/x.dump"}),
     ("s3", "ListObjectsV2", {"Bucket": "backups", "Prefix": "dev/", "ContinuationToken": "t", "MaxKeys": 1000}),
@@ -195,7 +204,7 @@ GOOD = [
     ("s3", "AbortMultipartUpload", {"Bucket": "backups", "Key": "k", "UploadId": "u1"}),
     ("s3", "ListParts", {"Bucket": "backups", "Key": "k", "UploadId": "u1"}),
     ("s3", "ListMultipartUploads", {"Bucket": "backups", "Prefix": "dev/"}),
-    ("s3", "DeleteObjects", {"Bucket": "backups", "Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}], "Quiet": True}}),
+    ("s3", "DeleteObjects", {"Bucket": "backups", "Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}], "Quiet": True}}, "checksum"),
     ("s3", "DeleteObject", {"Bucket": "backups", "Key": "a"}),
     ("s3", "CopyObject", {"Bucket": "backups", "Key": "b", "CopySource": "backups/a"}),
     ("s3", "GetObjectTagging", {"Bucket": "backups", "Key": "a"}),
@@ -230,7 +239,7 @@ BAD = [
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": SECRET + ":password:AWSCURRENT"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": SECRET + ":a:b:c:d"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": f"arn:aws:ssm:us-east-1:{ACCOUNT}:secret/x"}]})),
-    ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": f"arn:aws:s3:::bucket/key"}]})),
+    ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": "arn:aws:s3:::bucket/key"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:x"}]})),
     ("ecs.secret-value-from", "ecs", "RegisterTaskDefinition", taskdef(container={"secrets": [{"name": "P", "valueFrom": "has space"}]})),
     ("ecs.family", "ecs", "RegisterTaskDefinition", taskdef(family="backhaul.dev")),
@@ -263,6 +272,25 @@ BAD = [
     ("tags.limits", "ecs", "RunTask", run_task(tags=[{"key": "k", "value": "v" * 257}])),
     ("tags.limits", "events", "PutRule", {"Name": "b", "ScheduleExpression": "rate(1 day)", "Tags": [{"Key": "k" * 129, "Value": "v"}]}),
     ("tags.limits", "ecs", "RegisterTaskDefinition", taskdef(tags=[{"key": "stage", "value": "a|b"}])),
+    ("ecs.fargate-task-size", "ecs", "RunTask", run_task(overrides={"cpu": "256", "memory": "4096"})),
+    ("ecs.awslogs-options", "ecs", "RegisterTaskDefinition", taskdef(container={"logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "us-east-1"}}})),
+    ("ecs.containers", "ecs", "RegisterTaskDefinition", taskdef(container={"essential": False})),
+    ("ecs.containers", "ecs", "RegisterTaskDefinition", taskdef(container={"name": "back haul"})),
+    ("ecs.containers", "ecs", "RegisterTaskDefinition", taskdef(containerDefinitions=[taskdef()["containerDefinitions"][0]] * 2)),
+    ("ecs.task-definition-size", "ecs", "RegisterTaskDefinition", taskdef(container={"environment": [{"name": f"V{i}", "value": "x" * 100} for i in range(700)]})),
+    ("ecs.overrides-size", "ecs", "RunTask", run_task(overrides={"containerOverrides": [{"name": "backhaul", "environment": [{"name": f"V{i}", "value": "x" * 100} for i in range(80)]}]})),
+    ("ecs.started-by", "ecs", "RunTask", run_task(startedBy="backhaul run-task")),
+    ("events.rule-trigger", "events", "PutRule", {"Name": "b"}),
+    ("events.rule-trigger", "events", "PutRule", {"Name": "b", "ScheduleExpression": "rate(1 day)", "EventBusName": "custom"}),
+    ("scheduler.timezone", "scheduler", "CreateSchedule", schedule(ScheduleExpressionTimezone="Europe/Berlinn")),
+    ("s3.bucket-name", "s3", "CreateBucket", {"Bucket": "Acme_Backups"}),
+    ("s3.bucket-name", "s3", "CreateBucket", {"Bucket": "192.168.1.1"}),
+    ("s3.key", "s3", "PutObject", {"Bucket": "backups", "Key": "k" * 1025, "Body": b"x"}),
+    ("s3.sizes", "s3", "UploadPart", {"Bucket": "backups", "Key": "k", "UploadId": "u", "PartNumber": 10001, "Body": b"x"}),
+    ("s3.sizes", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "ContentLength": (5 << 30) + 1}),
+    ("s3.sizes", "s3", "CompleteMultipartUpload", {"Bucket": "backups", "Key": "k", "UploadId": "u", "MultipartUpload": {"Parts": [{"ETag": "a", "PartNumber": 2}, {"ETag": "b", "PartNumber": 1}]}}),
+    ("s3.metadata", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "Body": b"", "Metadata": {"note": "n" * 2100}}),
+    ("s3.sse-kms", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "Body": b"", "ServerSideEncryption": "AES256", "SSEKMSKeyId": "arn:aws:kms:us-east-1:123456789012:key/abc"}),
     # Model checks (botocore's shapes).
     ("model.required", "ecs", "RegisterTaskDefinition", {k: v for k, v in taskdef().items() if k != "family"}),
     ("model.required", "events", "PutTargets", {"Rule": "r", "Targets": [{"Id": "1"}]}),
@@ -281,8 +309,26 @@ BAD = [
 ]
 
 
+def with_status(rec: dict, status: int) -> dict:
+    return dict(rec, status=status)
+
+
+_COMPLETE = {"Bucket": "backups", "Key": "k", "UploadId": "u1", "MultipartUpload": {"Parts": [{"ETag": "e", "PartNumber": 1}]}}
+_ABORT = {"Bucket": "backups", "Key": "k", "UploadId": "u1"}
+
+# (rule id, records) for rules that look across requests.
+BAD_SEQUENCES = [
+    ("s3.upload-state", [with_status(record("s3", "CompleteMultipartUpload", _COMPLETE), 200), with_status(record("s3", "AbortMultipartUpload", _ABORT), 404)]),
+    ("s3.upload-state", [with_status(record("s3", "AbortMultipartUpload", _ABORT), 204), with_status(record("s3", "UploadPart", dict(_ABORT, PartNumber=2, Body=b"x")), 404)]),
+]
+GOOD_SEQUENCES = [
+    ("complete failed, then abort", [with_status(record("s3", "CompleteMultipartUpload", _COMPLETE), 500), with_status(record("s3", "AbortMultipartUpload", _ABORT), 204)]),
+    ("no statuses recorded", [record("s3", "CompleteMultipartUpload", _COMPLETE), record("s3", "AbortMultipartUpload", _ABORT)]),
+]
+
+
 def json_record(service: str, op: str, body_text: str) -> dict:
-    prefix = check.model(service).metadata["targetPrefix"]
+    prefix = shapes.model(service).metadata["targetPrefix"]
     return {
         "method": "POST",
         "target": "/",
@@ -325,15 +371,22 @@ class Selfcheck:
 
 
 def unit_cases(sc: Selfcheck) -> None:
-    for service, op, params in GOOD:
-        sc.case(f"good {service}:{op} {json.dumps(params, default=str)[:60]}", lambda s=service, o=op, p=params: sc.expect_clean(run([record(s, o, p)]), f"{s}:{o}"))
+    for service, op, params, *flags in GOOD:
+        sc.case(
+            f"good {service}:{op} {json.dumps(params, default=str)[:60]}",
+            lambda s=service, o=op, p=params, c="checksum" in flags: sc.expect_clean(run([record(s, o, p, checksum=c)]), f"{s}:{o}"),
+        )
     for rule_id, service, op, params in BAD:
         sc.case(f"bad {rule_id} {service}:{op}", lambda r=rule_id, s=service, o=op, p=params: sc.expect_rule(run([record(s, o, p)]), r))
 
-    ids = {r.id for r in check.RULES}
-    covered = {b[0] for b in BAD}
+    for rule_id, recs in BAD_SEQUENCES:
+        sc.case(f"bad sequence {rule_id}", lambda r=rule_id, x=recs: sc.expect_rule(run(x), r))
+    for name, recs in GOOD_SEQUENCES:
+        sc.case(f"good sequence: {name}", lambda x=recs: _assert(not run(x).violations, [v.line() for v in run(x).violations]))
+    ids = {r.id for r in rules.RULES}
+    covered = {b[0] for b in BAD} | {b[0] for b in BAD_SEQUENCES}
     sc.case("every rules-table row has a bad input", lambda: _assert(ids <= covered, f"rows without a bad input: {sorted(ids - covered)}"))
-    sc.case("every rules-table row names a source", lambda: _assert(all(r.source and r.text for r in check.RULES), "a row lacks text or source"))
+    sc.case("every rules-table row names a source", lambda: _assert(all(r.source and r.text for r in rules.RULES), "a row lacks text or source"))
 
     # JSON null members: the SDK's serializer never writes them; a hand-built body must be caught.
     body = json.dumps(dict(taskdef(), taskRoleArn=None))
@@ -342,7 +395,7 @@ def unit_cases(sc: Selfcheck) -> None:
         "null member path",
         lambda: _assert(any(v.path == "taskRoleArn" for v in run([json_record("ecs", "RegisterTaskDefinition", body)]).violations), "path of the null member is not taskRoleArn"),
     )
-    nested = json.dumps(taskdef(containerDefinitions=[dict(taskdef()["containerDefinitions"][0], logConfiguration={"logDriver": "awslogs", "options": {"awslogs-create-group": "false"}})]))
+    nested = json.dumps(taskdef(containerDefinitions=[dict(taskdef()["containerDefinitions"][0], logConfiguration={"logDriver": "awslogs", "options": {"awslogs-group": "g", "awslogs-region": "us-east-1", "awslogs-stream-prefix": "p", "awslogs-create-group": "false"}})]))
     sc.case(
         "violation path is JSON-pointer-like",
         lambda: _assert(
@@ -366,9 +419,13 @@ def unit_cases(sc: Selfcheck) -> None:
     # S3 uploads with aws-chunked framing and a trailing checksum (what the Rust SDK sends).
     sc.case("s3 aws-chunked PutObject", _aws_chunked_put)
     sc.case("s3 x-id names the operation", _x_id)
+    delete = record("s3", "DeleteObjects", {"Bucket": "backups", "Delete": {"Objects": [{"Key": "a"}]}})
+    sc.case("s3 DeleteObjects without a checksum header", lambda: sc.expect_rule(run([delete]), "model.checksum"))
+    sc.case("s3 virtual-hosted style", _virtual_host)
     sc.case("s3 unknown query parameter", lambda: sc.expect_rule(run([dict(record("s3", "GetObject", {"Bucket": "b", "Key": "k"}), target="/b/k?versionid=1")]), "model.unknown"))
     sc.case("s3 unidentified is a warning unless --strict", _s3_unidentified)
     sc.case("unknown service is a warning", _unknown_service)
+    sc.case("rpc-v2-cbor: operation from the path, input not decoded", _cbor)
     sc.case("moto-api control requests are skipped", lambda: _assert(run([{"method": "POST", "target": "/moto-api/state-manager/set-transition", "headers": {}, "body_b64": ""}]).checked == 0, "counted"))
 
 
@@ -379,8 +436,8 @@ def _assert(cond: bool, msg: str) -> None:
 
 def _query_lists() -> None:
     params = {"StackName": "s", "TemplateBody": "x", "Parameters": [{"ParameterKey": "A", "ParameterValue": "1"}, {"ParameterKey": "B", "ParameterValue": "2"}], "Tags": []}
-    req = check.to_request(1, record("cloudformation", "CreateStack", params))
-    ident = check.identify(req)
+    req = wire.to_request(1, record("cloudformation", "CreateStack", params))
+    ident = wire.identify(req)
     _assert(ident.params == params, f"decoded {ident.params}")
 
 
@@ -399,9 +456,9 @@ def _aws_chunked_put() -> None:
         }
     )
     rec["body_b64"] = base64.b64encode(aws_chunked(data, {"x-amz-checksum-crc32": crc})).decode()
-    req = check.to_request(1, rec)
+    req = wire.to_request(1, rec)
     _assert(req.body == data, f"decoded body {req.body!r}")
-    ident = check.identify(req)
+    ident = wire.identify(req)
     _assert(ident.op == "s3:PutObject", ident.op)
     _assert(ident.params.get("ChecksumCRC32") == crc, f"trailer not read: {ident.params}")
     _assert(len(ident.params["Body"]) == len(data), "body length")
@@ -415,11 +472,27 @@ def _aws_chunked_put() -> None:
 def _x_id() -> None:
     rec = record("s3", "UploadPart", {"Bucket": "b", "Key": "k", "UploadId": "u", "PartNumber": 1, "Body": b"x"})
     rec["target"] += "&x-id=UploadPart"
-    _assert(check.identify(check.to_request(1, rec)).op == "s3:UploadPart", "x-id UploadPart")
+    _assert(wire.identify(wire.to_request(1, rec)).op == "s3:UploadPart", "x-id UploadPart")
     rec = record("s3", "GetObject", {"Bucket": "b", "Key": "a/b/c"})
     rec["target"] += "?x-id=GetObject"
     rep = run([rec])
     _assert(list(rep.counts) == ["s3:GetObject"] and not rep.violations, f"{rep.counts} {[v.line() for v in rep.violations]}")
+
+
+def _virtual_host() -> None:
+    for host, path, op in [
+        ("backups.s3.us-east-1.amazonaws.com", "/dev/a%20b", "s3:GetObject"),
+        ("backups.localhost:5000", "/", "s3:ListObjectsV2"),
+        ("127.0.0.1:5000", "/", "s3:ListBuckets"),
+        ("s3.us-east-1.amazonaws.com", "/backups/k", "s3:GetObject"),
+    ]:
+        rec = record("s3", "GetObject", {"Bucket": "b", "Key": "k"})
+        rec["target"] = path + ("?list-type=2" if op == "s3:ListObjectsV2" else "")
+        rec["headers"]["host"] = host
+        ident = wire.identify(wire.to_request(1, rec))
+        _assert(ident.op == op, f"{host}{path}: {ident.op} {ident.why}")
+        if op == "s3:GetObject":
+            _assert(ident.params["Bucket"] == "backups", f"{host}: bucket {ident.params}")
 
 
 def _s3_unidentified() -> None:
@@ -429,6 +502,17 @@ def _s3_unidentified() -> None:
     _assert(not rep.violations and rep.warnings, f"lenient: {rep.warnings} {rep.violations}")
     rep = run([rec], strict=True)
     _assert([v.rule for v in rep.violations] == ["model.operation"], "strict")
+
+
+def _cbor() -> None:
+    rec = {
+        "method": "POST",
+        "target": "/service/AmazonEC2ContainerServiceV20141113/operation/ListClusters",
+        "headers": {"smithy-protocol": "rpc-v2-cbor", "authorization": "AWS4-HMAC-SHA256 Credential=A/20260101/us-east-1/ecs/aws4_request, SignedHeaders=host, Signature=0"},
+        "body_b64": base64.b64encode(b"\xa0").decode(),
+    }
+    rep = run([rec])
+    _assert(list(rep.counts) == ["ecs:ListClusters"] and not rep.violations and rep.warnings, f"{rep.counts} {rep.warnings}")
 
 
 def _unknown_service() -> None:
@@ -485,15 +569,52 @@ def cli_cases(sc: Selfcheck, tmp: str) -> None:
         p = cli(garbage)
         _assert(p.returncode == 2 and ":1:" in p.stderr, f"exit {p.returncode}: {p.stderr}")
 
+    def plan():
+        path = os.path.join(tmp, "plan.json")
+        good_plan = {
+            "reads": ["ecs:DescribeClusters"],
+            "requests": [
+                {"operation": "ecs:RegisterTaskDefinition", "input": taskdef(), "when": "unless unchanged"},
+                {"operation": "events:PutRule", "input": {"Name": "backhaul-dev", "ScheduleExpression": "rate(1 day)"}},
+                {"operation": "events:PutTargets", "input": targets(TaskDefinitionArn="<backhaul-dev:new revision>")},
+                {"operation": "events:RemoveTargets", "input": {"Rule": "backhaul-dev", "Ids": ["<other target ids>"]}},
+            ],
+        }
+        with open(path, "w") as f:
+            json.dump(good_plan, f)
+        p = cli("--plan", path, "--expect", "ecs:RegisterTaskDefinition")
+        _assert(p.returncode == 0 and "checked 4 planned requests" in p.stdout, f"exit {p.returncode}: {p.stdout}{p.stderr}")
+        good_plan["requests"][0]["input"] = dict(taskdef(), taskRoleArn=None)
+        good_plan["requests"][1]["input"]["ScheduleExpression"] = "rate(1 days)"
+        with open(path, "w") as f:
+            json.dump(good_plan, f)
+        p = cli("--plan", path)
+        _assert(p.returncode == 1 and "ecs:RegisterTaskDefinition taskRoleArn: null" in p.stdout and "events.schedule-expression" in p.stdout, p.stdout)
+        with open(path, "w") as f:
+            f.write('{"requests": [{"input": {}}]}')
+        p = cli("--plan", path)
+        _assert(p.returncode == 2, f"exit {p.returncode}: {p.stderr}")
+
+    def omitted():
+        rec = record("s3", "UploadPart", {"Bucket": "b", "Key": "k", "UploadId": "u", "PartNumber": 1, "Body": b""})
+        rec.update(body_b64="", body_omitted=5 << 20)
+        rep = run([rec])
+        _assert(list(rep.counts) == ["s3:UploadPart"] and not rep.violations, f"{rep.counts} {[v.line() for v in rep.violations]}")
+        rec = record("s3", "CompleteMultipartUpload", {"Bucket": "b", "Key": "k", "UploadId": "u", "MultipartUpload": {"Parts": []}})
+        rec.update(body_b64="", body_omitted=100)
+        _assert([v.rule for v in run([rec]).violations] == ["model.body"], "an omitted XML body is reported")
+
     def markdown():
         p = cli("--rules-markdown")
-        _assert(p.returncode == 0 and all(f"`{r.id}`" in p.stdout for r in check.RULES), p.stdout)
+        _assert(p.returncode == 0 and all(f"`{r.id}`" in p.stdout for r in rules.RULES), p.stdout)
 
     sc.case("cli: good recording exits 0", good_run)
     sc.case("cli: --expect of an unseen operation exits 1", missing)
     sc.case("cli: violation line and exit 1", violation)
     sc.case("cli: unreadable recording exits 2", unreadable)
     sc.case("cli: --rules-markdown", markdown)
+    sc.case("cli: --plan checks a schedule --dry-run plan", plan)
+    sc.case("omitted object bytes (record_proxy.py --max-body)", omitted)
 
 
 def free_port() -> int:
@@ -512,7 +633,7 @@ def end_to_end(sc: Selfcheck, tmp: str) -> None:
     port = free_port()
     moto = subprocess.Popen([moto_server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rec = os.path.join(tmp, "e2e.jsonl")
-    proxy = subprocess.Popen([PY, os.path.join(HERE, "record_proxy.py"), "--upstream", f"http://127.0.0.1:{port}", "--out", rec], stdout=subprocess.PIPE, text=True)
+    proxy = subprocess.Popen([PY, os.path.join(HERE, "record_proxy.py"), "--upstream", f"http://127.0.0.1:{port}", "--out", rec, "--max-body", "500"], stdout=subprocess.PIPE, text=True)
     try:
         line = proxy.stdout.readline().strip()
         _assert(line.startswith("listening on http://127.0.0.1:"), f"proxy said {line!r}")
@@ -542,9 +663,13 @@ def end_to_end(sc: Selfcheck, tmp: str) -> None:
             s3.complete_multipart_upload(Bucket="backups", Key="dev/big", UploadId=up, MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": 1}]})
             _assert(s3.get_object(Bucket="backups", Key="dev/big")["Body"].read() == b"x" * 1000, "object through the proxy")
             s3.list_objects_v2(Bucket="backups", Prefix="dev/")
-            p = cli(rec, "--strict", "--expect", "ecs:RegisterTaskDefinition,events:PutRule,events:PutTargets,s3:CreateBucket,s3:PutObject,s3:CreateMultipartUpload,s3:UploadPart,s3:CompleteMultipartUpload,s3:GetObject,s3:ListObjectsV2")
+            s3.delete_objects(Bucket="backups", Delete={"Objects": [{"Key": "dev/a b.txt"}]})
+            p = cli(rec, "--strict", "--expect", "ecs:RegisterTaskDefinition,events:PutRule,events:PutTargets,s3:CreateBucket,s3:PutObject,s3:CreateMultipartUpload,s3:UploadPart,s3:CompleteMultipartUpload,s3:GetObject,s3:ListObjectsV2,s3:DeleteObjects")
             _assert(p.returncode == 0, f"exit {p.returncode}:\n{p.stdout}{p.stderr}")
-            _assert("checked 11 requests" in p.stdout, p.stdout)
+            _assert("checked 12 requests" in p.stdout, p.stdout)
+            recorded = [json.loads(line) for line in open(rec)]
+            _assert([r["body_omitted"] for r in recorded if "body_omitted" in r] == [1000], "the 1000-byte part is left out of the recording, nothing else")
+            _assert(all(200 <= r["status"] < 300 for r in recorded), f"statuses {[r['status'] for r in recorded]}")
 
         sc.case("end to end: boto3 through record_proxy to moto, recording passes", calls)
 
