@@ -64,6 +64,9 @@ pub enum Command {
     /// Show the stage's schedule, task definition and most recent backups.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
+    /// Show the log of the stage's latest task (or one task, or a summary of the last runs).
+    #[command(after_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
 }
 
 /// Where backups live. Shared by every command that touches storage.
@@ -556,6 +559,56 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Text on a terminal, JSON lines otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Stage whose task family backhaul-<stage> is shown.
+    #[arg(long, env = "STAGE")]
+    pub stage: Option<String>,
+
+    /// ECS cluster name or ARN [default: the schedule's, else backhaul-<stage>].
+    #[arg(long, env = "ECS_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// This task (id or ARN) instead of the latest one.
+    #[arg(long, conflicts_with = "runs")]
+    pub task: Option<String>,
+
+    /// Summaries of the last N runs (start, end, exit code, artifacts) instead of a log.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: Option<u32>,
+
+    /// Keep printing new lines until the task stops.
+    #[arg(long, short = 'f', conflicts_with = "runs")]
+    pub follow: bool,
+
+    /// Output: JSON lines as the task wrote them, or text for people; auto picks text on a terminal.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+    pub format: OutputFormat,
+
+    /// How often --follow polls.
+    #[arg(
+        long,
+        env = "BACKHAUL_POLL_INTERVAL",
+        default_value = "2s",
+        hide = true
+    )]
+    pub poll_interval: String,
+}
+
+const LOGS_EXAMPLES: &str = "Examples:
+  backhaul logs --stage prod                 # the latest task's log (running or stopped)
+  backhaul logs --stage prod --follow        # tail a running task until it stops
+  backhaul logs --stage prod --runs 7        # last 7 runs: start, end, exit code, artifacts
+  backhaul logs --stage prod --task 0f1e2d3c4b5a --format json";
 
 const SCHEDULE_EXAMPLES: &str = "Examples:
   # Everything from the CloudFormation stack (infra/backhaul.yaml), daily at 03:00 UTC:

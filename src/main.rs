@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> ExitCode {
             Command::Unschedule(a) => commands::schedule::unschedule(a).await,
             Command::RunTask(a) => commands::run_task::run(a).await,
             Command::Status(a) => commands::status::run(a).await,
+            Command::Logs(a) => commands::logs::run(a).await,
         }
     };
     tokio::pin!(work);

@@ -5,6 +5,7 @@
 pub mod ecs;
 pub mod error;
 pub mod events;
+pub mod logs;
 pub mod names;
 
 use aws_sdk_ecs::config::http::HttpResponse;
@@ -18,6 +19,7 @@ pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub events: aws_sdk_eventbridge::Client,
     pub region: String,
+    conf: aws_config::SdkConfig,
 }
 
 impl Clients {
@@ -30,7 +32,19 @@ impl Clients {
             ecs: aws_sdk_ecs::Client::new(&conf),
             events: aws_sdk_eventbridge::Client::new(&conf),
             region,
+            conf,
         })
+    }
+
+    /// CloudWatch Logs in `region` (the task definition's awslogs-region), or the SDK's.
+    pub fn logs(&self, region: &str) -> aws_sdk_cloudwatchlogs::Client {
+        let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&self.conf);
+        if !region.is_empty() && region != self.region {
+            b = b.region(aws_sdk_cloudwatchlogs::config::Region::new(
+                region.to_string(),
+            ));
+        }
+        aws_sdk_cloudwatchlogs::Client::from_conf(b.build())
     }
 }
 

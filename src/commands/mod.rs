@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod common;
 pub mod list;
+pub mod logs;
 mod preflight;
 pub mod prune;
 pub mod restore;

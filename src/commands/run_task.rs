@@ -12,9 +12,11 @@ use serde_json::json;
 
 use crate::aws::ecs::{task_id, CONTAINER};
 use crate::aws::events::{network_of, rule_name, Network, TARGET_ID};
+use crate::aws::logs::LogLocation;
 use crate::aws::{build_err, names, sdk_err, Clients};
 use crate::cli::RunTaskArgs;
 use crate::commands::common::parse_duration;
+use crate::commands::logs::{echo, Tail};
 use crate::commands::schedule::{latest_active, parse_kv, targets};
 use crate::config::{non_empty, ConfigError};
 
@@ -50,17 +52,20 @@ pub async fn run(a: RunTaskArgs) -> anyhow::Result<()> {
     )
     .await?;
     let task_arn = task.task_arn().unwrap_or_default().to_string();
-    let (group, prefix) = log_location(&td);
+    let loc = LogLocation::of(&td);
+    let id = task_id(&task_arn);
     println!(
         "{}",
         json!({
             "task_arn": task_arn,
-            "log_group": group,
-            "log_stream": format!("{prefix}/{CONTAINER}/{}", task_id(&task_arn)),
+            "log_group": loc.as_ref().map(|l| l.group.clone()),
+            "log_stream": loc.as_ref().map(|l| l.stream(id)),
         })
     );
     if a.wait {
-        wait(&c, &cluster, &task_arn, poll).await?;
+        // The task's own lines go to stderr while it runs; stdout stays the result.
+        let mut tail = loc.map(|l| Tail::new(c.logs(&l.region), &l, id));
+        wait(&c, &cluster, &task_arn, poll, tail.as_mut()).await?;
     }
     Ok(())
 }
@@ -169,20 +174,14 @@ async fn start(
         .with_context(|| format!("RunTask {family} returned no task"))
 }
 
-/// awslogs group and stream prefix of the task definition's container.
-fn log_location(td: &aws_sdk_ecs::types::TaskDefinition) -> (String, String) {
-    let opts = td
-        .container_definitions()
-        .iter()
-        .find(|c| c.name() == Some(CONTAINER))
-        .and_then(|c| c.log_configuration())
-        .and_then(|l| l.options());
-    let get = |k: &str| opts.and_then(|o| o.get(k)).cloned().unwrap_or_default();
-    (get("awslogs-group"), get("awslogs-stream-prefix"))
-}
-
-/// Polls until STOPPED; the container's exit code becomes ours.
-async fn wait(c: &Clients, cluster: &str, task_arn: &str, poll: Duration) -> anyhow::Result<()> {
+/// Polls until STOPPED, echoing the task's log; the container's exit code becomes ours.
+async fn wait(
+    c: &Clients,
+    cluster: &str,
+    task_arn: &str,
+    poll: Duration,
+    mut tail: Option<&mut Tail>,
+) -> anyhow::Result<()> {
     loop {
         let out = c
             .ecs
@@ -196,7 +195,14 @@ async fn wait(c: &Clients, cluster: &str, task_arn: &str, poll: Duration) -> any
             .tasks()
             .first()
             .with_context(|| format!("task {task_arn} disappeared"))?;
-        if task.last_status() == Some("STOPPED") {
+        let stopped = task.last_status() == Some("STOPPED");
+        if let Some(t) = tail.as_deref_mut() {
+            // A log that cannot be read must not hide the exit code we are waiting for.
+            if let Err(e) = echo(t).await {
+                tracing::warn!("{e:#}");
+            }
+        }
+        if stopped {
             return outcome(task);
         }
         tokio::time::sleep(poll).await;

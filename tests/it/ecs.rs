@@ -19,7 +19,7 @@ const PG_SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:de
 
 /// Runs a boto3 snippet against moto (EC2, Secrets Manager and moto's own API have no Rust
 /// client among our dependencies); returns its stdout.
-fn py(script: &str) -> String {
+pub(crate) fn py(script: &str) -> String {
     let prelude = "import boto3, json, os, sys, urllib.request\n\
         def client(s): return boto3.client(s, endpoint_url=os.environ['E'], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n";
     let out = Command::new(crate::common::venv().join("bin/python"))
@@ -37,7 +37,7 @@ fn py(script: &str) -> String {
 }
 
 /// Two subnets and the default security group of moto's default VPC.
-fn network() -> &'static (String, String) {
+pub(crate) fn network() -> &'static (String, String) {
     static N: OnceLock<(String, String)> = OnceLock::new();
     N.get_or_init(|| {
         let out = py("ec2 = client('ec2')\n\
@@ -51,19 +51,19 @@ fn network() -> &'static (String, String) {
     })
 }
 
-fn ecs() -> aws_sdk_ecs::Client {
+pub(crate) fn ecs() -> aws_sdk_ecs::Client {
     aws_sdk_ecs::Client::new(&moto().sdk_config())
 }
 
-fn events() -> aws_sdk_eventbridge::Client {
+pub(crate) fn events() -> aws_sdk_eventbridge::Client {
     aws_sdk_eventbridge::Client::new(&moto().sdk_config())
 }
 
-fn stage(hint: &str) -> String {
+pub(crate) fn stage(hint: &str) -> String {
     format!("{hint}-{}", std::process::id())
 }
 
-fn create_cluster(name: &str) -> String {
+pub(crate) fn create_cluster(name: &str) -> String {
     block_on(ecs().create_cluster().cluster_name(name).send())
         .unwrap()
         .cluster()
@@ -74,7 +74,7 @@ fn create_cluster(name: &str) -> String {
 }
 
 /// `backhaul schedule` with every required flag, against moto through the recorder.
-fn schedule(rec: &Contract, stage: &str) -> assert_cmd::Command {
+pub(crate) fn schedule(rec: &Contract, stage: &str) -> assert_cmd::Command {
     let (subnets, sg) = network();
     let mut cmd = rec.backhaul();
     cmd.args([
@@ -104,7 +104,7 @@ fn schedule(rec: &Contract, stage: &str) -> assert_cmd::Command {
     cmd
 }
 
-fn summary(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+pub(crate) fn summary(cmd: &mut assert_cmd::Command) -> serde_json::Value {
     let out = cmd.assert().success().get_output().stdout.clone();
     summaries(&out).pop().expect("a JSON summary on stdout")
 }
@@ -122,7 +122,7 @@ fn task_definition(family_or_arn: &str) -> TaskDefinition {
     .clone()
 }
 
-fn targets(rule: &str) -> Vec<aws_sdk_eventbridge::types::Target> {
+pub(crate) fn targets(rule: &str) -> Vec<aws_sdk_eventbridge::types::Target> {
     block_on(events().list_targets_by_rule().rule(rule).send())
         .unwrap()
         .targets()
@@ -362,6 +362,8 @@ fn run_task_waits_for_the_exit_code() {
     create_cluster(&family);
     let rec = Contract::start();
     summary(&mut schedule(&rec, &stage));
+    // moto's task transition is global: tests that set it take turns.
+    let _turn = crate::logs::task_states();
     py("req = urllib.request.Request(os.environ['E'] + '/moto-api/state-manager/set-transition', \
         data=json.dumps({'model_name': 'ecs::task', 'transition': {'progression': 'immediate'}}).encode(), method='POST')\n\
         urllib.request.urlopen(req).read()");

@@ -12,6 +12,7 @@ mod data;
 mod ecs;
 mod encryption;
 mod faults;
+mod logs;
 mod notify;
 mod restore_mongo;
 mod s3_faults;
