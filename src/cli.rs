@@ -509,6 +509,19 @@ pub struct ScheduleArgs {
     /// --from-stack the stack is still read).
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Run the schedule in this IANA time zone (Asia/Singapore) with EventBridge Scheduler
+    /// instead of a UTC rule [default: the task's BACKUP_TIMEZONE; UTC keeps the rule].
+    #[arg(long, env = "BACKUP_TIMEZONE")]
+    pub timezone: Option<String>,
+
+    /// SQS queue ARN that receives runs Scheduler could not start (uses Scheduler, even in UTC).
+    #[arg(long, env = "BACKHAUL_DEAD_LETTER_ARN")]
+    pub dead_letter_arn: Option<String>,
+
+    /// Times Scheduler retries a run it could not start (0-185), within an hour of its time.
+    #[arg(long, env = "BACKHAUL_SCHEDULE_RETRIES", default_value_t = 3)]
+    pub retry_attempts: u32,
 }
 
 #[derive(Args, Debug)]
@@ -625,7 +638,10 @@ const SCHEDULE_EXAMPLES: &str = "Examples:
     --secret POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf
 
   # Review what would be registered:
-  backhaul schedule --from-stack backhaul-dev --schedule 'rate(6 hours)' --dry-run";
+  backhaul schedule --from-stack backhaul-dev --schedule 'rate(6 hours)' --dry-run
+
+  # 02:00 Singapore time, with EventBridge Scheduler (the rule is replaced):
+  backhaul schedule --from-stack backhaul-prod --schedule 'cron(0 2 * * ? *)' --timezone Asia/Singapore";
 
 const UNSCHEDULE_EXAMPLES: &str = "Examples:
   backhaul unschedule --stage dev

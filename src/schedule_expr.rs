@@ -22,6 +22,10 @@
 //! up the whole field rather than appear inside lists, ranges never wrap
 //! around, and steps must lie between 1 and the field's largest value.
 
+mod next;
+
+pub use next::next_runs;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod logs;
 pub mod names;
+pub mod scheduler;
 
 use aws_sdk_ecs::config::http::HttpResponse;
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
@@ -18,6 +19,7 @@ use crate::config::ConfigError;
 pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub events: aws_sdk_eventbridge::Client,
+    pub scheduler: aws_sdk_scheduler::Client,
     pub region: String,
     conf: aws_config::SdkConfig,
 }
@@ -31,6 +33,7 @@ impl Clients {
         Ok(Clients {
             ecs: aws_sdk_ecs::Client::new(&conf),
             events: aws_sdk_eventbridge::Client::new(&conf),
+            scheduler: aws_sdk_scheduler::Client::new(&conf),
             region,
             conf,
         })

@@ -146,7 +146,9 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<()> {
     if a.follow && running {
         let stopped = loop {
             tokio::time::sleep(poll).await;
-            let now = describe(&c, &cluster, std::slice::from_ref(&id)).await?.pop();
+            let now = describe(&c, &cluster, std::slice::from_ref(&id))
+                .await?
+                .pop();
             let stopped = now
                 .as_ref()
                 .is_none_or(|t| t.last_status() == Some("STOPPED"));
@@ -224,7 +226,14 @@ async fn cluster(c: &Clients, flag: Option<String>, stage: &str) -> anyhow::Resu
         .find(|t| t.id() == TARGET_ID)
         .and_then(network_of)
         .map(|(cluster, _)| cluster);
-    Ok(from_rule.unwrap_or_else(|| names::stage_resource(stage)))
+    let from_schedule = match from_rule {
+        Some(found) => Some(found),
+        None => crate::commands::schedule_tz::status(c, stage)
+            .await?
+            .and_then(|z| z.network)
+            .map(|(cluster, _)| cluster),
+    };
+    Ok(from_schedule.unwrap_or_else(|| names::stage_resource(stage)))
 }
 
 async fn describe_td(c: &Clients, arn: &str) -> anyhow::Result<TaskDefinition> {

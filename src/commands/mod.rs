@@ -11,6 +11,7 @@ pub mod restore;
 pub mod restore_mongo;
 pub mod run_task;
 pub mod schedule;
+pub mod schedule_tz;
 pub mod status;
 pub mod verify;
 

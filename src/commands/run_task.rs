@@ -78,6 +78,13 @@ async fn placement(c: &Clients, a: &RunTaskArgs, stage: &str) -> anyhow::Result<
         .iter()
         .find(|t| t.id() == TARGET_ID)
         .and_then(network_of);
+    // A stage scheduled in a time zone has a Scheduler schedule instead of a rule.
+    let from_rule = match from_rule {
+        Some(r) => Some(r),
+        None => crate::commands::schedule_tz::status(c, stage)
+            .await?
+            .and_then(|z| z.network),
+    };
     let (rule_cluster, rule_net) = from_rule.unzip();
     let pick = |flag: &[String], rule: Option<Vec<String>>| {
         let flag: Vec<String> = flag.iter().filter(|s| !s.is_empty()).cloned().collect();

@@ -52,8 +52,10 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         None => StackOutputs::default(),
     };
     let mut plan = resolve(&a, &stack)?;
+    let (zoned, tz_warnings) = super::schedule_tz::resolve(&a, &plan, &stack)?;
     preflight::check(&plan.task)?;
-    let warnings = unreadable_secrets(&plan.task, &stack, a.from_stack.as_deref());
+    let mut warnings = unreadable_secrets(&plan.task, &stack, a.from_stack.as_deref());
+    warnings.extend(tz_warnings);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -62,10 +64,36 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         plan.task.log.region = clients.region.clone();
     }
     if a.dry_run {
-        println!("{}", serde_json::to_string_pretty(&dry_run_json(&plan))?);
+        let mut doc = dry_run_json(&plan);
+        match &zoned {
+            Some(z) => {
+                doc = super::schedule_tz::dry_run_json(
+                    &plan,
+                    z,
+                    plan.task.to_json(),
+                    cluster_placeholder(&plan.cluster),
+                )
+            }
+            None => doc["requests"]
+                .as_array_mut()
+                .expect("requests")
+                .push(super::schedule_tz::rule_dry_run_extra(&plan)),
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    let mut summary = apply(&clients, &plan).await?;
+    let mut summary = match &zoned {
+        Some(z) => super::schedule_tz::apply(&clients, &plan, z).await?,
+        None => {
+            let mut s = apply(&clients, &plan).await?;
+            // Moving from a time-zone schedule: the rule is in place, the old one goes.
+            if super::schedule_tz::remove_schedule(&clients, &plan.task.stage).await? {
+                s["removed_schedule"] = json!(true);
+                s["changed"] = json!(true);
+            }
+            s
+        }
+    };
     if !warnings.is_empty() {
         summary["warnings"] = json!(warnings);
     }
@@ -668,7 +696,10 @@ async fn apply(c: &Clients, plan: &Plan) -> anyhow::Result<serde_json::Value> {
 }
 
 /// EventBridge needs the cluster ARN; looking it up also proves the cluster exists.
-async fn cluster_arn(ecs: &aws_sdk_ecs::Client, cluster: &str) -> anyhow::Result<String> {
+pub(crate) async fn cluster_arn(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+) -> anyhow::Result<String> {
     if cluster.starts_with("arn:") {
         return Ok(cluster.to_string());
     }
@@ -689,7 +720,7 @@ async fn cluster_arn(ecs: &aws_sdk_ecs::Client, cluster: &str) -> anyhow::Result
 }
 
 /// Reuses the latest active revision when it matches; otherwise registers a new one.
-async fn ensure_task_definition(
+pub(crate) async fn ensure_task_definition(
     ecs: &aws_sdk_ecs::Client,
     spec: &TaskSpec,
 ) -> anyhow::Result<(TaskDefinition, bool)> {
@@ -800,7 +831,11 @@ pub async fn targets(
 
 /// Removes targets; a partial failure is an error, so a rule is never deleted (or left
 /// "clean") while a target it should have lost is still attached.
-async fn remove_targets(c: &Clients, rule: &str, ids: Vec<String>) -> anyhow::Result<()> {
+pub(crate) async fn remove_targets(
+    c: &Clients,
+    rule: &str,
+    ids: Vec<String>,
+) -> anyhow::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -873,6 +908,7 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
                 .is_some_and(|s| s.is_resource_not_found_exception()) => {}
         Err(e) => return Err(sdk_err("events:DeleteRule", e)),
     }
+    let removed_schedule = super::schedule_tz::remove_schedule(&c, &stage).await?;
     let mut deregistered = Vec::new();
     if a.deregister {
         for arn in active_revisions(&c.ecs, &rule).await? {
@@ -887,7 +923,7 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({"rule": rule, "removed_targets": removed, "deregistered": deregistered})
+        json!({"rule": rule, "removed_targets": removed, "removed_schedule": removed_schedule, "deregistered": deregistered})
     );
     Ok(())
 }

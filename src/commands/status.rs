@@ -21,6 +21,11 @@ struct Status {
     target: Option<TargetStatus>,
     task_definition: Option<TaskStatus>,
     bucket: Option<String>,
+    /// The EventBridge Scheduler schedule of a stage scheduled in a time zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zoned_schedule: Option<crate::commands::schedule_tz::ZonedStatus>,
+    /// Next three run times of whichever schedule exists, in its zone (UTC for the rule).
+    next_runs: Vec<String>,
     recent_backups: Vec<String>,
     /// Why backups could not be listed; the schedule part of the report is still useful.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,8 +66,16 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         rule: rule(&c, &stage).await?,
         target: target(&c, &stage).await?,
         task_definition: task(&c, &stage).await?,
+        zoned_schedule: crate::commands::schedule_tz::status(&c, &stage).await?,
         stage,
         ..Status::default()
+    };
+    st.next_runs = match (&st.zoned_schedule, &st.rule) {
+        (Some(z), _) => {
+            crate::commands::schedule_tz::next_runs(z.schedule.as_deref(), z.timezone.as_deref(), 3)
+        }
+        (None, Some(r)) => crate::commands::schedule_tz::next_runs(r.schedule.as_deref(), None, 3),
+        (None, None) => Vec::new(),
     };
     let bucket = non_empty(a.store.bucket.clone())
         .or_else(|| st.task_definition.as_ref().and_then(|t| t.bucket.clone()));
@@ -166,7 +179,20 @@ fn text(st: &Status) -> String {
                 r.schedule.as_deref().unwrap_or("?")
             )
         }
+        None if st.zoned_schedule.is_some() => out += "rule: none\n",
         None => out += "rule: none (not scheduled)\n",
+    }
+    if let Some(z) = &st.zoned_schedule {
+        out += &format!(
+            "schedule: {} {} {} in {}\n",
+            z.name,
+            z.state.as_deref().unwrap_or("?"),
+            z.schedule.as_deref().unwrap_or("?"),
+            z.timezone.as_deref().unwrap_or("UTC")
+        );
+    }
+    if !st.next_runs.is_empty() {
+        out += &format!("next runs: {}\n", st.next_runs.join(", "));
     }
     if let Some(t) = &st.target {
         out += &format!(

@@ -631,6 +631,21 @@ def _scheduler_timezone(p, op):
         yield ["ScheduleExpressionTimezone"], f"got {short(tz)}"
 
 
+@rule(
+    "scheduler.flexible-window",
+    "scheduler:CreateSchedule,scheduler:UpdateSchedule",
+    "FlexibleTimeWindow.MaximumWindowInMinutes (1-1440) is required with Mode FLEXIBLE and must be absent with Mode OFF",
+    "https://docs.aws.amazon.com/scheduler/latest/APIReference/API_FlexibleTimeWindow.html",
+)
+def _scheduler_flexible_window(p, op):
+    w = obj(p.get("FlexibleTimeWindow"))
+    mode, window = w.get("Mode"), w.get("MaximumWindowInMinutes")
+    if mode == "OFF" and window is not None:
+        yield ["FlexibleTimeWindow", "MaximumWindowInMinutes"], f"{window} with Mode OFF"
+    if mode == "FLEXIBLE" and window is None:
+        yield ["FlexibleTimeWindow"], "Mode FLEXIBLE without MaximumWindowInMinutes"
+
+
 S3_OBJECT_OPS = (
     "s3:PutObject,s3:GetObject,s3:HeadObject,s3:DeleteObject,s3:CopyObject,s3:CreateMultipartUpload,"
     "s3:UploadPart,s3:UploadPartCopy,s3:CompleteMultipartUpload,s3:AbortMultipartUpload,s3:ListParts,"

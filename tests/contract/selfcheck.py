@@ -283,6 +283,8 @@ BAD = [
     ("events.rule-trigger", "events", "PutRule", {"Name": "b"}),
     ("events.rule-trigger", "events", "PutRule", {"Name": "b", "ScheduleExpression": "rate(1 day)", "EventBusName": "custom"}),
     ("scheduler.timezone", "scheduler", "CreateSchedule", schedule(ScheduleExpressionTimezone="Europe/Berlinn")),
+    ("scheduler.flexible-window", "scheduler", "CreateSchedule", schedule(FlexibleTimeWindow={"Mode": "OFF", "MaximumWindowInMinutes": 15})),
+    ("scheduler.flexible-window", "scheduler", "UpdateSchedule", schedule(FlexibleTimeWindow={"Mode": "FLEXIBLE"})),
     ("s3.bucket-name", "s3", "CreateBucket", {"Bucket": "Acme_Backups"}),
     ("s3.bucket-name", "s3", "CreateBucket", {"Bucket": "192.168.1.1"}),
     ("s3.key", "s3", "PutObject", {"Bucket": "backups", "Key": "k" * 1025, "Body": b"x"}),

@@ -838,7 +838,8 @@ fn dry_run_prints_exactly_the_requests_schedule_sends() {
             "ecs:RegisterTaskDefinition",
             "events:PutRule",
             "events:PutTargets",
-            "events:RemoveTargets"
+            "events:RemoveTargets",
+            "scheduler:DeleteSchedule"
         ]
     );
     assert!(

@@ -16,4 +16,5 @@ mod logs;
 mod notify;
 mod restore_mongo;
 mod s3_faults;
+mod schedule_tz;
 mod secret_hygiene;
