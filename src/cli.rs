@@ -104,6 +104,15 @@ pub struct StoreArgs {
     #[arg(long, env = "S3_SSE_KMS_KEY_ID", requires = "sse")]
     pub sse_kms_key_id: Option<String>,
 
+    /// S3 Object Lock: retain each object written for this many days (the bucket must have
+    /// Object Lock enabled); prune skips objects still retained.
+    #[arg(long, env = "BACKUP_LOCK_DAYS")]
+    pub lock_days: Option<u32>,
+
+    /// Object Lock mode for --lock-days: GOVERNANCE (deletable with s3:BypassGovernanceRetention) or COMPLIANCE (by nobody).
+    #[arg(long, env = "BACKUP_LOCK_MODE", default_value = "GOVERNANCE")]
+    pub lock_mode: String,
+
     /// Size of the first upload parts in MiB (at least 5; later parts grow for huge streams).
     #[arg(long, env = "BACKHAUL_PART_SIZE_MIB", default_value_t = 8)]
     pub part_size_mib: usize,

@@ -19,6 +19,36 @@ pub struct Store {
     pub sse: storage::s3::Sse,
 }
 
+/// `--lock-days`/`BACKUP_LOCK_DAYS`: 1 to 36500 days (S3's limit is 100 years), S3 only.
+fn object_lock(
+    a: &StoreArgs,
+    dest: &Destination,
+) -> Result<Option<storage::s3::ObjectLock>, ConfigError> {
+    let Some(days) = a.lock_days.filter(|d| *d != 0) else {
+        return Ok(None);
+    };
+    if days > 36500 {
+        return Err(ConfigError::invalid(
+            "BACKUP_LOCK_DAYS",
+            format!("{days} is more than 36500 days (100 years, S3's limit)"),
+        ));
+    }
+    let mode = a.lock_mode.trim().to_ascii_uppercase();
+    if mode != "GOVERNANCE" && mode != "COMPLIANCE" {
+        return Err(ConfigError::invalid(
+            "BACKUP_LOCK_MODE",
+            format!("\"{}\" is not GOVERNANCE or COMPLIANCE", a.lock_mode),
+        ));
+    }
+    if !matches!(dest, Destination::S3 { .. }) {
+        return Err(ConfigError::invalid(
+            "BACKUP_LOCK_DAYS",
+            "needs an S3 destination: Object Lock is an S3 feature",
+        ));
+    }
+    Ok(Some(storage::s3::ObjectLock { mode, days }))
+}
+
 impl Store {
     pub fn resolve(a: &StoreArgs) -> Result<Store, ConfigError> {
         let stage = non_empty(a.stage.clone()).ok_or_else(|| {
@@ -58,6 +88,7 @@ impl Store {
             Some(m) if m == "AES256" || m == "aws:kms" || m == "aws:kms:dsse" => storage::s3::Sse {
                 mode: Some(m),
                 kms_key_id: non_empty(a.sse_kms_key_id.clone()),
+                ..Default::default()
             },
             Some(m) => {
                 return Err(ConfigError::invalid(
@@ -66,6 +97,8 @@ impl Store {
                 ))
             }
         };
+        let mut sse = sse;
+        sse.lock = object_lock(a, &dest)?;
         Ok(Store {
             dest,
             stage,

@@ -39,6 +39,33 @@ pub fn policy(k: &KeepArgs) -> Result<Policy, ConfigError> {
 pub struct Pruned {
     pub kept: usize,
     pub deleted: usize,
+    /// Would have been deleted, but the artifact or its manifest is under Object Lock.
+    pub locked: usize,
+}
+
+/// Why `e` cannot be deleted yet: its artifact or its manifest is retained or on legal hold.
+/// Both are checked before either is deleted, so a pair is only ever deleted whole. A lock
+/// state that cannot be read counts as locked: deleting blind could split a pair.
+async fn lock_of(storage: &Arc<dyn Storage>, e: &Entry) -> Option<String> {
+    let now = chrono::Utc::now();
+    let mut keys = vec![e.key.clone()];
+    if e.manifest.is_some() {
+        keys.push(e.manifest_key());
+    }
+    let mut why = Vec::new();
+    for k in keys {
+        let which = if k == e.key { "artifact" } else { "manifest" };
+        match storage.lock(&k).await {
+            Ok(Some(l)) => {
+                if let Some(d) = l.describe(now) {
+                    why.push(format!("{which} {d}"));
+                }
+            }
+            Ok(None) => {}
+            Err(err) => why.push(format!("{which} lock state unknown: {err}")),
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// Decides per series, prints one `keep|delete <key> (<reasons>)` line per artifact and,
@@ -89,12 +116,17 @@ pub async fn apply(
                 out.kept += 1;
                 lines.push_str(&format!("keep {} ({})\n", e.key, d.reasons.join(", ")));
             } else {
-                out.deleted += 1;
                 let why = if e.verified() == Some(false) {
                     "failed verification, older than the newest good backup"
                 } else {
                     "no keep rule matched"
                 };
+                if let Some(lock) = lock_of(storage, e).await {
+                    out.locked += 1;
+                    lines.push_str(&format!("locked {} ({why}; kept: {lock})\n", e.key));
+                    continue;
+                }
+                out.deleted += 1;
                 lines.push_str(&format!("delete {} ({why})\n", e.key));
                 doomed.push(e.key.clone());
                 if e.manifest.is_some() {
@@ -104,7 +136,7 @@ pub async fn apply(
         }
     }
     print!("{lines}");
-    tracing::info!(policy = %policy, kept = out.kept, deleted = out.deleted, dry_run, "prune");
+    tracing::info!(policy = %policy, kept = out.kept, deleted = out.deleted, locked = out.locked, dry_run, "prune");
     if !dry_run && !doomed.is_empty() {
         storage.delete(&doomed).await?;
     }

@@ -27,6 +27,9 @@ struct Status {
     /// Next three run times of whichever schedule exists, in its zone (UTC for the rule).
     next_runs: Vec<String>,
     recent_backups: Vec<String>,
+    /// Object Lock of the recent backups that have one, by key.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    locked: std::collections::BTreeMap<String, String>,
     /// Why backups could not be listed; the schedule part of the report is still useful.
     #[serde(skip_serializing_if = "Option::is_none")]
     backups_error: Option<String>,
@@ -83,7 +86,10 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         let mut store = a.store.clone();
         store.bucket = bucket.clone();
         match recent(&store).await {
-            Ok(keys) => st.recent_backups = keys,
+            Ok((keys, locked)) => {
+                st.recent_backups = keys;
+                st.locked = locked;
+            }
             Err(e) => st.backups_error = Some(format!("{e:#}")),
         }
         st.bucket = bucket;
@@ -159,13 +165,26 @@ async fn task(c: &Clients, stage: &str) -> anyhow::Result<Option<TaskStatus>> {
 }
 
 /// Newest artifact keys (manifests left out) under the stage prefix.
-async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Vec<String>> {
+type Recent = (Vec<String>, std::collections::BTreeMap<String, String>);
+
+async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Recent> {
     let store = Store::resolve(store)?;
     let storage = store.open().await?;
     let mut objects = storage.list(&store.stage_prefix()).await?;
     objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX));
     objects.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
-    Ok(objects.into_iter().take(RECENT).map(|o| o.key).collect())
+    let keys: Vec<String> = objects.into_iter().take(RECENT).map(|o| o.key).collect();
+    let mut locked = std::collections::BTreeMap::new();
+    for k in &keys {
+        if let Some(d) = storage
+            .lock(k)
+            .await?
+            .and_then(|l| l.describe(chrono::Utc::now()))
+        {
+            locked.insert(k.clone(), d);
+        }
+    }
+    Ok((keys, locked))
 }
 
 fn text(st: &Status) -> String {
@@ -220,7 +239,10 @@ fn text(st: &Status) -> String {
     if let Some(b) = &st.bucket {
         out += &format!("recent backups in {b}:\n");
         for k in &st.recent_backups {
-            out += &format!("  {k}\n");
+            match st.locked.get(k) {
+                Some(l) => out += &format!("  {k} (locked: {l})\n"),
+                None => out += &format!("  {k}\n"),
+            }
         }
         if let Some(e) = &st.backups_error {
             out += &format!("  cannot list backups: {e}\n");

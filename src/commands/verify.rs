@@ -67,6 +67,9 @@ struct Line<'a> {
     kind: &'static str,
     database: &'a str,
     details: &'a Value,
+    /// Object Lock on the artifact (`GOVERNANCE until ...`), so an operator sees it is safe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
 }
@@ -437,6 +440,13 @@ pub async fn check_and_report(v: &Verifier, entry: &Entry) -> anyhow::Result<boo
         kind: entry.parsed.kind.as_str(),
         database: &entry.parsed.database,
         details: &o.details,
+        locked: v
+            .storage
+            .lock(&entry.key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.describe(Utc::now())),
         error: o.error.as_deref(),
     };
     if o.ok {

@@ -53,6 +53,33 @@ pub struct ObjectInfo {
 
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
 
+/// S3 Object Lock state of an object's current version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LockInfo {
+    /// GOVERNANCE or COMPLIANCE.
+    pub mode: Option<String>,
+    pub retain_until: Option<DateTime<Utc>>,
+    pub legal_hold: bool,
+}
+
+impl LockInfo {
+    /// `GOVERNANCE until 2026-12-31T02:00:00Z`, `legal hold`, both, or `None` when unlocked.
+    pub fn describe(&self, now: DateTime<Utc>) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(t) = self.retain_until.filter(|t| *t > now) {
+            parts.push(format!(
+                "{} until {}",
+                self.mode.as_deref().unwrap_or("retained"),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        if self.legal_hold {
+            parts.push("legal hold".to_string());
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
 /// A write in progress. Parts arrive in order; their sizes follow [`Storage::part_size`].
 #[async_trait]
 pub trait Upload: Send {
@@ -80,6 +107,10 @@ pub trait Storage: Send + Sync {
     /// Every object under `prefix`, following pagination to the end.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+    /// Object Lock state of `key`; backends without Object Lock have none.
+    async fn lock(&self, _key: &str) -> Result<Option<LockInfo>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// Tuning shared by backends that upload in parts.

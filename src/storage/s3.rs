@@ -24,13 +24,39 @@ use tokio::task::JoinSet;
 
 use crate::config::ConfigError;
 
-use super::{ObjectInfo, PartPlan, Reader, Storage, StorageError, Upload};
+use super::{LockInfo, ObjectInfo, PartPlan, Reader, Storage, StorageError, Upload};
 
-/// Server-side encryption requested for every object we write.
+/// Server-side encryption (and Object Lock retention) requested for every object we write.
 #[derive(Debug, Clone, Default)]
 pub struct Sse {
     pub mode: Option<String>,
     pub kms_key_id: Option<String>,
+    /// Per-object retention (`BACKUP_LOCK_DAYS`); the bucket must have Object Lock enabled.
+    pub lock: Option<ObjectLock>,
+}
+
+/// Object Lock retention set on each object written: `mode` for `days` from the write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectLock {
+    /// GOVERNANCE or COMPLIANCE.
+    pub mode: String,
+    pub days: u32,
+}
+
+impl Sse {
+    fn lock_mode(&self) -> Option<aws_sdk_s3::types::ObjectLockMode> {
+        self.lock
+            .as_ref()
+            .map(|l| aws_sdk_s3::types::ObjectLockMode::from(l.mode.as_str()))
+    }
+
+    /// Counted from the request, so an upload that takes hours is still retained in full.
+    fn lock_until(&self) -> Option<aws_sdk_s3::primitives::DateTime> {
+        self.lock.as_ref().map(|l| {
+            let until = chrono::Utc::now() + chrono::Duration::days(i64::from(l.days));
+            aws_sdk_s3::primitives::DateTime::from_secs(until.timestamp())
+        })
+    }
 }
 
 pub struct S3Storage {
@@ -214,6 +240,8 @@ impl S3Upload {
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .set_server_side_encryption(self.sse.mode.as_deref().map(ServerSideEncryption::from))
             .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .set_object_lock_mode(self.sse.lock_mode())
+            .set_object_lock_retain_until_date(self.sse.lock_until())
             .send()
             .await
             .map_err(|e| err("create multipart upload", &self.key, e))?;
@@ -320,6 +348,8 @@ impl Upload for S3Upload {
                     self.sse.mode.as_deref().map(ServerSideEncryption::from),
                 )
                 .set_ssekms_key_id(self.sse.kms_key_id.clone())
+                .set_object_lock_mode(self.sse.lock_mode())
+                .set_object_lock_retain_until_date(self.sse.lock_until())
                 .body(ByteStream::from(body))
                 .send()
                 .await
@@ -433,6 +463,10 @@ impl Storage for S3Storage {
             .content_type(content_type)
             .set_server_side_encryption(self.sse_mode())
             .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .set_object_lock_mode(self.sse.lock_mode())
+            .set_object_lock_retain_until_date(self.sse.lock_until())
+            // S3 requires an integrity header on Object Lock puts.
+            .set_checksum_algorithm(self.sse.lock.as_ref().map(|_| ChecksumAlgorithm::Crc32))
             .body(ByteStream::from(body))
             .send()
             .await
@@ -467,6 +501,29 @@ impl Storage for S3Storage {
                 size: o.content_length().unwrap_or(0).max(0) as u64,
                 last_modified: o.last_modified().and_then(to_chrono),
             })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(err("head object", key, e)),
+        }
+    }
+
+    /// From HeadObject, which carries the lock headers only for callers allowed
+    /// s3:GetObjectRetention and s3:GetObjectLegalHold (the stack's task role is).
+    async fn lock(&self, key: &str) -> Result<Option<LockInfo>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(LockInfo {
+                mode: o.object_lock_mode().map(|m| m.as_str().to_string()),
+                retain_until: o.object_lock_retain_until_date().and_then(to_chrono),
+                legal_hold: o.object_lock_legal_hold_status()
+                    == Some(&aws_sdk_s3::types::ObjectLockLegalHoldStatus::On),
+            })
+            .filter(|l| l.mode.is_some() || l.retain_until.is_some() || l.legal_hold)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(err("head object", key, e)),
         }

@@ -14,6 +14,7 @@ mod encryption;
 mod faults;
 mod logs;
 mod notify;
+mod object_lock;
 mod restore_mongo;
 mod s3_faults;
 mod schedule_tz;
