@@ -346,6 +346,9 @@ impl Upload for S3Upload {
             .send()
             .await
             .map_err(|e| err("complete multipart upload", &self.key, e))?;
+        // Completed: nothing is left to abort (an abort now, e.g. from Drop, would only earn
+        // NoSuchUpload from S3; the contract checker flags such calls).
+        self.upload_id = None;
         self.closed = true;
         Ok(count)
     }

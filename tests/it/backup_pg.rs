@@ -2,6 +2,7 @@
 //! compression mode, the seed-compatible layout, multipart, secret hygiene, and failures that
 //! leave nothing behind.
 
+use crate::common::contract::Contract;
 use crate::common::*;
 
 const PASSWORD: &str = "p@ss:w/rd%#?&=";
@@ -129,7 +130,8 @@ fn large_database_goes_through_real_multipart() {
     // ~24 MB of incompressible bytes: with 5 MiB parts and no compression, at least 4 parts.
     pg.psql("big", "create table blobs as select g as id, decode(string_agg(md5(g::text || '-' || i), ''), 'hex') as b from generate_series(1, 1500) g, generate_series(1, 1000) i group by g");
     let bucket = moto().bucket("multipart");
-    let mut cmd = backhaul_moto();
+    let rec = Contract::start();
+    let mut cmd = rec.backhaul();
     cmd.arg("backup");
     pg_env(&mut cmd, &pg, "app", PASSWORD, "big");
     cmd.env("S3_BUCKET", &bucket)
@@ -147,6 +149,20 @@ fn large_database_goes_through_real_multipart() {
     assert_eq!(manifest["sha256"], sha256_hex(&object));
     assert_eq!(moto().multipart_uploads(&bucket), 0);
     restore_and_compare_one_table(&pg, &object);
+    rec.backhaul()
+        .args(["verify", "latest", "--stage", "prod", "--bucket", &bucket])
+        .assert()
+        .success();
+    // Every S3 request of the backup and the verify is one real S3 accepts (and none is made
+    // on an upload that was already completed).
+    rec.check(&[
+        "s3:CreateMultipartUpload",
+        "s3:UploadPart",
+        "s3:CompleteMultipartUpload",
+        "s3:PutObject",
+        "s3:ListObjectsV2",
+        "s3:GetObject",
+    ]);
 }
 
 fn restore_and_compare_one_table(pg: &Pg, object: &[u8]) {
@@ -248,7 +264,8 @@ fn pg_dump_killed_midway_aborts_the_multipart_upload() {
     pg.create_db("big");
     pg.psql("big", "create table blobs as select g as id, decode(string_agg(md5(g::text || '-' || i), ''), 'hex') as b from generate_series(1, 1500) g, generate_series(1, 1000) i group by g");
     let bucket = moto().bucket("killed");
-    let mut cmd = backhaul_moto();
+    let rec = Contract::start();
+    let mut cmd = rec.backhaul();
     cmd.arg("backup");
     pg_env(&mut cmd, &pg, "app", PASSWORD, "big");
     // 12 MB written before death: two 5 MiB parts are already uploading when it dies.
@@ -263,6 +280,7 @@ fn pg_dump_killed_midway_aborts_the_multipart_upload() {
         .env("REAL_PG_DUMP", pg.bin.join("pg_dump"))
         .env("DIE_AFTER_BYTES", "12000000");
     assert_failed_cleanly(&mut cmd, &bucket, "killed by signal 9");
+    rec.check(&["s3:CreateMultipartUpload", "s3:AbortMultipartUpload"]);
 }
 
 #[test]

@@ -566,8 +566,10 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         "print(client('secretsmanager').create_secret(Name='{stage}/pg', SecretString='{{}}')['ARN'])"
     ));
     let kms_key = py("print(client('kms').create_key()['KeyMetadata']['Arn'])");
-    let conf = moto().sdk_config();
-    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    // The stack is deployed through the recorder too: the template must be one real
+    // CloudFormation accepts (cfn-lint judges its content).
+    let rec = Contract::start();
+    let cfn = aws_sdk_cloudformation::Client::new(&rec.sdk_config());
     let template = std::fs::read_to_string(tests_dir().join("../infra/backhaul.yaml")).unwrap();
     let param = |k: &str, v: &str| {
         aws_sdk_cloudformation::types::Parameter::builder()
@@ -645,7 +647,6 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     .unwrap();
     assert_eq!(clusters.clusters().len(), 1, "{clusters:?}");
 
-    let rec = Contract::start();
     // A value the stack's task role does not allow is refused before anything is sent.
     let err = one_error_line(
         rec.backhaul().args([
@@ -721,6 +722,7 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     );
     assert_eq!(td.task_role_arn(), Some(output("TaskRoleArn").as_str()));
     rec.check(&[
+        "cloudformation:CreateStack",
         "cloudformation:DescribeStacks",
         "ecs:RegisterTaskDefinition",
         "events:PutRule",
