@@ -79,6 +79,24 @@ impl Store {
         storage::open(&self.dest, self.plan, self.sse.clone()).await
     }
 
+    /// For commands that only read what backups exist: a `file://` destination that does not
+    /// exist is a typo, not "no backups" (an empty listing with exit 0 would hide it).
+    pub async fn open_existing(&self) -> anyhow::Result<Arc<dyn Storage>> {
+        if let Destination::File { root } = &self.dest {
+            if !root.is_dir() {
+                return Err(ConfigError::invalid(
+                    "--dest",
+                    format!(
+                        "file://{} does not exist or is not a directory: name the directory the backups were written to",
+                        root.display()
+                    ),
+                )
+                .into());
+            }
+        }
+        self.open().await
+    }
+
     /// The artifact named by `key` (or `latest` matching `filter`) in this stage.
     pub async fn find(
         &self,

@@ -115,7 +115,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let store = Store::resolve(&args.store)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
     let policy = policy(&args.keep)?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     apply(&storage, &store, &policy, &filter, args.dry_run).await?;
     Ok(())
 }

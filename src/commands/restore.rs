@@ -182,7 +182,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         return run_mongo(args, store, filter, identities, rt).await;
     }
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let entry = store.find(&storage, &args.key, &filter).await?;
     if entry.parsed.kind == Kind::Mongo {
         return Err(RestoreError::WrongTarget {
@@ -235,7 +235,7 @@ async fn run_mongo(
         return Err(ConfigError::invalid("--jobs", "applies to PostgreSQL restores only").into());
     }
     let target = MongoTarget::resolve(&args.to, "RESTORE_TO", &args.mongo)?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let entry = store.find(&storage, &args.key, &filter).await?;
     if entry.parsed.kind != Kind::Mongo {
         return Err(RestoreError::WrongTarget {

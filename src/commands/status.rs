@@ -148,7 +148,7 @@ async fn task(c: &Clients, stage: &str) -> anyhow::Result<Option<TaskStatus>> {
 /// Newest artifact keys (manifests left out) under the stage prefix.
 async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Vec<String>> {
     let store = Store::resolve(store)?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let mut objects = storage.list(&store.stage_prefix()).await?;
     objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX));
     objects.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));

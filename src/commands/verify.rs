@@ -487,7 +487,7 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         ),
         None => (None, None),
     };
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let prefix = store.dest.key_prefix();
     let entries = match (key, since) {
         (Some(k), _) => {

@@ -32,6 +32,12 @@ const SCHED: &[&str] = &[
     "arn:aws:iam::123456789012:role/exec",
     "--events-role-arn",
     "arn:aws:iam::123456789012:role/events",
+    "--task-role-arn",
+    "arn:aws:iam::123456789012:role/task",
+    "--env",
+    "S3_BUCKET=acme-backups",
+    "--secret",
+    "POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
     "--dry-run",
 ];
 
@@ -142,6 +148,32 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         ),
         (&["restore", "latest"], &[]),
         (&["verify", "--since", "a week"], &[]),
+        // A file:// destination that does not exist is a typo, not "no backups".
+        (&["list", "--dest", "file:///no/such/dir"], &[]),
+        (&["verify", "latest", "--dest", "file:///no/such/dir"], &[]),
+        (
+            &["prune", "--keep-last", "3", "--dest", "file:///no/such/dir"],
+            &[],
+        ),
+        (
+            &[
+                "restore",
+                "latest",
+                "--to",
+                "postgresql://u@h/d",
+                "--dest",
+                "file:///no/such/dir",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "unschedule",
+                "--stage",
+                "a-stage-name-longer-than-fifty-five-characters-is-refused",
+            ],
+            &[],
+        ),
     ];
     let mut out: Vec<_> = fixed
         .into_iter()
@@ -161,7 +193,11 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         &["--env", "DB_PASSWORD=hunter22"],
         &["--env", "DATABASE_URL=postgresql://u:hunter22@db/app"],
         &["--env", "NOEQUALS"],
-        &["--secret", "POSTGRES_SECRET=hunter22"],
+        &["--secret", "POSTGRES_SECRET=hunter22!"],
+        &["--secret", "PG_DB_PASSWORD=arn:aws:secretsmanager:us-east-1:123456789012:secret:pg-hunter22:password"],
+        &["--ephemeral-storage-gib", "500"],
+        &["--env", "S3_BUCKET="],
+        &["--command", "backup --prune"],
     ] {
         let leaked: &'static [&'static str] = Box::leak(extra.to_vec().into_boxed_slice());
         out.push((sched(leaked), vec![("AWS_REGION", "us-east-1")]));
