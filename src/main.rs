@@ -14,6 +14,7 @@ mod logging;
 mod manifest;
 mod pipeline;
 mod progress;
+mod provenance;
 mod report;
 mod retention;
 mod schedule_expr;
@@ -26,26 +27,32 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
 use commands::{Interrupted, Reported, Runtime};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cmd = Cli::command();
+    let parsed = cmd
+        .clone()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) => return usage_error(e),
     };
+    let provenance = provenance::Provenance::from_matches(&cmd, &matches);
     logging::init(cli.log_format, &cli.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli, provenance))
 }
 
-async fn run(cli: Cli) -> ExitCode {
+async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
     let cancel = CancellationToken::new();
     let signal = Arc::new(AtomicI32::new(0));
     tokio::spawn(watch_signals(cancel.clone(), signal.clone()));
@@ -79,7 +86,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => exit_code(&e, signal.load(Ordering::SeqCst)),
+        Err(e) => exit_code(&e, signal.load(Ordering::SeqCst), &provenance),
     }
 }
 
@@ -112,7 +119,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
+fn exit_code(e: &anyhow::Error, signal: i32, provenance: &provenance::Provenance) -> ExitCode {
     if e.downcast_ref::<Interrupted>().is_some() || signal != 0 {
         tracing::error!(signal, "stopped by signal; uploads aborted");
         return ExitCode::from(128 + signal.clamp(0, 127) as u8);
@@ -127,10 +134,12 @@ fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
     }
     // Configuration errors are written by us and never quote a secret (their hints show the
     // expected URL shape, which redaction would mangle); anything else may quote a URL.
-    if e.chain()
-        .any(|c| c.downcast_ref::<config::ConfigError>().is_some())
+    if let Some(c) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<config::ConfigError>())
     {
-        eprintln!("error: {e:#}");
+        // Named as the user gave it: the flag if typed, the variable if set.
+        eprintln!("error: {}", provenance.rewrite(&c.var, &format!("{e:#}")));
         ExitCode::from(2)
     } else {
         eprintln!("error: {}", secret::redact_urls(&format!("{e:#}")));

@@ -307,8 +307,14 @@ impl PgConn {
         userinfo.push('@');
         s.insert_str(authority_start, &userinfo);
         s.push('/');
-        s.push_str(&encode_component(database));
         let mut query: Vec<(String, String)> = Vec::new();
+        // A path of "." or ".." (even percent-encoded) is a dot segment that URL parsers
+        // normalise away; libpq also takes the database as a query parameter.
+        if database == "." || database == ".." {
+            query.push(("dbname".into(), database.to_string()));
+        } else {
+            s.push_str(&encode_component(database));
+        }
         if self.host.starts_with('/') {
             query.push(("host".into(), self.host.clone()));
             query.push(("port".into(), self.port.to_string()));
@@ -511,6 +517,22 @@ mod tests {
             c.url_for("main"),
             "postgresql://app@ep-aged-morning-26453078-pooler.us-east-2.aws.neon.tech:5432/main?options=endpoint%3Dep-aged-morning-26453078&sslmode=require"
         );
+    }
+
+    #[test]
+    fn dot_database_names_survive_the_url() {
+        for db in [".", "..", ".a", "a."] {
+            let conn = PgConn {
+                host: "h".into(),
+                port: 5432,
+                user: "u".into(),
+                password: None,
+                databases: vec![db.into()],
+                params: vec![],
+            };
+            let back = PgConn::parse_url(&conn.url_for(db)).unwrap();
+            assert_eq!(back.databases, vec![db.to_string()], "{}", conn.url_for(db));
+        }
     }
 
     #[test]
