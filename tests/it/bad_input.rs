@@ -96,6 +96,7 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         (&["backup"], &[("BACKUP_TIMEZONE", "Mars/Olympus")]),
         (&["backup"], &[("BACKUP_TIMEZONE", "+25:00")]),
         (&["backup"], &[("PG_COMPRESSION", "lz4")]),
+        (&["backup", "--compression", "gzip"], &[]),
         (&["backup"], &[("PG_ZSTD_LEVEL", "25")]),
         (&["backup"], &[("BACKUP_TIMEOUT", "soon")]),
         (&["backup"], &[("BACKUP_PARALLEL", "0")]),
