@@ -7,6 +7,7 @@ mod common;
 mod backup_mongo;
 mod backup_pg;
 mod bad_input;
+mod collisions;
 mod config_errors;
 mod data;
 mod ecs;
