@@ -132,7 +132,7 @@ pub async fn abort_incomplete(
             u.key,
             u.id,
             u.initiated.map(|t| t.to_rfc3339()).unwrap_or_default(),
-            u.bytes
+            u.bytes.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
         );
         if !dry_run {
             storage.abort_incomplete(u).await?;

@@ -35,8 +35,9 @@ struct Status {
 #[derive(Debug, Serialize, PartialEq)]
 struct IncompleteUploads {
     count: usize,
-    /// Bytes of the parts uploaded so far: what they cost until aborted.
-    bytes: u64,
+    /// Bytes of the parts uploaded so far: what they cost until aborted. `None` when the
+    /// server would not list some upload's parts.
+    bytes: Option<u64>,
     oldest_initiated: Option<DateTime<Utc>>,
 }
 
@@ -246,7 +247,7 @@ fn text(st: &Status) -> String {
                 out += &format!(
                     "incomplete uploads: {} ({} bytes in parts, oldest initiated {}); `backhaul prune --abort-incomplete-older-than 24h` aborts those older than a day\n",
                     u.count,
-                    u.bytes,
+                    u.bytes.map(|b| b.to_string()).unwrap_or_else(|| "unknown".into()),
                     u.oldest_initiated
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_else(|| "?".into())

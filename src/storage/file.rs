@@ -255,7 +255,7 @@ impl Storage for FileStorage {
                         key,
                         id: o.key,
                         initiated: o.last_modified,
-                        bytes: o.size,
+                        bytes: Some(o.size),
                     })
                 })
                 .collect();
@@ -369,7 +369,7 @@ mod tests {
         );
         let left = s.incomplete("prod/").await.unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
-        assert_eq!((left[0].key.as_str(), left[0].bytes), (KEY, 5));
+        assert_eq!((left[0].key.as_str(), left[0].bytes), (KEY, Some(5)));
         assert!(s.incomplete("dev/").await.unwrap().is_empty());
         s.abort_incomplete(&left[0]).await.unwrap();
         assert!(s.incomplete("").await.unwrap().is_empty());

@@ -81,8 +81,8 @@ pub struct Incomplete {
     /// Multipart upload id, or the temp file's key.
     pub id: String,
     pub initiated: Option<DateTime<Utc>>,
-    /// Bytes of the parts uploaded so far.
-    pub bytes: u64,
+    /// Bytes of the parts uploaded so far; `None` when the server would not say.
+    pub bytes: Option<u64>,
 }
 
 /// A random id for this process, recorded with every object it creates. When a create-only

@@ -17,3 +17,4 @@ mod notify;
 mod restore_mongo;
 mod s3_faults;
 mod secret_hygiene;
+mod soak;
