@@ -33,7 +33,7 @@ use crate::secret::Secret;
 use crate::source::child::ChildProc;
 use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
-use crate::storage::{Storage, Upload};
+use crate::storage::{Storage, StorageError, Upload};
 
 /// One artifact to produce.
 #[derive(Debug, Clone, Serialize)]
@@ -547,6 +547,18 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
         .put_new(&t.manifest_key, m.to_bytes(), "application/json")
         .await
     {
+        if let StorageError::Exists(_) = e {
+            // Another run's manifest: the store let both runs create the artifact (it does
+            // not enforce If-None-Match atomically, as moto does not under a close race), so
+            // the object is now ours and the manifest theirs. Deleting would leave their
+            // manifest with nothing at all; `verify` reports the ETag mismatch instead.
+            return Err(anyhow::Error::from(e)
+                .context(format!(
+                    "writing the manifest: the store let two runs create {} (no atomic If-None-Match); the object is this run's, the manifest another's, and `verify` will fail it",
+                    t.key
+                ))
+                .into());
+        }
         // An artifact without its manifest cannot be verified: do not leave it looking done.
         // The artifact is ours (we just created it), so removing it touches no other run.
         let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;

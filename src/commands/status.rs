@@ -259,3 +259,48 @@ fn text(st: &Status) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(key: &str, secs: i64, bytes: Option<u64>) -> Incomplete {
+        Incomplete {
+            key: key.into(),
+            id: format!("id-{key}"),
+            initiated: DateTime::from_timestamp(secs, 0),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn leftovers_are_counted_sized_and_dated() {
+        let st = Status {
+            stage: "prod".into(),
+            bucket: Some("b".into()),
+            incomplete_uploads: Some(IncompleteUploads::of(&[
+                upload("prod/a", 2_000, Some(5 << 20)),
+                upload("prod/b", 1_000, Some(1)),
+            ])),
+            ..Status::default()
+        };
+        let u = st.incomplete_uploads.as_ref().unwrap();
+        assert_eq!((u.count, u.bytes), (2, Some((5 << 20) + 1)));
+        assert_eq!(u.oldest_initiated, DateTime::from_timestamp(1_000, 0));
+        let shown = text(&st);
+        assert!(
+            shown.contains("incomplete uploads: 2 (5242881 bytes in parts, oldest initiated 1970-01-01T00:16:40+00:00)"),
+            "{shown}"
+        );
+        // One unsizable upload makes the total unknown rather than wrong.
+        let unknown =
+            IncompleteUploads::of(&[upload("prod/a", 1, None), upload("prod/b", 2, Some(3))]);
+        assert_eq!(unknown.bytes, None);
+        let none = Status {
+            bucket: Some("b".into()),
+            incomplete_uploads: Some(IncompleteUploads::of(&[])),
+            ..Status::default()
+        };
+        assert!(text(&none).contains("incomplete uploads: none"));
+    }
+}

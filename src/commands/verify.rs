@@ -75,13 +75,19 @@ impl Verifier {
     pub async fn verify(&self, entry: &Entry) -> Outcome {
         let mut details = Map::new();
         let sealed = crypto::is_encrypted(&entry.parsed.extension) && self.identities.is_none();
-        let res = match same_object(&self.storage, entry, &mut details).await {
-            Err(f) => Err(f),
-            Ok(()) => match entry.parsed.kind {
-                _ if sealed => self.verify_sealed(entry, &mut details).await,
-                Kind::Mongo => self.verify_mongo(entry, &mut details).await,
-                Kind::Postgres => self.verify_pg(entry, &mut details).await,
-            },
+        let identity = same_object(&self.storage, entry, &mut details).await;
+        let res = match identity {
+            Err(e @ Failure::Transient(_)) => Err(e),
+            identity => {
+                let content = match entry.parsed.kind {
+                    _ if sealed => self.verify_sealed(entry, &mut details).await,
+                    Kind::Mongo => self.verify_mongo(entry, &mut details).await,
+                    Kind::Postgres => self.verify_pg(entry, &mut details).await,
+                };
+                // A content failure is the more specific verdict; an object that is intact
+                // but not the manifest's still fails.
+                content.and(identity)
+            }
         };
         match res {
             Ok(()) => Outcome {
@@ -189,8 +195,8 @@ impl Verifier {
 
 /// The object under the key must be the one its manifest was written for (same ETag, and
 /// version on a versioned bucket): a checksum match alone would also pass an identical dump
-/// written by another run. Manifests without an ETag (file backend, older manifests) rely
-/// on the checksum alone.
+/// written over it by another writer. Manifests without an ETag (file backend, older
+/// manifests) rely on the checksum alone. Recorded in `details.object`.
 async fn same_object(
     storage: &Arc<dyn Storage>,
     entry: &Entry,

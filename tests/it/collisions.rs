@@ -1,8 +1,13 @@
 //! Two runs, one key: two backups of the same target started in the same second derive the
-//! same key. S3's conditional create (`If-None-Match: *`, which moto enforces) lets exactly
-//! one of them write it; the other fails that target cleanly, and the object, its manifest
-//! and `verify` all agree on the winner. A lost answer to our own create is not mistaken for
-//! a collision.
+//! same key. S3's conditional create (`If-None-Match: *`) lets exactly one of them write it;
+//! the other fails that target cleanly, and the object, its manifest and `verify` all agree
+//! on the winner. A lost answer to our own create is not mistaken for a collision.
+//!
+//! moto enforces `If-None-Match` but by look-then-write (moto/s3/responses.py), so two
+//! creates arriving within the same few milliseconds can both pass its check (S3 serialises
+//! them). The second run's create therefore goes through a proxy that holds it back a
+//! little: both runs still start together and race for the key, but moto sees the creates
+//! one after the other, as S3 would order them.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,10 +55,11 @@ pub fn start_of_next_second() {
     std::thread::sleep(Duration::from_secs(1) - into + Duration::from_millis(20));
 }
 
-fn spawn_backup(env: &[(&'static str, String)]) -> std::process::Child {
+fn spawn_backup(env: &[(&'static str, String)], endpoint: &str) -> std::process::Child {
     let mut cmd: Command = backhaul_std();
     cmd.arg("backup")
         .envs(env.iter().cloned())
+        .env("AWS_ENDPOINT_URL", endpoint)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -72,14 +78,24 @@ fn one_line(out: &Output) -> serde_json::Value {
 }
 
 /// Starts two backups of `db` together until a pair collides on the key (a pair that
-/// straddles a second boundary does not, and is retried), and checks the outcome.
-fn two_runs_one_key(db: &str, hint: &str) {
+/// straddles a second boundary does not, and is retried), and checks the outcome. `create`
+/// is the request that creates the artifact; the second run's is held back 2 s.
+fn two_runs_one_key(db: &str, create: (&'static str, &'static str), hint: &str) {
     let pg = cluster();
     let bucket = moto().bucket(hint);
     let env = backup_env(&pg, &bucket, "prod", db);
     for _attempt in 0..5 {
+        let (method, query) = create;
+        let hold = Fault::Delay {
+            first: 1,
+            by: Duration::from_secs(2),
+        };
+        let proxy = FaultProxy::start(&moto().endpoint, vec![Rule::new(method, query, hold)]);
         start_of_next_second();
-        let (a, b) = (spawn_backup(&env), spawn_backup(&env));
+        let (a, b) = (
+            spawn_backup(&env, &moto().endpoint),
+            spawn_backup(&env, &proxy.endpoint()),
+        );
         let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
         let (la, lb) = (one_line(&a), one_line(&b));
         if la["key"] != lb["key"] {
@@ -133,12 +149,12 @@ fn two_runs_one_key(db: &str, hint: &str) {
 
 #[test]
 fn same_second_backups_one_put_object_wins() {
-    two_runs_one_key("small", "onekey-put");
+    two_runs_one_key("small", ("PUT", "x-id=PutObject"), "onekey-put");
 }
 
 #[test]
 fn same_second_backups_one_multipart_completion_wins() {
-    two_runs_one_key("mid", "onekey-mpu");
+    two_runs_one_key("mid", ("POST", "uploadId="), "onekey-mpu");
 }
 
 /// A create whose answer is lost is retried by the SDK and refused (the key now exists):
@@ -186,12 +202,26 @@ fn lost_completion_answer_is_recognised_as_ours() {
     );
 }
 
-/// A manifest that does not describe the object beside it fails `verify`, and says so
-/// before any checksum is computed.
+/// A manifest that does not describe the object beside it fails `verify`, even when the
+/// bytes are identical (same checksum, same MD5 ETag): on a versioned bucket the rewrite is
+/// a new version, which the manifest's recorded version id tells apart.
 #[test]
 fn verify_rejects_a_manifest_for_another_object() {
     let pg = cluster();
     let bucket = moto().bucket("onekey-etag");
+    block_on(
+        moto()
+            .s3()
+            .put_bucket_versioning()
+            .bucket(&bucket)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
     let out = backhaul_moto()
         .arg("backup")
         .envs(backup_env(&pg, &bucket, "prod", "small"))
@@ -199,17 +229,22 @@ fn verify_rejects_a_manifest_for_another_object() {
         .success();
     let line = one_line(out.get_output());
     let key = line["key"].as_str().unwrap();
-    // Another writer (not backhaul: it would be refused) replaces the object.
-    let mut changed = moto().get(&bucket, key);
-    changed.extend_from_slice(b"tail");
-    moto().put(&bucket, key, changed);
-    let out = backhaul_moto()
-        .env("S3_BUCKET", &bucket)
-        .env("STAGE", "prod")
-        .args(["verify", key])
-        .assert()
-        .code(1);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&moto().get(&bucket, &format!("{key}.manifest.json"))).unwrap();
+    assert!(manifest["version_id"].is_string(), "{manifest}");
+    let verify = || {
+        backhaul_moto()
+            .env("S3_BUCKET", &bucket)
+            .env("STAGE", "prod")
+            .args(["verify", key])
+            .assert()
+    };
+    verify().success();
+    // Another writer (not backhaul: it would be refused) writes the same bytes again.
+    moto().put(&bucket, key, moto().get(&bucket, key));
+    let out = verify().code(1);
     let lines = summaries(&out.get_output().stdout);
+    assert_eq!(lines[0]["details"]["checksum"], "ok", "{lines:?}");
     assert_eq!(lines[0]["details"]["object"], "mismatch", "{lines:?}");
     assert!(
         lines[0]["error"]
