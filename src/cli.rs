@@ -364,6 +364,11 @@ pub struct PruneArgs {
     /// Print what would be kept and deleted, with reasons, and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also abort writes under the stage that never finished (multipart uploads of killed
+    /// runs; temp files on a file:// destination) begun more than this long ago (24h, 90m).
+    /// Without --keep-* rules, only this is done.
+    #[arg(long, env = "PRUNE_ABORT_INCOMPLETE_OLDER_THAN")]
+    pub abort_incomplete_older_than: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }

@@ -31,6 +31,14 @@ pub struct Manifest {
     /// SHA-256 of the stored object, hex.
     pub sha256: String,
     pub parts: u32,
+    /// The stored object's ETag as S3 reported it on creation (absent on the file backend and
+    /// in manifests from before it was recorded). `verify` compares it with the object's
+    /// current ETag, so a manifest never vouches for an object another run wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The object's version on a versioned bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
     pub source: SourceInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,

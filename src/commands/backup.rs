@@ -33,7 +33,7 @@ use crate::secret::Secret;
 use crate::source::child::ChildProc;
 use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
-use crate::storage::{Storage, Upload};
+use crate::storage::{Storage, StorageError, Upload};
 
 /// One artifact to produce.
 #[derive(Debug, Clone, Serialize)]
@@ -507,16 +507,15 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
             return Err(e);
         }
     };
-    let parts = match upload.finish().await {
-        Ok(parts) => parts,
+    let stored = match upload.finish().await {
+        Ok(stored) => stored,
         Err(e) => {
-            // A part that failed late, or CompleteMultipartUpload itself failing, leaves the
-            // multipart upload open: abort it here rather than trust the background abort in
-            // the upload's Drop, which the process may exit before running.
-            // If S3 completed the upload but the answer was lost, the object exists: remove it,
-            // an artifact without a manifest must not look like a backup.
+            // A part that failed late, or CompleteMultipartUpload itself failing or refused
+            // (the key is taken), leaves the multipart upload open: abort it here rather than
+            // trust the background abort in the upload's Drop, which the process may exit
+            // before running. Nothing is deleted: whatever is under the key now is not ours
+            // (the storage recognises our own object behind a lost answer as success).
             abort_upload(upload.as_mut(), &t.key).await;
-            let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
             return Err(anyhow::Error::from(e).into());
         }
     };
@@ -536,17 +535,32 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
         raw_bytes: stats.raw_bytes,
         stored_bytes: stats.stored_bytes,
         sha256: stats.sha256,
-        parts,
+        parts: stored.parts,
+        etag: stored.etag,
+        version_id: stored.version_id,
         source,
         encryption: job.encrypt.as_ref().map(Recipients::manifest),
         verification: None,
     };
     if let Err(e) = job
         .storage
-        .put_bytes(&t.manifest_key, m.to_bytes(), "application/json")
+        .put_new(&t.manifest_key, m.to_bytes(), "application/json")
         .await
     {
+        if let StorageError::Exists(_) = e {
+            // Another run's manifest: the store let both runs create the artifact (it does
+            // not enforce If-None-Match atomically, as moto does not under a close race), so
+            // the object is now ours and the manifest theirs. Deleting would leave their
+            // manifest with nothing at all; `verify` reports the ETag mismatch instead.
+            return Err(anyhow::Error::from(e)
+                .context(format!(
+                    "writing the manifest: the store let two runs create {} (no atomic If-None-Match); the object is this run's, the manifest another's, and `verify` will fail it",
+                    t.key
+                ))
+                .into());
+        }
         // An artifact without its manifest cannot be verified: do not leave it looking done.
+        // The artifact is ours (we just created it), so removing it touches no other run.
         let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
         return Err(anyhow::Error::from(e)
             .context("writing the manifest")

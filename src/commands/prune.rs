@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::common::Store;
+use super::common::{self, Store};
 use super::restore::filter;
 use crate::catalog::{self, Entry, Filter};
 use crate::cli::{KeepArgs, PruneArgs};
-use crate::config::ConfigError;
+use crate::config::{non_empty, ConfigError};
 use crate::layout::Kind;
 use crate::retention::{self, Item, Policy};
-use crate::storage::Storage;
+use crate::storage::{Incomplete, Storage};
 
 pub fn policy(k: &KeepArgs) -> Result<Policy, ConfigError> {
     let p = Policy {
@@ -111,11 +111,54 @@ pub async fn apply(
     Ok(out)
 }
 
+/// Aborts the stage's writes that never finished and began before `older_than` ago; prints
+/// one `abort <key> (...)` line each. Recent ones may be a backup still running: left alone.
+pub async fn abort_incomplete(
+    storage: &Arc<dyn Storage>,
+    store: &Store,
+    older_than: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Incomplete>> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than)?;
+    let old: Vec<Incomplete> = storage
+        .incomplete(&store.stage_prefix())
+        .await?
+        .into_iter()
+        .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
+        .collect();
+    for u in &old {
+        println!(
+            "abort {} (incomplete upload {}, initiated {}, {} bytes)",
+            u.key,
+            u.id,
+            u.initiated.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            u.bytes.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
+        );
+        if !dry_run {
+            storage.abort_incomplete(u).await?;
+        }
+    }
+    tracing::info!(aborted = old.len(), dry_run, "incomplete uploads");
+    Ok(old)
+}
+
 pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let store = Store::resolve(&args.store)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
-    let policy = policy(&args.keep)?;
+    let abort_older = non_empty(args.abort_incomplete_older_than.clone())
+        .map(|d| common::parse_duration(&d, "--abort-incomplete-older-than"))
+        .transpose()?;
+    let policy = match (policy(&args.keep), abort_older) {
+        (Ok(p), _) => Some(p),
+        (Err(_), Some(_)) => None,
+        (Err(e), None) => return Err(e.into()),
+    };
     let storage = store.open_existing().await?;
-    apply(&storage, &store, &policy, &filter, args.dry_run).await?;
+    if let Some(policy) = policy {
+        apply(&storage, &store, &policy, &filter, args.dry_run).await?;
+    }
+    if let Some(d) = abort_older {
+        abort_incomplete(&storage, &store, d, args.dry_run).await?;
+    }
     Ok(())
 }

@@ -75,10 +75,19 @@ impl Verifier {
     pub async fn verify(&self, entry: &Entry) -> Outcome {
         let mut details = Map::new();
         let sealed = crypto::is_encrypted(&entry.parsed.extension) && self.identities.is_none();
-        let res = match entry.parsed.kind {
-            _ if sealed => self.verify_sealed(entry, &mut details).await,
-            Kind::Mongo => self.verify_mongo(entry, &mut details).await,
-            Kind::Postgres => self.verify_pg(entry, &mut details).await,
+        let identity = same_object(&self.storage, entry, &mut details).await;
+        let res = match identity {
+            Err(e @ Failure::Transient(_)) => Err(e),
+            identity => {
+                let content = match entry.parsed.kind {
+                    _ if sealed => self.verify_sealed(entry, &mut details).await,
+                    Kind::Mongo => self.verify_mongo(entry, &mut details).await,
+                    Kind::Postgres => self.verify_pg(entry, &mut details).await,
+                };
+                // A content failure is the more specific verdict; an object that is intact
+                // but not the manifest's still fails.
+                content.and(identity)
+            }
         };
         match res {
             Ok(()) => Outcome {
@@ -182,6 +191,38 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// The object under the key must be the one its manifest was written for (same ETag, and
+/// version on a versioned bucket): a checksum match alone would also pass an identical dump
+/// written over it by another writer. Manifests without an ETag (file backend, older
+/// manifests) rely on the checksum alone. Recorded in `details.object`.
+async fn same_object(
+    storage: &Arc<dyn Storage>,
+    entry: &Entry,
+    details: &mut Map<String, Value>,
+) -> Result<(), Failure> {
+    let Some(m) = entry.manifest.as_ref().filter(|m| m.etag.is_some()) else {
+        return Ok(());
+    };
+    let info = storage
+        .head(&entry.key)
+        .await
+        .map_err(|e| Failure::Transient(e.into()))?
+        .ok_or_else(|| Failure::Artifact(format!("{} does not exist", entry.key)))?;
+    let version_ok = m.version_id.is_none() || info.version_id == m.version_id;
+    if info.etag == m.etag && version_ok {
+        details.insert("object".into(), json!("ok"));
+        return Ok(());
+    }
+    details.insert("object".into(), json!("mismatch"));
+    Err(Failure::Mismatch(format!(
+        "the object is not the one its manifest describes: ETag {} version {}, manifest says ETag {} version {}",
+        info.etag.as_deref().unwrap_or("none"),
+        info.version_id.as_deref().unwrap_or("none"),
+        m.etag.as_deref().unwrap_or("none"),
+        m.version_id.as_deref().unwrap_or("none"),
+    )))
 }
 
 /// What the manifest promises; an artifact without one cannot be verified. Records the
