@@ -6,6 +6,7 @@
 //! The URI holds the password, so it never goes into argv: the real tools would show it in
 //! `ps`. It is written to a 0600 temp file that lives exactly as long as the child.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub enum MongoError {
     BadPath(String),
     #[error("cannot read the version of {path}: {message}")]
     Version { path: String, message: String },
+    #[error("{path} is version {version}; backhaul needs the MongoDB Database Tools {MIN_TOOLS_VERSION} or newer (for --config): upgrade them")]
+    TooOld { path: String, version: String },
     #[error("no mongorestore found: install the MongoDB Database Tools or set MONGORESTORE_PATH")]
     NoMongorestore,
     #[error("MONGORESTORE_PATH {0} does not exist or is not executable")]
@@ -41,8 +44,14 @@ pub enum MongoError {
         free_mib: u64,
         min_mib: u64,
     },
-    #[error("mongodump wrote nothing for database {0}")]
+    #[error("mongodump found no collections in {0}: the database is missing or misspelled (pass --allow-empty / MONGO_ALLOW_EMPTY=true if an empty backup is expected)")]
     Empty(String),
+    #[error("{0}: truncated BSON (a document's length runs past the end)")]
+    TruncatedBson(String),
+    #[error("reading the dump tree: {0}")]
+    Tree(io::Error),
+    #[error("not a mongodump archive: {0}")]
+    BadArchive(String),
     #[error(transparent)]
     Child(#[from] ChildError),
 }
@@ -56,6 +65,7 @@ impl MongoError {
                 | MongoError::BadPath(_)
                 | MongoError::NoMongorestore
                 | MongoError::BadRestorePath(_)
+                | MongoError::TooOld { .. }
         )
     }
 }
@@ -74,7 +84,7 @@ impl MongoTools {
             Some(p) => return Err(MongoError::BadPath(p.display().to_string())),
             None => on_path("mongodump").ok_or(MongoError::NoMongodump)?,
         };
-        let version = tool_version(&path).await?;
+        let version = checked_version(&path).await?;
         Ok(MongoTools {
             mongodump: path,
             version,
@@ -125,6 +135,37 @@ pub fn parse_tool_version(out: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The oldest tools with `--config`, the only way backhaul hands them the password.
+pub const MIN_TOOLS_VERSION: &str = "100.3.0";
+
+/// Whether a `--version` number is at least [`MIN_TOOLS_VERSION`]; a number that does not
+/// parse is taken as new enough (pre-release builds), the tool itself then decides.
+pub fn version_supported(version: &str) -> bool {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.trim_start_matches('v')
+            .split(['.', '-', '+'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    match (parse(version), parse(MIN_TOOLS_VERSION)) {
+        (Some(v), Some(min)) => v >= min,
+        _ => true,
+    }
+}
+
+/// The tool's version, refused when it is older than [`MIN_TOOLS_VERSION`].
+pub async fn checked_version(path: &Path) -> Result<String, MongoError> {
+    let version = tool_version(path).await?;
+    if !version_supported(&version) {
+        return Err(MongoError::TooOld {
+            path: path.display().to_string(),
+            version,
+        });
+    }
+    Ok(version)
+}
+
 async fn tool_version(path: &Path) -> Result<String, MongoError> {
     let out = child::command(path)
         .arg("--version")
@@ -145,6 +186,7 @@ async fn tool_version(path: &Path) -> Result<String, MongoError> {
 /// Registers the URI and its password (both encoded and decoded) as secrets.
 pub fn add_secrets(conn: &MongoConn, redactor: &mut Redactor) {
     redactor.add(&conn.uri);
+    redactor.add(&conn.tool_uri);
     if let Some(pw) = conn.password() {
         redactor.add(&pw);
     }
@@ -166,25 +208,68 @@ pub fn write_config(conn: &MongoConn) -> Result<NamedTempFile, MongoError> {
     // tempfile default, since mongodump would otherwise read a world-readable password.
     std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600))
         .map_err(MongoError::ConfigFile)?;
-    writeln!(f, "uri: {}", yaml_quote(conn.uri.expose())).map_err(MongoError::ConfigFile)?;
+    writeln!(f, "uri: {}", yaml_quote(conn.tool_uri.expose())).map_err(MongoError::ConfigFile)?;
     f.flush().map_err(MongoError::ConfigFile)?;
     Ok(f)
 }
 
-/// mongodump with the connection and database set; the caller adds the output mode.
+/// mongodump with the connection and database set (`None`: everything the URI selects); the
+/// caller adds the output mode.
 fn dump_command(
     tools: &MongoTools,
     config: &Path,
-    database: &str,
+    database: Option<&str>,
     extra_args: &[String],
 ) -> tokio::process::Command {
     let mut cmd = child::command(&tools.mongodump);
-    cmd.arg("--config").arg(config).arg("--db").arg(database);
+    cmd.arg("--config").arg(config);
+    if let Some(db) = database {
+        cmd.arg("--db").arg(db);
+    }
     cmd.args(extra_args);
     cmd
 }
 
+/// mongodump options that clash with what backhaul sets, or that cannot work with it, as the
+/// one-line reason. `dumps_one_db`: mongodump gets `--db`.
+pub fn refused_dump_arg(args: &[String], zip_mode: bool, dumps_one_db: bool) -> Option<String> {
+    for a in args {
+        let name = a.split('=').next().unwrap_or(a);
+        let why = match name {
+            "--uri" | "--config" | "--host" | "-h" | "--port" | "--username" | "-u"
+            | "--password" | "-p" => "backhaul passes the connection itself (from MONGO_CONNECTION_STRING, through a private --config file)",
+            "--db" | "-d" => "name the databases with MONGO_DB_NAME",
+            "--out" | "-o" | "--archive" => "backhaul chooses the output (MONGO_FORMAT)",
+            "--oplog" if dumps_one_db => "mongodump refuses --oplog with --db: set MONGO_SCOPE=uri with a URI that names no database to dump everything with the oplog",
+            "--gzip" if zip_mode => "in zip mode it writes .bson.gz files that a restore without --gzip silently skips; use MONGO_FORMAT=archive (always gzipped)",
+            "--quiet" => "backhaul reads mongodump's per-collection log lines to count documents",
+            _ => continue,
+        };
+        return Some(format!("{a} is not allowed: {why}"));
+    }
+    None
+}
+
+/// mongodump's `done dumping shop.users (2 documents)` lines.
+fn is_done_dumping(line: &str) -> bool {
+    line.contains("done dumping ")
+}
+
+/// Documents per namespace from mongodump's `done dumping <ns> (<n> document[s])` lines.
+pub fn dumped_counts(lines: &[String]) -> BTreeMap<String, u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("done dumping ")? + "done dumping ".len()..];
+            let (ns, n) = rest.rsplit_once(" (")?;
+            let n = n.split(' ').next()?.parse().ok()?;
+            Some((ns.to_string(), n))
+        })
+        .collect()
+}
+
 /// A running `mongodump --archive --gzip` and the config file it reads (kept until it exits).
+/// Its `done dumping` lines are kept: [`dumped_counts`] reads them.
 pub struct ArchiveDump {
     pub child: ChildProc,
     pub config: NamedTempFile,
@@ -194,14 +279,14 @@ pub struct ArchiveDump {
 pub fn spawn_archive(
     tools: &MongoTools,
     conn: &MongoConn,
-    database: &str,
+    database: Option<&str>,
     extra_args: &[String],
     redactor: Redactor,
 ) -> Result<ArchiveDump, MongoError> {
     let config = write_config(conn)?;
     let mut cmd = dump_command(tools, config.path(), database, extra_args);
     cmd.args(["--archive", "--gzip"]).stdout(Stdio::piped());
-    let child = ChildProc::spawn("mongodump", cmd, redactor)?;
+    let child = ChildProc::spawn_keeping("mongodump", cmd, redactor, is_done_dumping)?;
     Ok(ArchiveDump { child, config })
 }
 
@@ -256,7 +341,7 @@ pub fn private_dir(work_dir: &Path, prefix: &str) -> Result<TempDir, MongoError>
 pub async fn dump_to_dir(
     tools: &MongoTools,
     conn: &MongoConn,
-    database: &str,
+    database: Option<&str>,
     extra_args: &[String],
     work_dir: &Path,
     redactor: Redactor,
@@ -269,15 +354,159 @@ pub async fn dump_to_dir(
     let waited = child.wait().await;
     drop(config);
     waited?;
-    if !has_files(&dir.path().join(database)) {
-        return Err(MongoError::Empty(database.to_string()));
-    }
     Ok(dir)
 }
 
-/// Real mongodump exits 0 and writes nothing for a database that does not exist.
-fn has_files(dir: &Path) -> bool {
-    walk(dir).map(|files| !files.is_empty()).unwrap_or(false)
+/// Documents per `db.collection` in a dump tree, from each `.bson` file's length prefixes:
+/// exact, and needs no BSON decoder. Other files (metadata, 100.12+'s `prelude.json`) are
+/// not collections.
+pub fn count_documents(root: &Path) -> Result<BTreeMap<String, u64>, MongoError> {
+    let mut out = BTreeMap::new();
+    let io_err = MongoError::Tree;
+    for (rel, path) in walk(root).map_err(io_err)? {
+        let Some(stem) = rel.strip_suffix(".bson") else {
+            continue;
+        };
+        let ns = stem.replacen('/', ".", 1);
+        let file = std::fs::File::open(&path).map_err(io_err)?;
+        out.insert(ns, count_bson(file, &rel)?);
+    }
+    Ok(out)
+}
+
+/// Counts concatenated BSON documents: each starts with its total length as a little-endian
+/// int32 (at least 5: the length itself plus the terminating NUL).
+fn count_bson(file: std::fs::File, name: &str) -> Result<u64, MongoError> {
+    use std::io::Read;
+    let truncated = || MongoError::TruncatedBson(name.to_string());
+    let len = file.metadata().map_err(|_| truncated())?.len();
+    let mut r = io::BufReader::new(file);
+    let (mut pos, mut n) = (0u64, 0u64);
+    while pos < len {
+        let mut prefix = [0u8; 4];
+        r.read_exact(&mut prefix).map_err(|_| truncated())?;
+        let size = i32::from_le_bytes(prefix);
+        if size < 5 || pos + size as u64 > len {
+            return Err(truncated());
+        }
+        r.seek_relative(i64::from(size) - 4)
+            .map_err(|_| truncated())?;
+        pos += size as u64;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Documents per `db.collection` in a (decompressed) mongodump archive: the prelude's
+/// collection list (so empty collections count as 0), then every namespace block's documents.
+/// Format: magic, header document, collection metadata documents, terminator; then blocks of
+/// a namespace header (`db`, `collection`, `EOF`) followed by documents and a terminator.
+pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
+    const MAGIC: u32 = 0x8199_e26d;
+    let bad = |m: &str| MongoError::BadArchive(m.to_string());
+    let mut word = [0u8; 4];
+    r.read_exact(&mut word).map_err(|_| bad("empty"))?;
+    if u32::from_le_bytes(word) != MAGIC {
+        return Err(bad("wrong magic number"));
+    }
+    let mut out = BTreeMap::new();
+    // The prelude block: its header, then one metadata document per collection.
+    read_doc_or_end(&mut r)?.ok_or_else(|| bad("no header"))?;
+    while let Some(doc) = read_doc_or_end(&mut r)? {
+        if let (Some(db), Some(coll)) = (bson_str(&doc, "db"), bson_str(&doc, "collection")) {
+            out.entry(format!("{db}.{coll}")).or_insert(0);
+        }
+    }
+    loop {
+        let header = match read_len(&mut r)? {
+            None => break, // clean end of the stream
+            Some(len) => read_doc_body(&mut r, len)?.ok_or_else(|| bad("empty block"))?,
+        };
+        let ns = match (bson_str(&header, "db"), bson_str(&header, "collection")) {
+            (Some(db), Some(coll)) => format!("{db}.{coll}"),
+            _ => return Err(bad("namespace header without db/collection")),
+        };
+        let mut n = 0u64;
+        while read_doc_or_end(&mut r)?.is_some() {
+            n += 1;
+        }
+        *out.entry(ns).or_insert(0) += n;
+    }
+    Ok(out)
+}
+
+/// The next int32 length, or `None` at a clean end of stream.
+fn read_len(r: &mut impl io::Read) -> Result<Option<i32>, MongoError> {
+    let mut word = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut word[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(MongoError::BadArchive("truncated".into())),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(MongoError::BadArchive(e.to_string())),
+        }
+    }
+    Ok(Some(i32::from_le_bytes(word)))
+}
+
+/// A document (with its length prefix), or `None` for the terminator (-1).
+fn read_doc_body(r: &mut impl io::Read, len: i32) -> Result<Option<Vec<u8>>, MongoError> {
+    if len == -1 {
+        return Ok(None);
+    }
+    if !(5..=64 << 20).contains(&len) {
+        return Err(MongoError::BadArchive(format!("bad document length {len}")));
+    }
+    let mut doc = vec![0u8; len as usize];
+    doc[..4].copy_from_slice(&len.to_le_bytes());
+    r.read_exact(&mut doc[4..])
+        .map_err(|_| MongoError::BadArchive("truncated".into()))?;
+    Ok(Some(doc))
+}
+
+fn read_doc_or_end(r: &mut impl io::Read) -> Result<Option<Vec<u8>>, MongoError> {
+    match read_len(r)? {
+        None => Err(MongoError::BadArchive("truncated".into())),
+        Some(len) => read_doc_body(r, len),
+    }
+}
+
+/// A top-level string field of a BSON document; enough to read archive headers.
+fn bson_str(doc: &[u8], key: &str) -> Option<String> {
+    let mut i = 4;
+    let le32 = |b: &[u8]| i32::from_le_bytes(b.try_into().ok()?).try_into().ok();
+    while i < doc.len().saturating_sub(1) {
+        let kind = doc[i];
+        let name_end = i + 1 + doc.get(i + 1..)?.iter().position(|&b| b == 0)?;
+        let name = std::str::from_utf8(&doc[i + 1..name_end]).ok()?;
+        let v = name_end + 1;
+        let size: usize = match kind {
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x02 | 0x0D | 0x0E => 4 + le32(doc.get(v..v + 4)?)?,
+            0x03 | 0x04 | 0x0F => le32(doc.get(v..v + 4)?)?,
+            0x05 => 5 + le32(doc.get(v..v + 4)?)?,
+            0x06 | 0x0A | 0x7F | 0xFF => 0,
+            0x07 => 12,
+            0x08 => 1,
+            0x0C => 4 + le32(doc.get(v..v + 4)?)? + 12,
+            0x10 => 4,
+            0x13 => 16,
+            0x0B => {
+                let a = doc.get(v..)?.iter().position(|&b| b == 0)? + 1;
+                a + doc.get(v + a..)?.iter().position(|&b| b == 0)? + 1
+            }
+            _ => return None,
+        };
+        if kind == 0x02 && name == key {
+            let len: usize = le32(doc.get(v..v + 4)?)?;
+            let bytes = doc.get(v + 4..v + 4 + len.checked_sub(1)?)?;
+            return String::from_utf8(bytes.to_vec()).ok();
+        }
+        i = v + size;
+    }
+    None
 }
 
 /// Every file under `root`, as (path relative to root with `/` separators, absolute path),
@@ -333,19 +562,32 @@ pub enum RestoreSource<'a> {
     ArchiveGz(&'a Path),
 }
 
-/// How mongorestore applies a dump of database `from` to database `to`.
+/// How mongorestore applies a dump holding `databases`.
 pub struct MongoRestoreOpts<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
+    /// The databases in the dump; only these are restored.
+    pub databases: &'a [String],
+    /// Restore the dump's one database under this name instead.
+    pub rename_to: Option<&'a str>,
     /// `--drop`: replace each collection the dump holds (backhaul's `--clean`).
     pub drop: bool,
 }
 
-/// An nsInclude/nsFrom pattern matching `s` literally: `*`, `$` and `\` are special there.
-fn ns_escape(s: &str) -> String {
+/// An `--nsInclude` pattern matching `s` literally: `*` is its wildcard, `\` its escape.
+fn include_escape(s: &str) -> String {
+    escape(s, &['*', '\\'])
+}
+
+/// An `--nsFrom`/`--nsTo` pattern matching `s` literally: there `$` delimits variables and
+/// `\` escapes, while `*` is an ordinary character (escaping it makes the pattern match
+/// nothing, and mongorestore then restores under the original name).
+fn rename_escape(s: &str) -> String {
+    escape(s, &['$', '\\'])
+}
+
+fn escape(s: &str, special: &[char]) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if matches!(c, '*' | '$' | '\\') {
+        if special.contains(&c) {
             out.push('\\');
         }
         out.push(c);
@@ -370,11 +612,14 @@ pub fn restore_args(source: &RestoreSource, opts: &MongoRestoreOpts) -> Vec<std:
             args.push("--gzip".into());
         }
     }
-    let from = ns_escape(opts.from);
-    args.push(format!("--nsInclude={from}.*").into());
-    if opts.from != opts.to {
-        args.push(format!("--nsFrom={from}.$coll$").into());
-        args.push(format!("--nsTo={}.$coll$", ns_escape(opts.to)).into());
+    for db in opts.databases {
+        args.push(format!("--nsInclude={}.*", include_escape(db)).into());
+    }
+    if let (Some(to), [from]) = (opts.rename_to, opts.databases) {
+        if from != to {
+            args.push(format!("--nsFrom={}.$coll$", rename_escape(from)).into());
+            args.push(format!("--nsTo={}.$coll$", rename_escape(to)).into());
+        }
     }
     if opts.drop {
         args.push("--drop".into());
@@ -383,24 +628,68 @@ pub fn restore_args(source: &RestoreSource, opts: &MongoRestoreOpts) -> Vec<std:
     args
 }
 
-/// Runs mongorestore to completion and returns its (redacted) stderr tail. The config file with
-/// the URI is removed once the child has exited, on every path.
+/// What mongorestore reported.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// `N document(s) restored successfully`, when printed.
+    pub total: Option<u64>,
+    /// `M document(s) failed to restore`, when printed.
+    pub failed: Option<u64>,
+    /// Documents per restored namespace, from `finished restoring <ns> (N documents, …)`.
+    pub collections: BTreeMap<String, u64>,
+}
+
+fn is_restore_report(line: &str) -> bool {
+    line.contains("finished restoring ") || line.contains(" document(s) restored successfully")
+}
+
+/// Reads mongorestore's summary lines.
+pub fn parse_restore_report(lines: &[String]) -> RestoreReport {
+    let mut r = RestoreReport::default();
+    let number_before = |s: &str| -> Option<u64> {
+        s.trim_end()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    for l in lines {
+        if let Some((head, tail)) = l.split_once(" document(s) restored successfully") {
+            r.total = number_before(head);
+            r.failed = tail
+                .split_once(" document(s) failed")
+                .and_then(|(h, _)| number_before(h));
+        } else if let Some(at) = l.find("finished restoring ") {
+            let rest = &l[at + "finished restoring ".len()..];
+            if let Some((ns, n)) = rest.rsplit_once(" (") {
+                if let Some(n) = n.split(' ').next().and_then(|n| n.parse().ok()) {
+                    r.collections.insert(ns.to_string(), n);
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Runs mongorestore to completion and returns what it reported. The config file with the URI
+/// is removed once the child has exited, on every path.
 pub async fn run_restore(
     mongorestore: &Path,
     conn: &MongoConn,
     source: &RestoreSource<'_>,
     opts: &MongoRestoreOpts<'_>,
     redactor: Redactor,
-) -> Result<Vec<String>, MongoError> {
+) -> Result<RestoreReport, MongoError> {
     let config = write_config(conn)?;
     let mut cmd = child::command(mongorestore);
     cmd.arg("--config")
         .arg(config.path())
         .args(restore_args(source, opts));
-    let child = ChildProc::spawn("mongorestore", cmd, redactor)?;
-    let waited = child.wait().await;
+    let child = ChildProc::spawn_keeping("mongorestore", cmd, redactor, is_restore_report)?;
+    let waited = child.wait_keeping().await;
     drop(config);
-    Ok(waited?)
+    let (_, kept) = waited?;
+    Ok(parse_restore_report(&kept))
 }
 
 #[cfg(test)]
@@ -430,8 +719,8 @@ mod tests {
         let args = restore_args(
             &RestoreSource::Dir(Path::new("/t/dump")),
             &MongoRestoreOpts {
-                from: "shop",
-                to: "sh*p2",
+                databases: &["sh*p".to_string()],
+                rename_to: Some("c$py"),
                 drop: true,
             },
         );
@@ -441,9 +730,9 @@ mod tests {
             vec![
                 "--dir",
                 "/t/dump",
-                "--nsInclude=shop.*",
-                "--nsFrom=shop.$coll$",
-                "--nsTo=sh\\*p2.$coll$",
+                "--nsInclude=sh\\*p.*",
+                "--nsFrom=sh*p.$coll$",
+                "--nsTo=c\\$py.$coll$",
                 "--drop",
                 "--stopOnError"
             ]

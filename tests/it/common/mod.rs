@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod mongod;
 pub mod proxy;
 
 pub fn free_port() -> u16 {
