@@ -82,7 +82,8 @@ pub struct MongoConn {
     pub uri: Secret,
     /// The URI the tools get: the database moved out of the path (the real tools copy a path
     /// database into `--db`, which then conflicts with ours or narrows a restore to one
-    /// folder) and `authSource` set to it, so the login database does not change.
+    /// folder) and, with credentials, an explicit `authSource` (the path's database, else
+    /// admin), because without one the tools log in to their `--db`.
     pub tool_uri: Secret,
     /// The database named in the URI's path.
     pub uri_database: Option<String>,
@@ -143,8 +144,16 @@ impl MongoConn {
                 .next()
                 .is_some_and(|k| k.eq_ignore_ascii_case("authSource"))
         });
-        // Only with credentials: the Go driver takes any authSource as a request to log in.
-        if let (Some(db), false, false) = (&uri_database, has_auth_source, userinfo.is_empty()) {
+        // The login database the URI means: its path's database, else admin (the driver's
+        // default; mongodb+srv takes it from DNS TXT). The tools would otherwise log in to
+        // their --db. Only with credentials: the Go driver takes any authSource as a request
+        // to log in.
+        let login_db = match (&uri_database, scheme) {
+            (Some(db), _) => Some(db.as_str()),
+            (None, "mongodb://") => Some("admin"),
+            (None, _) => None,
+        };
+        if let (Some(db), false, false) = (login_db, has_auth_source, userinfo.is_empty()) {
             let enc = percent_encoding::utf8_percent_encode(db, percent_encoding::NON_ALPHANUMERIC);
             params.push(format!("authSource={enc}"));
         }
@@ -281,6 +290,9 @@ mod tests {
         let c = MongoConn::resolve(&Secret::new("mongodb://h:1/db"), None).unwrap();
         assert!(c.password().is_none());
         assert_eq!(c.tool_uri.expose(), "mongodb://h:1/");
+        // Credentials without authSource log in to admin, as the driver would, not to --db.
+        let c = MongoConn::resolve(&Secret::new("mongodb://u:p@h:1"), Some("shop")).unwrap();
+        assert_eq!(c.tool_uri.expose(), "mongodb://u:p@h:1/?authSource=admin");
         // The login database stays the path's: it becomes authSource.
         let c = MongoConn::resolve(
             &Secret::new("mongodb://u:p@h:1/admin?replicaSet=rs"),

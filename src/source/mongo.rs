@@ -707,6 +707,90 @@ mod tests {
     }
 
     #[test]
+    fn version_floor_is_100_3_0() {
+        for (v, ok) in [
+            ("100.2.1", false),
+            ("100.3.0", true),
+            ("100.8.0", true),
+            ("100.16.1", true),
+            ("99.9.9", false),
+            ("r4.2.0", true),
+        ] {
+            assert_eq!(version_supported(v), ok, "{v}");
+        }
+    }
+
+    #[test]
+    fn refused_dump_args() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(refused_dump_arg(&args(&["--oplog"]), false, true).is_some());
+        assert!(refused_dump_arg(&args(&["--oplog"]), false, false).is_none());
+        assert!(refused_dump_arg(&args(&["--gzip"]), true, true).is_some());
+        assert!(refused_dump_arg(&args(&["--gzip"]), false, true).is_none());
+        assert!(refused_dump_arg(&args(&["--uri=mongodb://x"]), false, true).is_some());
+        assert!(refused_dump_arg(&args(&["--readPreference=secondary"]), true, true).is_none());
+    }
+
+    #[test]
+    fn tool_log_lines_are_read() {
+        let lines = vec![
+            "2024-01-01T00:00:00.000+0000\tdone dumping shop.users (2 documents)".to_string(),
+            "2024-01-01T00:00:00.000+0000\tdone dumping sh*p.a.b (1 document)".to_string(),
+        ];
+        let c = dumped_counts(&lines);
+        assert_eq!((c["shop.users"], c["sh*p.a.b"], c.len()), (2, 1, 2));
+        let r = parse_restore_report(&[
+            "t\tfinished restoring copy.a.b (3 documents, 0 failures)".to_string(),
+            "t\t1063 document(s) restored successfully. 2 document(s) failed to restore."
+                .to_string(),
+        ]);
+        assert_eq!((r.total, r.failed), (Some(1063), Some(2)));
+        assert_eq!(r.collections["copy.a.b"], 3);
+    }
+
+    /// A BSON document of string fields.
+    fn doc(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in fields {
+            body.push(0x02);
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&(v.len() as i32 + 1).to_le_bytes());
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        let mut out = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+        out.extend(body);
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn archive_documents_are_counted_per_namespace() {
+        let end = (-1i32).to_le_bytes();
+        let mut a = 0x8199_e26du32.to_le_bytes().to_vec();
+        a.extend(doc(&[("version", "0.1")]));
+        for c in ["a.b", "empty"] {
+            a.extend(doc(&[("db", "sh*p"), ("collection", c)]));
+        }
+        a.extend(end);
+        for _ in 0..2 {
+            // Interleaved blocks of one namespace add up.
+            a.extend(doc(&[("db", "sh*p"), ("collection", "a.b")]));
+            a.extend(doc(&[("x", "1")]));
+            a.extend(doc(&[("x", "2")]));
+            a.extend(end);
+        }
+        a.extend(doc(&[("db", "sh*p"), ("collection", "a.b")]));
+        a.extend(end);
+        let counts = archive_counts(&a[..]).unwrap();
+        assert_eq!(counts["sh*p.a.b"], 4);
+        assert_eq!(counts["sh*p.empty"], 0);
+        assert!(archive_counts(&a[..a.len() - 6]).is_err(), "truncated");
+        assert!(archive_counts(&b"not an archive"[..]).is_err());
+    }
+
+    #[test]
     fn yaml_quoting_escapes_quotes_and_backslashes() {
         assert_eq!(
             yaml_quote(r#"mongodb://u:a"b\c@h/"#),

@@ -194,6 +194,16 @@ fn uri_naming_a_database_is_the_login_database_and_the_restore_target() {
         assert_same_database(&target.database("copy"), &source.database("shop"));
     }
 
+    // No database and no authSource: the driver logs in to admin, and so must the tools
+    // (left alone, mongodump logs in to its --db).
+    backed_up(backup(
+        &bucket,
+        work.path(),
+        &source.uri(Some(&userinfo()), ""),
+        Some("shop"),
+        "zip",
+    ));
+
     // Without MONGO_DB_NAME the URI's database is the scope and the login database.
     let own = Mongod::start(MongodOpts {
         auth: Some((USER, PASSWORD)),

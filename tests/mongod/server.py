@@ -347,11 +347,7 @@ class Connection:
         if getattr(scram, "finished", False):
             return {"conversationId": cmd["conversationId"], "done": True, "payload": b"",
                     "ok": 1.0}
-        try:
-            final = scram.finish(payload)
-        except CommandError:
-            log("authentication failed")
-            raise
+        final = scram.finish(payload)
         scram.finished = True
         self.authed = True
         return {"conversationId": cmd["conversationId"], "done": True, "payload": final,
