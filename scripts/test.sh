@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 bash tests/standins/selfcheck.sh >/dev/null
 echo "stand-in mongodump: self-check passed" >&2
+"${BACKHAUL_VENV:-/opt/backhaul-venv}/bin/python" tests/mongod/selfcheck.py >/dev/null
+echo "test mongod with the real mongo tools: self-check passed" >&2
 # Two test threads: each integration test runs its own PostgreSQL cluster.
 cargo test --locked -- --test-threads="${BACKHAUL_TEST_THREADS:-3}"
