@@ -761,24 +761,26 @@ async fn dump_mongo_archive(
         job.redactor.clone(),
     )?;
     let stdout = child.take_stdout().context("mongodump has no stdout")?;
+    let counter = mongo::ArchiveCounter::start();
+    let teed = counter.tee(stdout);
     let producer = job.seal(Box::new(move |sink| {
-        pipeline::copy_encoded(stdout, sink, Codec::Identity)
+        pipeline::copy_encoded(teed, sink, Codec::Identity)
     }));
     let progress = Progress::for_terminal(format!("mongo {db}"));
     let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
     let result = match streamed {
-        Ok(stats) => child
-            .wait_keeping()
-            .await
-            .map(|(_, kept)| (stats, mongo::dumped_counts(&kept)))
-            .map_err(Into::into),
+        Ok(stats) => child.wait().await.map(|_| stats).map_err(Into::into),
         Err(e) => Err(stop_after_failed_stream(child, e).await),
     };
     // The config file holds the password: it goes once mongodump has exited, on every path.
     drop(config);
-    // An empty archive is still a valid archive: refused here, before the upload completes.
-    let (stats, counts) = result?;
+    let stats = result?;
+    // A stream that is not a whole archive, or an empty one (still a valid archive), fails
+    // here, before the upload completes.
+    let counts = tokio::task::spawn_blocking(move || counter.finish())
+        .await
+        .context("count task panicked")??;
     check_not_empty(s, db, &counts)?;
     Ok((stats, counts))
 }

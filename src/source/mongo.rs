@@ -242,7 +242,6 @@ pub fn refused_dump_arg(args: &[String], zip_mode: bool, dumps_one_db: bool) -> 
             "--out" | "-o" | "--archive" => "backhaul chooses the output (MONGO_FORMAT)",
             "--oplog" if dumps_one_db => "mongodump refuses --oplog with --db: set MONGO_SCOPE=uri with a URI that names no database to dump everything with the oplog",
             "--gzip" if zip_mode => "in zip mode it writes .bson.gz files that a restore without --gzip silently skips; use MONGO_FORMAT=archive (always gzipped)",
-            "--quiet" => "backhaul reads mongodump's per-collection log lines to count documents",
             _ => continue,
         };
         return Some(format!("{a} is not allowed: {why}"));
@@ -250,26 +249,7 @@ pub fn refused_dump_arg(args: &[String], zip_mode: bool, dumps_one_db: bool) -> 
     None
 }
 
-/// mongodump's `done dumping shop.users (2 documents)` lines.
-fn is_done_dumping(line: &str) -> bool {
-    line.contains("done dumping ")
-}
-
-/// Documents per namespace from mongodump's `done dumping <ns> (<n> document[s])` lines.
-pub fn dumped_counts(lines: &[String]) -> BTreeMap<String, u64> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let rest = &l[l.find("done dumping ")? + "done dumping ".len()..];
-            let (ns, n) = rest.rsplit_once(" (")?;
-            let n = n.split(' ').next()?.parse().ok()?;
-            Some((ns.to_string(), n))
-        })
-        .collect()
-}
-
 /// A running `mongodump --archive --gzip` and the config file it reads (kept until it exits).
-/// Its `done dumping` lines are kept: [`dumped_counts`] reads them.
 pub struct ArchiveDump {
     pub child: ChildProc,
     pub config: NamedTempFile,
@@ -286,7 +266,7 @@ pub fn spawn_archive(
     let config = write_config(conn)?;
     let mut cmd = dump_command(tools, config.path(), database, extra_args);
     cmd.args(["--archive", "--gzip"]).stdout(Stdio::piped());
-    let child = ChildProc::spawn_keeping("mongodump", cmd, redactor, is_done_dumping)?;
+    let child = ChildProc::spawn("mongodump", cmd, redactor)?;
     Ok(ArchiveDump { child, config })
 }
 
@@ -404,10 +384,10 @@ fn count_bson(file: std::fs::File, name: &str) -> Result<u64, MongoError> {
 pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
     const MAGIC: u32 = 0x8199_e26d;
     let bad = |m: &str| MongoError::BadArchive(m.to_string());
-    let mut word = [0u8; 4];
-    r.read_exact(&mut word).map_err(|_| bad("empty"))?;
-    if u32::from_le_bytes(word) != MAGIC {
-        return Err(bad("wrong magic number"));
+    match read_len(&mut r)? {
+        None => return Ok(BTreeMap::new()),
+        Some(magic) if magic as u32 == MAGIC => {}
+        Some(_) => return Err(bad("wrong magic number")),
     }
     let mut out = BTreeMap::new();
     // The prelude block: its header, then one metadata document per collection.
@@ -433,6 +413,94 @@ pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, Mon
         *out.entry(ns).or_insert(0) += n;
     }
     Ok(out)
+}
+
+/// Counts a gzipped archive's documents on a thread of its own while the archive streams past
+/// on its way to storage ([`ArchiveCounter::tee`]), so archive mode counts exactly what it
+/// stored, and a stream that is not a complete archive fails the backup.
+pub struct ArchiveCounter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    counting: std::thread::JoinHandle<Result<BTreeMap<String, u64>, MongoError>>,
+}
+
+impl ArchiveCounter {
+    pub fn start() -> ArchiveCounter {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(32);
+        let counting = std::thread::spawn(move || {
+            let chunks = ChunkReader {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+            };
+            let mut chunks = io::BufReader::new(chunks);
+            // mongodump writes nothing at all (not even a gzip header) when a --collection
+            // filter matches nothing.
+            if io::BufRead::fill_buf(&mut chunks).map_or(true, |b| b.is_empty()) {
+                return Ok(BTreeMap::new());
+            }
+            archive_counts(flate2::read::MultiGzDecoder::new(chunks))
+        });
+        ArchiveCounter { tx, counting }
+    }
+
+    /// `r`, with every byte read also handed to the counter.
+    pub fn tee<R: io::Read>(&self, r: R) -> Tee<R> {
+        Tee {
+            inner: r,
+            tx: Some(self.tx.clone()),
+        }
+    }
+
+    /// The counts, once every tee is dropped (the stream ended).
+    pub fn finish(self) -> Result<BTreeMap<String, u64>, MongoError> {
+        drop(self.tx);
+        self.counting
+            .join()
+            .unwrap_or_else(|_| Err(MongoError::BadArchive("counter panicked".into())))
+    }
+}
+
+pub struct Tee<R> {
+    inner: R,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<R: io::Read> io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        // A counter that gave up (not an archive) must not stop the upload: its error is
+        // reported by finish().
+        if n > 0
+            && self
+                .tx
+                .as_ref()
+                .is_some_and(|tx| tx.send(buf[..n].to_vec()).is_err())
+        {
+            self.tx = None;
+        }
+        Ok(n)
+    }
+}
+
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => (self.chunk, self.at) = (c, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// The next int32 length, or `None` at a clean end of stream.
@@ -733,12 +801,6 @@ mod tests {
 
     #[test]
     fn tool_log_lines_are_read() {
-        let lines = vec![
-            "2024-01-01T00:00:00.000+0000\tdone dumping shop.users (2 documents)".to_string(),
-            "2024-01-01T00:00:00.000+0000\tdone dumping sh*p.a.b (1 document)".to_string(),
-        ];
-        let c = dumped_counts(&lines);
-        assert_eq!((c["shop.users"], c["sh*p.a.b"], c.len()), (2, 1, 2));
         let r = parse_restore_report(&[
             "t\tfinished restoring copy.a.b (3 documents, 0 failures)".to_string(),
             "t\t1063 document(s) restored successfully. 2 document(s) failed to restore."
@@ -788,6 +850,17 @@ mod tests {
         assert_eq!(counts["sh*p.empty"], 0);
         assert!(archive_counts(&a[..a.len() - 6]).is_err(), "truncated");
         assert!(archive_counts(&b"not an archive"[..]).is_err());
+        assert!(archive_counts(&b""[..]).unwrap().is_empty());
+
+        // The same, counted while streaming through a tee.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&a).unwrap();
+        let gz = enc.finish().unwrap();
+        let counter = ArchiveCounter::start();
+        let mut out = Vec::new();
+        io::copy(&mut counter.tee(&gz[..]), &mut out).unwrap();
+        assert_eq!(out, gz);
+        assert_eq!(counter.finish().unwrap(), counts);
     }
 
     #[test]
