@@ -5,7 +5,12 @@
 //! Both formats are therefore downloaded into a private 0700 temp dir and checked against the
 //! manifest (SHA-256 + size) *before* mongorestore sees a byte; a mismatch restores nothing.
 //! A zip is then extracted (entries that would escape the dir are refused) and restored with
-//! `--dir`; an `.archive.gz` is handed over as `--archive=<file> --gzip`.
+//! `--dir` (a tree under one top folder, as the old script's `zip -r mongo_backup/`, is found);
+//! an `.archive.gz` is handed over as `--archive=<file> --gzip`.
+//!
+//! mongorestore exits 0 after skipping what it does not understand (a folder it takes for
+//! something else, `.bson.gz` files without `--gzip`), so the documents in the artifact are
+//! counted first and a restore that reports fewer restored fails.
 //!
 //! Without `--clean` nothing is dropped and mongorestore runs with `--stopOnError`, so a
 //! document that already exists in the target fails the restore; `--clean` maps to `--drop`
