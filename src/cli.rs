@@ -147,9 +147,17 @@ pub struct MongoArgs {
     #[arg(long, env = "MONGO_CONNECTION_STRING", hide_env_values = true)]
     pub mongo_uri: Option<String>,
 
-    /// MongoDB database name(s), comma separated.
+    /// MongoDB database name(s), comma separated: one artifact each. Unset: one artifact of everything the URI selects (all databases when it names none), as the old script did.
     #[arg(long, env = "MONGO_DB_NAME")]
     pub mongo_db: Option<String>,
+
+    /// databases (one artifact per MONGO_DB_NAME entry) or uri (one artifact, named MONGO_DB_NAME, of everything the URI selects). Default: databases when MONGO_DB_NAME is set, else uri.
+    #[arg(long, env = "MONGO_SCOPE")]
+    pub mongo_scope: Option<String>,
+
+    /// Accept a MongoDB dump with no collections (otherwise a missing or misspelled database fails the backup).
+    #[arg(long, env = "MONGO_ALLOW_EMPTY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_empty: bool,
 
     /// mongodump binary; default: mongodump on PATH.
     #[arg(long, env = "MONGODUMP_PATH")]

@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 use cli::{Cli, Command};
 use commands::{Interrupted, Reported, Runtime};
 
+/// See `run`: time allowed after a signal to abort uploads before the process gives up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 fn main() -> ExitCode {
     let cmd = Cli::command();
     let parsed = cmd
@@ -76,9 +79,10 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
     let result = tokio::select! {
         r = &mut work => r,
         _ = cancel.cancelled() => {
-            // Give the command a bounded time to stop children and abort uploads (ECS sends
-            // SIGKILL after stopTimeout); dropping it afterwards still kills children.
-            match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
+            // Give the command a bounded time to stop children and abort uploads: long enough
+            // for an abort on a slow or throttled S3, well inside ECS's stopTimeout (120 s)
+            // before SIGKILL; dropping it afterwards still kills children.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
                 Ok(r) => r,
                 Err(_) => Err(Interrupted.into()),
             }

@@ -57,6 +57,10 @@ pub struct SourceInfo {
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neon_endpoint: Option<String>,
+    /// MongoDB: documents per `db.collection` in the dump; `verify --restore-into` compares
+    /// the restored counts with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

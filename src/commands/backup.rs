@@ -4,6 +4,7 @@
 //! plan for `--dry-run`; then run targets, each streaming into a two-phase upload that is
 //! finished only when the dump tool exited 0, and aborted otherwise.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,7 @@ struct MongoSettings {
     /// Parent of the private dump dir in zip mode.
     work_dir: std::path::PathBuf,
     min_free_mib: u64,
+    allow_empty: bool,
 }
 
 /// Everything a target needs, shared across concurrently running targets.
@@ -410,9 +412,27 @@ fn mongo_settings(
     uri: Secret,
     redactor: &mut Redactor,
 ) -> anyhow::Result<MongoSettings> {
-    let conn = MongoConn::resolve(&uri, non_empty(args.mongo.mongo_db.clone()).as_deref())?;
+    let scope = non_empty(args.mongo.mongo_scope.clone())
+        .map(|s| s.parse())
+        .transpose()?;
+    let conn = MongoConn::resolve_scoped(
+        &uri,
+        non_empty(args.mongo.mongo_db.clone()).as_deref(),
+        scope,
+    )?;
     mongo::add_secrets(&conn, redactor);
     let format: MongoFormat = args.mongo.mongo_format.parse()?;
+    let one_db = conn
+        .databases
+        .iter()
+        .any(|name| conn.dump_database(name).is_some());
+    if let Some(why) = mongo::refused_dump_arg(
+        &args.mongo.mongodump_args,
+        format == MongoFormat::Zip,
+        one_db,
+    ) {
+        return Err(ConfigError::invalid("--mongodump-arg", why).into());
+    }
     Ok(MongoSettings {
         conn,
         format,
@@ -424,6 +444,7 @@ fn mongo_settings(
             .clone()
             .unwrap_or_else(std::env::temp_dir),
         min_free_mib: args.mongo.min_free_mib,
+        allow_empty: args.mongo.allow_empty,
     })
 }
 
@@ -655,6 +676,7 @@ async fn dump_postgres(
             server_version: Some(server.text),
             host: s.conn.host.clone(),
             neon_endpoint: s.conn.neon_endpoint(),
+            collections: None,
         },
     ))
 }
@@ -666,10 +688,13 @@ async fn dump_mongo(
     db: &str,
     upload: &mut dyn Upload,
 ) -> anyhow::Result<(StreamStats, SourceInfo)> {
-    let stats = match s.format {
+    let (stats, counts) = match s.format {
         MongoFormat::Zip => dump_mongo_zip(job, s, tools, db, upload).await?,
         MongoFormat::Archive => dump_mongo_archive(job, s, tools, db, upload).await?,
     };
+    for (ns, n) in &counts {
+        tracing::info!(artifact = %db, collection = %ns, documents = n, "dumped");
+    }
     Ok((
         stats,
         SourceInfo {
@@ -678,6 +703,7 @@ async fn dump_mongo(
             server_version: None,
             host: s.conn.host(),
             neon_endpoint: None,
+            collections: Some(counts),
         },
     ))
 }
@@ -690,24 +716,47 @@ async fn dump_mongo_zip(
     tools: &MongoTools,
     db: &str,
     upload: &mut dyn Upload,
-) -> anyhow::Result<StreamStats> {
+) -> anyhow::Result<(StreamStats, BTreeMap<String, u64>)> {
     mongo::check_free_space(&s.work_dir, s.min_free_mib)?;
     let dir = mongo::dump_to_dir(
         tools,
         &s.conn,
-        db,
+        s.conn.dump_database(db),
         &s.extra_args,
         &s.work_dir,
         job.redactor.clone(),
     )
     .await?;
     let root = dir.path().to_path_buf();
+    let counts = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || mongo::count_documents(&root))
+            .await
+            .context("count task panicked")??
+    };
+    check_not_empty(s, db, &counts)?;
     let producer = job.seal(Box::new(move |sink| mongo::zip_tree(&root, sink)));
     let progress = Progress::for_terminal(format!("mongo {db}"));
     let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
     drop(dir);
-    Ok(streamed?)
+    Ok((streamed?, counts))
+}
+
+/// Real mongodump exits 0 and writes nothing for a database that does not exist.
+fn check_not_empty(
+    s: &MongoSettings,
+    db: &str,
+    counts: &BTreeMap<String, u64>,
+) -> Result<(), mongo::MongoError> {
+    if counts.is_empty() && !s.allow_empty {
+        let what = match s.conn.dump_database(db) {
+            Some(d) => format!("database {d}"),
+            None => "the databases the URI selects".to_string(),
+        };
+        return Err(mongo::MongoError::Empty(what));
+    }
+    Ok(())
 }
 
 /// `mongodump --archive --gzip` streamed straight into the upload, as pg_dump is.
@@ -717,12 +766,19 @@ async fn dump_mongo_archive(
     tools: &MongoTools,
     db: &str,
     upload: &mut dyn Upload,
-) -> anyhow::Result<StreamStats> {
-    let mongo::ArchiveDump { mut child, config } =
-        mongo::spawn_archive(tools, &s.conn, db, &s.extra_args, job.redactor.clone())?;
+) -> anyhow::Result<(StreamStats, BTreeMap<String, u64>)> {
+    let mongo::ArchiveDump { mut child, config } = mongo::spawn_archive(
+        tools,
+        &s.conn,
+        s.conn.dump_database(db),
+        &s.extra_args,
+        job.redactor.clone(),
+    )?;
     let stdout = child.take_stdout().context("mongodump has no stdout")?;
+    let counter = mongo::ArchiveCounter::start();
+    let teed = counter.tee(stdout);
     let producer = job.seal(Box::new(move |sink| {
-        pipeline::copy_encoded(stdout, sink, Codec::Identity)
+        pipeline::copy_encoded(teed, sink, Codec::Identity)
     }));
     let progress = Progress::for_terminal(format!("mongo {db}"));
     let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
@@ -733,5 +789,12 @@ async fn dump_mongo_archive(
     };
     // The config file holds the password: it goes once mongodump has exited, on every path.
     drop(config);
-    result
+    let stats = result?;
+    // A stream that is not a whole archive, or an empty one (still a valid archive), fails
+    // here, before the upload completes.
+    let counts = tokio::task::spawn_blocking(move || counter.finish())
+        .await
+        .context("count task panicked")??;
+    check_not_empty(s, db, &counts)?;
+    Ok((stats, counts))
 }

@@ -336,11 +336,34 @@ impl Verifier {
         {
             Ok(done) => {
                 details.insert("restore".into(), json!("ok"));
-                if let Some(docs) = done.documents {
-                    details.insert("collections".into(), json!(docs));
-                }
-                if let Some(n) = done.restored_total {
-                    details.insert("documents_restored".into(), json!(n));
+                details.insert("collections".into(), json!(done.restored));
+                details.insert("documents_restored".into(), json!(done.restored_total));
+                details.insert(
+                    "documents_in_backup".into(),
+                    json!(done.documents.values().sum::<u64>()),
+                );
+                // The manifest's counts were taken at backup time: the restore must match them.
+                let recorded = entry
+                    .manifest
+                    .as_ref()
+                    .and_then(|m| m.source.collections.as_ref());
+                if let Some(recorded) = recorded {
+                    let differ: Vec<String> = recorded
+                        .iter()
+                        .filter(|(ns, n)| done.restored.get(*ns).copied().unwrap_or(0) != **n)
+                        .map(|(ns, n)| {
+                            let got = done.restored.get(ns).copied().unwrap_or(0);
+                            format!("{ns}: {got} restored, {n} in the manifest")
+                        })
+                        .collect();
+                    if !differ.is_empty() {
+                        details.insert("restore".into(), json!("count mismatch"));
+                        return Err(Failure::Artifact(format!(
+                            "restored document counts differ from the manifest: {}",
+                            differ.join("; ")
+                        )));
+                    }
+                    details.insert("counts".into(), json!("match the manifest"));
                 }
                 Ok(())
             }

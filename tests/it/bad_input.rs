@@ -119,8 +119,26 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
             &["backup"],
             &[
                 ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
-                ("MONGO_DB_NAME", ""),
+                ("MONGO_SCOPE", "databases"),
             ],
+        ),
+        (
+            &["backup"],
+            &[
+                ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
+                ("MONGO_SCOPE", "all"),
+            ],
+        ),
+        (
+            &["backup", "--mongodump-arg=--oplog"],
+            &[
+                ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
+                ("MONGO_DB_NAME", "shop"),
+            ],
+        ),
+        (
+            &["backup", "--mongodump-arg=--gzip"],
+            &[("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/")],
         ),
         (
             &["backup"],

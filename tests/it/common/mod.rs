@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod contract;
+pub mod mongod;
 pub mod proxy;
 
 pub fn free_port() -> u16 {
