@@ -13,6 +13,7 @@ mod ecs;
 mod encryption;
 mod faults;
 mod notify;
+mod restore_faithful;
 mod restore_mongo;
 mod s3_faults;
 mod secret_hygiene;
