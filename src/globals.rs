@@ -108,6 +108,19 @@ pub fn rewrite(script: &str) -> Rewritten {
     out
 }
 
+/// The password literals (hashes) in `s`, so that a tool's error quoting a statement can be
+/// redacted.
+pub fn passwords(s: &str) -> Vec<String> {
+    const KW: &str = "PASSWORD '";
+    s.match_indices(KW)
+        .filter_map(|(at, _)| {
+            let after = &s[at + KW.len()..];
+            let end = after.find('\'')?;
+            (end > 0).then(|| after[..end].to_string())
+        })
+        .collect()
+}
+
 /// `PASSWORD '<hash>'` → `PASSWORD '***'`, for printing.
 pub fn mask_passwords(s: &str) -> String {
     const KW: &str = "PASSWORD '";
@@ -228,6 +241,14 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         ] {
             assert_eq!(mask_passwords(input), want);
         }
+    }
+
+    #[test]
+    fn password_literals_are_found() {
+        assert_eq!(
+            passwords(DUMP),
+            vec!["SCRAM-SHA-256$4096:8shpM39bL7Tx2j3ZjUniLA==$hYv3nStHH0JIg82v4wxraTiatsobHLKVXMeF0EFg2VQ=:j2DISzN6sIqfBNXJ3CqnNRfZo0Pf0D2CUzLl8KGqHWs="]
+        );
     }
 
     #[test]

@@ -24,7 +24,6 @@ use crate::config::mongo::{MongoConn, MongoFormat};
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};
 use crate::crypto::{self, Recipients};
-use crate::feed::Decode;
 use crate::layout::{self, Kind};
 use crate::manifest::{self, GlobalsInfo, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
@@ -574,7 +573,12 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
         _ = job.cancel.cancelled() => Err(TargetError::Interrupted),
         _ = deadline => Err(TargetError::TimedOut(job.timeout.unwrap_or_default())),
     };
-    let (stats, source, globals) = match produced {
+    let Produced {
+        stats,
+        source,
+        globals,
+        contents,
+    } = match produced {
         Ok(v) => v,
         Err(e) => {
             abort_upload(upload.as_mut(), &t.key).await;
@@ -593,10 +597,6 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
             let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
             return Err(anyhow::Error::from(e).into());
         }
-    };
-    let contents = match (&job.pg, t.kind, t.globals, &job.encrypt) {
-        (Some((_, tools)), Kind::Postgres, false, None) => archive_contents(job, tools, t).await,
-        _ => None,
     };
     let m = Manifest {
         format: manifest::FORMAT,
@@ -656,48 +656,47 @@ async fn abort_upload(upload: &mut dyn Upload, key: &str) {
     }
 }
 
-/// The summary of a just-stored archive's contents for its manifest, read back from the
-/// head of the object (only its TOC is read). Best effort: without it, verify compares
-/// against the archive itself. Encrypted artifacts are skipped (the backup holds no identity).
-async fn archive_contents(
-    job: &Job,
-    tools: &PgTools,
-    t: &Target,
-) -> Option<crate::source::pg_toc::Contents> {
-    let decode = Decode {
-        decrypt: None,
-        zstd: t.key.ends_with(".zst"),
-    };
-    match pg_contents::archive_entries(&job.storage, &t.key, decode, tools, job.redactor.clone())
-        .await
-    {
-        Ok(entries) => Some(pg_contents::contents(&entries, tools)),
-        Err(e) => {
-            tracing::warn!(key = %t.key, error = %job.redactor.redact(&format!("{e:#}")), "could not summarise the archive's contents for the manifest");
-            None
-        }
-    }
+/// What a target's dump produced, for its manifest.
+struct Produced {
+    stats: StreamStats,
+    source: SourceInfo,
+    globals: Option<GlobalsInfo>,
+    /// PostgreSQL dumps: the archive's contents from its TOC.
+    contents: Option<crate::source::pg_toc::Contents>,
 }
 
-async fn produce(
-    job: &Job,
-    t: &Target,
-    upload: &mut dyn Upload,
-) -> anyhow::Result<(StreamStats, SourceInfo, Option<GlobalsInfo>)> {
+async fn produce(job: &Job, t: &Target, upload: &mut dyn Upload) -> anyhow::Result<Produced> {
     match t.kind {
         Kind::Postgres if t.globals => {
             let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
-            dump_globals(job, s, tools, upload).await
+            let (stats, source, globals) = dump_globals(job, s, tools, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: Some(globals),
+                contents: None,
+            })
         }
         Kind::Postgres => {
             let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
-            let (stats, source) = dump_postgres(job, s, tools, &t.database, upload).await?;
-            Ok((stats, source, None))
+            let (stats, source, contents) =
+                dump_postgres(job, s, tools, &t.database, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: None,
+                contents,
+            })
         }
         Kind::Mongo => {
             let (s, tools) = job.mongo.as_ref().expect("mongo target implies settings");
             let (stats, source) = dump_mongo(job, s, tools, &t.database, upload).await?;
-            Ok((stats, source, None))
+            Ok(Produced {
+                stats,
+                source,
+                globals: None,
+                contents: None,
+            })
         }
     }
 }
@@ -710,7 +709,7 @@ async fn dump_globals(
     s: &PgSettings,
     tools: &PgTools,
     upload: &mut dyn Upload,
-) -> anyhow::Result<(StreamStats, SourceInfo, Option<GlobalsInfo>)> {
+) -> anyhow::Result<(StreamStats, SourceInfo, GlobalsInfo)> {
     let db = s
         .conn
         .databases
@@ -749,7 +748,7 @@ async fn dump_globals(
             host: s.conn.host.clone(),
             neon_endpoint: s.conn.neon_endpoint(),
         },
-        Some(GlobalsInfo { role_passwords }),
+        GlobalsInfo { role_passwords },
     ))
 }
 
@@ -779,7 +778,11 @@ async fn dump_postgres(
     tools: &PgTools,
     db: &str,
     upload: &mut dyn Upload,
-) -> anyhow::Result<(StreamStats, SourceInfo)> {
+) -> anyhow::Result<(
+    StreamStats,
+    SourceInfo,
+    Option<crate::source::pg_toc::Contents>,
+)> {
     let server = pg::server_version(tools, &s.conn, db, &job.redactor)
         .await
         .context("connecting to PostgreSQL")?;
@@ -793,6 +796,15 @@ async fn dump_postgres(
         job.redactor.clone(),
     )?;
     let stdout = child.take_stdout().context("pg_dump has no stdout")?;
+    // The manifest's summary of the archive comes from a copy of the stream's head.
+    let (tap, side) = match pg_contents::TocTap::start(tools, job.redactor.clone()) {
+        Ok((tap, side)) => (Some(tap), Some(side)),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the archive's table of contents: the manifest will have no contents summary");
+            (None, None)
+        }
+    };
+    let stdout = pg_contents::HeadTee::new(stdout, side);
     let codec = match s.compression {
         PgCompression::Zstd => Codec::Zstd {
             level: s.level,
@@ -813,6 +825,16 @@ async fn dump_postgres(
         }
         Err(e) => return Err(stop_after_failed_stream(child, e).await),
     };
+    let contents = match tap {
+        Some(tap) => match tap.finish(tools).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(database = %db, error = %job.redactor.redact(&format!("{e:#}")), "could not summarise the archive's contents for the manifest");
+                None
+            }
+        },
+        None => None,
+    };
     Ok((
         stats,
         SourceInfo {
@@ -822,6 +844,7 @@ async fn dump_postgres(
             host: s.conn.host.clone(),
             neon_endpoint: s.conn.neon_endpoint(),
         },
+        contents,
     ))
 }
 

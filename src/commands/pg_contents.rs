@@ -58,13 +58,92 @@ pub async fn archive_entries(
         tokio::task::spawn_blocking(move || feed::feed_head(src, &decode, stdin, HEAD_LIMIT));
     let script = read_script(&mut child).await;
     let fed = feeding.await.context("reading the archive's head")?;
+    // A stream that could not be read or decrypted is the cause; pg_restore only saw it end.
+    let fed = match fed {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = child.terminate().await;
+            return Err(anyhow::Error::from(e).context(format!("reading the head of {key}")));
+        }
+    };
     child
         .wait()
         .await
         .with_context(|| format!("reading the table of contents of {key}"))?;
-    let fed = fed.with_context(|| format!("reading the head of {key}"))?;
     tracing::debug!(key, decoded_bytes_fed = fed, "table of contents read");
     Ok(pg_toc::parse(&script?))
+}
+
+/// Reads an archive's TOC from a copy of the head of a stream that goes elsewhere (a backup
+/// on its way to storage): pg_dump writes the TOC first even into a pipe, so `pg_restore`
+/// fed the first bytes prints the schema script and exits. No second read of the object,
+/// and it works for encrypted backups, whose stored bytes the backup cannot read back.
+pub struct TocTap {
+    child: ChildProc,
+    script: tokio::task::JoinHandle<std::io::Result<String>>,
+}
+
+impl TocTap {
+    /// Starts the reader; the returned file is its input, for [`HeadTee`].
+    pub fn start(tools: &PgTools, redactor: Redactor) -> anyhow::Result<(TocTap, std::fs::File)> {
+        let mut child = pg::spawn_schema_script(tools, redactor)?;
+        let stdin = child
+            .take_stdin()
+            .and_then(|s| s.into_owned_fd().ok())
+            .map(std::fs::File::from)
+            .context("pg_restore has no stdin")?;
+        let mut out = child.take_stdout().context("pg_restore has no stdout")?;
+        let script = tokio::task::spawn_blocking(move || {
+            let mut s = String::new();
+            out.read_to_string(&mut s).map(|_| s)
+        });
+        Ok((TocTap { child, script }, stdin))
+    }
+
+    /// The summary, once the stream has ended (the tee closed its side).
+    pub async fn finish(self, tools: &PgTools) -> anyhow::Result<Contents> {
+        let script = self.script.await.context("reading the schema script")?;
+        self.child
+            .wait()
+            .await
+            .context("reading the archive's table of contents")?;
+        let script = script.context("reading the schema script")?;
+        Ok(contents(&pg_toc::parse(&script), tools))
+    }
+}
+
+/// Passes a stream through unchanged and copies its first `limit` bytes to `side`; once the
+/// side stops taking them (its reader has what it needs and exited) it is dropped. A failing
+/// side never fails the main stream.
+pub struct HeadTee<R> {
+    inner: R,
+    side: Option<std::fs::File>,
+    left: u64,
+}
+
+impl<R> HeadTee<R> {
+    pub fn new(inner: R, side: Option<std::fs::File>) -> HeadTee<R> {
+        HeadTee {
+            inner,
+            side,
+            left: HEAD_LIMIT,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HeadTee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        let n = self.inner.read(buf)?;
+        if let Some(side) = &mut self.side {
+            let take = (n as u64).min(self.left) as usize;
+            self.left -= take as u64;
+            if n == 0 || side.write_all(&buf[..take]).is_err() || self.left == 0 {
+                self.side = None;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The same script for a live database (`pg_dump` with the schema sections).

@@ -71,6 +71,11 @@ pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
         print!("{out}");
         return Ok(());
     };
+    // psql quotes a failing statement in its error; the hashes must not reach the logs.
+    let mut redactor = target.redactor.clone();
+    for p in globals::passwords(&script) {
+        redactor.add(&crate::secret::Secret::new(p));
+    }
     let before = roles(&target).await?;
     tracing::info!(key = %entry.key, database = %target.database, "applying cluster globals");
     pg::psql_script(
@@ -78,7 +83,7 @@ pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
         &target.conn,
         &target.database,
         &rewritten.script(),
-        target.redactor.clone(),
+        redactor,
     )
     .await
     .context("applying the cluster globals (nothing was changed: they run in one transaction)")?;

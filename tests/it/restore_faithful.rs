@@ -234,6 +234,32 @@ fn same_cluster_restore_is_identical_to_the_original() {
     let v = &summaries(&a.get_output().stdout)[0];
     assert_eq!(v["details"]["contents"], "ok", "{v}");
 
+    // A restore that does not match the manifest's record fails verification, naming what.
+    let mut m = manifest(&bucket, &dump_key);
+    m["contents"]["owners"]["writer"] = serde_json::json!(5);
+    moto().put(
+        &bucket,
+        &format!("{dump_key}.manifest.json"),
+        serde_json::to_vec(&m).unwrap(),
+    );
+    let a = store_cmd(&bucket)
+        .args([
+            "verify",
+            "latest",
+            "--database",
+            "faithful",
+            "--restore-into",
+        ])
+        .arg(url(&pg, "backup", PASSWORD, "scratch"))
+        .assert()
+        .code(1);
+    let v = &summaries(&a.get_output().stdout)[0];
+    assert_eq!(v["details"]["contents"], "differs", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("owners differ"),
+        "{v}"
+    );
+
     // The opt-outs still work, and verify then does not compare what was left out.
     pg.create_db("no_owner");
     store_cmd(&bucket)
@@ -469,6 +495,21 @@ fn globals_fall_back_to_no_role_passwords_and_are_pruned_with_their_run() {
     assert_eq!(lines[1]["status"], "skipped", "{lines:?}");
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("cluster globals not saved"));
     let second_dump = lines[0]["key"].as_str().unwrap().to_string();
+    // BACKUP_GLOBALS=on: the same failure fails the run (the database dump still stands).
+    let mut on = backhaul_moto();
+    on.arg("backup");
+    pg_env(&mut on, &pg, "plain", "plain-pw", "faithful");
+    on.env("S3_BUCKET", moto().bucket("faithful-on"))
+        .env("STAGE", "prod")
+        .env("PG_DUMP_PATH", missing.join("pg_dump"))
+        .env("BACKUP_GLOBALS", "on");
+    let a = on.assert().code(1);
+    let lines = summaries(&a.get_output().stdout);
+    assert_eq!(
+        (lines[0]["status"].as_str(), lines[1]["status"].as_str()),
+        (Some("ok"), Some("failed")),
+        "{lines:?}"
+    );
 
     // Prune keeps the newest run; the first run's dump and globals go together.
     let a = store_cmd(&bucket)
