@@ -210,3 +210,31 @@ pub async fn check_roles(
         .collect();
     Err(MissingRoles { missing, always }.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd as _;
+
+    /// A side whose reader went away (pg_restore exited after the TOC) never disturbs the
+    /// main stream.
+    #[test]
+    fn tee_survives_a_closed_side() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two fds we then own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (reader, writer) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        drop(reader);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut tee = HeadTee::new(std::io::Cursor::new(data.clone()), Some(writer));
+        let mut out = Vec::new();
+        tee.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert!(tee.side.is_none());
+    }
+}
