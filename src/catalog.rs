@@ -155,7 +155,9 @@ pub fn pick<'a>(
     if key == "latest" {
         entries
             .iter()
-            .find(|e| filter.matches(&e.parsed))
+            // A run's cluster globals are not "its latest backup"; they are asked for by key
+            // or with restore-globals.
+            .find(|e| filter.matches(&e.parsed) && !e.parsed.globals)
             .ok_or_else(|| CatalogError::NotFound(format!("latest ({})", filter.describe())))
     } else {
         entries

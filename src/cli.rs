@@ -43,6 +43,9 @@ pub enum Command {
     /// Restore a backup into a PostgreSQL database or MongoDB deployment.
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
+    /// Apply a run's saved cluster roles (memberships, role settings) to a cluster; safe to repeat.
+    #[command(after_help = RESTORE_GLOBALS_EXAMPLES)]
+    RestoreGlobals(RestoreGlobalsArgs),
     /// List backups, newest first.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
@@ -258,6 +261,21 @@ pub struct BackupArgs {
     #[arg(long, env = "BACKUP_VERIFY_INTO", hide_env_values = true)]
     pub verify_into: Option<String>,
 
+    /// --verify-into without owners (pg_restore --no-owner), for a scratch cluster lacking the roles.
+    #[arg(long, env = "BACKUP_VERIFY_NO_OWNER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verify_no_owner: bool,
+
+    /// --verify-into without grants (pg_restore --no-acl).
+    #[arg(long, env = "BACKUP_VERIFY_NO_ACL", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verify_no_acl: bool,
+
+    /// Also store the cluster's roles, memberships and role settings (pg_dumpall
+    /// --globals-only) beside the dumps: auto (on; if the server forbids reading password
+    /// hashes, without passwords; any other failure is reported but does not fail the run),
+    /// on (a failure fails the run), off.
+    #[arg(long, env = "BACKUP_GLOBALS", default_value = "auto")]
+    pub globals: String,
+
     /// After a successful run, apply the --keep-* retention policy to the stage.
     #[arg(long, env = "BACKUP_PRUNE", value_parser = clap::builder::FalseyValueParser::new())]
     pub prune: bool,
@@ -305,6 +323,9 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub jobs: Option<u32>,
 
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
+
     /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
     #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
@@ -315,6 +336,46 @@ pub struct RestoreArgs {
     pub pg: PgArgs,
     #[command(flatten)]
     pub mongo: MongoArgs,
+}
+
+/// Opt-outs from restoring owners and privileges as they were (pg_restore's defaults).
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct PrivilegeArgs {
+    /// Do not restore object owners: everything belongs to the restoring role. For restoring
+    /// as a different, non-superuser role (managed databases) whose cluster lacks the owners.
+    #[arg(long, env = "RESTORE_NO_OWNER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_owner: bool,
+
+    /// Do not restore GRANT/REVOKE and default privileges (pg_restore --no-acl), e.g. when
+    /// the grantees do not exist in the target cluster.
+    #[arg(long, env = "RESTORE_NO_ACL", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_acl: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreGlobalsArgs {
+    /// Globals artifact key (…_PGSQL/globals_<stage>_<ts>.sql.zst), or `latest`.
+    #[arg(default_value = "latest")]
+    pub key: String,
+
+    /// Cluster to apply them to: a postgresql:// URL of any of its databases, as a role that
+    /// may create roles. Existing roles are altered, never dropped; the connecting role and
+    /// the bootstrap superuser are left as they are.
+    #[arg(long, env = "RESTORE_TO", hide_env_values = true)]
+    pub to: Option<String>,
+
+    /// Print the statements that would run (passwords masked) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// age identity file for encrypted (.age) artifacts.
+    #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub pg: PgArgs,
 }
 
 #[derive(Args, Debug)]
@@ -345,9 +406,12 @@ pub struct VerifyArgs {
     /// Only this database.
     #[arg(long)]
     pub database: Option<String>,
-    /// Also restore into this scratch database/deployment and report row counts.
+    /// Also restore into this scratch database/deployment and compare it with the backup
+    /// (row counts; PostgreSQL: objects, owners and ACL entries against the manifest).
     #[arg(long, env = "VERIFY_RESTORE_INTO", hide_env_values = true)]
     pub restore_into: Option<String>,
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
     /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
     #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
@@ -396,6 +460,12 @@ const RESTORE_EXAMPLES: &str = "Examples:
   backhaul restore latest --stage prod --database app --to postgresql://app@localhost/app_restored
   backhaul restore prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.zst --to \"$SCRATCH_URL\" --clean
   backhaul restore latest --stage prod --kind mongo --database shop --to mongodb://localhost:27017 --clean";
+
+const RESTORE_GLOBALS_EXAMPLES: &str = "Examples:
+  # Review, then create the roles a backup needs in a new cluster, then restore into it:
+  backhaul restore-globals latest --stage prod --dry-run
+  backhaul restore-globals latest --stage prod --to postgresql://postgres@new-cluster/postgres
+  backhaul restore latest --stage prod --database app --to postgresql://postgres@new-cluster/app";
 
 const LIST_EXAMPLES: &str = "Examples:
   backhaul list --stage prod

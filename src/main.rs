@@ -9,6 +9,7 @@ mod config;
 mod crypto;
 mod fargate;
 mod feed;
+mod globals;
 mod layout;
 mod logging;
 mod manifest;
@@ -66,6 +67,7 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
         match cli.command {
             Command::Backup(a) => commands::backup::run(a, rt).await,
             Command::Restore(a) => commands::restore::run(a, rt).await,
+            Command::RestoreGlobals(a) => commands::restore_globals::run(a).await,
             Command::List(a) => commands::list::run(a).await,
             Command::Verify(a) => commands::verify::run(a, rt).await,
             Command::Prune(a) => commands::prune::run(a).await,

@@ -44,6 +44,19 @@ pub struct Manifest {
     pub encryption: Option<Encryption>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// PostgreSQL dumps: what the archive holds (objects, owners, ACL entries), from its TOC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<crate::source::pg_toc::Contents>,
+    /// Cluster globals artifacts (`pg_dumpall --globals-only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<GlobalsInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GlobalsInfo {
+    /// False when the server forbade reading password hashes (managed services) and the
+    /// roles were saved with `--no-role-passwords`: restored roles then have no password.
+    pub role_passwords: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
+use super::pg_contents::{self, Privileges};
 use super::restore::PgTarget;
 use super::verify::{self, Verifier};
 use super::{Interrupted, Reported, Runtime};
@@ -25,7 +26,7 @@ use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};
 use crate::crypto::{self, Recipients};
 use crate::layout::{self, Kind};
-use crate::manifest::{self, Manifest, SourceInfo};
+use crate::manifest::{self, GlobalsInfo, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::report::{ArtifactReport, Notifier};
@@ -46,6 +47,9 @@ pub struct Target {
     pub compression: String,
     /// Connection with the password masked.
     pub connection: String,
+    /// The run's cluster globals (pg_dumpall --globals-only), not a database.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub globals: bool,
 }
 
 impl Target {
@@ -63,6 +67,30 @@ impl Target {
             key,
             compression: compression.to_string(),
             connection,
+            globals: false,
+        }
+    }
+}
+
+/// `BACKUP_GLOBALS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GlobalsMode {
+    /// On; a failure is reported (warning, a `skipped` line) but fails nothing.
+    Auto,
+    On,
+    Off,
+}
+
+impl GlobalsMode {
+    fn parse(s: &str) -> Result<GlobalsMode, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(GlobalsMode::Auto),
+            "on" | "true" | "1" | "yes" => Ok(GlobalsMode::On),
+            "off" | "false" | "0" | "no" => Ok(GlobalsMode::Off),
+            _ => Err(ConfigError::invalid(
+                "BACKUP_GLOBALS",
+                format!("\"{s}\" is not auto, on or off"),
+            )),
         }
     }
 }
@@ -107,6 +135,9 @@ struct Job {
     timeout: Option<Duration>,
     /// `--encrypt-to`: every artifact is encrypted to these.
     encrypt: Option<Recipients>,
+    globals: GlobalsMode,
+    /// `--verify-no-owner` / `--verify-no-acl`.
+    verify_privileges: Privileges,
     cancel: CancellationToken,
 }
 
@@ -201,6 +232,7 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         None
     };
     let verify_into = non_empty(args.verify_into.clone());
+    let globals_mode = GlobalsMode::parse(&args.globals)?;
     let encrypt = Recipients::parse(&args.encrypt_to)?;
     if encrypt.is_some() && verify_into.is_some() {
         // The backup holds only public keys, so it could not decrypt what it restores.
@@ -239,6 +271,29 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
                 compression.as_str().unwrap_or_default(),
                 s.conn.url_for(db),
             ));
+        }
+        if globals_mode != GlobalsMode::Off {
+            let (ext, compression) = match s.compression {
+                PgCompression::Zstd => (".sql.zst", "zstd"),
+                PgCompression::Pg | PgCompression::None => (".sql", "none"),
+            };
+            let key =
+                layout::globals_key(&prefix, &store.stage, &timestamp, &format!("{ext}{suffix}"));
+            let first = s
+                .conn
+                .databases
+                .first()
+                .map(String::as_str)
+                .unwrap_or("postgres");
+            let mut t = Target::new(
+                Kind::Postgres,
+                layout::GLOBALS,
+                key,
+                compression,
+                s.conn.url_for(first),
+            );
+            t.globals = true;
+            targets.push(t);
         }
     }
 
@@ -320,6 +375,11 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         mongo,
         timeout,
         encrypt,
+        globals: globals_mode,
+        verify_privileges: Privileges {
+            no_owner: args.verify_no_owner,
+            no_acl: args.verify_no_acl,
+        },
         cancel: rt.cancel.clone(),
     });
 
@@ -367,6 +427,18 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
                 report.raw_bytes = Some(m.raw_bytes);
                 report.stored_bytes = Some(m.stored_bytes);
                 report.sha256 = Some(m.sha256.clone());
+            }
+            Err(e)
+                if t.globals
+                    && job.globals == GlobalsMode::Auto
+                    && !matches!(e, TargetError::Interrupted) =>
+            {
+                // BACKUP_GLOBALS=auto: the databases are what the run is for; say loudly
+                // that the roles were not saved, but do not fail it.
+                let msg = job.redactor.redact(&format!("{:#}", clone_err(e)));
+                tracing::warn!(key = %t.key, error = %msg, "cluster globals not saved (BACKUP_GLOBALS=auto: the run goes on; set BACKUP_GLOBALS=on to make this fatal, off to stop trying)");
+                report.status = "skipped";
+                report.error = Some(msg);
             }
             Err(e) => {
                 failed += 1;
@@ -471,12 +543,13 @@ async fn verify_results(
         identities: None,
         restore_into: Some(target),
         mongo_restore_into: None,
+        privileges: job.verify_privileges,
         cancel: job.cancel.clone(),
     };
     let prefix = job.store.dest.key_prefix();
     let mut failed = 0;
     for (_, t, _, res) in results {
-        let (Ok(m), Kind::Postgres) = (res, t.kind) else {
+        let (Ok(m), Kind::Postgres, false) = (res, t.kind, t.globals) else {
             continue;
         };
         let parsed = layout::parse_key(&prefix, &t.key, &job.store.zone)
@@ -521,7 +594,12 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
         _ = job.cancel.cancelled() => Err(TargetError::Interrupted),
         _ = deadline => Err(TargetError::TimedOut(job.timeout.unwrap_or_default())),
     };
-    let (stats, source) = match produced {
+    let Produced {
+        stats,
+        source,
+        globals,
+        contents,
+    } = match produced {
         Ok(v) => v,
         Err(e) => {
             abort_upload(upload.as_mut(), &t.key).await;
@@ -562,6 +640,8 @@ async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
         source,
         encryption: job.encrypt.as_ref().map(Recipients::manifest),
         verification: None,
+        contents,
+        globals,
     };
     if let Err(e) = job
         .storage
@@ -611,21 +691,121 @@ async fn abort_upload(upload: &mut dyn Upload, key: &str) {
     }
 }
 
-async fn produce(
-    job: &Job,
-    t: &Target,
-    upload: &mut dyn Upload,
-) -> anyhow::Result<(StreamStats, SourceInfo)> {
+/// What a target's dump produced, for its manifest.
+struct Produced {
+    stats: StreamStats,
+    source: SourceInfo,
+    globals: Option<GlobalsInfo>,
+    /// PostgreSQL dumps: the archive's contents from its TOC.
+    contents: Option<crate::source::pg_toc::Contents>,
+}
+
+async fn produce(job: &Job, t: &Target, upload: &mut dyn Upload) -> anyhow::Result<Produced> {
     match t.kind {
+        Kind::Postgres if t.globals => {
+            let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
+            let (stats, source, globals) = dump_globals(job, s, tools, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: Some(globals),
+                contents: None,
+            })
+        }
         Kind::Postgres => {
             let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
-            dump_postgres(job, s, tools, &t.database, upload).await
+            let (stats, source, contents) =
+                dump_postgres(job, s, tools, &t.database, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: None,
+                contents,
+            })
         }
         Kind::Mongo => {
             let (s, tools) = job.mongo.as_ref().expect("mongo target implies settings");
-            dump_mongo(job, s, tools, &t.database, upload).await
+            let (stats, source) = dump_mongo(job, s, tools, &t.database, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: None,
+                contents: None,
+            })
         }
     }
+}
+
+/// `pg_dumpall --globals-only` into the upload. The script is small (roles, not data), so it
+/// is read whole first: a permission failure on pg_authid (managed services) is then retried
+/// with `--no-role-passwords` before anything is uploaded.
+async fn dump_globals(
+    job: &Job,
+    s: &PgSettings,
+    tools: &PgTools,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<(StreamStats, SourceInfo, GlobalsInfo)> {
+    let db = s
+        .conn
+        .databases
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "postgres".into());
+    let server = pg::server_version(tools, &s.conn, &db, &job.redactor)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tools.check_server(&server)?;
+    let (script, role_passwords) = match read_globals(job, s, tools, &db, true).await {
+        Ok(script) => (script, true),
+        Err(e) if format!("{e:#}").contains("pg_authid") => {
+            tracing::warn!(error = %job.redactor.redact(&format!("{e:#}")), "the server does not let this role read password hashes: saving the roles without passwords (--no-role-passwords)");
+            (read_globals(job, s, tools, &db, false).await?, false)
+        }
+        Err(e) => return Err(e),
+    };
+    let codec = match s.compression {
+        PgCompression::Zstd => Codec::Zstd {
+            level: s.level,
+            threads: 1,
+        },
+        PgCompression::Pg | PgCompression::None => Codec::Identity,
+    };
+    let producer = job.seal(Box::new(move |sink| {
+        pipeline::copy_encoded(std::io::Cursor::new(script), sink, codec)
+    }));
+    let stats = pipeline::stream(job.storage.clone(), upload, producer, Progress::hidden()).await?;
+    Ok((
+        stats,
+        SourceInfo {
+            dump_tool: "pg_dumpall".into(),
+            dump_tool_version: tools.version.clone(),
+            server_version: Some(server.text),
+            host: s.conn.host.clone(),
+            neon_endpoint: s.conn.neon_endpoint(),
+            collections: None,
+        },
+        GlobalsInfo { role_passwords },
+    ))
+}
+
+async fn read_globals(
+    job: &Job,
+    s: &PgSettings,
+    tools: &PgTools,
+    db: &str,
+    role_passwords: bool,
+) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut child =
+        pg::spawn_globals_dump(tools, &s.conn, db, role_passwords, job.redactor.clone())?;
+    let mut out = child.take_stdout().context("pg_dumpall has no stdout")?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut b = Vec::new();
+        out.read_to_end(&mut b).map(|_| b)
+    });
+    let script = read.await.context("reading pg_dumpall's output")?;
+    child.wait().await?;
+    script.context("reading pg_dumpall's output")
 }
 
 async fn dump_postgres(
@@ -634,7 +814,11 @@ async fn dump_postgres(
     tools: &PgTools,
     db: &str,
     upload: &mut dyn Upload,
-) -> anyhow::Result<(StreamStats, SourceInfo)> {
+) -> anyhow::Result<(
+    StreamStats,
+    SourceInfo,
+    Option<crate::source::pg_toc::Contents>,
+)> {
     let server = pg::server_version(tools, &s.conn, db, &job.redactor)
         .await
         .context("connecting to PostgreSQL")?;
@@ -648,6 +832,15 @@ async fn dump_postgres(
         job.redactor.clone(),
     )?;
     let stdout = child.take_stdout().context("pg_dump has no stdout")?;
+    // The manifest's summary of the archive comes from a copy of the stream's head.
+    let (tap, side) = match pg_contents::TocTap::start(tools, job.redactor.clone()) {
+        Ok((tap, side)) => (Some(tap), Some(side)),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the archive's table of contents: the manifest will have no contents summary");
+            (None, None)
+        }
+    };
+    let stdout = pg_contents::HeadTee::new(stdout, side);
     let codec = match s.compression {
         PgCompression::Zstd => Codec::Zstd {
             level: s.level,
@@ -668,6 +861,16 @@ async fn dump_postgres(
         }
         Err(e) => return Err(stop_after_failed_stream(child, e).await),
     };
+    let contents = match tap {
+        Some(tap) => match tap.finish(tools).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(database = %db, error = %job.redactor.redact(&format!("{e:#}")), "could not summarise the archive's contents for the manifest");
+                None
+            }
+        },
+        None => None,
+    };
     Ok((
         stats,
         SourceInfo {
@@ -678,6 +881,7 @@ async fn dump_postgres(
             neon_endpoint: s.conn.neon_endpoint(),
             collections: None,
         },
+        contents,
     ))
 }
 

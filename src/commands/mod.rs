@@ -4,9 +4,11 @@
 pub mod backup;
 pub mod common;
 pub mod list;
+pub mod pg_contents;
 mod preflight;
 pub mod prune;
 pub mod restore;
+pub mod restore_globals;
 pub mod restore_mongo;
 pub mod run_task;
 pub mod schedule;

@@ -2,6 +2,10 @@
 //! series — one (stage, kind, database) — in the store's time zone, and deletes artifacts
 //! together with their manifests in one batched request.
 //!
+//! A run's cluster globals artifact is not a series of its own: it is kept while any database
+//! backup of its run is kept and deleted with the last of them, never alone (a run whose
+//! database dumps all failed keeps its globals; delete those by hand).
+//!
 //! Legacy objects (no manifest) count as good backups: they are the old script's real dumps.
 //! Only a recorded failed verification makes an artifact "not ok".
 
@@ -60,7 +64,7 @@ pub async fn apply(
     .await?;
     let tz = store.zone.bucket_zone();
     let mut series: BTreeMap<(String, Kind, String), Vec<&Entry>> = BTreeMap::new();
-    for e in &entries {
+    for e in entries.iter().filter(|e| !e.parsed.globals) {
         series
             .entry((
                 e.parsed.stage.clone(),
@@ -100,6 +104,37 @@ pub async fn apply(
                 if e.manifest.is_some() {
                     doomed.push(e.manifest_key());
                 }
+            }
+        }
+    }
+    let run = |e: &Entry| (e.parsed.stage.clone(), e.parsed.timestamp.clone());
+    let runs: std::collections::HashSet<_> = entries
+        .iter()
+        .filter(|e| e.parsed.kind == Kind::Postgres && !e.parsed.globals)
+        .map(run)
+        .collect();
+    let gone: std::collections::HashSet<String> = doomed.iter().cloned().collect();
+    let kept_runs: std::collections::HashSet<_> = entries
+        .iter()
+        .filter(|e| e.parsed.kind == Kind::Postgres && !e.parsed.globals && !gone.contains(&e.key))
+        .map(run)
+        .collect();
+    for g in entries.iter().filter(|e| e.parsed.globals) {
+        let r = run(g);
+        if kept_runs.contains(&r) || !runs.contains(&r) {
+            out.kept += 1;
+            let why = if runs.contains(&r) {
+                "globals of a kept run"
+            } else {
+                "globals of a run without database backups"
+            };
+            lines.push_str(&format!("keep {} ({why})\n", g.key));
+        } else {
+            out.deleted += 1;
+            lines.push_str(&format!("delete {} (globals of a deleted run)\n", g.key));
+            doomed.push(g.key.clone());
+            if g.manifest.is_some() {
+                doomed.push(g.manifest_key());
             }
         }
     }

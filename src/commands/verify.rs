@@ -22,6 +22,7 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
+use super::pg_contents::{self, Privileges};
 use super::restore::{self, expectation, filter, is_mongo_url, PgTarget};
 use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
@@ -47,6 +48,8 @@ pub struct Verifier {
     pub restore_into: Option<PgTarget>,
     /// `--restore-into mongodb://…`: the scratch deployment MongoDB artifacts are restored into.
     pub mongo_restore_into: Option<MongoTarget>,
+    /// `--no-owner` / `--no-acl` for the PostgreSQL restore.
+    pub privileges: Privileges,
     pub cancel: CancellationToken,
 }
 
@@ -82,6 +85,9 @@ impl Verifier {
                 let content = match entry.parsed.kind {
                     _ if sealed => self.verify_sealed(entry, &mut details).await,
                     Kind::Mongo => self.verify_mongo(entry, &mut details).await,
+                    Kind::Postgres if entry.parsed.globals => {
+                        self.verify_globals(entry, &mut details).await
+                    }
                     Kind::Postgres => self.verify_pg(entry, &mut details).await,
                 };
                 // A content failure is the more specific verdict; an object that is intact
@@ -169,25 +175,126 @@ impl Verifier {
         }
         if let Some(target) = &self.restore_into {
             details.insert("restored_into".into(), json!(target.database));
-            if let Err(e) = restore::restore_pg(
+            let restored = match restore::restore_pg(
                 &self.storage,
                 entry,
                 restore_decode,
                 target,
                 true,
                 None,
+                self.privileges,
                 &self.cancel,
             )
             .await
             {
-                details.insert("restore".into(), json!("failed"));
-                return Err(Failure::Artifact(self.redactor.redact(
-                    &target.redactor.redact(&format!("restore failed: {e:#}")),
-                )));
-            }
+                Ok(r) => r,
+                Err(e) if e.downcast_ref::<pg_contents::MissingRoles>().is_some() => {
+                    // A scratch cluster without the roles says nothing about the artifact.
+                    details.insert("restore".into(), json!("skipped: missing roles"));
+                    return Err(Failure::Transient(e));
+                }
+                Err(e) => {
+                    details.insert("restore".into(), json!("failed"));
+                    return Err(Failure::Artifact(self.redactor.redact(
+                        &target.redactor.redact(&format!("restore failed: {e:#}")),
+                    )));
+                }
+            };
             details.insert("restore".into(), json!("ok"));
             let counts = target.row_counts().await.map_err(Failure::Transient)?;
             details.insert("tables".into(), json!(counts));
+            self.compare_contents(entry, &restored.entries, target, details)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Compares the restored database's objects, owners and ACL entries with the manifest's
+    /// record of the archive (or, for manifests without one, with the archive's own TOC).
+    async fn compare_contents(
+        &self,
+        entry: &Entry,
+        archive: &[crate::source::pg_toc::Entry],
+        target: &PgTarget,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let expected = match entry.manifest.as_ref().and_then(|m| m.contents.clone()) {
+            Some(c) => c,
+            None => pg_contents::contents(archive, &target.tools),
+        };
+        let live = pg_contents::live_entries(target)
+            .await
+            .map_err(Failure::Transient)?;
+        let got = pg_contents::contents(&live, &target.tools);
+        let diffs = crate::source::pg_toc::compare(
+            &expected,
+            &got,
+            !self.privileges.no_owner,
+            !self.privileges.no_acl,
+        );
+        details.insert("objects".into(), json!(got.objects.values().sum::<u64>()));
+        details.insert("acl_entries".into(), json!(got.acl_entries));
+        if diffs.is_empty() {
+            details.insert("contents".into(), json!("ok"));
+            return Ok(());
+        }
+        details.insert("contents".into(), json!("differs"));
+        let msg = format!(
+            "the restored database differs from the backup: {}",
+            diffs.join("; ")
+        );
+        details.insert("differences".into(), json!(diffs));
+        Err(Failure::Artifact(msg))
+    }
+}
+
+impl Verifier {
+    /// A globals artifact: checksum, then the script must be a complete pg_dumpall output
+    /// (its closing comment is written last). It is never restored here: roles are
+    /// cluster-wide, a scratch database is not the place to change them.
+    async fn verify_globals(
+        &self,
+        entry: &Entry,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let expect = Some(require_manifest(entry, details)?);
+        let src = self.open(entry).await?;
+        let decode = self.decode(entry)?;
+        let fed = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            feed::feed(src, &decode, &mut out, expect.as_ref(), Consumer::Strict).map(|_| out)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.into()))?;
+        let script = match fed {
+            Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
+                details.insert("checksum".into(), json!("mismatch"));
+                return Err(Failure::Artifact(e.to_string()));
+            }
+            Err(e @ FeedError::Decode(_)) => {
+                details.insert("checksum".into(), json!("ok"));
+                details.insert("structure".into(), json!("failed"));
+                return Err(Failure::Artifact(e.to_string()));
+            }
+            Err(e) => return Err(Failure::Transient(e.into())),
+            Ok(b) => b,
+        };
+        details.insert("checksum".into(), json!("ok"));
+        let text = String::from_utf8_lossy(&script);
+        let roles = crate::globals::role_names(&text);
+        if !text.contains("PostgreSQL database cluster dump complete") {
+            details.insert("structure".into(), json!("failed"));
+            return Err(Failure::Artifact(
+                "not a complete pg_dumpall --globals-only script".into(),
+            ));
+        }
+        details.insert("structure".into(), json!("ok"));
+        details.insert("roles".into(), json!(roles.len()));
+        if self.restore_into.is_some() {
+            details.insert(
+                "restore".into(),
+                json!("skipped: cluster globals (apply them with restore-globals)"),
+            );
         }
         Ok(())
     }
@@ -588,6 +695,10 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         identities,
         restore_into,
         mongo_restore_into,
+        privileges: Privileges {
+            no_owner: args.privileges.no_owner,
+            no_acl: args.privileges.no_acl,
+        },
         cancel: rt.cancel.clone(),
     };
     let mut failed = 0;

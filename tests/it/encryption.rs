@@ -94,6 +94,11 @@ fn postgres_backup_is_encrypted_and_restores_with_the_identity() {
     assert_eq!(man["encryption"]["recipients"][0], k.recipient.as_str());
     assert_eq!(man["compression"], "zstd");
     assert_eq!(man["sha256"], sha256_hex(&object));
+    // The contents summary is taken from the plaintext stream, before encryption.
+    assert!(
+        man["contents"]["objects"]["TABLE"].as_u64().unwrap() >= 1,
+        "{man}"
+    );
 
     // list parses the key like any other artifact.
     let out = store_cmd(&bucket)

@@ -15,6 +15,7 @@ mod encryption;
 mod faults;
 mod mongo_real;
 mod notify;
+mod restore_faithful;
 mod restore_mongo;
 mod s3_faults;
 mod secret_hygiene;

@@ -507,6 +507,9 @@ pub fn base_env() -> Vec<(&'static str, String)> {
         ("AWS_MAX_ATTEMPTS", "1".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ("BACKHAUL_LOG_FORMAT", "json".into()),
+        // Tests that count artifacts predate the globals artifact; tests/it/restore_faithful.rs
+        // turns it on.
+        ("BACKUP_GLOBALS", "off".into()),
     ]
 }
 
