@@ -30,6 +30,7 @@ use crate::manifest::{self, GlobalsInfo, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::report::{ArtifactReport, Notifier};
+use crate::retention::Policy;
 use crate::secret::Redactor;
 use crate::secret::Secret;
 use crate::source::child::ChildProc;
@@ -104,6 +105,7 @@ struct Plan<'a> {
     targets: &'a [Target],
 }
 
+#[derive(Clone)]
 struct PgSettings {
     conn: PgConn,
     compression: PgCompression,
@@ -113,6 +115,7 @@ struct PgSettings {
     pg_dump_path: Option<std::path::PathBuf>,
 }
 
+#[derive(Clone)]
 struct MongoSettings {
     conn: MongoConn,
     format: MongoFormat,
@@ -161,46 +164,73 @@ enum TargetError {
     Other(#[from] anyhow::Error),
 }
 
+/// Everything a run will do, validated (exit 2 on any problem) before anything is contacted.
+struct RunPlan {
+    store: Store,
+    redactor: Redactor,
+    pg: Option<PgSettings>,
+    mongo: Option<MongoSettings>,
+    timeout: Option<Duration>,
+    parallel: usize,
+    prune: Option<Policy>,
+    verify_into: Option<String>,
+    globals: GlobalsMode,
+    verify_privileges: Privileges,
+    encrypt: Option<Recipients>,
+    notifier: Option<Notifier>,
+    timestamp: String,
+    targets: Vec<Target>,
+}
+
+/// The run: plan → (print it, for `--dry-run`) → prepare → run targets → report → verify →
+/// notify → prune. Each step is a function below, in that order.
 pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    if args.dry_run {
+        return print_plan(&plan);
+    }
+    let (job, verify_target) = prepare(&plan, &rt).await?;
+    if let Some(n) = &plan.notifier {
+        n.start(&job.store.stage).await;
+    }
+    let results = run_targets(&job, &plan.targets, plan.parallel).await?;
+    let tally = report(&job, &results);
+    let mut unverified = 0;
+    if let (Some(target), false) = (verify_target, tally.interrupted) {
+        unverified = verify_results(&job, target, &results).await?;
+    }
+    if let Some(n) = &plan.notifier {
+        n.finish(
+            &job.store.stage,
+            &tally.reports,
+            tally.interrupted || unverified > 0,
+        )
+        .await;
+    }
+    if tally.interrupted {
+        return Err(Interrupted.into());
+    }
+    if tally.failed > 0 || unverified > 0 {
+        return Err(Reported(format!(
+            "{} of {} backups failed, {unverified} failed verification",
+            tally.failed,
+            results.len()
+        ))
+        .into());
+    }
+    if let Some(policy) = &plan.prune {
+        super::prune::apply(&job.storage, &job.store, policy, &Filter::default(), false)
+            .await
+            .context("pruning after the backup")?;
+    }
+    Ok(())
+}
+
+/// Resolves and validates every setting and names every artifact; no I/O.
+fn plan(args: &BackupArgs) -> anyhow::Result<RunPlan> {
     let store = Store::resolve(&args.store)?;
     let mut redactor = Redactor::default();
-    let pg_inputs = common::pg_inputs(&args.pg);
-    let want_pg = args.only != Some(Only::Mongo);
-    let want_mongo = args.only != Some(Only::Postgres);
-    let pg_settings = if want_pg && pg_inputs.is_present() {
-        let conn = PgConn::resolve(&pg_inputs)?;
-        common::pg_redactor(&conn, &mut redactor);
-        let compression: PgCompression = args.compression.parse()?;
-        if !(1..=19).contains(&args.zstd_level) {
-            return Err(ConfigError::invalid(
-                "PG_ZSTD_LEVEL",
-                format!("{} is not a zstd level (1-19)", args.zstd_level),
-            )
-            .into());
-        }
-        let threads = match args.zstd_threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
-            n => n,
-        };
-        Some(PgSettings {
-            conn,
-            compression,
-            level: args.zstd_level,
-            threads,
-            extra_args: args.pg_dump_args.clone(),
-            pg_dump_path: args.pg.pg_dump_path.clone(),
-        })
-    } else if args.only == Some(Only::Postgres) {
-        return Err(ConfigError::missing(
-            "PG_DB_HOST",
-            "--only postgres needs PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET",
-        )
-        .into());
-    } else {
-        None
-    };
+    let pg = pg_settings(args, &mut redactor)?;
     let mongo_uri = non_empty(args.mongo.mongo_uri.clone());
     if args.only == Some(Only::Mongo) && mongo_uri.is_none() {
         return Err(ConfigError::missing(
@@ -209,11 +239,11 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         )
         .into());
     }
-    let mongo_settings = match mongo_uri.filter(|_| want_mongo) {
-        Some(uri) => Some(mongo_settings(&args, Secret::new(uri), &mut redactor)?),
+    let mongo = match mongo_uri.filter(|_| args.only != Some(Only::Postgres)) {
+        Some(uri) => Some(mongo_settings(args, Secret::new(uri), &mut redactor)?),
         None => None,
     };
-    if pg_settings.is_none() && mongo_settings.is_none() {
+    if pg.is_none() && mongo.is_none() {
         return Err(ConfigError::missing(
             "PG_DB_HOST",
             "nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING)",
@@ -226,13 +256,13 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     if args.parallel == 0 {
         return Err(ConfigError::invalid("BACKUP_PARALLEL", "must be at least 1").into());
     }
-    let prune_policy = if args.prune {
+    let prune = if args.prune {
         Some(super::prune::policy(&args.keep)?)
     } else {
         None
     };
     let verify_into = non_empty(args.verify_into.clone());
-    let globals_mode = GlobalsMode::parse(&args.globals)?;
+    let globals = GlobalsMode::parse(&args.globals)?;
     let encrypt = Recipients::parse(&args.encrypt_to)?;
     if encrypt.is_some() && verify_into.is_some() {
         // The backup holds only public keys, so it could not decrypt what it restores.
@@ -242,28 +272,104 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         )
         .into());
     }
+    let notifier = non_empty(args.notify_url.clone())
+        .map(|u| Notifier::new(&u))
+        .transpose()?;
+    let timestamp = layout::timestamp(store.zone.at(Utc::now()));
     let suffix = if encrypt.is_some() {
         crypto::SUFFIX
     } else {
         ""
     };
+    let targets = targets(
+        &store,
+        &timestamp,
+        suffix,
+        pg.as_ref(),
+        mongo.as_ref(),
+        globals,
+    )?;
+    Ok(RunPlan {
+        store,
+        redactor,
+        pg,
+        mongo,
+        timeout,
+        parallel: args.parallel,
+        prune,
+        verify_into,
+        globals,
+        verify_privileges: Privileges {
+            no_owner: args.verify_no_owner,
+            no_acl: args.verify_no_acl,
+        },
+        encrypt,
+        notifier,
+        timestamp,
+        targets,
+    })
+}
 
-    let notifier = non_empty(args.notify_url.clone())
-        .map(|u| Notifier::new(&u))
-        .transpose()?;
-    let timestamp = layout::timestamp(store.zone.at(Utc::now()));
+/// The PostgreSQL half of the plan, if PostgreSQL is configured (and wanted).
+fn pg_settings(args: &BackupArgs, redactor: &mut Redactor) -> anyhow::Result<Option<PgSettings>> {
+    let inputs = common::pg_inputs(&args.pg);
+    if args.only == Some(Only::Mongo) || !inputs.is_present() {
+        if args.only == Some(Only::Postgres) {
+            return Err(ConfigError::missing(
+                "PG_DB_HOST",
+                "--only postgres needs PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET",
+            )
+            .into());
+        }
+        return Ok(None);
+    }
+    let conn = PgConn::resolve(&inputs)?;
+    common::pg_redactor(&conn, redactor);
+    let compression: PgCompression = args.compression.parse()?;
+    if !(1..=19).contains(&args.zstd_level) {
+        return Err(ConfigError::invalid(
+            "PG_ZSTD_LEVEL",
+            format!("{} is not a zstd level (1-19)", args.zstd_level),
+        )
+        .into());
+    }
+    let threads = match args.zstd_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        n => n,
+    };
+    Ok(Some(PgSettings {
+        conn,
+        compression,
+        level: args.zstd_level,
+        threads,
+        extra_args: args.pg_dump_args.clone(),
+        pg_dump_path: args.pg.pg_dump_path.clone(),
+    }))
+}
+
+/// One target per database (and the cluster's globals), all under one timestamp.
+fn targets(
+    store: &Store,
+    timestamp: &str,
+    suffix: &str,
+    pg: Option<&PgSettings>,
+    mongo: Option<&MongoSettings>,
+    globals: GlobalsMode,
+) -> anyhow::Result<Vec<Target>> {
     let prefix = store.dest.key_prefix();
     let mut targets = Vec::new();
-    if let Some(s) = &pg_settings {
+    if let Some(s) = pg {
         let ext = match s.compression {
             PgCompression::Zstd => ".dump.zst",
             PgCompression::Pg | PgCompression::None => ".dump",
         };
         let ext = format!("{ext}{suffix}");
+        let compression = serde_json::to_value(s.compression)?;
         for db in &s.conn.databases {
             let key =
-                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, &timestamp, &ext);
-            let compression = serde_json::to_value(s.compression)?;
+                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, timestamp, &ext);
             targets.push(Target::new(
                 Kind::Postgres,
                 db,
@@ -272,13 +378,13 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
                 s.conn.url_for(db),
             ));
         }
-        if globals_mode != GlobalsMode::Off {
+        if globals != GlobalsMode::Off {
             let (ext, compression) = match s.compression {
                 PgCompression::Zstd => (".sql.zst", "zstd"),
                 PgCompression::Pg | PgCompression::None => (".sql", "none"),
             };
             let key =
-                layout::globals_key(&prefix, &store.stage, &timestamp, &format!("{ext}{suffix}"));
+                layout::globals_key(&prefix, &store.stage, timestamp, &format!("{ext}{suffix}"));
             let first = s
                 .conn
                 .databases
@@ -296,12 +402,10 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
             targets.push(t);
         }
     }
-
-    if let Some(s) = &mongo_settings {
+    if let Some(s) = mongo {
+        let ext = format!("{}{suffix}", s.format.extension());
         for db in &s.conn.databases {
-            let ext = format!("{}{suffix}", s.format.extension());
-            let key =
-                layout::artifact_key(&prefix, &store.stage, Kind::Mongo, db, &timestamp, &ext);
+            let key = layout::artifact_key(&prefix, &store.stage, Kind::Mongo, db, timestamp, &ext);
             targets.push(Target::new(
                 Kind::Mongo,
                 db,
@@ -311,20 +415,26 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
             ));
         }
     }
+    Ok(targets)
+}
 
-    if args.dry_run {
-        let plan = Plan {
-            destination: store.dest.display(),
-            stage: &store.stage,
-            timestamp: &timestamp,
-            timezone: store.zone.name(),
-            targets: &targets,
-        };
-        println!("{}", serde_json::to_string_pretty(&plan)?);
-        return Ok(());
-    }
+/// `--dry-run`: the resolved plan as JSON (connections redacted).
+fn print_plan(plan: &RunPlan) -> anyhow::Result<()> {
+    let shown = Plan {
+        destination: plan.store.dest.display(),
+        stage: &plan.store.stage,
+        timestamp: &plan.timestamp,
+        timezone: plan.store.zone.name(),
+        targets: &plan.targets,
+    };
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    Ok(())
+}
 
-    let pg = match pg_settings {
+/// Finds the dump tools, resolves the verification target and opens storage: the first
+/// steps that touch the machine or the network, after every setting was checked.
+async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Option<PgTarget>)> {
+    let pg = match &plan.pg {
         Some(s) => {
             let tools = match PgTools::locate(s.pg_dump_path.as_deref()).await {
                 Ok(t) => t,
@@ -340,11 +450,11 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(pg_dump = %tools.pg_dump.display(), version = %tools.version, "using pg_dump");
-            Some((s, tools))
+            Some((s.clone(), tools))
         }
         None => None,
     };
-    let mongo = match mongo_settings {
+    let mongo = match &plan.mongo {
         Some(s) => {
             let tools = match MongoTools::locate(s.mongodump_path.as_deref()).await {
                 Ok(t) => t,
@@ -354,39 +464,41 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(mongodump = %tools.mongodump.display(), version = %tools.version, "using mongodump");
-            Some((s, tools))
+            Some((s.clone(), tools))
         }
         None => None,
     };
-    let verify_target = match (&verify_into, &pg) {
+    let verify_target = match (&plan.verify_into, &pg) {
         (Some(url), Some((s, _))) => {
             Some(PgTarget::resolve(url, "BACKUP_VERIFY_INTO", s.pg_dump_path.as_deref()).await?)
         }
         _ => None,
     };
-    let storage = store.open().await?;
-    tracing::info!(destination = %store.dest.display(), stage = %store.stage, %timestamp, targets = targets.len(), "backup starting");
+    let storage = plan.store.open().await?;
+    tracing::info!(destination = %plan.store.dest.display(), stage = %plan.store.stage, timestamp = %plan.timestamp, targets = plan.targets.len(), "backup starting");
     let job = Arc::new(Job {
-        store,
+        store: plan.store.clone(),
         storage,
-        redactor,
-        timestamp,
+        redactor: plan.redactor.clone(),
+        timestamp: plan.timestamp.clone(),
         pg,
         mongo,
-        timeout,
-        encrypt,
-        globals: globals_mode,
-        verify_privileges: Privileges {
-            no_owner: args.verify_no_owner,
-            no_acl: args.verify_no_acl,
-        },
+        timeout: plan.timeout,
+        encrypt: plan.encrypt.clone(),
+        globals: plan.globals,
+        verify_privileges: plan.verify_privileges,
         cancel: rt.cancel.clone(),
     });
+    Ok((job, verify_target))
+}
 
-    if let Some(n) = &notifier {
-        n.start(&job.store.stage).await;
-    }
-    let limit = Arc::new(Semaphore::new(args.parallel));
+/// Runs every target, at most `parallel` at once; results in target order.
+async fn run_targets(
+    job: &Arc<Job>,
+    targets: &[Target],
+    parallel: usize,
+) -> anyhow::Result<Vec<TargetResult>> {
+    let limit = Arc::new(Semaphore::new(parallel));
     let mut set = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().cloned().enumerate() {
         let (job, limit) = (job.clone(), limit.clone());
@@ -402,11 +514,24 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         results.push(r.context("backup task panicked")?);
     }
     results.sort_by_key(|r| r.0);
+    Ok(results)
+}
 
-    let mut failed = 0;
-    let mut interrupted = false;
-    let mut reports = Vec::with_capacity(results.len());
-    for (_, t, took, res) in &results {
+/// What the per-artifact report lines add up to.
+struct Tally {
+    failed: usize,
+    interrupted: bool,
+    reports: Vec<ArtifactReport>,
+}
+
+/// One log line and one stdout summary line per artifact.
+fn report(job: &Job, results: &[TargetResult]) -> Tally {
+    let mut tally = Tally {
+        failed: 0,
+        interrupted: false,
+        reports: Vec::with_capacity(results.len()),
+    };
+    for (_, t, took, res) in results {
         let seconds = (took.as_secs_f64() * 1000.0).round() / 1000.0;
         let mut report = ArtifactReport {
             event: "artifact",
@@ -441,8 +566,8 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
                 report.error = Some(msg);
             }
             Err(e) => {
-                failed += 1;
-                interrupted |= matches!(e, TargetError::Interrupted);
+                tally.failed += 1;
+                tally.interrupted |= matches!(e, TargetError::Interrupted);
                 let msg = job.redactor.redact(&format!("{:#}", clone_err(e)));
                 tracing::error!(kind = t.kind.as_str(), database = %t.database, key = %t.key, seconds, error = %msg, "backup failed");
                 report.status = "failed";
@@ -450,32 +575,9 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
             }
         }
         println!("{}", report.to_line());
-        reports.push(report);
+        tally.reports.push(report);
     }
-    let mut unverified = 0;
-    if let (Some(target), false) = (verify_target, interrupted) {
-        unverified = verify_results(&job, target, &results).await?;
-    }
-    if let Some(n) = &notifier {
-        n.finish(&job.store.stage, &reports, interrupted || unverified > 0)
-            .await;
-    }
-    if interrupted {
-        return Err(Interrupted.into());
-    }
-    if failed > 0 || unverified > 0 {
-        return Err(Reported(format!(
-            "{failed} of {} backups failed, {unverified} failed verification",
-            results.len()
-        ))
-        .into());
-    }
-    if let Some(policy) = prune_policy {
-        super::prune::apply(&job.storage, &job.store, &policy, &Filter::default(), false)
-            .await
-            .context("pruning after the backup")?;
-    }
-    Ok(())
+    tally
 }
 
 /// Validates the MongoDB settings (exit 2 on any problem) and registers the URI's secrets.
