@@ -44,6 +44,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What the stored object must hash to, from its manifest (none for a seed-script object).
+    pub fn expectation(&self) -> Option<crate::feed::Expect> {
+        self.manifest.as_ref().map(|m| crate::feed::Expect {
+            sha256: m.sha256.clone(),
+            size: m.stored_bytes,
+        })
+    }
+}
+
+impl Entry {
     pub fn manifest_key(&self) -> String {
         layout::manifest_key(&self.key)
     }

@@ -13,6 +13,7 @@ mod globals;
 mod layout;
 mod logging;
 mod manifest;
+mod percent;
 mod pipeline;
 mod progress;
 mod provenance;

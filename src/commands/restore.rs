@@ -320,7 +320,7 @@ pub async fn restore_pg(
     privileges: Privileges,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Restored> {
-    let expect = expectation(entry);
+    let expect = entry.expectation();
     if expect.is_none() {
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
     }
@@ -351,13 +351,6 @@ pub async fn restore_pg(
 /// `--identity`, read up front so a bad file fails before anything runs (exit 2).
 pub fn load_identities(path: Option<&Path>) -> anyhow::Result<Option<Arc<Identities>>> {
     Ok(path.map(Identities::load).transpose()?.map(Arc::new))
-}
-
-pub fn expectation(entry: &Entry) -> Option<Expect> {
-    entry.manifest.as_ref().map(|m| Expect {
-        sha256: m.sha256.clone(),
-        size: m.stored_bytes,
-    })
 }
 
 async fn streaming(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_util::io::SyncIoBridge;
 
 use super::common::Store;
-use super::restore::{self, expectation, PgTarget};
+use super::restore::{self, PgTarget};
 use crate::catalog::{self, CatalogError, Entry, Filter};
 use crate::cli::RestoreGlobalsArgs;
 use crate::config::ConfigError;
@@ -153,7 +153,7 @@ async fn fetch(
     entry: &Entry,
     decode: Decode,
 ) -> anyhow::Result<String> {
-    let expect = expectation(entry);
+    let expect = entry.expectation();
     let reader = storage.get(&entry.key).await?;
     let src = SyncIoBridge::new(reader);
     let bytes = tokio::task::spawn_blocking(move || {

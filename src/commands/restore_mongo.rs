@@ -25,7 +25,6 @@ use anyhow::Context as _;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
-use super::restore::expectation;
 use super::Interrupted;
 use crate::catalog::Entry;
 use crate::cli::MongoArgs;
@@ -144,7 +143,7 @@ pub async fn restore_mongo(
             }
             e => e.into(),
         })?;
-    let expect = expectation(entry);
+    let expect = entry.expectation();
     if expect.is_none() {
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
     }

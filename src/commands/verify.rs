@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
 use super::pg_contents::{self, Privileges};
-use super::restore::{self, expectation, filter, is_mongo_url, PgTarget};
+use super::restore::{self, filter, is_mongo_url, PgTarget};
 use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
 use crate::catalog::{self, Entry};
@@ -335,7 +335,7 @@ async fn same_object(
 /// What the manifest promises; an artifact without one cannot be verified. Records the
 /// promised digest and size in `details` either way.
 fn require_manifest(entry: &Entry, details: &mut Map<String, Value>) -> Result<Expect, Failure> {
-    let Some(expect) = expectation(entry) else {
+    let Some(expect) = entry.expectation() else {
         details.insert("checksum".into(), json!("unverifiable: no manifest"));
         return Err(Failure::Artifact("unverifiable: no manifest".into()));
     };

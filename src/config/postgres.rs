@@ -6,24 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use url::Url;
 
 use super::ConfigError;
+use crate::percent::encode_component;
 use crate::secret::Secret;
-
-/// Everything but RFC 3986 "unreserved" characters is encoded, so any password, user or
-/// database name survives libpq's URI parser unchanged.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-pub fn encode_component(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
-}
 
 fn decode_component(s: &str, what: &'static str) -> Result<String, ConfigError> {
     percent_decode_str(s)
