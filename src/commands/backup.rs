@@ -228,7 +228,7 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
 
 /// Resolves and validates every setting and names every artifact; no I/O.
 fn plan(args: &BackupArgs) -> anyhow::Result<RunPlan> {
-    let store = Store::resolve(&args.store)?;
+    let store = Store::resolve(&args.store)?.with_upload(&args.upload)?;
     let mut redactor = Redactor::default();
     let pg = pg_settings(args, &mut redactor)?;
     let mongo_uri = non_empty(args.mongo.mongo_uri.clone());
@@ -345,7 +345,7 @@ fn pg_settings(args: &BackupArgs, redactor: &mut Redactor) -> anyhow::Result<Opt
         level: args.zstd_level,
         threads,
         extra_args: args.pg_dump_args.clone(),
-        pg_dump_path: args.pg.pg_dump_path.clone(),
+        pg_dump_path: args.pg.tools.pg_dump_path.clone(),
     }))
 }
 

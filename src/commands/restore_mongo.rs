@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Interrupted;
 use crate::catalog::Entry;
-use crate::cli::MongoArgs;
+use crate::cli::MongoRestoreArgs;
 use crate::config::mongo::MongoConn;
 use crate::config::ConfigError;
 use crate::feed::{self, Consumer, Decode, Fed};
@@ -66,7 +66,7 @@ pub struct MongoTarget {
 
 impl MongoTarget {
     /// `var` names the flag/variable the URI came from, for configuration errors.
-    pub fn resolve(uri: &str, var: &str, args: &MongoArgs) -> anyhow::Result<MongoTarget> {
+    pub fn resolve(uri: &str, var: &str, args: &MongoRestoreArgs) -> anyhow::Result<MongoTarget> {
         let secret = Secret::new(uri);
         // Any name validates the URI itself; the real database is chosen per artifact.
         let conn = MongoConn::resolve(&secret, Some("_"))

@@ -13,6 +13,7 @@ mod data;
 mod ecs;
 mod encryption;
 mod faults;
+mod help;
 mod mongo_real;
 mod notify;
 mod restore_faithful;
