@@ -140,6 +140,25 @@ pub fn is_mongo_url(url: &str) -> bool {
     url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
 }
 
+/// Where a restore can go: a PostgreSQL URL or a MongoDB URI. Anything else is named with
+/// both accepted forms (the PostgreSQL parser alone would only mention its own).
+pub fn check_target_scheme(url: &str, var: &str) -> Result<(), ConfigError> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("postgres" | "postgresql" | "mongodb" | "mongodb+srv") => Ok(()),
+        _ => Err(ConfigError::invalid(
+            var,
+            format!(
+                "{}: expected postgresql://user:password@host:5432/dbname or mongodb://user:password@host:27017/[db]",
+                match scheme {
+                    Some(s) => format!("has scheme \"{s}\""),
+                    None => "is not a URL".to_string(),
+                }
+            ),
+        )),
+    }
+}
+
 /// `PG_DUMP_PATH` (pg_restore and psql are taken from beside it) or the newest install.
 pub async fn locate_tools(explicit: Option<&Path>) -> anyhow::Result<PgTools> {
     match PgTools::locate(explicit).await {
@@ -188,6 +207,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
     let identities = load_identities(args.identity.as_deref())?;
+    check_target_scheme(&args.to, "RESTORE_TO")?;
     if is_mongo_url(&args.to) {
         return run_mongo(args, store, filter, identities, rt).await;
     }

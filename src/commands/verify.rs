@@ -640,6 +640,9 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         None => restore::locate_tools(None).await.ok(),
     };
     let identities = restore::load_identities(args.identity.as_deref())?;
+    if let Some(url) = non_empty(args.restore_into.clone()) {
+        restore::check_target_scheme(&url, "VERIFY_RESTORE_INTO")?;
+    }
     let (restore_into, mongo_restore_into) = match non_empty(args.restore_into.clone()) {
         Some(url) if is_mongo_url(&url) => (
             None,

@@ -167,6 +167,16 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         ),
         (&["restore", "latest"], &[]),
         (&["verify", "--since", "a week"], &[]),
+        (
+            &[
+                "verify",
+                "latest",
+                "--restore-into",
+                "mysql://u:hunter22@h/d",
+            ],
+            &[],
+        ),
+        (&["restore", "latest", "--to", "db.example.com/app"], &[]),
         // A file:// destination that does not exist is a typo, not "no backups".
         (&["list", "--dest", "file:///no/such/dir"], &[]),
         (&["verify", "latest", "--dest", "file:///no/such/dir"], &[]),
