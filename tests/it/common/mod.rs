@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod contract;
+mod fixture;
 pub mod mongod;
 pub mod proxy;
+
+pub use fixture::*;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
