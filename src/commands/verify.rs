@@ -144,22 +144,8 @@ impl Verifier {
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
         let listed = child.wait().await;
-        match fed {
-            Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
-                details.insert("checksum".into(), json!("mismatch"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e @ FeedError::Decode(_)) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert("structure".into(), json!("failed"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e) => return Err(Failure::Transient(e.into())),
-            Ok(fed) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert("raw_bytes".into(), json!(fed.raw_bytes));
-            }
-        }
+        let fed = judge_feed(fed, details)?;
+        details.insert("raw_bytes".into(), json!(fed.raw_bytes));
         if let Err(e) = listed {
             details.insert("structure".into(), json!("failed"));
             return Err(Failure::Artifact(format!(
@@ -266,20 +252,7 @@ impl Verifier {
         })
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
-        let script = match fed {
-            Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
-                details.insert("checksum".into(), json!("mismatch"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e @ FeedError::Decode(_)) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert("structure".into(), json!("failed"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e) => return Err(Failure::Transient(e.into())),
-            Ok(b) => b,
-        };
-        details.insert("checksum".into(), json!("ok"));
+        let script = judge_feed(fed, details)?;
         let text = String::from_utf8_lossy(&script);
         let roles = crate::globals::role_names(&text);
         if !text.contains("PostgreSQL database cluster dump complete") {
@@ -334,6 +307,30 @@ async fn same_object(
 
 /// What the manifest promises; an artifact without one cannot be verified. Records the
 /// promised digest and size in `details` either way.
+/// A feed's checksum (and, where it decodes, structure) verdict, recorded in `details`: a
+/// mismatch or an undecodable stream is the artifact's fault, anything else transient.
+fn judge_feed<T>(
+    fed: Result<T, FeedError>,
+    details: &mut Map<String, Value>,
+) -> Result<T, Failure> {
+    match fed {
+        Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
+            details.insert("checksum".into(), json!("mismatch"));
+            Err(Failure::Artifact(e.to_string()))
+        }
+        Err(e @ FeedError::Decode(_)) => {
+            details.insert("checksum".into(), json!("ok"));
+            details.insert("structure".into(), json!("failed"));
+            Err(Failure::Artifact(e.to_string()))
+        }
+        Err(e) => Err(Failure::Transient(e.into())),
+        Ok(v) => {
+            details.insert("checksum".into(), json!("ok"));
+            Ok(v)
+        }
+    }
+}
+
 fn require_manifest(entry: &Entry, details: &mut Map<String, Value>) -> Result<Expect, Failure> {
     let Some(expect) = entry.expectation() else {
         details.insert("checksum".into(), json!("unverifiable: no manifest"));
@@ -525,20 +522,11 @@ impl Verifier {
         })
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
-        match fed {
-            Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
-                details.insert("checksum".into(), json!("mismatch"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e) => return Err(Failure::Transient(e.into())),
-            Ok(_) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert(
-                    "structure".into(),
-                    json!("skipped (encrypted, no --identity)"),
-                );
-            }
-        }
+        judge_feed(fed, details)?;
+        details.insert(
+            "structure".into(),
+            json!("skipped (encrypted, no --identity)"),
+        );
         if self.restore_into.is_some() {
             details.insert("restore".into(), json!("skipped"));
             return Err(Failure::Transient(

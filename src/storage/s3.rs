@@ -76,6 +76,33 @@ fn refused<E>(e: &SdkError<E, HttpResponse>) -> bool {
         .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
 }
 
+/// What a conditional create (PutObject, CompleteMultipartUpload) stored, from its answer:
+/// the object's ETag and version, or, after a failure, what [`settle`] makes of it.
+async fn created<E>(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    op: &'static str,
+    parts: u32,
+    answer: Result<(Option<String>, Option<String>), SdkError<E, HttpResponse>>,
+) -> Result<Stored, StorageError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match answer {
+        Ok((etag, version_id)) => Ok(Stored {
+            parts,
+            etag,
+            version_id: version(version_id.as_deref()),
+        }),
+        Err(e) => {
+            let was_refused = refused(&e);
+            let failure = err(op, key, e);
+            settle(client, bucket, key, parts, was_refused, failure).await
+        }
+    }
+}
+
 /// After a create failed: if the key holds an object this process created, an earlier
 /// attempt succeeded and only its answer was lost, so the create did happen. Otherwise a
 /// refusal means another run's object, left untouched; any other failure stands.
@@ -373,26 +400,16 @@ impl Upload for S3Upload {
                 .send()
                 .await;
             self.closed = true;
-            return match res {
-                Ok(o) => Ok(Stored {
-                    parts: 1,
-                    etag: o.e_tag().map(str::to_string),
-                    version_id: version(o.version_id()),
-                }),
-                Err(e) => {
-                    let was_refused = refused(&e);
-                    let failure = err("put object", &self.key, e);
-                    settle(
-                        &self.client,
-                        &self.bucket,
-                        &self.key,
-                        1,
-                        was_refused,
-                        failure,
-                    )
-                    .await
-                }
-            };
+            let answer = res.map(|o| (o.e_tag, o.version_id));
+            return created(
+                &self.client,
+                &self.bucket,
+                &self.key,
+                "put object",
+                1,
+                answer,
+            )
+            .await;
         };
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
@@ -414,27 +431,17 @@ impl Upload for S3Upload {
             )
             .send()
             .await;
-        let stored = match res {
-            Ok(o) => Stored {
-                parts: count,
-                etag: o.e_tag().map(str::to_string),
-                version_id: version(o.version_id()),
-            },
-            Err(e) => {
-                // A refused completion leaves the upload open: the caller's abort discards it.
-                let was_refused = refused(&e);
-                let failure = err("complete multipart upload", &self.key, e);
-                settle(
-                    &self.client,
-                    &self.bucket,
-                    &self.key,
-                    count,
-                    was_refused,
-                    failure,
-                )
-                .await?
-            }
-        };
+        // A refused completion leaves the upload open: the caller's abort discards it.
+        let answer = res.map(|o| (o.e_tag, o.version_id));
+        let stored = created(
+            &self.client,
+            &self.bucket,
+            &self.key,
+            "complete multipart upload",
+            count,
+            answer,
+        )
+        .await?;
         self.upload_id = None;
         self.closed = true;
         Ok(stored)
@@ -549,18 +556,8 @@ impl Storage for S3Storage {
             .body(ByteStream::from(body))
             .send()
             .await;
-        match res {
-            Ok(o) => Ok(Stored {
-                parts: 1,
-                etag: o.e_tag().map(str::to_string),
-                version_id: version(o.version_id()),
-            }),
-            Err(e) => {
-                let was_refused = refused(&e);
-                let failure = err("put object", key, e);
-                settle(&self.client, &self.bucket, key, 1, was_refused, failure).await
-            }
-        }
+        let answer = res.map(|o| (o.e_tag, o.version_id));
+        created(&self.client, &self.bucket, key, "put object", 1, answer).await
     }
 
     async fn get(&self, key: &str) -> Result<Reader, StorageError> {
