@@ -47,11 +47,7 @@ pub async fn archive_entries(
     redactor: Redactor,
 ) -> anyhow::Result<Vec<Entry>> {
     let mut child = pg::spawn_schema_script(tools, redactor)?;
-    let stdin = child
-        .take_stdin()
-        .and_then(|s| s.into_owned_fd().ok())
-        .map(std::fs::File::from)
-        .context("pg_restore has no stdin")?;
+    let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
     let reader = storage.get(key).await?;
     let src = SyncIoBridge::new(reader);
     let feeding =
@@ -87,11 +83,7 @@ impl TocTap {
     /// Starts the reader; the returned file is its input, for [`HeadTee`].
     pub fn start(tools: &PgTools, redactor: Redactor) -> anyhow::Result<(TocTap, std::fs::File)> {
         let mut child = pg::spawn_schema_script(tools, redactor)?;
-        let stdin = child
-            .take_stdin()
-            .and_then(|s| s.into_owned_fd().ok())
-            .map(std::fs::File::from)
-            .context("pg_restore has no stdin")?;
+        let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
         let mut out = child.take_stdout().context("pg_restore has no stdout")?;
         let script = tokio::task::spawn_blocking(move || {
             let mut s = String::new();

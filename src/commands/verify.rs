@@ -131,9 +131,7 @@ impl Verifier {
         let mut child = pg::spawn_list(tools, self.redactor.clone())
             .map_err(|e| Failure::Transient(e.into()))?;
         let stdin = child
-            .take_stdin()
-            .and_then(|s| s.into_owned_fd().ok())
-            .map(std::fs::File::from)
+            .take_stdin_file()
             .ok_or_else(|| Failure::Transient(anyhow::anyhow!("pg_restore --list has no stdin")))?;
         let src = self.open(entry).await?;
         let decode = self.decode(entry)?;

@@ -155,6 +155,14 @@ impl ChildProc {
         self.child.stdin.take()
     }
 
+    /// The child's stdin as a plain blocking file, for a feeder on a blocking thread (the
+    /// archive is decoded and hashed there, off the async runtime).
+    pub fn take_stdin_file(&mut self) -> Option<std::fs::File> {
+        self.take_stdin()
+            .and_then(|s| s.into_owned_fd().ok())
+            .map(std::fs::File::from)
+    }
+
     /// Waits for the child; a non-zero exit becomes an error carrying its redacted stderr tail.
     pub async fn wait(self) -> Result<Vec<String>, ChildError> {
         Ok(self.wait_keeping().await?.0)
