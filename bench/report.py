@@ -15,6 +15,13 @@ CASES = [
     ("bh_none", "6. backhaul PG_COMPRESSION=none"),
 ]
 BACKHAUL = ["bh_zstd", "bh_pg", "bh_none"]
+RESTORE_CASES = [
+    ("r_local_1tx", "R1. pg_restore --single-transaction, local file"),
+    ("r_local_jobs", "R2. pg_restore -j N, local file"),
+    ("r_download", "R3. download (boto3), then pg_restore --single-transaction"),
+    ("r_bh_stream", "R4. backhaul restore (streamed from S3)"),
+    ("r_bh_jobs", "R5. backhaul restore --jobs N (download, then pg_restore -j N)"),
+]
 RSS_LIMIT_MIB = 100
 
 
@@ -50,6 +57,36 @@ def stats(runs):
         object_bytes=int(statistics.median(objs)) if objs else None,
     )
     return out
+
+
+def restore_section(md, raw, sz, meta, per_case, target):
+    """The restore cases, side by side, and their targets (issue 14)."""
+    if not meta["settings"].get("restore"):
+        return
+    jobs = meta["settings"].get("restore_jobs")
+    for key, _ in RESTORE_CASES:
+        per_case[key] = stats([r for r in raw if r["size_mb"] == sz and r["case"] == key])
+    base = per_case["r_local_1tx"].get("wall_median_s")
+    md.append(f"\nRestore of the same archive into an empty database (N = {jobs}):\n")
+    md.append("| case | runs | wall min (s) | wall median (s) | × local 1-tx | CPU user+sys median (s) | peak RSS (MiB) | local disk |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    for key, label in RESTORE_CASES:
+        s = per_case[key]
+        runs = f"{s['runs'] - s['failed']}/{s['runs']}"
+        if "wall_median_s" not in s:
+            md.append(f"| {label} | {runs} | FAILED | | | | | |")
+            continue
+        x = s["wall_median_s"] / base if base else float("nan")
+        md.append(
+            f"| {label} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | {x:.2f}× | "
+            f"{s['cpu_median_s']:.2f} | {s['peak_rss_kb'] / 1024:.1f} | {human(s['local_disk_bytes'])} |"
+        )
+    st, lj, bj = (per_case[k].get("wall_median_s") for k in ("r_bh_stream", "r_local_jobs", "r_bh_jobs"))
+    if None in (st, base, lj, bj):
+        target("all restore cases measured", False, "a restore case failed every run; see the logs")
+        return
+    target("backhaul streaming restore ≤ local pg_restore --single-transaction", st <= base, f"{st:.2f}s vs {base:.2f}s ({st / base:.2f}×)")
+    target("backhaul restore --jobs N ≤ 1.10× local pg_restore -j N", bj <= 1.10 * lj, f"{bj:.2f}s vs 1.10 × {lj:.2f}s = {1.10 * lj:.2f}s ({bj / lj:.2f}×)")
 
 
 def main():
@@ -125,6 +162,7 @@ def main():
         if zo and no:
             md.append(f"\nUncompressed dump (bh_none object) {human(no)}; zstd -3 ratio {no / zo:.2f}×; "
                       f"pg_dump's own compression ratio {no / get('bh_pg', 'object_bytes'):.2f}×." if get("bh_pg", "object_bytes") else "")
+        restore_section(md, raw, sz, meta, per_case, target)
         md.append("\nTargets:\n")
         for t in targets:
             all_pass &= t["pass"]

@@ -13,6 +13,13 @@
 #   4 bh_zstd   backhaul backup, PG_COMPRESSION=zstd
 #   5 bh_pg     backhaul backup, PG_COMPRESSION=pg
 #   6 bh_none   backhaul backup, PG_COMPRESSION=none
+# then (unless BENCH_RESTORE=0) five ways of restoring the same archive into an empty database,
+# interleaved the same way:
+#   r_local_1tx  pg_restore --single-transaction from a local file
+#   r_local_jobs pg_restore -j N from a local file
+#   r_download   boto3 download_file, then pg_restore --single-transaction (today's runbook)
+#   r_bh_stream  backhaul restore (S3 -> sha256 -> zstd -> pg_restore --single-transaction, streamed)
+#   r_bh_jobs    backhaul restore --jobs N (downloads to a temp file, then pg_restore -j N)
 # and prints/writes a table (min/median wall, CPU, peak RSS, local disk, object size, x floor)
 # plus PASS/FAIL for backhaul's targets. Everything it starts is stopped and removed on exit.
 #
@@ -22,6 +29,8 @@
 #   BENCH_REPEAT   repetitions per case (default 3)
 #   BENCH_BIN      backhaul binary (default target/release/backhaul; not built by this script)
 #   BENCH_S3       moto (default; Python, may be the bottleneck) or s3s (s3s-fs, Rust, faster)
+#   BENCH_RESTORE  1 (default) times the restore cases too; 0 skips them
+#   BENCH_RESTORE_JOBS  N for the -j / --jobs cases (default: nproc)
 #   BENCH_OUT      where <timestamp>.json and <timestamp>.md go (default bench/results, git-ignored)
 #   BACKHAUL_VENV  Python venv with moto and boto3 (default /opt/backhaul-venv, made by scripts/setup.sh)
 # Exit status: 0 when every run completed (targets may still FAIL: read the table), 1 when a run
@@ -36,6 +45,8 @@ BIN="${BENCH_BIN:-target/release/backhaul}"
 S3KIND="${BENCH_S3:-moto}"
 OUT="${BENCH_OUT:-bench/results}"
 VENV="${BACKHAUL_VENV:-/opt/backhaul-venv}"
+RESTORE="${BENCH_RESTORE:-1}"
+RJOBS="${BENCH_RESTORE_JOBS:-$(nproc)}"
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 say() { echo "== $*" >&2; }
@@ -222,7 +233,60 @@ run_case() { # $1 size, $2 case, $3 rep
   rm -rf "$d"
 }
 
+# Restore cases: the same archive (pg_dump -Fc -Z0 of the database) as a local file, as a
+# backhaul artifact (zstd) and as a plain object for the download case; each run restores into
+# a freshly created empty database.
+prepare_restore() {
+  "$PG_DUMP" -Fc -Z0 -d "$DB" -f "$WORK/restore-src.dump"
+  env PG_COMPRESSION=zstd PG_DB_NAME="$DB" BACKUP_GLOBALS=off "$BIN" backup >"$WORK/restore-bk.json" 2>"$WORK/restore-bk.log" \
+    || { tail -15 "$WORK/restore-bk.log" >&2; die "backup for the restore cases failed"; }
+  RKEY=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["key"])' "$WORK/restore-bk.json")
+  "$PY" "$S3UTIL" upload-file "$BUCKET" "bench/restore/$DB.dump" "$WORK/restore-src.dump"
+}
+
+run_restore_case() { # $1 size, $2 case, $3 rep
+  local size=$1 name=$2 rep=$3 d="$WORK/run" rc t0 t1 disk
+  rm -rf "$d"; mkdir -p "$d/tmp"
+  psql_su -c "drop database if exists bench_restore" -c "create database bench_restore owner bench" >/dev/null
+  local to="postgresql://bench:bench@127.0.0.1:$PGPORT/bench_restore"
+  local -a cmd
+  case "$name" in
+    r_local_1tx)  cmd=("$PGBIN/pg_restore" --exit-on-error --single-transaction -d bench_restore "$WORK/restore-src.dump") ;;
+    r_local_jobs) cmd=("$PGBIN/pg_restore" --exit-on-error -j "$RJOBS" -d bench_restore "$WORK/restore-src.dump") ;;
+    r_download)   cmd=(bash -c 'set -e; "$0" "$1" download "$2" "$3" "$4"; "$5" --exit-on-error --single-transaction -d bench_restore "$4"' \
+                     "$PY" "$S3UTIL" "$BUCKET" "bench/restore/$DB.dump" "$d/tmp/$DB.dump" "$PGBIN/pg_restore") ;;
+    r_bh_stream)  cmd=("$BIN" restore "$RKEY" --to "$to") ;;
+    r_bh_jobs)    cmd=("$BIN" restore "$RKEY" --jobs "$RJOBS" --to "$to") ;;
+  esac
+  sample_disk "$d/tmp" "$d/disk" & SAMPLER_PID=$!
+  t0=$(date +%s.%N)
+  set +e
+  TMPDIR="$d/tmp" /usr/bin/time -v -o "$d/time" "${cmd[@]}" >"$d/stdout" 2>"$d/stderr"
+  rc=$?
+  set -e
+  t1=$(date +%s.%N)
+  kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+  disk=$(cat "$d/disk")
+  local wall user sys rss
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  user=$(tfield "$d/time" "User time (seconds)")
+  sys=$(tfield "$d/time" "System time (seconds)")
+  rss=$(tfield "$d/time" "Maximum resident set size (kbytes)")
+  if [ "$rc" -ne 0 ]; then
+    FAILED=$((FAILED + 1))
+    echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
+    tail -15 "$d/stderr" | sed 's/^/    /' >&2
+  fi
+  printf '{"size_mb":%s,"case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":null}\n' \
+    "$size" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" >>"$RAW"
+  printf '   %-12s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B%s\n' "$name" "$rep" "$wall" \
+    "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" \
+    "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
+  rm -rf "$d"
+}
+
 CASES=(floor script pipeline bh_zstd bh_pg bh_none)
+RESTORE_CASES=(r_local_1tx r_local_jobs r_download r_bh_stream r_bh_jobs)
 for size in $SIZES; do
   make_db "$size"
   printf '{"requested_mb":%s,"db":"%s","db_bytes":%s,"rows":%s}\n' "$size" "$DB" "$DB_BYTES" "$ROWS" >>"$SIZES_JSON"
@@ -232,6 +296,17 @@ for size in $SIZES; do
     say "~$size MB, repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
     for c in "${CASES[@]}"; do run_case "$size" "$c" "$rep"; done
   done
+  if [ "$RESTORE" = 1 ]; then
+    say "restore cases: preparing the archive (local file, backhaul artifact, plain object)"
+    prepare_restore
+    for rep in $(seq "$REPEAT"); do
+      say "~$size MB, restore repetition $rep/$REPEAT (jobs=$RJOBS; cases interleaved)"
+      for c in "${RESTORE_CASES[@]}"; do run_restore_case "$size" "$c" "$rep"; done
+    done
+    psql_su -c "drop database if exists bench_restore" >/dev/null
+    "$PY" "$S3UTIL" clear "$BUCKET"
+    rm -f "$WORK/restore-src.dump"
+  fi
   psql_su -c "drop database $DB" >/dev/null
 done
 
@@ -258,7 +333,7 @@ meta = {
     "backhaul_bin": """$BIN""",
     "backhaul_version": """$("$BIN" --version 2>/dev/null | head -1 || echo unknown)""",
   },
-  "settings": {"sizes_mb": "$SIZES".split(), "repeat": $REPEAT, "s3": "$S3KIND"},
+  "settings": {"sizes_mb": "$SIZES".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "restore_jobs": $RJOBS},
   "sizes": [json.loads(l) for l in open("$SIZES_JSON") if l.strip()],
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)

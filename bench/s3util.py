@@ -40,6 +40,9 @@ def main():
     elif cmd == "upload-stdin":
         (key,) = rest
         s3.upload_fileobj(sys.stdin.buffer, bucket, key, Config=TransferConfig())
+    elif cmd == "download":
+        key, path = rest
+        s3.download_file(bucket, key, path, Config=TransferConfig())
     elif cmd == "object-bytes":
         total, n = 0, 0
         for key in keys(s3, bucket):

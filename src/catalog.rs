@@ -44,6 +44,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What the stored object must hash to, from its manifest (none for a seed-script object).
+    pub fn expectation(&self) -> Option<crate::feed::Expect> {
+        self.manifest.as_ref().map(|m| crate::feed::Expect {
+            sha256: m.sha256.clone(),
+            size: m.stored_bytes,
+        })
+    }
+}
+
+impl Entry {
     pub fn manifest_key(&self) -> String {
         layout::manifest_key(&self.key)
     }
@@ -155,7 +165,9 @@ pub fn pick<'a>(
     if key == "latest" {
         entries
             .iter()
-            .find(|e| filter.matches(&e.parsed))
+            // A run's cluster globals are not "its latest backup"; they are asked for by key
+            // or with restore-globals.
+            .find(|e| filter.matches(&e.parsed) && !e.parsed.globals)
             .ok_or_else(|| CatalogError::NotFound(format!("latest ({})", filter.describe())))
     } else {
         entries

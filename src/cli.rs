@@ -14,17 +14,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Streams PostgreSQL and MongoDB backups into S3, and schedules itself on ECS Fargate."
 )]
-#[command(propagate_version = true, max_term_width = 100)]
+#[command(propagate_version = true, max_term_width = 100, after_help = ENV_ONLY)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
     /// Log format on stderr: JSON lines (CloudWatch-friendly) or human text; auto picks text on a terminal.
-    #[arg(long, global = true, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    #[arg(long, global = true, env = "BACKHAUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, display_order = 1000)]
     pub log_format: LogFormat,
 
     /// Log filter (tracing syntax), e.g. `debug` or `backhaul=debug`.
-    #[arg(long, global = true, env = "BACKHAUL_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKHAUL_LOG",
+        default_value = "info",
+        display_order = 1000
+    )]
     pub log: String,
 }
 
@@ -35,14 +41,20 @@ pub enum LogFormat {
     Text,
 }
 
+// Parsed once per process; boxing the big variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Back up every configured database to S3 (or a directory).
     #[command(after_help = BACKUP_EXAMPLES)]
+    #[command(mut_arg("bucket", |a| a.help("S3 bucket to write the backups to")))]
     Backup(BackupArgs),
     /// Restore a backup into a PostgreSQL database or MongoDB deployment.
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
+    /// Apply a run's saved cluster roles (memberships, role settings) to a cluster; safe to repeat.
+    #[command(after_help = RESTORE_GLOBALS_EXAMPLES)]
+    RestoreGlobals(RestoreGlobalsArgs),
     /// List backups, newest first.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
@@ -72,7 +84,7 @@ pub enum Command {
 /// Where backups live. Shared by every command that touches storage.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Bucket to write to.
+    /// S3 bucket the backups are in.
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,
 
@@ -80,11 +92,11 @@ pub struct StoreArgs {
     #[arg(long, env = "STAGE")]
     pub stage: Option<String>,
 
-    /// Optional key prefix put before the stage.
+    /// Optional key prefix before the stage.
     #[arg(long, env = "BACKUP_PREFIX")]
     pub prefix: Option<String>,
 
-    /// Destination instead of --bucket: s3://bucket/prefix or file:///dir (e.g. an EFS mount).
+    /// Instead of --bucket: s3://bucket/prefix or file:///dir (e.g. an EFS mount).
     #[arg(long, env = "BACKUP_DEST")]
     pub dest: Option<String>,
 
@@ -95,8 +107,12 @@ pub struct StoreArgs {
     /// Time zone of the timestamps in keys: IANA name (Asia/Singapore) or offset (+08:00).
     #[arg(long, env = "BACKUP_TIMEZONE", default_value = "UTC")]
     pub timezone: String,
+}
 
-    /// S3 server-side encryption for written objects: AES256 or aws:kms.
+/// How `backup` writes objects. Only `backup` uploads, so only it has these.
+#[derive(Args, Debug, Clone)]
+pub struct UploadArgs {
+    /// S3 server-side encryption for the objects written: AES256, aws:kms or aws:kms:dsse.
     #[arg(long, env = "S3_SSE")]
     pub sse: Option<String>,
 
@@ -148,7 +164,15 @@ pub struct PgArgs {
     #[arg(long, env = "NEON_DB_ENDPOINT_OPTION")]
     pub neon_endpoint: Option<String>,
 
-    /// pg_dump binary; default: the newest on PATH or under /usr/lib/postgresql/*/bin.
+    #[command(flatten)]
+    pub tools: PgToolArgs,
+}
+
+/// The PostgreSQL client tools; `restore` and `verify` need them, not a connection.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PgToolArgs {
+    /// pg_dump binary; pg_restore, pg_dumpall and psql are taken from beside it [default: the
+    /// newest under /usr/lib/postgresql/*/bin or on PATH].
     #[arg(long, env = "PG_DUMP_PATH")]
     pub pg_dump_path: Option<PathBuf>,
 }
@@ -159,17 +183,21 @@ pub struct MongoArgs {
     #[arg(long, env = "MONGO_CONNECTION_STRING", hide_env_values = true)]
     pub mongo_uri: Option<String>,
 
-    /// MongoDB database name(s), comma separated.
+    /// MongoDB database name(s), comma separated: one artifact each. Unset: one artifact of everything the URI selects (all databases when it names none), as the old script did.
     #[arg(long, env = "MONGO_DB_NAME")]
     pub mongo_db: Option<String>,
+
+    /// databases (one artifact per MONGO_DB_NAME entry) or uri (one artifact, named MONGO_DB_NAME, of everything the URI selects). Default: databases when MONGO_DB_NAME is set, else uri.
+    #[arg(long, env = "MONGO_SCOPE")]
+    pub mongo_scope: Option<String>,
+
+    /// Accept a MongoDB dump with no collections (otherwise a missing or misspelled database fails the backup).
+    #[arg(long, env = "MONGO_ALLOW_EMPTY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_empty: bool,
 
     /// mongodump binary; default: mongodump on PATH.
     #[arg(long, env = "MONGODUMP_PATH")]
     pub mongodump_path: Option<PathBuf>,
-
-    /// mongorestore binary; default: mongorestore beside mongodump, else on PATH.
-    #[arg(long, env = "MONGORESTORE_PATH")]
-    pub mongorestore_path: Option<PathBuf>,
 
     /// zip (mongodump to a temp dir, zipped on the fly, as today) or archive (mongodump --archive --gzip, streamed).
     #[arg(long, env = "MONGO_FORMAT", default_value = "zip")]
@@ -186,6 +214,22 @@ pub struct MongoArgs {
     /// Minimum free space (MiB) in the work dir before a zip-format mongodump starts.
     #[arg(long, env = "BACKUP_MIN_FREE_MIB", default_value_t = 1024)]
     pub min_free_mib: u64,
+}
+
+/// What restoring a MongoDB artifact needs: the tool and somewhere to unpack a zip.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MongoRestoreArgs {
+    /// mongorestore binary; default: mongorestore beside MONGODUMP_PATH, else on PATH.
+    #[arg(long, env = "MONGORESTORE_PATH")]
+    pub mongorestore_path: Option<PathBuf>,
+
+    /// Only to find mongorestore beside it (task definitions set it for backups).
+    #[arg(long, env = "MONGODUMP_PATH", hide = true)]
+    pub mongodump_path: Option<PathBuf>,
+
+    /// Where a zip artifact is unpacked for mongorestore (a private temp dir is created inside).
+    #[arg(long, env = "BACKUP_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -220,6 +264,8 @@ pub struct KeepArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub upload: UploadArgs,
     #[command(flatten)]
     pub pg: PgArgs,
     #[command(flatten)]
@@ -261,6 +307,21 @@ pub struct BackupArgs {
     /// After each PostgreSQL backup, restore it into this scratch database and record the result.
     #[arg(long, env = "BACKUP_VERIFY_INTO", hide_env_values = true)]
     pub verify_into: Option<String>,
+
+    /// --verify-into without owners (pg_restore --no-owner), for a scratch cluster lacking the roles.
+    #[arg(long, env = "BACKUP_VERIFY_NO_OWNER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verify_no_owner: bool,
+
+    /// --verify-into without grants (pg_restore --no-acl).
+    #[arg(long, env = "BACKUP_VERIFY_NO_ACL", value_parser = clap::builder::FalseyValueParser::new())]
+    pub verify_no_acl: bool,
+
+    /// Also store the cluster's roles, memberships and role settings (pg_dumpall
+    /// --globals-only) beside the dumps: auto (on; if the server forbids reading password
+    /// hashes, without passwords; any other failure is reported but does not fail the run),
+    /// on (a failure fails the run), off.
+    #[arg(long, env = "BACKUP_GLOBALS", default_value = "auto")]
+    pub globals: String,
 
     /// After a successful run, apply the --keep-* retention policy to the stage.
     #[arg(long, env = "BACKUP_PRUNE", value_parser = clap::builder::FalseyValueParser::new())]
@@ -309,6 +370,9 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub jobs: Option<u32>,
 
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
+
     /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
     #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
@@ -316,9 +380,49 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
-    pub pg: PgArgs,
+    pub pg: PgToolArgs,
     #[command(flatten)]
-    pub mongo: MongoArgs,
+    pub mongo: MongoRestoreArgs,
+}
+
+/// Opt-outs from restoring owners and privileges as they were (pg_restore's defaults).
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct PrivilegeArgs {
+    /// Do not restore object owners: everything belongs to the restoring role. For restoring
+    /// as a different, non-superuser role (managed databases) whose cluster lacks the owners.
+    #[arg(long, env = "RESTORE_NO_OWNER", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_owner: bool,
+
+    /// Do not restore GRANT/REVOKE and default privileges (pg_restore --no-acl), e.g. when
+    /// the grantees do not exist in the target cluster.
+    #[arg(long, env = "RESTORE_NO_ACL", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_acl: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreGlobalsArgs {
+    /// Globals artifact key (…_PGSQL/globals_<stage>_<ts>.sql.zst), or `latest`.
+    #[arg(default_value = "latest")]
+    pub key: String,
+
+    /// Cluster to apply them to: a postgresql:// URL of any of its databases, as a role that
+    /// may create roles. Existing roles are altered, never dropped; the connecting role and
+    /// the bootstrap superuser are left as they are.
+    #[arg(long, env = "RESTORE_TO", hide_env_values = true)]
+    pub to: Option<String>,
+
+    /// Print the statements that would run (passwords masked) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// age identity file for encrypted (.age) artifacts.
+    #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub pg: PgToolArgs,
 }
 
 #[derive(Args, Debug)]
@@ -349,18 +453,21 @@ pub struct VerifyArgs {
     /// Only this database.
     #[arg(long)]
     pub database: Option<String>,
-    /// Also restore into this scratch database/deployment and report row counts.
+    /// Also restore into this scratch database/deployment and compare it with the backup
+    /// (row counts; PostgreSQL: objects, owners and ACL entries against the manifest).
     #[arg(long, env = "VERIFY_RESTORE_INTO", hide_env_values = true)]
     pub restore_into: Option<String>,
+    #[command(flatten)]
+    pub privileges: PrivilegeArgs,
     /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
     #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
-    pub pg: PgArgs,
+    pub pg: PgToolArgs,
     #[command(flatten)]
-    pub mongo: MongoArgs,
+    pub mongo: MongoRestoreArgs,
 }
 
 #[derive(Args, Debug)]
@@ -376,25 +483,59 @@ pub struct PruneArgs {
     /// Print what would be kept and deleted, with reasons, and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also abort writes under the stage that never finished (multipart uploads of killed
+    /// runs; temp files on a file:// destination) begun more than this long ago (24h, 90m).
+    /// Without --keep-* rules, only this is done.
+    #[arg(long, env = "PRUNE_ABORT_INCOMPLETE_OLDER_THAN")]
+    pub abort_incomplete_older_than: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
+/// The secrets that are never flags; listed where `--help` would otherwise not say so.
+const ENV_ONLY: &str = "Environment only (a flag would show the secret in `ps`):
+  PG_DB_PASSWORD     the PostgreSQL password of PG_DB_USER (--pg-user)
+  POSTGRES_SECRET    Secrets Manager JSON {\"username\", \"password\", \"host\", \"port\",
+                     \"dbname\"}; each PG_DB_* variable overrides its field";
+
 const BACKUP_EXAMPLES: &str = "Examples:
   # The shell script's env contract, unchanged:
-  S3_BUCKET=acme-backups STAGE=prod PG_DB_HOST=db PG_DB_USER=app PG_DB_PASSWORD=... PG_DB_NAME=app,audit backhaul backup
+  S3_BUCKET=acme-backups STAGE=prod \\
+  PG_DB_HOST=db PG_DB_USER=app PG_DB_PASSWORD=... PG_DB_NAME=app,audit \\
+  backhaul backup
 
   # Neon, from a URL, plus MongoDB, showing the plan only:
   DATABASE_URL=postgresql://app:...@ep-aged-morning-26453078.us-east-2.aws.neon.tech/app \\
-  MONGO_CONNECTION_STRING=mongodb+srv://... MONGO_DB_NAME=shop backhaul backup --stage prod --bucket acme-backups --dry-run
+  MONGO_CONNECTION_STRING=mongodb+srv://... MONGO_DB_NAME=shop \\
+  backhaul backup --stage prod --bucket acme-backups --dry-run
 
   # To a mounted volume, pg_dump's own compression (plain .dump, as today):
-  backhaul backup --dest file:///mnt/efs/backups --stage dev --compression pg";
+  backhaul backup --dest file:///mnt/efs/backups --stage dev --compression pg
+
+Environment only (a flag would show the secret in `ps`):
+  PG_DB_PASSWORD     the PostgreSQL password of PG_DB_USER (--pg-user)
+  POSTGRES_SECRET    Secrets Manager JSON {\"username\", \"password\", \"host\", \"port\",
+                     \"dbname\"}; each PG_DB_* variable overrides its field";
 
 const RESTORE_EXAMPLES: &str = "Examples:
-  backhaul restore latest --stage prod --database app --to postgresql://app@localhost/app_restored
-  backhaul restore prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.zst --to \"$SCRATCH_URL\" --clean
-  backhaul restore latest --stage prod --kind mongo --database shop --to mongodb://localhost:27017 --clean";
+  backhaul restore latest --stage prod --database app \\
+    --to postgresql://app@localhost/app_restored
+  backhaul restore --to \"$SCRATCH_URL\" --clean \\
+    prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.zst
+  backhaul restore latest --stage prod --kind mongo --database shop \\
+    --to mongodb://localhost:27017 --clean
+
+  # As a non-superuser of a managed database (objects owned by the restoring role):
+  backhaul restore latest --stage prod --database app --no-owner --no-acl \\
+    --to postgresql://app@app.cluster-x.eu-west-1.rds.amazonaws.com/app";
+
+const RESTORE_GLOBALS_EXAMPLES: &str = "Examples:
+  # Review, then create the roles a backup needs in a new cluster, then restore:
+  backhaul restore-globals latest --stage prod --dry-run
+  backhaul restore-globals latest --stage prod \\
+    --to postgresql://postgres@new-cluster/postgres
+  backhaul restore latest --stage prod --database app \\
+    --to postgresql://postgres@new-cluster/app";
 
 const LIST_EXAMPLES: &str = "Examples:
   backhaul list --stage prod
@@ -403,11 +544,14 @@ const LIST_EXAMPLES: &str = "Examples:
 const VERIFY_EXAMPLES: &str = "Examples:
   backhaul verify latest --stage prod --database app
   backhaul verify --since 7d --stage prod
-  backhaul verify latest --stage prod --database app --restore-into postgresql://verify@scratch/verify";
+  backhaul verify latest --stage prod --database app \\
+    --restore-into postgresql://verify@scratch/verify";
 
 const PRUNE_EXAMPLES: &str = "Examples:
-  backhaul prune --stage prod --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run
-  backhaul prune --stage dev --keep-last 3";
+  backhaul prune --stage prod --keep-daily 7 --keep-weekly 4 --keep-monthly 12 \\
+    --dry-run
+  backhaul prune --stage dev --keep-last 3
+  backhaul prune --stage prod --abort-incomplete-older-than 24h";
 
 /// Where a Fargate task runs. Shared by `schedule` and `run-task`.
 #[derive(Args, Debug, Clone, Default)]
@@ -633,10 +777,11 @@ const LOGS_EXAMPLES: &str = "Examples:
   backhaul logs --stage prod --task 0f1e2d3c4b5a --format json";
 
 const SCHEDULE_EXAMPLES: &str = "Examples:
-  # Everything from the CloudFormation stack (infra/backhaul.yaml), daily at 03:00 UTC:
+  # Everything from the CloudFormation stack (infra/backhaul.yaml), 03:00 UTC daily:
   backhaul schedule --from-stack backhaul-prod
 
   # Explicit settings; the database password stays in Secrets Manager:
+  PG_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf
   backhaul schedule --stage prod --schedule 'cron(0 3 * * ? *)' \\
     --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/backhaul:1.4.0 \\
     --subnets subnet-0a1,subnet-0b2 --security-groups sg-0c3 \\
@@ -644,13 +789,14 @@ const SCHEDULE_EXAMPLES: &str = "Examples:
     --task-role-arn arn:aws:iam::123456789012:role/backhaul-task \\
     --events-role-arn arn:aws:iam::123456789012:role/backhaul-events \\
     --env S3_BUCKET=acme-backups --env-file prod.env \\
-    --secret POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf
+    --secret POSTGRES_SECRET=$PG_SECRET
 
-  # Review what would be registered:
+  # Review the exact requests, sending nothing:
   backhaul schedule --from-stack backhaul-dev --schedule 'rate(6 hours)' --dry-run
 
   # 02:00 Singapore time, with EventBridge Scheduler (the rule is replaced):
-  backhaul schedule --from-stack backhaul-prod --schedule 'cron(0 2 * * ? *)' --timezone Asia/Singapore";
+  backhaul schedule --from-stack backhaul-prod --schedule 'cron(0 2 * * ? *)' \\
+    --timezone Asia/Singapore";
 
 const UNSCHEDULE_EXAMPLES: &str = "Examples:
   backhaul unschedule --stage dev
@@ -661,7 +807,8 @@ const RUN_TASK_EXAMPLES: &str = "Examples:
   backhaul run-task --stage prod --wait
 
   # Without a schedule, or elsewhere:
-  backhaul run-task --stage dev --subnets subnet-0a1 --security-groups sg-0c3 --env BACKUP_PARALLEL=2";
+  backhaul run-task --stage dev --subnets subnet-0a1 --security-groups sg-0c3 \\
+    --env BACKUP_PARALLEL=2";
 
 const STATUS_EXAMPLES: &str = "Examples:
   backhaul status --stage prod

@@ -329,6 +329,46 @@ pub fn feed<W: Write>(
     })
 }
 
+/// Decodes `src` into `sink` until the sink stops taking input or `limit` decoded bytes have
+/// gone in, without any checks: for reading an archive's table of contents, which sits at its
+/// head, without downloading the rest. Returns the decoded bytes written.
+pub fn feed_head<W: Write>(
+    src: impl Read,
+    decode: &Decode,
+    mut sink: W,
+    limit: u64,
+) -> io::Result<u64> {
+    let plain: Box<dyn Read + '_> = match &decode.decrypt {
+        None => Box::new(src),
+        Some(ids) => Box::new(
+            ids.decrypt(src)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+        ),
+    };
+    let mut plain: Box<dyn Read + '_> = if decode.zstd {
+        Box::new(zstd::stream::read::Decoder::new(plain)?)
+    } else {
+        plain
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let mut sent = 0u64;
+    while sent < limit {
+        let n = match plain.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        match sink.write_all(&buf[..n]) {
+            Ok(()) => sent += n as u64,
+            // The consumer read what it needed and exited.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 //! [prefix/]<stage>/<ts>_PGSQL/backup_<stage>_<db>_<ts>.dump[.zst]
 //! [prefix/]<stage>/<ts>_MONGO/<db>_<ts>.zip | .archive.gz
 //! ```
-//! plus `.age` when the artifact is encrypted (`--encrypt-to`).
+//! plus `.age` when the artifact is encrypted (`--encrypt-to`), and beside a PostgreSQL run's
+//! dumps the cluster's globals (`pg_dumpall --globals-only`):
+//! `[prefix/]<stage>/<ts>_PGSQL/globals_<stage>_<ts>.sql[.zst]`.
 //! with `<ts>` formatted `%Y-%m-%d_%Hh%Mm%Ss` in the configured zone. Every artifact has a
 //! `<key>.manifest.json` beside it.
 
@@ -71,6 +73,15 @@ pub fn artifact_key(
     }
 }
 
+/// Stands for the database of a globals artifact: roles belong to the cluster, and no
+/// database name can clash with it in a key (ours are `backup_<stage>_<db>_<ts>`).
+pub const GLOBALS: &str = "(globals)";
+
+/// Key of a PostgreSQL run's cluster globals. `extension` includes the dot (".sql.zst").
+pub fn globals_key(prefix: &str, stage: &str, ts: &str, extension: &str) -> String {
+    format!("{prefix}{stage}/{ts}_PGSQL/globals_{stage}_{ts}{extension}")
+}
+
 pub fn manifest_key(artifact_key: &str) -> String {
     format!("{artifact_key}{MANIFEST_SUFFIX}")
 }
@@ -90,6 +101,8 @@ pub struct ParsedKey {
     pub time: DateTime<FixedOffset>,
     /// Everything after `_<ts>` in the file name, e.g. ".dump.zst", ".zip".
     pub extension: String,
+    /// The run's cluster globals (roles), not a database dump; `database` is [`GLOBALS`].
+    pub globals: bool,
 }
 
 /// Reads a key back. Returns `None` for anything that is not an artifact in our layout (manifests,
@@ -113,6 +126,19 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
     };
     let naive = NaiveDateTime::parse_from_str(ts, TS_FORMAT).ok()?;
     let time = zone.local_to_instant(naive)?;
+    if kind == Kind::Postgres {
+        if let Some(rest) = file.strip_prefix(&format!("globals_{stage}_{ts}")) {
+            return rest.starts_with('.').then(|| ParsedKey {
+                stage: stage.to_string(),
+                kind,
+                database: GLOBALS.to_string(),
+                timestamp: ts.to_string(),
+                time,
+                extension: rest.to_string(),
+                globals: true,
+            });
+        }
+    }
     let body = match kind {
         Kind::Postgres => file.strip_prefix(&format!("backup_{stage}_"))?,
         Kind::Mongo => file,
@@ -131,6 +157,7 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
         timestamp: ts.to_string(),
         time,
         extension: extension.to_string(),
+        globals: false,
     })
 }
 
@@ -197,7 +224,30 @@ mod tests {
             (k.database.as_str(), k.extension.as_str()),
             ("app_db", ".dump.zst.age")
         );
+        let k = parse_key(
+            "",
+            "prod/2024-03-09_07h05m03s_PGSQL/globals_prod_2024-03-09_07h05m03s.sql.zst",
+            &zone,
+        )
+        .unwrap();
+        assert_eq!(
+            (k.globals, k.database.as_str(), k.extension.as_str()),
+            (true, GLOBALS, ".sql.zst")
+        );
+        assert_eq!(
+            globals_key("", "prod", "2024-03-09_07h05m03s", ".sql.zst"),
+            "prod/2024-03-09_07h05m03s_PGSQL/globals_prod_2024-03-09_07h05m03s.sql.zst"
+        );
+        // A database called "globals" is still a database.
+        let k = parse_key(
+            "",
+            "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_globals_2024-03-09_07h05m03s.dump",
+            &zone,
+        )
+        .unwrap();
+        assert_eq!((k.globals, k.database.as_str()), (false, "globals"));
         for other in [
+            "prod/2024-03-09_07h05m03s_PGSQL/globals_prod_2024-03-09_07h05m03s",
             "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.manifest.json",
             "prod/notes.txt",
             "prod/2024-13-09_07h05m03s_PGSQL/backup_prod_a_2024-13-09_07h05m03s.dump",

@@ -9,11 +9,14 @@ mod config;
 mod crypto;
 mod fargate;
 mod feed;
+mod globals;
 mod layout;
 mod logging;
 mod manifest;
+mod percent;
 mod pipeline;
 mod progress;
+mod provenance;
 mod report;
 mod retention;
 mod schedule_expr;
@@ -26,26 +29,35 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
 use commands::{Interrupted, Reported, Runtime};
 
+/// See `run`: time allowed after a signal to abort uploads before the process gives up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cmd = Cli::command();
+    let parsed = cmd
+        .clone()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) => return usage_error(e),
     };
+    let provenance = provenance::Provenance::from_matches(&cmd, &matches);
     logging::init(cli.log_format, &cli.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli, provenance))
 }
 
-async fn run(cli: Cli) -> ExitCode {
+async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
     let cancel = CancellationToken::new();
     let signal = Arc::new(AtomicI32::new(0));
     tokio::spawn(watch_signals(cancel.clone(), signal.clone()));
@@ -56,6 +68,7 @@ async fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Backup(a) => commands::backup::run(a, rt).await,
             Command::Restore(a) => commands::restore::run(a, rt).await,
+            Command::RestoreGlobals(a) => commands::restore_globals::run(a).await,
             Command::List(a) => commands::list::run(a).await,
             Command::Verify(a) => commands::verify::run(a, rt).await,
             Command::Prune(a) => commands::prune::run(a).await,
@@ -70,9 +83,10 @@ async fn run(cli: Cli) -> ExitCode {
     let result = tokio::select! {
         r = &mut work => r,
         _ = cancel.cancelled() => {
-            // Give the command a bounded time to stop children and abort uploads (ECS sends
-            // SIGKILL after stopTimeout); dropping it afterwards still kills children.
-            match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
+            // Give the command a bounded time to stop children and abort uploads: long enough
+            // for an abort on a slow or throttled S3, well inside ECS's stopTimeout (120 s)
+            // before SIGKILL; dropping it afterwards still kills children.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
                 Ok(r) => r,
                 Err(_) => Err(Interrupted.into()),
             }
@@ -80,7 +94,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => exit_code(&e, signal.load(Ordering::SeqCst)),
+        Err(e) => exit_code(&e, signal.load(Ordering::SeqCst), &provenance),
     }
 }
 
@@ -113,7 +127,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
+fn exit_code(e: &anyhow::Error, signal: i32, provenance: &provenance::Provenance) -> ExitCode {
     if e.downcast_ref::<Interrupted>().is_some() || signal != 0 {
         tracing::error!(signal, "stopped by signal; uploads aborted");
         return ExitCode::from(128 + signal.clamp(0, 127) as u8);
@@ -128,10 +142,12 @@ fn exit_code(e: &anyhow::Error, signal: i32) -> ExitCode {
     }
     // Configuration errors are written by us and never quote a secret (their hints show the
     // expected URL shape, which redaction would mangle); anything else may quote a URL.
-    if e.chain()
-        .any(|c| c.downcast_ref::<config::ConfigError>().is_some())
+    if let Some(c) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<config::ConfigError>())
     {
-        eprintln!("error: {e:#}");
+        // Named as the user gave it: the flag if typed, the variable if set.
+        eprintln!("error: {}", provenance.rewrite(&c.var, &format!("{e:#}")));
         ExitCode::from(2)
     } else {
         eprintln!("error: {}", secret::redact_urls(&format!("{e:#}")));

@@ -31,11 +31,32 @@ pub struct Manifest {
     /// SHA-256 of the stored object, hex.
     pub sha256: String,
     pub parts: u32,
+    /// The stored object's ETag as S3 reported it on creation (absent on the file backend and
+    /// in manifests from before it was recorded). `verify` compares it with the object's
+    /// current ETag, so a manifest never vouches for an object another run wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The object's version on a versioned bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
     pub source: SourceInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// PostgreSQL dumps: what the archive holds (objects, owners, ACL entries), from its TOC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<crate::source::pg_toc::Contents>,
+    /// Cluster globals artifacts (`pg_dumpall --globals-only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<GlobalsInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GlobalsInfo {
+    /// False when the server forbade reading password hashes (managed services) and the
+    /// roles were saved with `--no-role-passwords`: restored roles then have no password.
+    pub role_passwords: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -49,6 +70,10 @@ pub struct SourceInfo {
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neon_endpoint: Option<String>,
+    /// MongoDB: documents per `db.collection` in the dump; `verify --restore-into` compares
+    /// the restored counts with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -51,10 +51,7 @@ impl Redactor {
         if raw.len() < 4 {
             return;
         }
-        for form in [
-            raw.to_string(),
-            crate::config::postgres::encode_component(raw),
-        ] {
+        for form in [raw.to_string(), crate::percent::encode_component(raw)] {
             if !self.needles.iter().any(|n| n.expose() == form) {
                 self.needles.push(Secret::new(form));
             }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{PgArgs, StoreArgs};
+use crate::cli::{PgArgs, StoreArgs, UploadArgs};
 use crate::config::postgres::{PgConn, PgInputs};
 use crate::config::{self, non_empty, ConfigError, Destination, Zone};
 use crate::secret::{Redactor, Secret};
@@ -21,7 +21,7 @@ pub struct Store {
 
 /// `--lock-days`/`BACKUP_LOCK_DAYS`: 1 to 36500 days (S3's limit is 100 years), S3 only.
 fn object_lock(
-    a: &StoreArgs,
+    a: &UploadArgs,
     dest: &Destination,
 ) -> Result<Option<storage::s3::ObjectLock>, ConfigError> {
     let Some(days) = a.lock_days.filter(|d| *d != 0) else {
@@ -62,6 +62,19 @@ impl Store {
             a.s3_force_path_style,
         )?;
         let zone: Zone = a.timezone.parse()?;
+        Ok(Store {
+            dest,
+            stage,
+            zone,
+            // Read commands write only small objects (verify's manifest update): the upload
+            // settings below are `backup`'s.
+            plan: part_plan(8, 4),
+            sse: storage::s3::Sse::default(),
+        })
+    }
+
+    /// `backup`'s upload settings: part size, parallel parts, server-side encryption.
+    pub fn with_upload(mut self, a: &UploadArgs) -> Result<Store, ConfigError> {
         if (a.part_size_mib << 20) < storage::MIN_PART || a.part_size_mib > 5 * 1024 {
             return Err(ConfigError::invalid(
                 "--part-size-mib",
@@ -77,13 +90,8 @@ impl Store {
                 "must be between 1 and 64",
             ));
         }
-        let base = a.part_size_mib << 20;
-        let plan = PartPlan {
-            base,
-            in_flight_budget: base * a.upload_concurrency,
-            max_in_flight: a.upload_concurrency,
-        };
-        let sse = match non_empty(a.sse.clone()) {
+        self.plan = part_plan(a.part_size_mib, a.upload_concurrency);
+        self.sse = match non_empty(a.sse.clone()) {
             None => storage::s3::Sse::default(),
             Some(m) if m == "AES256" || m == "aws:kms" || m == "aws:kms:dsse" => storage::s3::Sse {
                 mode: Some(m),
@@ -97,19 +105,30 @@ impl Store {
                 ))
             }
         };
-        let mut sse = sse;
-        sse.lock = object_lock(a, &dest)?;
-        Ok(Store {
-            dest,
-            stage,
-            zone,
-            plan,
-            sse,
-        })
+        self.sse.lock = object_lock(a, &self.dest)?;
+        Ok(self)
     }
 
     pub async fn open(&self) -> anyhow::Result<Arc<dyn Storage>> {
         storage::open(&self.dest, self.plan, self.sse.clone()).await
+    }
+
+    /// For commands that only read what backups exist: a `file://` destination that does not
+    /// exist is a typo, not "no backups" (an empty listing with exit 0 would hide it).
+    pub async fn open_existing(&self) -> anyhow::Result<Arc<dyn Storage>> {
+        if let Destination::File { root } = &self.dest {
+            if !root.is_dir() {
+                return Err(ConfigError::invalid(
+                    "--dest",
+                    format!(
+                        "file://{} does not exist or is not a directory: name the directory the backups were written to",
+                        root.display()
+                    ),
+                )
+                .into());
+            }
+        }
+        self.open().await
     }
 
     /// The artifact named by `key` (or `latest` matching `filter`) in this stage.
@@ -133,6 +152,15 @@ impl Store {
     /// Key prefix of this stage's backups ("[prefix/]stage/").
     pub fn stage_prefix(&self) -> String {
         crate::layout::stage_prefix(&self.dest.key_prefix(), &self.stage)
+    }
+}
+
+fn part_plan(part_size_mib: usize, concurrency: usize) -> PartPlan {
+    let base = part_size_mib << 20;
+    PartPlan {
+        base,
+        in_flight_budget: base * concurrency,
+        max_in_flight: concurrency,
     }
 }
 

@@ -47,7 +47,7 @@ fn row(e: &Entry) -> Row<'_> {
 pub async fn run(args: ListArgs) -> anyhow::Result<()> {
     let store = Store::resolve(&args.store)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let entries = catalog::load(
         &storage,
         &store.dest.key_prefix(),

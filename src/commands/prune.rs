@@ -2,20 +2,24 @@
 //! series — one (stage, kind, database) — in the store's time zone, and deletes artifacts
 //! together with their manifests in one batched request.
 //!
+//! A run's cluster globals artifact is not a series of its own: it is kept while any database
+//! backup of its run is kept and deleted with the last of them, never alone (a run whose
+//! database dumps all failed keeps its globals; delete those by hand).
+//!
 //! Legacy objects (no manifest) count as good backups: they are the old script's real dumps.
 //! Only a recorded failed verification makes an artifact "not ok".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::common::Store;
+use super::common::{self, Store};
 use super::restore::filter;
 use crate::catalog::{self, Entry, Filter};
 use crate::cli::{KeepArgs, PruneArgs};
-use crate::config::ConfigError;
+use crate::config::{non_empty, ConfigError};
 use crate::layout::Kind;
 use crate::retention::{self, Item, Policy};
-use crate::storage::Storage;
+use crate::storage::{Incomplete, Storage};
 
 pub fn policy(k: &KeepArgs) -> Result<Policy, ConfigError> {
     let p = Policy {
@@ -87,7 +91,7 @@ pub async fn apply(
     .await?;
     let tz = store.zone.bucket_zone();
     let mut series: BTreeMap<(String, Kind, String), Vec<&Entry>> = BTreeMap::new();
-    for e in &entries {
+    for e in entries.iter().filter(|e| !e.parsed.globals) {
         series
             .entry((
                 e.parsed.stage.clone(),
@@ -135,6 +139,37 @@ pub async fn apply(
             }
         }
     }
+    let run = |e: &Entry| (e.parsed.stage.clone(), e.parsed.timestamp.clone());
+    let runs: std::collections::HashSet<_> = entries
+        .iter()
+        .filter(|e| e.parsed.kind == Kind::Postgres && !e.parsed.globals)
+        .map(run)
+        .collect();
+    let gone: std::collections::HashSet<String> = doomed.iter().cloned().collect();
+    let kept_runs: std::collections::HashSet<_> = entries
+        .iter()
+        .filter(|e| e.parsed.kind == Kind::Postgres && !e.parsed.globals && !gone.contains(&e.key))
+        .map(run)
+        .collect();
+    for g in entries.iter().filter(|e| e.parsed.globals) {
+        let r = run(g);
+        if kept_runs.contains(&r) || !runs.contains(&r) {
+            out.kept += 1;
+            let why = if runs.contains(&r) {
+                "globals of a kept run"
+            } else {
+                "globals of a run without database backups"
+            };
+            lines.push_str(&format!("keep {} ({why})\n", g.key));
+        } else {
+            out.deleted += 1;
+            lines.push_str(&format!("delete {} (globals of a deleted run)\n", g.key));
+            doomed.push(g.key.clone());
+            if g.manifest.is_some() {
+                doomed.push(g.manifest_key());
+            }
+        }
+    }
     print!("{lines}");
     tracing::info!(policy = %policy, kept = out.kept, deleted = out.deleted, locked = out.locked, dry_run, "prune");
     if !dry_run && !doomed.is_empty() {
@@ -143,11 +178,54 @@ pub async fn apply(
     Ok(out)
 }
 
+/// Aborts the stage's writes that never finished and began before `older_than` ago; prints
+/// one `abort <key> (...)` line each. Recent ones may be a backup still running: left alone.
+pub async fn abort_incomplete(
+    storage: &Arc<dyn Storage>,
+    store: &Store,
+    older_than: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Incomplete>> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than)?;
+    let old: Vec<Incomplete> = storage
+        .incomplete(&store.stage_prefix())
+        .await?
+        .into_iter()
+        .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
+        .collect();
+    for u in &old {
+        println!(
+            "abort {} (incomplete upload {}, initiated {}, {} bytes)",
+            u.key,
+            u.id,
+            u.initiated.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            u.bytes.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
+        );
+        if !dry_run {
+            storage.abort_incomplete(u).await?;
+        }
+    }
+    tracing::info!(aborted = old.len(), dry_run, "incomplete uploads");
+    Ok(old)
+}
+
 pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let store = Store::resolve(&args.store)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
-    let policy = policy(&args.keep)?;
-    let storage = store.open().await?;
-    apply(&storage, &store, &policy, &filter, args.dry_run).await?;
+    let abort_older = non_empty(args.abort_incomplete_older_than.clone())
+        .map(|d| common::parse_duration(&d, "--abort-incomplete-older-than"))
+        .transpose()?;
+    let policy = match (policy(&args.keep), abort_older) {
+        (Ok(p), _) => Some(p),
+        (Err(_), Some(_)) => None,
+        (Err(e), None) => return Err(e.into()),
+    };
+    let storage = store.open_existing().await?;
+    if let Some(policy) = policy {
+        apply(&storage, &store, &policy, &filter, args.dry_run).await?;
+    }
+    if let Some(d) = abort_older {
+        abort_incomplete(&storage, &store, d, args.dry_run).await?;
+    }
     Ok(())
 }

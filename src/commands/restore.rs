@@ -5,6 +5,11 @@
 //! with the archive's tail withheld until the checksum matched (see [`crate::feed`]), so a
 //! damaged object commits nothing. `--jobs N` downloads to a private temp file first, verified
 //! before pg_restore sees it, because parallel pg_restore needs a seekable file.
+//!
+//! Owners and privileges are restored as they were (pg_restore's defaults); `--no-owner` and
+//! `--no-acl` are opt-ins for restoring as another, non-superuser role. Before the target is
+//! touched, every role the archive names is checked against the target cluster
+//! ([`super::pg_contents::check_roles`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +22,7 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
+use super::pg_contents::{self, Privileges};
 use super::restore_mongo::{self, MongoTarget};
 use super::{Interrupted, Runtime};
 use crate::catalog::{Entry, Filter};
@@ -37,6 +43,10 @@ const USER_RELATIONS_SQL: &str = "select count(*) from pg_class c join pg_namesp
 pub enum RestoreError {
     #[error("target database \"{database}\" is not empty ({relations} tables, views or sequences): pass --clean to drop the objects the backup contains before restoring")]
     NotEmpty { database: String, relations: u64 },
+    #[error(
+        "{0} holds the cluster's roles, not a database: apply it with `backhaul restore-globals`"
+    )]
+    Globals(String),
     #[error("a MongoDB URI cannot be used here: expected a postgresql:// URL")]
     NotPostgres,
     #[error("{key} is a {kind} backup, but the target is a {target} URL: restore it into a {kind} database")]
@@ -83,7 +93,7 @@ impl PgTarget {
         })
     }
 
-    async fn query(&self, sql: &str) -> anyhow::Result<String> {
+    pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
         pg::psql_query(&self.tools, &self.conn, &self.database, sql, &self.redactor)
             .await
             .with_context(|| format!("querying database \"{}\"", self.database))
@@ -128,6 +138,25 @@ impl PgTarget {
 
 pub fn is_mongo_url(url: &str) -> bool {
     url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
+}
+
+/// Where a restore can go: a PostgreSQL URL or a MongoDB URI. Anything else is named with
+/// both accepted forms (the PostgreSQL parser alone would only mention its own).
+pub fn check_target_scheme(url: &str, var: &str) -> Result<(), ConfigError> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("postgres" | "postgresql" | "mongodb" | "mongodb+srv") => Ok(()),
+        _ => Err(ConfigError::invalid(
+            var,
+            format!(
+                "{}: expected postgresql://user:password@host:5432/dbname or mongodb://user:password@host:27017/[db]",
+                match scheme {
+                    Some(s) => format!("has scheme \"{s}\""),
+                    None => "is not a URL".to_string(),
+                }
+            ),
+        )),
+    }
 }
 
 /// `PG_DUMP_PATH` (pg_restore and psql are taken from beside it) or the newest install.
@@ -178,12 +207,16 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
     let identities = load_identities(args.identity.as_deref())?;
+    check_target_scheme(&args.to, "RESTORE_TO")?;
     if is_mongo_url(&args.to) {
         return run_mongo(args, store, filter, identities, rt).await;
     }
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let entry = store.find(&storage, &args.key, &filter).await?;
+    if entry.parsed.globals {
+        return Err(RestoreError::Globals(entry.key.clone()).into());
+    }
     if entry.parsed.kind == Kind::Mongo {
         return Err(RestoreError::WrongTarget {
             key: entry.key.clone(),
@@ -204,10 +237,15 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     }
     tracing::info!(key = %entry.key, database = %target.database, clean = args.clean, "restore starting");
     let started = Instant::now();
+    let privileges = Privileges {
+        no_owner: args.privileges.no_owner,
+        no_acl: args.privileges.no_acl,
+    };
     let fed = restore_pg(
-        &storage, &entry, decode, &target, args.clean, args.jobs, &rt.cancel,
+        &storage, &entry, decode, &target, args.clean, args.jobs, privileges, &rt.cancel,
     )
-    .await?;
+    .await?
+    .fed;
     let line = Summary {
         event: "restore",
         status: "ok",
@@ -234,8 +272,15 @@ async fn run_mongo(
     if args.jobs.is_some() {
         return Err(ConfigError::invalid("--jobs", "applies to PostgreSQL restores only").into());
     }
+    if args.privileges.no_owner || args.privileges.no_acl {
+        return Err(ConfigError::invalid(
+            "--no-owner/--no-acl",
+            "apply to PostgreSQL restores only",
+        )
+        .into());
+    }
     let target = MongoTarget::resolve(&args.to, "RESTORE_TO", &args.mongo)?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let entry = store.find(&storage, &args.key, &filter).await?;
     if entry.parsed.kind != Kind::Mongo {
         return Err(RestoreError::WrongTarget {
@@ -273,8 +318,18 @@ async fn run_mongo(
     Ok(())
 }
 
+/// What a PostgreSQL restore did.
+pub struct Restored {
+    pub fed: Fed,
+    /// The archive's table of contents, as read for the role preflight.
+    pub entries: Vec<crate::source::pg_toc::Entry>,
+}
+
 /// Restores one PostgreSQL artifact into `target`. Checks the manifest's SHA-256 and size
 /// when there is a manifest; objects from the old script have none and are restored unchecked.
+/// First reads the archive's TOC from the object's head and refuses (target untouched) when
+/// a role it needs is missing.
+#[allow(clippy::too_many_arguments)]
 pub async fn restore_pg(
     storage: &Arc<dyn Storage>,
     entry: &Entry,
@@ -282,18 +337,35 @@ pub async fn restore_pg(
     target: &PgTarget,
     clean: bool,
     jobs: Option<u32>,
+    privileges: Privileges,
     cancel: &CancellationToken,
-) -> anyhow::Result<Fed> {
-    let expect = expectation(entry);
+) -> anyhow::Result<Restored> {
+    let expect = entry.expectation();
     if expect.is_none() {
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
     }
+    let entries = pg_contents::archive_entries(
+        storage,
+        &entry.key,
+        decode.clone(),
+        &target.tools,
+        target.redactor.clone(),
+    )
+    .await?;
+    pg_contents::check_roles(target, &entries, privileges).await?;
     let reader = storage.get(&entry.key).await?;
     let bridge = SyncIoBridge::new(reader);
-    match jobs {
-        Some(j) if j > 1 => via_file(bridge, decode, expect, target, clean, j, cancel).await,
-        _ => streaming(bridge, decode, expect, target, clean, cancel).await,
-    }
+    let opts = RestoreOpts {
+        clean,
+        jobs,
+        no_owner: privileges.no_owner,
+        no_acl: privileges.no_acl,
+    };
+    let fed = match jobs {
+        Some(j) if j > 1 => via_file(bridge, decode, expect, target, &opts, cancel).await,
+        _ => streaming(bridge, decode, expect, target, &opts, cancel).await,
+    }?;
+    Ok(Restored { fed, entries })
 }
 
 /// `--identity`, read up front so a bad file fails before anything runs (exit 2).
@@ -301,22 +373,18 @@ pub fn load_identities(path: Option<&Path>) -> anyhow::Result<Option<Arc<Identit
     Ok(path.map(Identities::load).transpose()?.map(Arc::new))
 }
 
-pub fn expectation(entry: &Entry) -> Option<Expect> {
-    entry.manifest.as_ref().map(|m| Expect {
-        sha256: m.sha256.clone(),
-        size: m.stored_bytes,
-    })
-}
-
 async fn streaming(
     src: SyncIoBridge<crate::storage::Reader>,
     decode: Decode,
     expect: Option<Expect>,
     target: &PgTarget,
-    clean: bool,
+    opts: &RestoreOpts,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Fed> {
-    let opts = RestoreOpts { clean, jobs: None };
+    let opts = RestoreOpts {
+        jobs: None,
+        ..opts.clone()
+    };
     let mut child = pg::spawn_restore(
         &target.tools,
         &target.conn,
@@ -369,8 +437,7 @@ async fn via_file(
     decode: Decode,
     expect: Option<Expect>,
     target: &PgTarget,
-    clean: bool,
-    jobs: u32,
+    opts: &RestoreOpts,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Fed> {
     // tempfile creates the directory 0700: the dump never becomes readable by other users.
@@ -391,15 +458,11 @@ async fn via_file(
         j = download => j.context("download task panicked")??,
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     };
-    let opts = RestoreOpts {
-        clean,
-        jobs: Some(jobs),
-    };
     let child = pg::spawn_restore(
         &target.tools,
         &target.conn,
         &target.database,
-        &opts,
+        opts,
         Some(&path),
         target.redactor.clone(),
     )?;

@@ -5,14 +5,19 @@
 //! Both formats are therefore downloaded into a private 0700 temp dir and checked against the
 //! manifest (SHA-256 + size) *before* mongorestore sees a byte; a mismatch restores nothing.
 //! A zip is then extracted (entries that would escape the dir are refused) and restored with
-//! `--dir`; an `.archive.gz` is handed over as `--archive=<file> --gzip`.
+//! `--dir` (a tree under one top folder, as the old script's `zip -r mongo_backup/`, is found);
+//! an `.archive.gz` is handed over as `--archive=<file> --gzip`.
+//!
+//! mongorestore exits 0 after skipping what it does not understand (a folder it takes for
+//! something else, `.bson.gz` files without `--gzip`), so the documents in the artifact are
+//! counted first and a restore that reports fewer restored fails.
 //!
 //! Without `--clean` nothing is dropped and mongorestore runs with `--stopOnError`, so a
 //! document that already exists in the target fails the restore; `--clean` maps to `--drop`
 //! (each collection in the dump is replaced; others in the target are left alone).
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Seek as _};
+use std::io::{self, Seek as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,10 +25,9 @@ use anyhow::Context as _;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
-use super::restore::expectation;
 use super::Interrupted;
 use crate::catalog::Entry;
-use crate::cli::MongoArgs;
+use crate::cli::MongoRestoreArgs;
 use crate::config::mongo::MongoConn;
 use crate::config::ConfigError;
 use crate::feed::{self, Consumer, Decode, Fed};
@@ -37,10 +41,16 @@ pub enum MongoRestoreError {
     UnsafeEntry(String),
     #[error("not a readable zip: {0}")]
     BadZip(String),
-    #[error("{file}: truncated BSON (a document's length runs past the end of the file)")]
-    TruncatedBson { file: String },
     #[error("{key} is neither a .zip nor an .archive.gz MongoDB artifact")]
     UnknownFormat { key: String },
+    #[error("the backup holds the databases {databases}, but the target URI names the one database {target}: remove it from the URI's path (keep the login database as ?authSource={target})")]
+    SeveralDatabases { databases: String, target: String },
+    #[error("mongorestore restored {restored} of the {expected} documents in the backup{failed}")]
+    Incomplete {
+        restored: u64,
+        expected: u64,
+        failed: String,
+    },
 }
 
 /// A MongoDB deployment to restore into: mongorestore, the connection and its secrets.
@@ -56,14 +66,12 @@ pub struct MongoTarget {
 
 impl MongoTarget {
     /// `var` names the flag/variable the URI came from, for configuration errors.
-    pub fn resolve(uri: &str, var: &str, args: &MongoArgs) -> anyhow::Result<MongoTarget> {
+    pub fn resolve(uri: &str, var: &str, args: &MongoRestoreArgs) -> anyhow::Result<MongoTarget> {
         let secret = Secret::new(uri);
         // Any name validates the URI itself; the real database is chosen per artifact.
         let conn = MongoConn::resolve(&secret, Some("_"))
             .map_err(|e| ConfigError::invalid(var, e.message))?;
-        let uri_database = MongoConn::resolve(&secret, None)
-            .ok()
-            .and_then(|c| c.databases.into_iter().next());
+        let uri_database = conn.uri_database.clone();
         let mut redactor = Redactor::default();
         mongo::add_secrets(&conn, &mut redactor);
         let mongorestore = mongo::locate_mongorestore(
@@ -93,11 +101,14 @@ impl MongoTarget {
 #[derive(Debug)]
 pub struct MongoRestored {
     pub fed: Fed,
+    /// The database(s) restored into, comma separated.
     pub database: String,
-    /// Documents per collection, counted from the dump's BSON (zip artifacts).
-    pub documents: Option<BTreeMap<String, u64>>,
-    /// mongorestore's own total (`N document(s) restored successfully`), when it printed one.
-    pub restored_total: Option<u64>,
+    /// Documents per `db.collection`, counted in the artifact (names as dumped).
+    pub documents: BTreeMap<String, u64>,
+    /// mongorestore's own total (`N document(s) restored successfully`).
+    pub restored_total: u64,
+    /// Documents per collection as mongorestore reported them, under the dumped names.
+    pub restored: BTreeMap<String, u64>,
 }
 
 /// Restores one MongoDB artifact into `target`. Objects without a manifest (the old script's)
@@ -124,7 +135,15 @@ pub async fn restore_mongo(
         }
         .into());
     };
-    let expect = expectation(entry);
+    mongo::checked_version(&target.mongorestore)
+        .await
+        .map_err(|e| match e {
+            e @ mongo::MongoError::TooOld { .. } => {
+                anyhow::Error::from(ConfigError::invalid("MONGORESTORE_PATH", e.to_string()))
+            }
+            e => e.into(),
+        })?;
+    let expect = entry.expectation();
     if expect.is_none() {
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
     }
@@ -154,54 +173,114 @@ pub async fn restore_mongo(
             .context("restore stopped before mongorestore ran; nothing was restored")?,
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     };
-    let database = target.database_for(&entry.parsed.database);
-    let (source_dir, documents) = if is_zip {
-        let tree = dir.path().join("dump");
-        let (zip, out) = (object.clone(), tree.clone());
-        let counts = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            extract_zip(&zip, &out)?;
-            std::fs::remove_file(&zip).ok();
-            count_documents(&out)
-        })
-        .await
-        .context("extract task panicked")?
-        .context("extracting the verified zip; nothing was restored")?;
-        (Some(tree), Some(counts))
-    } else {
-        (None, None)
+    let (object_path, tree) = (object.clone(), dir.path().join("dump"));
+    let (source_dir, documents) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        if is_zip {
+            extract_zip(&object_path, &tree)?;
+            std::fs::remove_file(&object_path).ok();
+            let root = dump_root(&tree)?;
+            let counts = mongo::count_documents(&root)?;
+            Ok((Some(root), counts))
+        } else {
+            let file = std::fs::File::open(&object_path)?;
+            let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
+            Ok((None, mongo::archive_counts(gz)?))
+        }
+    })
+    .await
+    .context("reading task panicked")?
+    .context("reading the verified backup; nothing was restored")?;
+    let databases: Vec<String> = documents
+        .keys()
+        .filter_map(|ns| ns.split_once('.').map(|(db, _)| db.to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rename_to = match (&target.uri_database, databases.as_slice()) {
+        (Some(to), [_]) => Some(to.as_str()),
+        (Some(to), [_, _, ..]) => {
+            return Err(MongoRestoreError::SeveralDatabases {
+                databases: databases.join(", "),
+                target: to.clone(),
+            }
+            .into())
+        }
+        _ => None,
     };
+    let database = rename_to
+        .map(str::to_string)
+        .unwrap_or_else(|| databases.join(","));
+    for (ns, n) in &documents {
+        tracing::info!(collection = %ns, documents = n, "in the backup");
+    }
     let source = match &source_dir {
         Some(d) => RestoreSource::Dir(d),
         None => RestoreSource::ArchiveGz(&object),
     };
     let opts = MongoRestoreOpts {
-        from: &entry.parsed.database,
-        to: &database,
+        databases: &databases,
+        rename_to,
         drop,
     };
-    let tail = tokio::select! {
+    let report = tokio::select! {
         r = mongo::run_restore(&target.mongorestore, &target.conn, &source, &opts, target.redactor.clone()) => r?,
         // Dropping the future kills mongorestore's group and removes the config file.
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     };
     drop_dir(dir);
+    let expected: u64 = documents.values().sum();
+    let restored_total = report.total.unwrap_or(0);
+    let failed = report.failed.unwrap_or(0);
+    if restored_total < expected || failed > 0 {
+        return Err(MongoRestoreError::Incomplete {
+            restored: restored_total,
+            expected,
+            failed: if failed > 0 {
+                format!(" ({failed} failed)")
+            } else {
+                String::new()
+            },
+        }
+        .into());
+    }
+    // The restored counts under the dumped names, so they compare with the manifest.
+    let restored = report
+        .collections
+        .into_iter()
+        .map(|(ns, n)| match (rename_to, databases.as_slice()) {
+            (Some(to), [from]) => match ns.strip_prefix(&format!("{to}.")) {
+                Some(coll) => (format!("{from}.{coll}"), n),
+                None => (ns, n),
+            },
+            _ => (ns, n),
+        })
+        .collect();
     Ok(MongoRestored {
         fed,
         database,
         documents,
-        restored_total: restored_total(&tail),
+        restored_total,
+        restored,
     })
 }
 
-/// The total from mongorestore's last line, `N document(s) restored successfully. …`.
-fn restored_total(tail: &[String]) -> Option<u64> {
-    tail.iter().rev().find_map(|l| {
-        let (head, _) = l.split_once(" document(s) restored successfully")?;
-        head.rsplit(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    })
+/// The directory of a zip's tree that holds `<db>/<collection>.bson`: the tree itself for
+/// backhaul's zips, or its one top folder for the old script's `zip -r … mongo_backup/`.
+fn dump_root(tree: &Path) -> anyhow::Result<PathBuf> {
+    let files: Vec<String> = mongo::walk(tree)?
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .filter(|rel| rel.ends_with(".bson") || rel.ends_with(".metadata.json"))
+        .collect();
+    let depth = |rel: &str| rel.split('/').count();
+    let top = |rel: &str| rel.split('/').next().unwrap_or("").to_string();
+    if let Some(first) = files.first() {
+        let t = top(first);
+        if files.iter().all(|f| depth(f) == 3 && top(f) == t) {
+            return Ok(tree.join(t));
+        }
+    }
+    Ok(tree.to_path_buf())
 }
 
 /// Explicit so a failure to remove the dump is at least logged (drop would swallow it).
@@ -252,47 +331,6 @@ pub fn extract_zip(zip: &Path, out: &Path) -> Result<(), MongoRestoreError> {
     Ok(())
 }
 
-/// Documents per `db.collection` in a dump tree, from each `.bson` file's length prefixes:
-/// exact, and needs no BSON decoder.
-pub fn count_documents(root: &Path) -> Result<BTreeMap<String, u64>, anyhow::Error> {
-    let mut out = BTreeMap::new();
-    for (rel, path) in mongo::walk(root)? {
-        let Some(stem) = rel.strip_suffix(".bson") else {
-            continue;
-        };
-        let ns = stem.replacen('/', ".", 1);
-        let file = std::fs::File::open(&path).with_context(|| format!("opening {rel}"))?;
-        out.insert(ns, count_bson(file, &rel)?);
-    }
-    Ok(out)
-}
-
-/// Counts concatenated BSON documents: each starts with its total length as a little-endian
-/// int32 (at least 5: the length itself plus the terminating NUL).
-fn count_bson(file: std::fs::File, name: &str) -> Result<u64, anyhow::Error> {
-    let len = file.metadata()?.len();
-    let mut r = io::BufReader::new(file);
-    let (mut pos, mut n) = (0u64, 0u64);
-    while pos < len {
-        let mut prefix = [0u8; 4];
-        r.read_exact(&mut prefix).map_err(|_| truncated(name))?;
-        let size = i32::from_le_bytes(prefix);
-        if size < 5 || pos + size as u64 > len {
-            return Err(truncated(name).into());
-        }
-        r.seek_relative(i64::from(size) - 4)?;
-        pos += size as u64;
-        n += 1;
-    }
-    Ok(n)
-}
-
-fn truncated(name: &str) -> MongoRestoreError {
-    MongoRestoreError::TruncatedBson {
-        file: name.to_string(),
-    }
-}
-
 /// Decodes a gzip file to the end: flate2 checks the trailer's CRC-32 and size, so an archive
 /// damaged before it was uploaded (its manifest checksum then matches) is still caught.
 /// Returns the decompressed size.
@@ -335,35 +373,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         extract_zip(zip_with(&["shop/a.bson"]).path(), dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("shop/a.bson")).unwrap(), b"x");
-    }
-
-    #[test]
-    fn bson_documents_are_counted_by_length_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("shop")).unwrap();
-        let doc = [5u8, 0, 0, 0, 0];
-        let mut two = doc.to_vec();
-        two.extend_from_slice(&[6, 0, 0, 0, 0, 0]);
-        std::fs::write(dir.path().join("shop/a.bson"), &two).unwrap();
-        std::fs::write(dir.path().join("shop/empty.bson"), b"").unwrap();
-        std::fs::write(dir.path().join("shop/a.metadata.json"), b"{}").unwrap();
-        let counts = count_documents(dir.path()).unwrap();
-        assert_eq!(counts["shop.a"], 2);
-        assert_eq!(counts["shop.empty"], 0);
-        assert_eq!(counts.len(), 2);
-        std::fs::write(dir.path().join("shop/a.bson"), &two[..8]).unwrap();
-        assert!(count_documents(dir.path()).is_err());
-    }
-
-    #[test]
-    fn mongorestore_total_is_parsed() {
-        let tail = vec![
-            "2024-01-01T00:00:00.000+0000\tfinished restoring shop.a (2 documents, 0 failures)"
-                .to_string(),
-            "2024-01-01T00:00:00.000+0000\t1063 document(s) restored successfully. 0 document(s) failed to restore.".to_string(),
-        ];
-        assert_eq!(restored_total(&tail), Some(1063));
-        assert_eq!(restored_total(&tail[..1]), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `backhaul status`: what is scheduled for a stage and what it last produced. Shows variable
 //! names only: values in a task definition may be sensitive even when they should not be.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::ecs::CONTAINER;
@@ -10,6 +11,7 @@ use crate::cli::StatusArgs;
 use crate::commands::common::Store;
 use crate::config::non_empty;
 use crate::layout::MANIFEST_SUFFIX;
+use crate::storage::Incomplete;
 
 /// Backups shown.
 const RECENT: usize = 5;
@@ -30,9 +32,31 @@ struct Status {
     /// Object Lock of the recent backups that have one, by key.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     locked: std::collections::BTreeMap<String, String>,
+    /// Writes under the stage's prefix that never finished (a run killed mid-upload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete_uploads: Option<IncompleteUploads>,
     /// Why backups could not be listed; the schedule part of the report is still useful.
     #[serde(skip_serializing_if = "Option::is_none")]
     backups_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+struct IncompleteUploads {
+    count: usize,
+    /// Bytes of the parts uploaded so far: what they cost until aborted. `None` when the
+    /// server would not list some upload's parts.
+    bytes: Option<u64>,
+    oldest_initiated: Option<DateTime<Utc>>,
+}
+
+impl IncompleteUploads {
+    fn of(uploads: &[Incomplete]) -> IncompleteUploads {
+        IncompleteUploads {
+            count: uploads.len(),
+            bytes: uploads.iter().map(|u| u.bytes).sum(),
+            oldest_initiated: uploads.iter().filter_map(|u| u.initiated).min(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -86,8 +110,9 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         let mut store = a.store.clone();
         store.bucket = bucket.clone();
         match recent(&store).await {
-            Ok((keys, locked)) => {
+            Ok((keys, incomplete, locked)) => {
                 st.recent_backups = keys;
+                st.incomplete_uploads = Some(IncompleteUploads::of(&incomplete));
                 st.locked = locked;
             }
             Err(e) => st.backups_error = Some(format!("{e:#}")),
@@ -164,15 +189,21 @@ async fn task(c: &Clients, stage: &str) -> anyhow::Result<Option<TaskStatus>> {
     }))
 }
 
-/// Newest artifact keys (manifests left out) under the stage prefix.
-type Recent = (Vec<String>, std::collections::BTreeMap<String, String>);
+/// Newest artifact keys (manifests left out) under the stage prefix, the writes there that
+/// never finished, and the Object Lock of those keys that have one.
+type Recent = (
+    Vec<String>,
+    Vec<Incomplete>,
+    std::collections::BTreeMap<String, String>,
+);
 
 async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Recent> {
     let store = Store::resolve(store)?;
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let mut objects = storage.list(&store.stage_prefix()).await?;
     objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX));
     objects.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
+    let incomplete = storage.incomplete(&store.stage_prefix()).await?;
     let keys: Vec<String> = objects.into_iter().take(RECENT).map(|o| o.key).collect();
     let mut locked = std::collections::BTreeMap::new();
     for k in &keys {
@@ -184,7 +215,7 @@ async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Recent> {
             locked.insert(k.clone(), d);
         }
     }
-    Ok((keys, locked))
+    Ok((keys, incomplete, locked))
 }
 
 fn text(st: &Status) -> String {
@@ -247,6 +278,65 @@ fn text(st: &Status) -> String {
         if let Some(e) = &st.backups_error {
             out += &format!("  cannot list backups: {e}\n");
         }
+        match &st.incomplete_uploads {
+            Some(u) if u.count > 0 => {
+                out += &format!(
+                    "incomplete uploads: {} ({} bytes in parts, oldest initiated {}); `backhaul prune --abort-incomplete-older-than 24h` aborts those older than a day\n",
+                    u.count,
+                    u.bytes.map(|b| b.to_string()).unwrap_or_else(|| "unknown".into()),
+                    u.oldest_initiated
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "?".into())
+                )
+            }
+            Some(_) => out += "incomplete uploads: none\n",
+            None => {}
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(key: &str, secs: i64, bytes: Option<u64>) -> Incomplete {
+        Incomplete {
+            key: key.into(),
+            id: format!("id-{key}"),
+            initiated: DateTime::from_timestamp(secs, 0),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn leftovers_are_counted_sized_and_dated() {
+        let st = Status {
+            stage: "prod".into(),
+            bucket: Some("b".into()),
+            incomplete_uploads: Some(IncompleteUploads::of(&[
+                upload("prod/a", 2_000, Some(5 << 20)),
+                upload("prod/b", 1_000, Some(1)),
+            ])),
+            ..Status::default()
+        };
+        let u = st.incomplete_uploads.as_ref().unwrap();
+        assert_eq!((u.count, u.bytes), (2, Some((5 << 20) + 1)));
+        assert_eq!(u.oldest_initiated, DateTime::from_timestamp(1_000, 0));
+        let shown = text(&st);
+        assert!(
+            shown.contains("incomplete uploads: 2 (5242881 bytes in parts, oldest initiated 1970-01-01T00:16:40+00:00)"),
+            "{shown}"
+        );
+        // One unsizable upload makes the total unknown rather than wrong.
+        let unknown =
+            IncompleteUploads::of(&[upload("prod/a", 1, None), upload("prod/b", 2, Some(3))]);
+        assert_eq!(unknown.bytes, None);
+        let none = Status {
+            bucket: Some("b".into()),
+            incomplete_uploads: Some(IncompleteUploads::of(&[])),
+            ..Status::default()
+        };
+        assert!(text(&none).contains("incomplete uploads: none"));
+    }
 }

@@ -22,7 +22,8 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
-use super::restore::{self, expectation, filter, is_mongo_url, PgTarget};
+use super::pg_contents::{self, Privileges};
+use super::restore::{self, filter, is_mongo_url, PgTarget};
 use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
 use crate::catalog::{self, Entry};
@@ -47,6 +48,8 @@ pub struct Verifier {
     pub restore_into: Option<PgTarget>,
     /// `--restore-into mongodb://…`: the scratch deployment MongoDB artifacts are restored into.
     pub mongo_restore_into: Option<MongoTarget>,
+    /// `--no-owner` / `--no-acl` for the PostgreSQL restore.
+    pub privileges: Privileges,
     pub cancel: CancellationToken,
 }
 
@@ -78,10 +81,22 @@ impl Verifier {
     pub async fn verify(&self, entry: &Entry) -> Outcome {
         let mut details = Map::new();
         let sealed = crypto::is_encrypted(&entry.parsed.extension) && self.identities.is_none();
-        let res = match entry.parsed.kind {
-            _ if sealed => self.verify_sealed(entry, &mut details).await,
-            Kind::Mongo => self.verify_mongo(entry, &mut details).await,
-            Kind::Postgres => self.verify_pg(entry, &mut details).await,
+        let identity = same_object(&self.storage, entry, &mut details).await;
+        let res = match identity {
+            Err(e @ Failure::Transient(_)) => Err(e),
+            identity => {
+                let content = match entry.parsed.kind {
+                    _ if sealed => self.verify_sealed(entry, &mut details).await,
+                    Kind::Mongo => self.verify_mongo(entry, &mut details).await,
+                    Kind::Postgres if entry.parsed.globals => {
+                        self.verify_globals(entry, &mut details).await
+                    }
+                    Kind::Postgres => self.verify_pg(entry, &mut details).await,
+                };
+                // A content failure is the more specific verdict; an object that is intact
+                // but not the manifest's still fails.
+                content.and(identity)
+            }
         };
         match res {
             Ok(()) => Outcome {
@@ -119,9 +134,7 @@ impl Verifier {
         let mut child = pg::spawn_list(tools, self.redactor.clone())
             .map_err(|e| Failure::Transient(e.into()))?;
         let stdin = child
-            .take_stdin()
-            .and_then(|s| s.into_owned_fd().ok())
-            .map(std::fs::File::from)
+            .take_stdin_file()
             .ok_or_else(|| Failure::Transient(anyhow::anyhow!("pg_restore --list has no stdin")))?;
         let src = self.open(entry).await?;
         let decode = self.decode(entry)?;
@@ -132,22 +145,8 @@ impl Verifier {
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
         let listed = child.wait().await;
-        match fed {
-            Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
-                details.insert("checksum".into(), json!("mismatch"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e @ FeedError::Decode(_)) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert("structure".into(), json!("failed"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e) => return Err(Failure::Transient(e.into())),
-            Ok(fed) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert("raw_bytes".into(), json!(fed.raw_bytes));
-            }
-        }
+        let fed = judge_feed(fed, details)?;
+        details.insert("raw_bytes".into(), json!(fed.raw_bytes));
         if let Err(e) = listed {
             details.insert("structure".into(), json!("failed"));
             return Err(Failure::Artifact(format!(
@@ -163,34 +162,178 @@ impl Verifier {
         }
         if let Some(target) = &self.restore_into {
             details.insert("restored_into".into(), json!(target.database));
-            if let Err(e) = restore::restore_pg(
+            let restored = match restore::restore_pg(
                 &self.storage,
                 entry,
                 restore_decode,
                 target,
                 true,
                 None,
+                self.privileges,
                 &self.cancel,
             )
             .await
             {
-                details.insert("restore".into(), json!("failed"));
-                return Err(Failure::Artifact(self.redactor.redact(
-                    &target.redactor.redact(&format!("restore failed: {e:#}")),
-                )));
-            }
+                Ok(r) => r,
+                Err(e) if e.downcast_ref::<pg_contents::MissingRoles>().is_some() => {
+                    // A scratch cluster without the roles says nothing about the artifact.
+                    details.insert("restore".into(), json!("skipped: missing roles"));
+                    return Err(Failure::Transient(e));
+                }
+                Err(e) => {
+                    details.insert("restore".into(), json!("failed"));
+                    return Err(Failure::Artifact(self.redactor.redact(
+                        &target.redactor.redact(&format!("restore failed: {e:#}")),
+                    )));
+                }
+            };
             details.insert("restore".into(), json!("ok"));
             let counts = target.row_counts().await.map_err(Failure::Transient)?;
             details.insert("tables".into(), json!(counts));
+            self.compare_contents(entry, &restored.entries, target, details)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Compares the restored database's objects, owners and ACL entries with the manifest's
+    /// record of the archive (or, for manifests without one, with the archive's own TOC).
+    async fn compare_contents(
+        &self,
+        entry: &Entry,
+        archive: &[crate::source::pg_toc::Entry],
+        target: &PgTarget,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let expected = match entry.manifest.as_ref().and_then(|m| m.contents.clone()) {
+            Some(c) => c,
+            None => pg_contents::contents(archive, &target.tools),
+        };
+        let live = pg_contents::live_entries(target)
+            .await
+            .map_err(Failure::Transient)?;
+        let got = pg_contents::contents(&live, &target.tools);
+        let diffs = crate::source::pg_toc::compare(
+            &expected,
+            &got,
+            !self.privileges.no_owner,
+            !self.privileges.no_acl,
+        );
+        details.insert("objects".into(), json!(got.objects.values().sum::<u64>()));
+        details.insert("acl_entries".into(), json!(got.acl_entries));
+        if diffs.is_empty() {
+            details.insert("contents".into(), json!("ok"));
+            return Ok(());
+        }
+        details.insert("contents".into(), json!("differs"));
+        let msg = format!(
+            "the restored database differs from the backup: {}",
+            diffs.join("; ")
+        );
+        details.insert("differences".into(), json!(diffs));
+        Err(Failure::Artifact(msg))
+    }
+}
+
+impl Verifier {
+    /// A globals artifact: checksum, then the script must be a complete pg_dumpall output
+    /// (its closing comment is written last). It is never restored here: roles are
+    /// cluster-wide, a scratch database is not the place to change them.
+    async fn verify_globals(
+        &self,
+        entry: &Entry,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let expect = Some(require_manifest(entry, details)?);
+        let src = self.open(entry).await?;
+        let decode = self.decode(entry)?;
+        let fed = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            feed::feed(src, &decode, &mut out, expect.as_ref(), Consumer::Strict).map(|_| out)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.into()))?;
+        let script = judge_feed(fed, details)?;
+        let text = String::from_utf8_lossy(&script);
+        let roles = crate::globals::role_names(&text);
+        if !text.contains("PostgreSQL database cluster dump complete") {
+            details.insert("structure".into(), json!("failed"));
+            return Err(Failure::Artifact(
+                "not a complete pg_dumpall --globals-only script".into(),
+            ));
+        }
+        details.insert("structure".into(), json!("ok"));
+        details.insert("roles".into(), json!(roles.len()));
+        if self.restore_into.is_some() {
+            details.insert(
+                "restore".into(),
+                json!("skipped: cluster globals (apply them with restore-globals)"),
+            );
         }
         Ok(())
     }
 }
 
+/// The object under the key must be the one its manifest was written for (same ETag, and
+/// version on a versioned bucket): a checksum match alone would also pass an identical dump
+/// written over it by another writer. Manifests without an ETag (file backend, older
+/// manifests) rely on the checksum alone. Recorded in `details.object`.
+async fn same_object(
+    storage: &Arc<dyn Storage>,
+    entry: &Entry,
+    details: &mut Map<String, Value>,
+) -> Result<(), Failure> {
+    let Some(m) = entry.manifest.as_ref().filter(|m| m.etag.is_some()) else {
+        return Ok(());
+    };
+    let info = storage
+        .head(&entry.key)
+        .await
+        .map_err(|e| Failure::Transient(e.into()))?
+        .ok_or_else(|| Failure::Artifact(format!("{} does not exist", entry.key)))?;
+    let version_ok = m.version_id.is_none() || info.version_id == m.version_id;
+    if info.etag == m.etag && version_ok {
+        details.insert("object".into(), json!("ok"));
+        return Ok(());
+    }
+    details.insert("object".into(), json!("mismatch"));
+    Err(Failure::Mismatch(format!(
+        "the object is not the one its manifest describes: ETag {} version {}, manifest says ETag {} version {}",
+        info.etag.as_deref().unwrap_or("none"),
+        info.version_id.as_deref().unwrap_or("none"),
+        m.etag.as_deref().unwrap_or("none"),
+        m.version_id.as_deref().unwrap_or("none"),
+    )))
+}
+
 /// What the manifest promises; an artifact without one cannot be verified. Records the
 /// promised digest and size in `details` either way.
+/// A feed's checksum (and, where it decodes, structure) verdict, recorded in `details`: a
+/// mismatch or an undecodable stream is the artifact's fault, anything else transient.
+fn judge_feed<T>(
+    fed: Result<T, FeedError>,
+    details: &mut Map<String, Value>,
+) -> Result<T, Failure> {
+    match fed {
+        Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
+            details.insert("checksum".into(), json!("mismatch"));
+            Err(Failure::Artifact(e.to_string()))
+        }
+        Err(e @ FeedError::Decode(_)) => {
+            details.insert("checksum".into(), json!("ok"));
+            details.insert("structure".into(), json!("failed"));
+            Err(Failure::Artifact(e.to_string()))
+        }
+        Err(e) => Err(Failure::Transient(e.into())),
+        Ok(v) => {
+            details.insert("checksum".into(), json!("ok"));
+            Ok(v)
+        }
+    }
+}
+
 fn require_manifest(entry: &Entry, details: &mut Map<String, Value>) -> Result<Expect, Failure> {
-    let Some(expect) = expectation(entry) else {
+    let Some(expect) = entry.expectation() else {
         details.insert("checksum".into(), json!("unverifiable: no manifest"));
         return Err(Failure::Artifact("unverifiable: no manifest".into()));
     };
@@ -298,11 +441,34 @@ impl Verifier {
         {
             Ok(done) => {
                 details.insert("restore".into(), json!("ok"));
-                if let Some(docs) = done.documents {
-                    details.insert("collections".into(), json!(docs));
-                }
-                if let Some(n) = done.restored_total {
-                    details.insert("documents_restored".into(), json!(n));
+                details.insert("collections".into(), json!(done.restored));
+                details.insert("documents_restored".into(), json!(done.restored_total));
+                details.insert(
+                    "documents_in_backup".into(),
+                    json!(done.documents.values().sum::<u64>()),
+                );
+                // The manifest's counts were taken at backup time: the restore must match them.
+                let recorded = entry
+                    .manifest
+                    .as_ref()
+                    .and_then(|m| m.source.collections.as_ref());
+                if let Some(recorded) = recorded {
+                    let differ: Vec<String> = recorded
+                        .iter()
+                        .filter(|(ns, n)| done.restored.get(*ns).copied().unwrap_or(0) != **n)
+                        .map(|(ns, n)| {
+                            let got = done.restored.get(ns).copied().unwrap_or(0);
+                            format!("{ns}: {got} restored, {n} in the manifest")
+                        })
+                        .collect();
+                    if !differ.is_empty() {
+                        details.insert("restore".into(), json!("count mismatch"));
+                        return Err(Failure::Artifact(format!(
+                            "restored document counts differ from the manifest: {}",
+                            differ.join("; ")
+                        )));
+                    }
+                    details.insert("counts".into(), json!("match the manifest"));
                 }
                 Ok(())
             }
@@ -357,20 +523,11 @@ impl Verifier {
         })
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
-        match fed {
-            Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
-                details.insert("checksum".into(), json!("mismatch"));
-                return Err(Failure::Artifact(e.to_string()));
-            }
-            Err(e) => return Err(Failure::Transient(e.into())),
-            Ok(_) => {
-                details.insert("checksum".into(), json!("ok"));
-                details.insert(
-                    "structure".into(),
-                    json!("skipped (encrypted, no --identity)"),
-                );
-            }
-        }
+        judge_feed(fed, details)?;
+        details.insert(
+            "structure".into(),
+            json!("skipped (encrypted, no --identity)"),
+        );
         if self.restore_into.is_some() {
             details.insert("restore".into(), json!("skipped"));
             return Err(Failure::Transient(
@@ -479,6 +636,9 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         None => restore::locate_tools(None).await.ok(),
     };
     let identities = restore::load_identities(args.identity.as_deref())?;
+    if let Some(url) = non_empty(args.restore_into.clone()) {
+        restore::check_target_scheme(&url, "VERIFY_RESTORE_INTO")?;
+    }
     let (restore_into, mongo_restore_into) = match non_empty(args.restore_into.clone()) {
         Some(url) if is_mongo_url(&url) => (
             None,
@@ -497,7 +657,7 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         ),
         None => (None, None),
     };
-    let storage = store.open().await?;
+    let storage = store.open_existing().await?;
     let prefix = store.dest.key_prefix();
     let entries = match (key, since) {
         (Some(k), _) => {
@@ -534,6 +694,10 @@ pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
         identities,
         restore_into,
         mongo_restore_into,
+        privileges: Privileges {
+            no_owner: args.privileges.no_owner,
+            no_acl: args.privileges.no_acl,
+        },
         cancel: rt.cancel.clone(),
     };
     let mut failed = 0;

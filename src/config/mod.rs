@@ -326,11 +326,12 @@ impl FromStr for PgCompression {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "zstd" => Ok(PgCompression::Zstd),
-            "pg" | "gzip" => Ok(PgCompression::Pg),
+            "pg" => Ok(PgCompression::Pg),
             "none" => Ok(PgCompression::None),
+            // No aliases: "gzip" used to mean pg_dump's own compression, silently.
             other => Err(ConfigError::invalid(
                 "PG_COMPRESSION",
-                format!("\"{other}\" is not one of zstd, pg, none"),
+                format!("\"{other}\" is not one of zstd (default, .dump.zst), pg (pg_dump's own compression, .dump) or none"),
             )),
         }
     }

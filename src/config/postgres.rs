@@ -6,24 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use url::Url;
 
 use super::ConfigError;
+use crate::percent::encode_component;
 use crate::secret::Secret;
-
-/// Everything but RFC 3986 "unreserved" characters is encoded, so any password, user or
-/// database name survives libpq's URI parser unchanged.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-pub fn encode_component(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
-}
 
 fn decode_component(s: &str, what: &'static str) -> Result<String, ConfigError> {
     percent_decode_str(s)
@@ -307,8 +296,14 @@ impl PgConn {
         userinfo.push('@');
         s.insert_str(authority_start, &userinfo);
         s.push('/');
-        s.push_str(&encode_component(database));
         let mut query: Vec<(String, String)> = Vec::new();
+        // A path of "." or ".." (even percent-encoded) is a dot segment that URL parsers
+        // normalise away; libpq also takes the database as a query parameter.
+        if database == "." || database == ".." {
+            query.push(("dbname".into(), database.to_string()));
+        } else {
+            s.push_str(&encode_component(database));
+        }
         if self.host.starts_with('/') {
             query.push(("host".into(), self.host.clone()));
             query.push(("port".into(), self.port.to_string()));
@@ -511,6 +506,22 @@ mod tests {
             c.url_for("main"),
             "postgresql://app@ep-aged-morning-26453078-pooler.us-east-2.aws.neon.tech:5432/main?options=endpoint%3Dep-aged-morning-26453078&sslmode=require"
         );
+    }
+
+    #[test]
+    fn dot_database_names_survive_the_url() {
+        for db in [".", "..", ".a", "a."] {
+            let conn = PgConn {
+                host: "h".into(),
+                port: 5432,
+                user: "u".into(),
+                password: None,
+                databases: vec![db.into()],
+                params: vec![],
+            };
+            let back = PgConn::parse_url(&conn.url_for(db)).unwrap();
+            assert_eq!(back.databases, vec![db.to_string()], "{}", conn.url_for(db));
+        }
     }
 
     #[test]

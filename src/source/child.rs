@@ -84,14 +84,21 @@ pub fn command(program: &std::path::Path) -> Command {
 pub struct ChildProc {
     tool: String,
     child: Child,
-    stderr: Option<JoinHandle<Vec<String>>>,
+    stderr: Option<JoinHandle<(Vec<String>, Vec<String>)>>,
 }
 
 impl ChildProc {
-    pub fn spawn(
+    pub fn spawn(tool: &str, cmd: Command, redactor: Redactor) -> Result<ChildProc, ChildError> {
+        ChildProc::spawn_keeping(tool, cmd, redactor, |_| false)
+    }
+
+    /// As [`ChildProc::spawn`], and every (redacted) stderr line for which `keep` is true is
+    /// kept in full, for tools whose per-item log lines are the only report of what they did.
+    pub fn spawn_keeping(
         tool: &str,
         mut cmd: Command,
         redactor: Redactor,
+        keep: fn(&str) -> bool,
     ) -> Result<ChildProc, ChildError> {
         let path = format!("{:?}", cmd.as_std().get_program());
         let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
@@ -103,6 +110,7 @@ impl ChildProc {
             let tool = tool.to_string();
             tokio::spawn(async move {
                 let mut tail = VecDeque::with_capacity(TAIL_LINES);
+                let mut kept = Vec::new();
                 let mut lines = BufReader::new(err).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let line = redactor.redact(line.trim_end());
@@ -110,12 +118,15 @@ impl ChildProc {
                         continue;
                     }
                     tracing::debug!(tool = %tool, "{line}");
+                    if keep(&line) {
+                        kept.push(line.clone());
+                    }
                     if tail.len() == TAIL_LINES {
                         tail.pop_front();
                     }
                     tail.push_back(line);
                 }
-                tail.into_iter().collect()
+                (tail.into_iter().collect(), kept)
             })
         });
         Ok(ChildProc {
@@ -144,18 +155,31 @@ impl ChildProc {
         self.child.stdin.take()
     }
 
+    /// The child's stdin as a plain blocking file, for a feeder on a blocking thread (the
+    /// archive is decoded and hashed there, off the async runtime).
+    pub fn take_stdin_file(&mut self) -> Option<std::fs::File> {
+        self.take_stdin()
+            .and_then(|s| s.into_owned_fd().ok())
+            .map(std::fs::File::from)
+    }
+
     /// Waits for the child; a non-zero exit becomes an error carrying its redacted stderr tail.
-    pub async fn wait(mut self) -> Result<Vec<String>, ChildError> {
+    pub async fn wait(self) -> Result<Vec<String>, ChildError> {
+        Ok(self.wait_keeping().await?.0)
+    }
+
+    /// As [`ChildProc::wait`], returning the tail and the lines kept by `spawn_keeping`.
+    pub async fn wait_keeping(mut self) -> Result<(Vec<String>, Vec<String>), ChildError> {
         let status = self.child.wait().await.map_err(|source| ChildError::Wait {
             tool: self.tool.clone(),
             source,
         })?;
-        let tail = match self.stderr.take() {
+        let (tail, kept) = match self.stderr.take() {
             Some(h) => h.await.unwrap_or_default(),
-            None => Vec::new(),
+            None => Default::default(),
         };
         if status.success() {
-            Ok(tail)
+            Ok((tail, kept))
         } else {
             Err(ChildError::Failed {
                 tool: self.tool.clone(),

@@ -3,4 +3,6 @@
 
 pub mod child;
 pub mod mongo;
+pub mod pg_toc;
 pub mod postgres;
+pub mod sql_lex;

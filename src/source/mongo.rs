@@ -6,6 +6,7 @@
 //! The URI holds the password, so it never goes into argv: the real tools would show it in
 //! `ps`. It is written to a 0600 temp file that lives exactly as long as the child.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub enum MongoError {
     BadPath(String),
     #[error("cannot read the version of {path}: {message}")]
     Version { path: String, message: String },
+    #[error("{path} is version {version}; backhaul needs the MongoDB Database Tools {MIN_TOOLS_VERSION} or newer (for --config): upgrade them")]
+    TooOld { path: String, version: String },
     #[error("no mongorestore found: install the MongoDB Database Tools or set MONGORESTORE_PATH")]
     NoMongorestore,
     #[error("MONGORESTORE_PATH {0} does not exist or is not executable")]
@@ -41,8 +44,14 @@ pub enum MongoError {
         free_mib: u64,
         min_mib: u64,
     },
-    #[error("mongodump wrote nothing for database {0}")]
+    #[error("mongodump found no collections in {0}: the database is missing or misspelled (pass --allow-empty / MONGO_ALLOW_EMPTY=true if an empty backup is expected)")]
     Empty(String),
+    #[error("{0}: truncated BSON (a document's length runs past the end)")]
+    TruncatedBson(String),
+    #[error("reading the dump tree: {0}")]
+    Tree(io::Error),
+    #[error("not a mongodump archive: {0}")]
+    BadArchive(String),
     #[error(transparent)]
     Child(#[from] ChildError),
 }
@@ -56,6 +65,7 @@ impl MongoError {
                 | MongoError::BadPath(_)
                 | MongoError::NoMongorestore
                 | MongoError::BadRestorePath(_)
+                | MongoError::TooOld { .. }
         )
     }
 }
@@ -74,7 +84,7 @@ impl MongoTools {
             Some(p) => return Err(MongoError::BadPath(p.display().to_string())),
             None => on_path("mongodump").ok_or(MongoError::NoMongodump)?,
         };
-        let version = tool_version(&path).await?;
+        let version = checked_version(&path).await?;
         Ok(MongoTools {
             mongodump: path,
             version,
@@ -125,6 +135,37 @@ pub fn parse_tool_version(out: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The oldest tools with `--config`, the only way backhaul hands them the password.
+pub const MIN_TOOLS_VERSION: &str = "100.3.0";
+
+/// Whether a `--version` number is at least [`MIN_TOOLS_VERSION`]; a number that does not
+/// parse is taken as new enough (pre-release builds), the tool itself then decides.
+pub fn version_supported(version: &str) -> bool {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.trim_start_matches('v')
+            .split(['.', '-', '+'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    match (parse(version), parse(MIN_TOOLS_VERSION)) {
+        (Some(v), Some(min)) => v >= min,
+        _ => true,
+    }
+}
+
+/// The tool's version, refused when it is older than [`MIN_TOOLS_VERSION`].
+pub async fn checked_version(path: &Path) -> Result<String, MongoError> {
+    let version = tool_version(path).await?;
+    if !version_supported(&version) {
+        return Err(MongoError::TooOld {
+            path: path.display().to_string(),
+            version,
+        });
+    }
+    Ok(version)
+}
+
 async fn tool_version(path: &Path) -> Result<String, MongoError> {
     let out = child::command(path)
         .arg("--version")
@@ -145,6 +186,7 @@ async fn tool_version(path: &Path) -> Result<String, MongoError> {
 /// Registers the URI and its password (both encoded and decoded) as secrets.
 pub fn add_secrets(conn: &MongoConn, redactor: &mut Redactor) {
     redactor.add(&conn.uri);
+    redactor.add(&conn.tool_uri);
     if let Some(pw) = conn.password() {
         redactor.add(&pw);
     }
@@ -166,22 +208,45 @@ pub fn write_config(conn: &MongoConn) -> Result<NamedTempFile, MongoError> {
     // tempfile default, since mongodump would otherwise read a world-readable password.
     std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600))
         .map_err(MongoError::ConfigFile)?;
-    writeln!(f, "uri: {}", yaml_quote(conn.uri.expose())).map_err(MongoError::ConfigFile)?;
+    writeln!(f, "uri: {}", yaml_quote(conn.tool_uri.expose())).map_err(MongoError::ConfigFile)?;
     f.flush().map_err(MongoError::ConfigFile)?;
     Ok(f)
 }
 
-/// mongodump with the connection and database set; the caller adds the output mode.
+/// mongodump with the connection and database set (`None`: everything the URI selects); the
+/// caller adds the output mode.
 fn dump_command(
     tools: &MongoTools,
     config: &Path,
-    database: &str,
+    database: Option<&str>,
     extra_args: &[String],
 ) -> tokio::process::Command {
     let mut cmd = child::command(&tools.mongodump);
-    cmd.arg("--config").arg(config).arg("--db").arg(database);
+    cmd.arg("--config").arg(config);
+    if let Some(db) = database {
+        cmd.arg("--db").arg(db);
+    }
     cmd.args(extra_args);
     cmd
+}
+
+/// mongodump options that clash with what backhaul sets, or that cannot work with it, as the
+/// one-line reason. `dumps_one_db`: mongodump gets `--db`.
+pub fn refused_dump_arg(args: &[String], zip_mode: bool, dumps_one_db: bool) -> Option<String> {
+    for a in args {
+        let name = a.split('=').next().unwrap_or(a);
+        let why = match name {
+            "--uri" | "--config" | "--host" | "-h" | "--port" | "--username" | "-u"
+            | "--password" | "-p" => "backhaul passes the connection itself (from MONGO_CONNECTION_STRING, through a private --config file)",
+            "--db" | "-d" => "name the databases with MONGO_DB_NAME",
+            "--out" | "-o" | "--archive" => "backhaul chooses the output (MONGO_FORMAT)",
+            "--oplog" if dumps_one_db => "mongodump refuses --oplog with --db: set MONGO_SCOPE=uri with a URI that names no database to dump everything with the oplog",
+            "--gzip" if zip_mode => "in zip mode it writes .bson.gz files that a restore without --gzip silently skips; use MONGO_FORMAT=archive (always gzipped)",
+            _ => continue,
+        };
+        return Some(format!("{a} is not allowed: {why}"));
+    }
+    None
 }
 
 /// A running `mongodump --archive --gzip` and the config file it reads (kept until it exits).
@@ -194,7 +259,7 @@ pub struct ArchiveDump {
 pub fn spawn_archive(
     tools: &MongoTools,
     conn: &MongoConn,
-    database: &str,
+    database: Option<&str>,
     extra_args: &[String],
     redactor: Redactor,
 ) -> Result<ArchiveDump, MongoError> {
@@ -256,7 +321,7 @@ pub fn private_dir(work_dir: &Path, prefix: &str) -> Result<TempDir, MongoError>
 pub async fn dump_to_dir(
     tools: &MongoTools,
     conn: &MongoConn,
-    database: &str,
+    database: Option<&str>,
     extra_args: &[String],
     work_dir: &Path,
     redactor: Redactor,
@@ -269,15 +334,247 @@ pub async fn dump_to_dir(
     let waited = child.wait().await;
     drop(config);
     waited?;
-    if !has_files(&dir.path().join(database)) {
-        return Err(MongoError::Empty(database.to_string()));
-    }
     Ok(dir)
 }
 
-/// Real mongodump exits 0 and writes nothing for a database that does not exist.
-fn has_files(dir: &Path) -> bool {
-    walk(dir).map(|files| !files.is_empty()).unwrap_or(false)
+/// Documents per `db.collection` in a dump tree, from each `.bson` file's length prefixes:
+/// exact, and needs no BSON decoder. Other files (metadata, 100.12+'s `prelude.json`) are
+/// not collections.
+pub fn count_documents(root: &Path) -> Result<BTreeMap<String, u64>, MongoError> {
+    let mut out = BTreeMap::new();
+    let io_err = MongoError::Tree;
+    for (rel, path) in walk(root).map_err(io_err)? {
+        let Some(stem) = rel.strip_suffix(".bson") else {
+            continue;
+        };
+        let ns = stem.replacen('/', ".", 1);
+        let file = std::fs::File::open(&path).map_err(io_err)?;
+        out.insert(ns, count_bson(file, &rel)?);
+    }
+    Ok(out)
+}
+
+/// Counts concatenated BSON documents: each starts with its total length as a little-endian
+/// int32 (at least 5: the length itself plus the terminating NUL).
+fn count_bson(file: std::fs::File, name: &str) -> Result<u64, MongoError> {
+    use std::io::Read;
+    let truncated = || MongoError::TruncatedBson(name.to_string());
+    let len = file.metadata().map_err(|_| truncated())?.len();
+    let mut r = io::BufReader::new(file);
+    let (mut pos, mut n) = (0u64, 0u64);
+    while pos < len {
+        let mut prefix = [0u8; 4];
+        r.read_exact(&mut prefix).map_err(|_| truncated())?;
+        let size = i32::from_le_bytes(prefix);
+        if size < 5 || pos + size as u64 > len {
+            return Err(truncated());
+        }
+        r.seek_relative(i64::from(size) - 4)
+            .map_err(|_| truncated())?;
+        pos += size as u64;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Documents per `db.collection` in a (decompressed) mongodump archive: the prelude's
+/// collection list (so empty collections count as 0), then every namespace block's documents.
+/// Format: magic, header document, collection metadata documents, terminator; then blocks of
+/// a namespace header (`db`, `collection`, `EOF`) followed by documents and a terminator.
+pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
+    const MAGIC: u32 = 0x8199_e26d;
+    let bad = |m: &str| MongoError::BadArchive(m.to_string());
+    match read_len(&mut r)? {
+        None => return Ok(BTreeMap::new()),
+        Some(magic) if magic as u32 == MAGIC => {}
+        Some(_) => return Err(bad("wrong magic number")),
+    }
+    let mut out = BTreeMap::new();
+    // The prelude block: its header, then one metadata document per collection.
+    read_doc_or_end(&mut r)?.ok_or_else(|| bad("no header"))?;
+    while let Some(doc) = read_doc_or_end(&mut r)? {
+        if let (Some(db), Some(coll)) = (bson_str(&doc, "db"), bson_str(&doc, "collection")) {
+            out.entry(format!("{db}.{coll}")).or_insert(0);
+        }
+    }
+    loop {
+        let header = match read_len(&mut r)? {
+            None => break, // clean end of the stream
+            Some(len) => read_doc_body(&mut r, len)?.ok_or_else(|| bad("empty block"))?,
+        };
+        let ns = match (bson_str(&header, "db"), bson_str(&header, "collection")) {
+            (Some(db), Some(coll)) => format!("{db}.{coll}"),
+            _ => return Err(bad("namespace header without db/collection")),
+        };
+        let mut n = 0u64;
+        while read_doc_or_end(&mut r)?.is_some() {
+            n += 1;
+        }
+        *out.entry(ns).or_insert(0) += n;
+    }
+    Ok(out)
+}
+
+/// Counts a gzipped archive's documents on a thread of its own while the archive streams past
+/// on its way to storage ([`ArchiveCounter::tee`]), so archive mode counts exactly what it
+/// stored, and a stream that is not a complete archive fails the backup.
+pub struct ArchiveCounter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    counting: std::thread::JoinHandle<Result<BTreeMap<String, u64>, MongoError>>,
+}
+
+impl ArchiveCounter {
+    pub fn start() -> ArchiveCounter {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(32);
+        let counting = std::thread::spawn(move || {
+            let chunks = ChunkReader {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+            };
+            let mut chunks = io::BufReader::new(chunks);
+            // mongodump writes nothing at all (not even a gzip header) when a --collection
+            // filter matches nothing.
+            if io::BufRead::fill_buf(&mut chunks).map_or(true, |b| b.is_empty()) {
+                return Ok(BTreeMap::new());
+            }
+            archive_counts(flate2::read::MultiGzDecoder::new(chunks))
+        });
+        ArchiveCounter { tx, counting }
+    }
+
+    /// `r`, with every byte read also handed to the counter.
+    pub fn tee<R: io::Read>(&self, r: R) -> Tee<R> {
+        Tee {
+            inner: r,
+            tx: Some(self.tx.clone()),
+        }
+    }
+
+    /// The counts, once every tee is dropped (the stream ended).
+    pub fn finish(self) -> Result<BTreeMap<String, u64>, MongoError> {
+        drop(self.tx);
+        self.counting
+            .join()
+            .unwrap_or_else(|_| Err(MongoError::BadArchive("counter panicked".into())))
+    }
+}
+
+pub struct Tee<R> {
+    inner: R,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<R: io::Read> io::Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        // A counter that gave up (not an archive) must not stop the upload: its error is
+        // reported by finish().
+        if n > 0
+            && self
+                .tx
+                .as_ref()
+                .is_some_and(|tx| tx.send(buf[..n].to_vec()).is_err())
+        {
+            self.tx = None;
+        }
+        Ok(n)
+    }
+}
+
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => (self.chunk, self.at) = (c, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The next int32 length, or `None` at a clean end of stream.
+fn read_len(r: &mut impl io::Read) -> Result<Option<i32>, MongoError> {
+    let mut word = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut word[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(MongoError::BadArchive("truncated".into())),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(MongoError::BadArchive(e.to_string())),
+        }
+    }
+    Ok(Some(i32::from_le_bytes(word)))
+}
+
+/// A document (with its length prefix), or `None` for the terminator (-1).
+fn read_doc_body(r: &mut impl io::Read, len: i32) -> Result<Option<Vec<u8>>, MongoError> {
+    if len == -1 {
+        return Ok(None);
+    }
+    if !(5..=64 << 20).contains(&len) {
+        return Err(MongoError::BadArchive(format!("bad document length {len}")));
+    }
+    let mut doc = vec![0u8; len as usize];
+    doc[..4].copy_from_slice(&len.to_le_bytes());
+    r.read_exact(&mut doc[4..])
+        .map_err(|_| MongoError::BadArchive("truncated".into()))?;
+    Ok(Some(doc))
+}
+
+fn read_doc_or_end(r: &mut impl io::Read) -> Result<Option<Vec<u8>>, MongoError> {
+    match read_len(r)? {
+        None => Err(MongoError::BadArchive("truncated".into())),
+        Some(len) => read_doc_body(r, len),
+    }
+}
+
+/// A top-level string field of a BSON document; enough to read archive headers.
+fn bson_str(doc: &[u8], key: &str) -> Option<String> {
+    let mut i = 4;
+    let le32 = |b: &[u8]| i32::from_le_bytes(b.try_into().ok()?).try_into().ok();
+    while i < doc.len().saturating_sub(1) {
+        let kind = doc[i];
+        let name_end = i + 1 + doc.get(i + 1..)?.iter().position(|&b| b == 0)?;
+        let name = std::str::from_utf8(&doc[i + 1..name_end]).ok()?;
+        let v = name_end + 1;
+        let size: usize = match kind {
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x02 | 0x0D | 0x0E => 4 + le32(doc.get(v..v + 4)?)?,
+            0x03 | 0x04 | 0x0F => le32(doc.get(v..v + 4)?)?,
+            0x05 => 5 + le32(doc.get(v..v + 4)?)?,
+            0x06 | 0x0A | 0x7F | 0xFF => 0,
+            0x07 => 12,
+            0x08 => 1,
+            0x0C => 4 + le32(doc.get(v..v + 4)?)? + 12,
+            0x10 => 4,
+            0x13 => 16,
+            0x0B => {
+                let a = doc.get(v..)?.iter().position(|&b| b == 0)? + 1;
+                a + doc.get(v + a..)?.iter().position(|&b| b == 0)? + 1
+            }
+            _ => return None,
+        };
+        if kind == 0x02 && name == key {
+            let len: usize = le32(doc.get(v..v + 4)?)?;
+            let bytes = doc.get(v + 4..v + 4 + len.checked_sub(1)?)?;
+            return String::from_utf8(bytes.to_vec()).ok();
+        }
+        i = v + size;
+    }
+    None
 }
 
 /// Every file under `root`, as (path relative to root with `/` separators, absolute path),
@@ -333,19 +630,32 @@ pub enum RestoreSource<'a> {
     ArchiveGz(&'a Path),
 }
 
-/// How mongorestore applies a dump of database `from` to database `to`.
+/// How mongorestore applies a dump holding `databases`.
 pub struct MongoRestoreOpts<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
+    /// The databases in the dump; only these are restored.
+    pub databases: &'a [String],
+    /// Restore the dump's one database under this name instead.
+    pub rename_to: Option<&'a str>,
     /// `--drop`: replace each collection the dump holds (backhaul's `--clean`).
     pub drop: bool,
 }
 
-/// An nsInclude/nsFrom pattern matching `s` literally: `*`, `$` and `\` are special there.
-fn ns_escape(s: &str) -> String {
+/// An `--nsInclude` pattern matching `s` literally: `*` is its wildcard, `\` its escape.
+fn include_escape(s: &str) -> String {
+    escape(s, &['*', '\\'])
+}
+
+/// An `--nsFrom`/`--nsTo` pattern matching `s` literally: there `$` delimits variables and
+/// `\` escapes, while `*` is an ordinary character (escaping it makes the pattern match
+/// nothing, and mongorestore then restores under the original name).
+fn rename_escape(s: &str) -> String {
+    escape(s, &['$', '\\'])
+}
+
+fn escape(s: &str, special: &[char]) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if matches!(c, '*' | '$' | '\\') {
+        if special.contains(&c) {
             out.push('\\');
         }
         out.push(c);
@@ -370,11 +680,14 @@ pub fn restore_args(source: &RestoreSource, opts: &MongoRestoreOpts) -> Vec<std:
             args.push("--gzip".into());
         }
     }
-    let from = ns_escape(opts.from);
-    args.push(format!("--nsInclude={from}.*").into());
-    if opts.from != opts.to {
-        args.push(format!("--nsFrom={from}.$coll$").into());
-        args.push(format!("--nsTo={}.$coll$", ns_escape(opts.to)).into());
+    for db in opts.databases {
+        args.push(format!("--nsInclude={}.*", include_escape(db)).into());
+    }
+    if let (Some(to), [from]) = (opts.rename_to, opts.databases) {
+        if from != to {
+            args.push(format!("--nsFrom={}.$coll$", rename_escape(from)).into());
+            args.push(format!("--nsTo={}.$coll$", rename_escape(to)).into());
+        }
     }
     if opts.drop {
         args.push("--drop".into());
@@ -383,24 +696,68 @@ pub fn restore_args(source: &RestoreSource, opts: &MongoRestoreOpts) -> Vec<std:
     args
 }
 
-/// Runs mongorestore to completion and returns its (redacted) stderr tail. The config file with
-/// the URI is removed once the child has exited, on every path.
+/// What mongorestore reported.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// `N document(s) restored successfully`, when printed.
+    pub total: Option<u64>,
+    /// `M document(s) failed to restore`, when printed.
+    pub failed: Option<u64>,
+    /// Documents per restored namespace, from `finished restoring <ns> (N documents, …)`.
+    pub collections: BTreeMap<String, u64>,
+}
+
+fn is_restore_report(line: &str) -> bool {
+    line.contains("finished restoring ") || line.contains(" document(s) restored successfully")
+}
+
+/// Reads mongorestore's summary lines.
+pub fn parse_restore_report(lines: &[String]) -> RestoreReport {
+    let mut r = RestoreReport::default();
+    let number_before = |s: &str| -> Option<u64> {
+        s.trim_end()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    for l in lines {
+        if let Some((head, tail)) = l.split_once(" document(s) restored successfully") {
+            r.total = number_before(head);
+            r.failed = tail
+                .split_once(" document(s) failed")
+                .and_then(|(h, _)| number_before(h));
+        } else if let Some(at) = l.find("finished restoring ") {
+            let rest = &l[at + "finished restoring ".len()..];
+            if let Some((ns, n)) = rest.rsplit_once(" (") {
+                if let Some(n) = n.split(' ').next().and_then(|n| n.parse().ok()) {
+                    r.collections.insert(ns.to_string(), n);
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Runs mongorestore to completion and returns what it reported. The config file with the URI
+/// is removed once the child has exited, on every path.
 pub async fn run_restore(
     mongorestore: &Path,
     conn: &MongoConn,
     source: &RestoreSource<'_>,
     opts: &MongoRestoreOpts<'_>,
     redactor: Redactor,
-) -> Result<Vec<String>, MongoError> {
+) -> Result<RestoreReport, MongoError> {
     let config = write_config(conn)?;
     let mut cmd = child::command(mongorestore);
     cmd.arg("--config")
         .arg(config.path())
         .args(restore_args(source, opts));
-    let child = ChildProc::spawn("mongorestore", cmd, redactor)?;
-    let waited = child.wait().await;
+    let child = ChildProc::spawn_keeping("mongorestore", cmd, redactor, is_restore_report)?;
+    let waited = child.wait_keeping().await;
     drop(config);
-    Ok(waited?)
+    let (_, kept) = waited?;
+    Ok(parse_restore_report(&kept))
 }
 
 #[cfg(test)]
@@ -418,6 +775,95 @@ mod tests {
     }
 
     #[test]
+    fn version_floor_is_100_3_0() {
+        for (v, ok) in [
+            ("100.2.1", false),
+            ("100.3.0", true),
+            ("100.8.0", true),
+            ("100.16.1", true),
+            ("99.9.9", false),
+            ("r4.2.0", true),
+        ] {
+            assert_eq!(version_supported(v), ok, "{v}");
+        }
+    }
+
+    #[test]
+    fn refused_dump_args() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(refused_dump_arg(&args(&["--oplog"]), false, true).is_some());
+        assert!(refused_dump_arg(&args(&["--oplog"]), false, false).is_none());
+        assert!(refused_dump_arg(&args(&["--gzip"]), true, true).is_some());
+        assert!(refused_dump_arg(&args(&["--gzip"]), false, true).is_none());
+        assert!(refused_dump_arg(&args(&["--uri=mongodb://x"]), false, true).is_some());
+        assert!(refused_dump_arg(&args(&["--readPreference=secondary"]), true, true).is_none());
+    }
+
+    #[test]
+    fn tool_log_lines_are_read() {
+        let r = parse_restore_report(&[
+            "t\tfinished restoring copy.a.b (3 documents, 0 failures)".to_string(),
+            "t\t1063 document(s) restored successfully. 2 document(s) failed to restore."
+                .to_string(),
+        ]);
+        assert_eq!((r.total, r.failed), (Some(1063), Some(2)));
+        assert_eq!(r.collections["copy.a.b"], 3);
+    }
+
+    /// A BSON document of string fields.
+    fn doc(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in fields {
+            body.push(0x02);
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&(v.len() as i32 + 1).to_le_bytes());
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        let mut out = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+        out.extend(body);
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn archive_documents_are_counted_per_namespace() {
+        let end = (-1i32).to_le_bytes();
+        let mut a = 0x8199_e26du32.to_le_bytes().to_vec();
+        a.extend(doc(&[("version", "0.1")]));
+        for c in ["a.b", "empty"] {
+            a.extend(doc(&[("db", "sh*p"), ("collection", c)]));
+        }
+        a.extend(end);
+        for _ in 0..2 {
+            // Interleaved blocks of one namespace add up.
+            a.extend(doc(&[("db", "sh*p"), ("collection", "a.b")]));
+            a.extend(doc(&[("x", "1")]));
+            a.extend(doc(&[("x", "2")]));
+            a.extend(end);
+        }
+        a.extend(doc(&[("db", "sh*p"), ("collection", "a.b")]));
+        a.extend(end);
+        let counts = archive_counts(&a[..]).unwrap();
+        assert_eq!(counts["sh*p.a.b"], 4);
+        assert_eq!(counts["sh*p.empty"], 0);
+        assert!(archive_counts(&a[..a.len() - 6]).is_err(), "truncated");
+        assert!(archive_counts(&b"not an archive"[..]).is_err());
+        assert!(archive_counts(&b""[..]).unwrap().is_empty());
+
+        // The same, counted while streaming through a tee.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&a).unwrap();
+        let gz = enc.finish().unwrap();
+        let counter = ArchiveCounter::start();
+        let mut out = Vec::new();
+        io::copy(&mut counter.tee(&gz[..]), &mut out).unwrap();
+        assert_eq!(out, gz);
+        assert_eq!(counter.finish().unwrap(), counts);
+    }
+
+    #[test]
     fn yaml_quoting_escapes_quotes_and_backslashes() {
         assert_eq!(
             yaml_quote(r#"mongodb://u:a"b\c@h/"#),
@@ -430,8 +876,8 @@ mod tests {
         let args = restore_args(
             &RestoreSource::Dir(Path::new("/t/dump")),
             &MongoRestoreOpts {
-                from: "shop",
-                to: "sh*p2",
+                databases: &["sh*p".to_string()],
+                rename_to: Some("c$py"),
                 drop: true,
             },
         );
@@ -441,9 +887,9 @@ mod tests {
             vec![
                 "--dir",
                 "/t/dump",
-                "--nsInclude=shop.*",
-                "--nsFrom=shop.$coll$",
-                "--nsTo=sh\\*p2.$coll$",
+                "--nsInclude=sh\\*p.*",
+                "--nsFrom=sh*p.$coll$",
+                "--nsTo=c\\$py.$coll$",
                 "--drop",
                 "--stopOnError"
             ]

@@ -272,7 +272,13 @@ pub fn spawn_restore(
     redactor: Redactor,
 ) -> Result<ChildProc, PgError> {
     let mut cmd = child::command(&tools.sibling("pg_restore"));
-    cmd.args(["--exit-on-error", "--no-owner", "--no-acl"]);
+    cmd.arg("--exit-on-error");
+    if opts.no_owner {
+        cmd.arg("--no-owner");
+    }
+    if opts.no_acl {
+        cmd.arg("--no-acl");
+    }
     if opts.clean {
         cmd.args(["--clean", "--if-exists"]);
     }
@@ -305,10 +311,94 @@ pub fn spawn_list(tools: &PgTools, redactor: Redactor) -> Result<ChildProc, PgEr
     Ok(ChildProc::spawn("pg_restore --list", cmd, redactor)?)
 }
 
+/// The TOC sections that hold no data: every definition, owner and ACL (large objects
+/// included), as [`crate::source::pg_toc`] reads them.
+const SCHEMA_SECTIONS: [&str; 2] = ["--section=pre-data", "--section=post-data"];
+
+/// Starts `pg_restore` printing an archive's schema script (from stdin) on stdout. It needs
+/// only the archive's head and exits as soon as it has read the table of contents.
+pub fn spawn_schema_script(tools: &PgTools, redactor: Redactor) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.sibling("pg_restore"));
+    cmd.args(SCHEMA_SECTIONS).args(["--file=-"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
+}
+
+/// Starts `pg_dump` printing a live database's schema script, in the same form.
+pub fn spawn_schema_dump(
+    tools: &PgTools,
+    conn: &PgConn,
+    database: &str,
+    redactor: Redactor,
+) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.pg_dump);
+    cmd.args(SCHEMA_SECTIONS);
+    connect_args(&mut cmd, conn, database);
+    cmd.stdout(Stdio::piped());
+    Ok(ChildProc::spawn("pg_dump", cmd, redactor)?)
+}
+
+/// Starts `pg_dumpall --globals-only` (roles, memberships, role settings, tablespaces) on
+/// stdout; `role_passwords: false` adds `--no-role-passwords` for servers that forbid
+/// reading pg_authid.
+pub fn spawn_globals_dump(
+    tools: &PgTools,
+    conn: &PgConn,
+    database: &str,
+    role_passwords: bool,
+    redactor: Redactor,
+) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.sibling("pg_dumpall"));
+    cmd.arg("--globals-only");
+    if !role_passwords {
+        cmd.arg("--no-role-passwords");
+    }
+    connect_args(&mut cmd, conn, database);
+    cmd.stdout(Stdio::piped());
+    Ok(ChildProc::spawn("pg_dumpall", cmd, redactor)?)
+}
+
+/// Runs an SQL script through psql, in one transaction, stopping at the first error.
+pub async fn psql_script(
+    tools: &PgTools,
+    conn: &PgConn,
+    database: &str,
+    script: &str,
+    redactor: Redactor,
+) -> Result<(), PgError> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = child::command(&tools.sibling("psql"));
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--single-transaction",
+        "-f",
+        "-",
+    ]);
+    connect_args(&mut cmd, conn, database);
+    cmd.stdin(Stdio::piped());
+    let mut child = ChildProc::spawn("psql", cmd, redactor)?;
+    let mut stdin = child.take_stdin().expect("stdin is piped");
+    let written = stdin.write_all(script.as_bytes()).await;
+    drop(stdin);
+    child.wait().await?;
+    written.map_err(|source| ChildError::Wait {
+        tool: "psql".into(),
+        source,
+    })?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOpts {
     pub clean: bool,
     pub jobs: Option<u32>,
+    /// `--no-owner`: objects belong to the restoring role (opt-in; the default keeps owners).
+    pub no_owner: bool,
+    /// `--no-acl`: grants and default privileges are not restored (opt-in).
+    pub no_acl: bool,
 }
 
 #[cfg(test)]

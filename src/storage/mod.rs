@@ -3,6 +3,11 @@
 //!
 //! Writes are two-phase on purpose: an [`Upload`] only becomes visible under its final key on
 //! [`Upload::finish`]. A failed backup calls [`Upload::abort`] and leaves nothing behind.
+//!
+//! Artifacts and manifests are created, never replaced: [`Upload::finish`] and
+//! [`Storage::put_new`] refuse a key that already exists ([`StorageError::Exists`]), so two
+//! runs that derive the same key (same stage, database and second) cannot overwrite each
+//! other. Only [`Storage::put_bytes`] replaces, for rewriting a manifest's verification.
 
 pub mod file;
 pub mod s3;
@@ -20,6 +25,10 @@ use crate::config::Destination;
 pub enum StorageError {
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A create-only write found the key taken (another run wrote it first); that object
+    /// was left untouched.
+    #[error("{0} already exists (another run wrote it first); left it untouched")]
+    Exists(String),
     #[error("{op} {key}: {message}")]
     Backend {
         op: &'static str,
@@ -49,6 +58,51 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub last_modified: Option<DateTime<Utc>>,
+    /// S3's ETag (quotes included, as S3 sends it); `None` for files.
+    pub etag: Option<String>,
+    /// The current version on a versioned bucket (from HeadObject only).
+    pub version_id: Option<String>,
+}
+
+/// What a create-only write made: recorded in the manifest, so `verify` can tell that the
+/// object beside a manifest is the one it describes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stored {
+    pub parts: u32,
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+}
+
+/// A write that never finished: an open S3 multipart upload (a run killed mid-upload), or a
+/// file backend's hidden temp file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incomplete {
+    pub key: String,
+    /// Multipart upload id, or the temp file's key.
+    pub id: String,
+    pub initiated: Option<DateTime<Utc>>,
+    /// Bytes of the parts uploaded so far; `None` when the server would not say.
+    pub bytes: Option<u64>,
+}
+
+/// A random id for this process, recorded with every object it creates. When a create-only
+/// write is refused, the owner tells "our own earlier attempt already succeeded (its answer
+/// was lost and the SDK retried)" from "another run got there first".
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        use std::io::Read;
+        let mut b = [0u8; 12];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+        if read.is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            b[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
+            b[8..].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        hex::encode(b)
+    })
 }
 
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -84,8 +138,9 @@ impl LockInfo {
 #[async_trait]
 pub trait Upload: Send {
     async fn write(&mut self, part: Bytes) -> Result<(), StorageError>;
-    /// Makes the object visible under its key. Returns the number of parts used.
-    async fn finish(&mut self) -> Result<u32, StorageError>;
+    /// Makes the object visible under its key, unless the key is taken
+    /// ([`StorageError::Exists`]; the caller still aborts to discard what was written).
+    async fn finish(&mut self) -> Result<Stored, StorageError>;
     /// Discards everything written so far. Safe to call more than once.
     async fn abort(&mut self) -> Result<(), StorageError>;
 }
@@ -95,12 +150,20 @@ pub trait Storage: Send + Sync {
     /// Size of the `index`-th (0-based) part a producer should hand to [`Upload::write`].
     fn part_size(&self, index: u32) -> usize;
     async fn begin(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
+    /// Writes `key`, replacing any object there.
     async fn put_bytes(
         &self,
         key: &str,
         body: Bytes,
         content_type: &str,
     ) -> Result<(), StorageError>;
+    /// Creates `key`; [`StorageError::Exists`] when it is taken.
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Stored, StorageError>;
     async fn get(&self, key: &str) -> Result<Reader, StorageError>;
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError>;
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError>;
@@ -111,6 +174,10 @@ pub trait Storage: Send + Sync {
     async fn lock(&self, _key: &str) -> Result<Option<LockInfo>, StorageError> {
         Ok(None)
     }
+    /// Writes under `prefix` that never finished, oldest first.
+    async fn incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>, StorageError>;
+    /// Discards one of them (its parts stop costing money).
+    async fn abort_incomplete(&self, upload: &Incomplete) -> Result<(), StorageError>;
 }
 
 /// Tuning shared by backends that upload in parts.

@@ -5,6 +5,11 @@
 //! carries a CRC32 checksum that S3 verifies on receipt; our own SHA-256 of the whole object
 //! goes in the manifest. On failure the multipart upload is aborted, so no orphaned parts keep
 //! costing money.
+//!
+//! Objects are created with `If-None-Match: *` (PutObject and CompleteMultipartUpload), so S3
+//! itself refuses to replace a key another run wrote. Each object carries our [`run_id`] in
+//! its metadata: a refusal of a *retried* request whose first attempt succeeded (the answer
+//! was lost) is recognised as our own object, not reported as a collision.
 
 use std::time::Duration;
 
@@ -24,7 +29,13 @@ use tokio::task::JoinSet;
 
 use crate::config::ConfigError;
 
-use super::{LockInfo, ObjectInfo, PartPlan, Reader, Storage, StorageError, Upload};
+use super::{
+    run_id, Incomplete, LockInfo, ObjectInfo, PartPlan, Reader, Storage, StorageError, Stored,
+    Upload,
+};
+
+/// User metadata naming the run that created an object.
+const OWNER_META: &str = "backhaul-run";
 
 /// Server-side encryption (and Object Lock retention) requested for every object we write.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +96,68 @@ where
     StorageError::backend(op, key, e.detail())
 }
 
+/// A conditional create refused: 412 (the key exists) or 409 (a concurrent conditional write
+/// to the same key is in progress; S3 lets at most one of them win).
+fn refused<E>(e: &SdkError<E, HttpResponse>) -> bool {
+    e.raw_response()
+        .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
+}
+
+/// What a conditional create (PutObject, CompleteMultipartUpload) stored, from its answer:
+/// the object's ETag and version, or, after a failure, what [`settle`] makes of it.
+async fn created<E>(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    op: &'static str,
+    parts: u32,
+    answer: Result<(Option<String>, Option<String>), SdkError<E, HttpResponse>>,
+) -> Result<Stored, StorageError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match answer {
+        Ok((etag, version_id)) => Ok(Stored {
+            parts,
+            etag,
+            version_id: version(version_id.as_deref()),
+        }),
+        Err(e) => {
+            let was_refused = refused(&e);
+            let failure = err(op, key, e);
+            settle(client, bucket, key, parts, was_refused, failure).await
+        }
+    }
+}
+
+/// After a create failed: if the key holds an object this process created, an earlier
+/// attempt succeeded and only its answer was lost, so the create did happen. Otherwise a
+/// refusal means another run's object, left untouched; any other failure stands.
+async fn settle(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    parts: u32,
+    was_refused: bool,
+    failure: StorageError,
+) -> Result<Stored, StorageError> {
+    let head = client.head_object().bucket(bucket).key(key).send().await;
+    if let Ok(h) = &head {
+        let owner = h.metadata().and_then(|m| m.get(OWNER_META));
+        if owner.map(String::as_str) == Some(run_id()) {
+            return Ok(Stored {
+                parts,
+                etag: h.e_tag().map(str::to_string),
+                version_id: version(h.version_id()),
+            });
+        }
+    }
+    if was_refused {
+        Err(StorageError::Exists(format!("s3://{bucket}/{key}")))
+    } else {
+        Err(failure)
+    }
+}
 /// Attempts per request when the user has not chosen (`AWS_MAX_ATTEMPTS` / `AWS_RETRY_MODE`).
 /// The SDK's own default is 3; a backup that has already streamed gigabytes should ride out a
 /// longer throttling burst (`503 SlowDown`) before giving up and aborting.
@@ -237,6 +310,7 @@ impl S3Upload {
             .bucket(&self.bucket)
             .key(&self.key)
             .content_type("application/octet-stream")
+            .metadata(OWNER_META, run_id())
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .set_server_side_encryption(self.sse.mode.as_deref().map(ServerSideEncryption::from))
             .set_ssekms_key_id(self.sse.kms_key_id.clone())
@@ -328,7 +402,7 @@ impl Upload for S3Upload {
         self.send_part(part).await
     }
 
-    async fn finish(&mut self) -> Result<u32, StorageError> {
+    async fn finish(&mut self) -> Result<Stored, StorageError> {
         if self.closed {
             return Err(StorageError::backend(
                 "finish",
@@ -338,10 +412,13 @@ impl Upload for S3Upload {
         }
         let Some(upload_id) = self.upload_id.clone() else {
             let body = self.first.take().unwrap_or_default();
-            self.client
+            let res = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.key)
+                .if_none_match("*")
+                .metadata(OWNER_META, run_id())
                 .content_type("application/octet-stream")
                 .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .set_server_side_encryption(
@@ -352,10 +429,18 @@ impl Upload for S3Upload {
                 .set_object_lock_retain_until_date(self.sse.lock_until())
                 .body(ByteStream::from(body))
                 .send()
-                .await
-                .map_err(|e| err("put object", &self.key, e))?;
+                .await;
             self.closed = true;
-            return Ok(1);
+            let answer = res.map(|o| (o.e_tag, o.version_id));
+            return created(
+                &self.client,
+                &self.bucket,
+                &self.key,
+                "put object",
+                1,
+                answer,
+            )
+            .await;
         };
         while !self.in_flight.is_empty() {
             self.reap_one().await?;
@@ -363,21 +448,34 @@ impl Upload for S3Upload {
         let mut parts = std::mem::take(&mut self.done);
         parts.sort_by_key(|p| p.part_number());
         let count = parts.len() as u32;
-        self.client
+        let res = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&upload_id)
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| err("complete multipart upload", &self.key, e))?;
+            .await;
+        // A refused completion leaves the upload open: the caller's abort discards it.
+        let answer = res.map(|o| (o.e_tag, o.version_id));
+        let stored = created(
+            &self.client,
+            &self.bucket,
+            &self.key,
+            "complete multipart upload",
+            count,
+            answer,
+        )
+        .await?;
+        self.upload_id = None;
         self.closed = true;
-        Ok(count)
+        Ok(stored)
     }
 
     async fn abort(&mut self) -> Result<(), StorageError> {
@@ -474,6 +572,33 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Stored, StorageError> {
+        let res = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .metadata(OWNER_META, run_id())
+            .content_type(content_type)
+            .set_server_side_encryption(self.sse_mode())
+            .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .set_object_lock_mode(self.sse.lock_mode())
+            .set_object_lock_retain_until_date(self.sse.lock_until())
+            // S3 requires an integrity header on Object Lock puts.
+            .set_checksum_algorithm(self.sse.lock.as_ref().map(|_| ChecksumAlgorithm::Crc32))
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        let answer = res.map(|o| (o.e_tag, o.version_id));
+        created(&self.client, &self.bucket, key, "put object", 1, answer).await
+    }
+
     async fn get(&self, key: &str) -> Result<Reader, StorageError> {
         let out = self.get_object(key).await?;
         Ok(Box::new(out.body.into_async_read()))
@@ -500,6 +625,8 @@ impl Storage for S3Storage {
                 key: key.to_string(),
                 size: o.content_length().unwrap_or(0).max(0) as u64,
                 last_modified: o.last_modified().and_then(to_chrono),
+                etag: o.e_tag().map(str::to_string),
+                version_id: version(o.version_id()),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(err("head object", key, e)),
@@ -546,6 +673,8 @@ impl Storage for S3Storage {
                         key: key.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
                         last_modified: o.last_modified().and_then(to_chrono),
+                        etag: o.e_tag().map(str::to_string),
+                        version_id: None,
                     });
                 }
             }
@@ -584,6 +713,102 @@ impl Storage for S3Storage {
         }
         Ok(())
     }
+
+    async fn incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>, StorageError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| err("list multipart uploads", prefix, e))?;
+            for u in page.uploads() {
+                if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                    out.push(Incomplete {
+                        key: key.to_string(),
+                        id: id.to_string(),
+                        initiated: u.initiated().and_then(to_chrono),
+                        bytes: None,
+                    });
+                }
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if page.is_truncated() != Some(true) || (key_marker.is_none() && id_marker.is_none()) {
+                break;
+            }
+        }
+        for u in &mut out {
+            u.bytes = self.uploaded_bytes(u).await;
+        }
+        out.sort_by(|a, b| (a.initiated, &a.key).cmp(&(b.initiated, &b.key)));
+        Ok(out)
+    }
+
+    async fn abort_incomplete(&self, upload: &Incomplete) -> Result<(), StorageError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(err("abort multipart upload", &upload.key, e)),
+        }
+    }
+}
+
+impl S3Storage {
+    /// Sum of the part sizes of one open upload (0 if it ended meanwhile); `None` if ListParts
+    /// fails (moto 5.2.5 answers it with a root element the SDK rejects): the count and age
+    /// of leftovers matter more than their size, so that is not an error.
+    async fn uploaded_bytes(&self, u: &Incomplete) -> Option<u64> {
+        let mut pages = self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(&u.key)
+            .upload_id(&u.id)
+            .into_paginator()
+            .send();
+        let mut total = 0u64;
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(p) => {
+                    total += p
+                        .parts()
+                        .iter()
+                        .map(|p| p.size().unwrap_or(0).max(0) as u64)
+                        .sum::<u64>()
+                }
+                // NoSuchUpload (not in ListParts' modelled errors): aborted or completed since.
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                    return Some(0)
+                }
+                Err(e) => {
+                    tracing::warn!(key = %u.key, error = %err("list parts", &u.key, e), "cannot size an incomplete upload");
+                    return None;
+                }
+            }
+        }
+        Some(total)
+    }
+}
+
+/// A version id worth recording: `null` is what S3 (and moto) call the one object of an
+/// unversioned key, so it says nothing a later HeadObject could contradict.
+fn version(v: Option<&str>) -> Option<String> {
+    v.filter(|v| *v != "null").map(str::to_string)
 }
 
 fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {

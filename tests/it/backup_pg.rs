@@ -2,16 +2,16 @@
 //! compression mode, the seed-compatible layout, multipart, secret hygiene, and failures that
 //! leave nothing behind.
 
+use crate::common::contract::Contract;
 use crate::common::*;
 
-const PASSWORD: &str = "p@ss:w/rd%#?&=";
+const PASSWORD: &str = APP_PASSWORD;
 
-fn cluster_with_fixture(db: &str) -> Pg {
-    let pg = Pg::start();
-    pg.create_user("app", PASSWORD);
-    pg.create_db(db);
-    pg.psql(db, FIXTURE_SQL);
-    pg
+/// Role `app` and database `db` holding FIXTURE_SQL.
+fn cluster_with_fixture(db: &str) -> Fixture {
+    Fixture::builder("backup-pg")
+        .databases(&[(db, FIXTURE_SQL)])
+        .start()
 }
 
 fn run_backup(
@@ -20,12 +20,10 @@ fn run_backup(
     compression: &str,
     db: &str,
 ) -> (serde_json::Value, assert_cmd::assert::Assert) {
-    let mut cmd = backhaul_moto();
+    let mut cmd = store_cmd(bucket);
     cmd.arg("backup");
     pg_env(&mut cmd, pg, "app", PASSWORD, db);
-    cmd.env("S3_BUCKET", bucket)
-        .env("STAGE", "prod")
-        .env("PG_COMPRESSION", compression);
+    cmd.env("PG_COMPRESSION", compression);
     let assert = cmd.assert().success();
     let lines = summaries(&assert.get_output().stdout);
     assert_eq!(lines.len(), 1, "one summary line per artifact");
@@ -52,15 +50,16 @@ fn restore_and_compare(pg: &Pg, object: &[u8], compression: &str, source_db: &st
 }
 
 fn round_trip(compression: &str, suffix: &str) {
-    let pg = cluster_with_fixture("app");
+    let fx = cluster_with_fixture("app");
+    let pg = &fx.pg;
     let bucket = moto().bucket(&format!("rt-{compression}"));
-    let (line, _) = run_backup(&pg, &bucket, compression, "app");
+    let (line, _) = run_backup(pg, &bucket, compression, "app");
     let key = line["key"].as_str().unwrap().to_string();
     assert!(key.ends_with(suffix), "{key}");
     let object = moto().get(&bucket, &key);
     assert_eq!(line["sha256"], sha256_hex(&object));
     assert_eq!(line["stored_bytes"], object.len() as u64);
-    restore_and_compare(&pg, &object, compression, "app");
+    restore_and_compare(pg, &object, compression, "app");
 }
 
 #[test]
@@ -80,9 +79,10 @@ fn no_compression_round_trip() {
 
 #[test]
 fn key_and_manifest_follow_the_seed_layout() {
-    let pg = cluster_with_fixture("app_db");
+    let fx = cluster_with_fixture("app_db");
+    let pg = &fx.pg;
     let bucket = moto().bucket("layout");
-    let (line, _) = run_backup(&pg, &bucket, "zstd", "app_db");
+    let (line, _) = run_backup(pg, &bucket, "zstd", "app_db");
     let key = line["key"].as_str().unwrap();
     // prod/<ts>_PGSQL/backup_prod_app_db_<ts>.dump.zst with ts = %Y-%m-%d_%Hh%Mm%Ss
     let parts: Vec<&str> = key.split('/').collect();
@@ -129,7 +129,8 @@ fn large_database_goes_through_real_multipart() {
     // ~24 MB of incompressible bytes: with 5 MiB parts and no compression, at least 4 parts.
     pg.psql("big", "create table blobs as select g as id, decode(string_agg(md5(g::text || '-' || i), ''), 'hex') as b from generate_series(1, 1500) g, generate_series(1, 1000) i group by g");
     let bucket = moto().bucket("multipart");
-    let mut cmd = backhaul_moto();
+    let rec = Contract::start();
+    let mut cmd = rec.backhaul();
     cmd.arg("backup");
     pg_env(&mut cmd, &pg, "app", PASSWORD, "big");
     cmd.env("S3_BUCKET", &bucket)
@@ -147,6 +148,20 @@ fn large_database_goes_through_real_multipart() {
     assert_eq!(manifest["sha256"], sha256_hex(&object));
     assert_eq!(moto().multipart_uploads(&bucket), 0);
     restore_and_compare_one_table(&pg, &object);
+    rec.backhaul()
+        .args(["verify", "latest", "--stage", "prod", "--bucket", &bucket])
+        .assert()
+        .success();
+    // Every S3 request of the backup and the verify is one real S3 accepts (and none is made
+    // on an upload that was already completed).
+    rec.check(&[
+        "s3:CreateMultipartUpload",
+        "s3:UploadPart",
+        "s3:CompleteMultipartUpload",
+        "s3:PutObject",
+        "s3:ListObjectsV2",
+        "s3:GetObject",
+    ]);
 }
 
 fn restore_and_compare_one_table(pg: &Pg, object: &[u8]) {
@@ -158,12 +173,13 @@ fn restore_and_compare_one_table(pg: &Pg, object: &[u8]) {
 
 #[test]
 fn password_never_reaches_argv_or_output() {
-    let pg = cluster_with_fixture("app");
+    let fx = cluster_with_fixture("app");
+    let pg = &fx.pg;
     let bucket = moto().bucket("argv");
     let log = pg.dir.path().join("argv.log");
     let mut cmd = backhaul_moto();
     cmd.arg("backup");
-    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    pg_env(&mut cmd, pg, "app", PASSWORD, "app");
     cmd.env("S3_BUCKET", &bucket)
         .env("STAGE", "prod")
         .env(
@@ -221,22 +237,24 @@ fn assert_failed_cleanly(cmd: &mut assert_cmd::Command, bucket: &str, expect_in_
 
 #[test]
 fn missing_database_fails_and_leaves_nothing() {
-    let pg = cluster_with_fixture("app");
+    let fx = cluster_with_fixture("app");
+    let pg = &fx.pg;
     let bucket = moto().bucket("missing");
     let mut cmd = backhaul_moto();
     cmd.arg("backup");
-    pg_env(&mut cmd, &pg, "app", PASSWORD, "does_not_exist");
+    pg_env(&mut cmd, pg, "app", PASSWORD, "does_not_exist");
     cmd.env("S3_BUCKET", &bucket).env("STAGE", "prod");
     assert_failed_cleanly(&mut cmd, &bucket, "does_not_exist\" does not exist");
 }
 
 #[test]
 fn wrong_password_fails_and_leaves_nothing() {
-    let pg = cluster_with_fixture("app");
+    let fx = cluster_with_fixture("app");
+    let pg = &fx.pg;
     let bucket = moto().bucket("wrongpw");
     let mut cmd = backhaul_moto();
     cmd.arg("backup");
-    pg_env(&mut cmd, &pg, "app", "not-the-password", "app");
+    pg_env(&mut cmd, pg, "app", "not-the-password", "app");
     cmd.env("S3_BUCKET", &bucket).env("STAGE", "prod");
     assert_failed_cleanly(&mut cmd, &bucket, "password authentication failed");
 }
@@ -248,7 +266,8 @@ fn pg_dump_killed_midway_aborts_the_multipart_upload() {
     pg.create_db("big");
     pg.psql("big", "create table blobs as select g as id, decode(string_agg(md5(g::text || '-' || i), ''), 'hex') as b from generate_series(1, 1500) g, generate_series(1, 1000) i group by g");
     let bucket = moto().bucket("killed");
-    let mut cmd = backhaul_moto();
+    let rec = Contract::start();
+    let mut cmd = rec.backhaul();
     cmd.arg("backup");
     pg_env(&mut cmd, &pg, "app", PASSWORD, "big");
     // 12 MB written before death: two 5 MiB parts are already uploading when it dies.
@@ -263,11 +282,13 @@ fn pg_dump_killed_midway_aborts_the_multipart_upload() {
         .env("REAL_PG_DUMP", pg.bin.join("pg_dump"))
         .env("DIE_AFTER_BYTES", "12000000");
     assert_failed_cleanly(&mut cmd, &bucket, "killed by signal 9");
+    rec.check(&["s3:CreateMultipartUpload", "s3:AbortMultipartUpload"]);
 }
 
 #[test]
 fn several_databases_one_artifact_each_with_one_timestamp() {
-    let pg = cluster_with_fixture("one");
+    let fx = cluster_with_fixture("one");
+    let pg = &fx.pg;
     pg.create_db("two");
     pg.psql(
         "two",
@@ -276,7 +297,7 @@ fn several_databases_one_artifact_each_with_one_timestamp() {
     let bucket = moto().bucket("multi");
     let mut cmd = backhaul_moto();
     cmd.arg("backup");
-    pg_env(&mut cmd, &pg, "app", PASSWORD, "one,two");
+    pg_env(&mut cmd, pg, "app", PASSWORD, "one,two");
     cmd.env("S3_BUCKET", &bucket)
         .env("STAGE", "uat")
         .env("BACKUP_TIMEZONE", "+08:00");
@@ -301,10 +322,11 @@ fn several_databases_one_artifact_each_with_one_timestamp() {
 
 #[test]
 fn file_destination_round_trip() {
-    let pg = cluster_with_fixture("app");
+    let fx = cluster_with_fixture("app");
+    let pg = &fx.pg;
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = backhaul();
-    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    pg_env(&mut cmd, pg, "app", PASSWORD, "app");
     cmd.env("STAGE", "dev")
         .arg("backup")
         .arg("--dest")
@@ -316,12 +338,13 @@ fn file_destination_round_trip() {
         .to_string();
     let object = std::fs::read(dir.path().join(&key)).unwrap();
     assert!(dir.path().join(format!("{key}.manifest.json")).exists());
-    restore_and_compare(&pg, &object, "zstd", "app");
+    restore_and_compare(pg, &object, "zstd", "app");
 }
 
 #[test]
 fn older_pg_dump_than_server_is_refused_with_the_version_needed() {
-    let pg = cluster_with_fixture("app");
+    let fx = cluster_with_fixture("app");
+    let pg = &fx.pg;
     let bucket = moto().bucket("oldclient");
     let major = pg.psql(
         "postgres",
@@ -329,7 +352,7 @@ fn older_pg_dump_than_server_is_refused_with_the_version_needed() {
     );
     let mut cmd = backhaul_moto();
     cmd.arg("backup");
-    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    pg_env(&mut cmd, pg, "app", PASSWORD, "app");
     cmd.env("S3_BUCKET", &bucket)
         .env("STAGE", "prod")
         .env("PG_DUMP_PATH", tests_dir().join("fixtures/pg_dump_old"));

@@ -32,6 +32,12 @@ const SCHED: &[&str] = &[
     "arn:aws:iam::123456789012:role/exec",
     "--events-role-arn",
     "arn:aws:iam::123456789012:role/events",
+    "--task-role-arn",
+    "arn:aws:iam::123456789012:role/task",
+    "--env",
+    "S3_BUCKET=acme-backups",
+    "--secret",
+    "POSTGRES_SECRET=arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf",
     "--dry-run",
 ];
 
@@ -90,6 +96,7 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         (&["backup"], &[("BACKUP_TIMEZONE", "Mars/Olympus")]),
         (&["backup"], &[("BACKUP_TIMEZONE", "+25:00")]),
         (&["backup"], &[("PG_COMPRESSION", "lz4")]),
+        (&["backup", "--compression", "gzip"], &[]),
         (&["backup"], &[("PG_ZSTD_LEVEL", "25")]),
         (&["backup"], &[("BACKUP_TIMEOUT", "soon")]),
         (&["backup"], &[("BACKUP_PARALLEL", "0")]),
@@ -112,8 +119,26 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
             &["backup"],
             &[
                 ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
-                ("MONGO_DB_NAME", ""),
+                ("MONGO_SCOPE", "databases"),
             ],
+        ),
+        (
+            &["backup"],
+            &[
+                ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
+                ("MONGO_SCOPE", "all"),
+            ],
+        ),
+        (
+            &["backup", "--mongodump-arg=--oplog"],
+            &[
+                ("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/"),
+                ("MONGO_DB_NAME", "shop"),
+            ],
+        ),
+        (
+            &["backup", "--mongodump-arg=--gzip"],
+            &[("MONGO_CONNECTION_STRING", "mongodb://mongo:27017/")],
         ),
         (
             &["backup"],
@@ -142,6 +167,42 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         ),
         (&["restore", "latest"], &[]),
         (&["verify", "--since", "a week"], &[]),
+        (
+            &[
+                "verify",
+                "latest",
+                "--restore-into",
+                "mysql://u:hunter22@h/d",
+            ],
+            &[],
+        ),
+        (&["restore", "latest", "--to", "db.example.com/app"], &[]),
+        // A file:// destination that does not exist is a typo, not "no backups".
+        (&["list", "--dest", "file:///no/such/dir"], &[]),
+        (&["verify", "latest", "--dest", "file:///no/such/dir"], &[]),
+        (
+            &["prune", "--keep-last", "3", "--dest", "file:///no/such/dir"],
+            &[],
+        ),
+        (
+            &[
+                "restore",
+                "latest",
+                "--to",
+                "postgresql://u@h/d",
+                "--dest",
+                "file:///no/such/dir",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "unschedule",
+                "--stage",
+                "a-stage-name-longer-than-fifty-five-characters-is-refused",
+            ],
+            &[],
+        ),
     ];
     let mut out: Vec<_> = fixed
         .into_iter()
@@ -161,7 +222,11 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         &["--env", "DB_PASSWORD=hunter22"],
         &["--env", "DATABASE_URL=postgresql://u:hunter22@db/app"],
         &["--env", "NOEQUALS"],
-        &["--secret", "POSTGRES_SECRET=hunter22"],
+        &["--secret", "POSTGRES_SECRET=hunter22!"],
+        &["--secret", "PG_DB_PASSWORD=arn:aws:secretsmanager:us-east-1:123456789012:secret:pg-hunter22:password"],
+        &["--ephemeral-storage-gib", "500"],
+        &["--env", "S3_BUCKET="],
+        &["--command", "backup --prune"],
     ] {
         let leaked: &'static [&'static str] = Box::leak(extra.to_vec().into_boxed_slice());
         out.push((sched(leaked), vec![("AWS_REGION", "us-east-1")]));

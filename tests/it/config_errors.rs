@@ -12,18 +12,18 @@ fn offline() -> assert_cmd::Command {
 
 /// (environment, expected error line)
 const CASES: &[(&[(&str, &str)], &str)] = &[
-    (&[("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d")], "error: S3_BUCKET is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir)"),
+    (&[("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d")], "error: S3_BUCKET (or --bucket) is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir)"),
     (&[("S3_BUCKET", "bkt"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d")], "error: STAGE is not set: name the stage (e.g. STAGE=prod or --stage prod)"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "Prod"), ("PG_DB_HOST", "h")], "error: STAGE \"Prod\" must match [a-z0-9][a-z0-9-]*, e.g. dev, uat or prod"),
     (&[("S3_BUCKET", "My_Bucket"), ("STAGE", "prod"), ("PG_DB_HOST", "h")], "error: S3_BUCKET \"My_Bucket\" is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"),
-    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod")], "error: PG_DB_HOST is not set: nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING)"),
-    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_NAME", "d")], "error: PG_DB_USER is not set: set PG_DB_USER or POSTGRES_SECRET"),
-    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u")], "error: PG_DB_NAME is not set: name the database(s) to back up (comma separated), or put one in the URL path"),
+    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod")], "error: PG_DB_HOST (or --pg-host) is not set: nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING)"),
+    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_NAME", "d")], "error: PG_DB_USER (or --pg-user) is not set: set PG_DB_USER or POSTGRES_SECRET"),
+    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u")], "error: PG_DB_NAME (or --pg-db) is not set: name the database(s) to back up (comma separated), or put one in the URL path"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d"), ("PG_DB_PORT", "54x")], "error: PG_DB_PORT \"54x\" is not a TCP port (1-65535)"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("POSTGRES_SECRET", "{\"username\": \"u\", \"password\": \"hunter22\""), ("PG_DB_NAME", "d")], "error: POSTGRES_SECRET is not valid JSON of the Secrets Manager form {\"username\",\"password\",\"host\",\"port\",\"dbname\"}: EOF while parsing an object at line 1 column 40"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d"), ("NEON_DB_ENDPOINT_OPTION", "endpoint=EP Bad")], "error: NEON_DB_ENDPOINT_OPTION \"endpoint=EP Bad\" is not a Neon endpoint id; use endpoint%3Dep-name-123456, endpoint=ep-name-123456 or ep-name-123456"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d"), ("BACKUP_TIMEZONE", "Mars/Base")], "error: BACKUP_TIMEZONE \"Mars/Base\" is not an IANA time zone (e.g. Asia/Singapore) or a fixed offset (e.g. +08:00)"),
-    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d"), ("PG_COMPRESSION", "lz4")], "error: PG_COMPRESSION \"lz4\" is not one of zstd, pg, none"),
+    (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d"), ("PG_COMPRESSION", "lz4")], "error: PG_COMPRESSION \"lz4\" is not one of zstd (default, .dump.zst), pg (pg_dump's own compression, .dump) or none"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("DATABASE_URL", "mysql://u:hunter22@h/d")], "error: DATABASE_URL has scheme \"mysql\"; expected postgresql://user:password@host:5432/dbname"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d"), ("BACKUP_TIMEOUT", "soon")], "error: BACKUP_TIMEOUT \"soon\" is not a duration like 90s, 45m, 2h or 7d"),
 ];

@@ -7,29 +7,24 @@ use chrono::{Duration as Span, NaiveDate, NaiveDateTime};
 
 use crate::common::*;
 
-const PASSWORD: &str = "p@ss:w/rd%#?&=";
+const PASSWORD: &str = APP_PASSWORD;
 const PASSWORD_ENC: &str = "p%40ss%3Aw%2Frd%25%23%3F%26%3D";
 const TS: &str = "%Y-%m-%d_%Hh%Mm%Ss";
 
-fn cluster() -> Pg {
-    let pg = Pg::start();
-    pg.create_user("app", PASSWORD);
-    pg.create_db("app");
-    pg.psql("app", FIXTURE_SQL);
-    pg
+/// The fixture's cluster (role `app`, database `app`), with its own first bucket.
+fn cluster() -> Fixture {
+    Fixture::start("data")
 }
 
 fn url(pg: &Pg, db: &str) -> String {
-    format!("postgresql://app:{PASSWORD_ENC}@127.0.0.1:{}/{db}", pg.port)
+    app_url(pg, PASSWORD, db)
 }
 
 fn backup(pg: &Pg, bucket: &str, compression: &str, extra_env: &[(&str, String)]) -> String {
-    let mut cmd = backhaul_moto();
+    let mut cmd = store_cmd(bucket);
     cmd.arg("backup");
     pg_env(&mut cmd, pg, "app", PASSWORD, "app");
-    cmd.env("S3_BUCKET", bucket)
-        .env("STAGE", "prod")
-        .env("PG_COMPRESSION", compression);
+    cmd.env("PG_COMPRESSION", compression);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -39,12 +34,6 @@ fn backup(pg: &Pg, bucket: &str, compression: &str, extra_env: &[(&str, String)]
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn store_cmd(bucket: &str) -> assert_cmd::Command {
-    let mut cmd = backhaul_moto();
-    cmd.env("S3_BUCKET", bucket).env("STAGE", "prod");
-    cmd
 }
 
 fn restore(bucket: &str, key: &str, to: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
@@ -69,10 +58,6 @@ fn user_tables(pg: &Pg, db: &str) -> String {
         db,
         "select count(*) from pg_tables where schemaname not in ('pg_catalog','information_schema')",
     )
-}
-
-fn manifest(bucket: &str, key: &str) -> serde_json::Value {
-    serde_json::from_slice(&moto().get(bucket, &format!("{key}.manifest.json"))).unwrap()
 }
 
 /// Puts many objects concurrently (moto is slow one request at a time).
@@ -119,7 +104,8 @@ fn fake_manifest(key: &str, db: &str, t: NaiveDateTime) -> Vec<u8> {
 
 #[test]
 fn restore_round_trips_in_every_compression_mode() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     let source = pg.fingerprint("app");
     for (mode, extra) in [
         ("zstd", vec![]),
@@ -127,10 +113,10 @@ fn restore_round_trips_in_every_compression_mode() {
         ("none", vec!["--jobs", "2"]),
     ] {
         let bucket = moto().bucket(&format!("restore-{mode}"));
-        let key = backup(&pg, &bucket, mode, &[]);
+        let key = backup(pg, &bucket, mode, &[]);
         let db = format!("restored_{mode}");
         pg.create_db(&db);
-        let out = restore(&bucket, &key, &url(&pg, &db), &extra).success();
+        let out = restore(&bucket, &key, &url(pg, &db), &extra).success();
         let line = &summaries(&out.get_output().stdout)[0];
         assert_eq!(line["status"], "ok");
         assert_eq!(line["checksum_verified"], true);
@@ -140,21 +126,22 @@ fn restore_round_trips_in_every_compression_mode() {
 
 #[test]
 fn restore_latest_picks_the_newest_backup() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     let bucket = moto().bucket("latest");
-    let first = backup(&pg, &bucket, "zstd", &[]);
+    let first = backup(pg, &bucket, "zstd", &[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     pg.psql(
         "app",
         "create table added_later (x int); insert into added_later values (1)",
     );
-    let second = backup(&pg, &bucket, "zstd", &[]);
+    let second = backup(pg, &bucket, "zstd", &[]);
     assert_ne!(first, second);
     pg.create_db("latest");
     let out = restore(
         &bucket,
         "latest",
-        &url(&pg, "latest"),
+        &url(pg, "latest"),
         &["--database", "app"],
     )
     .success();
@@ -164,7 +151,8 @@ fn restore_latest_picks_the_newest_backup() {
 
 #[test]
 fn legacy_dump_without_manifest_restores_and_lists() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     let bucket = moto().bucket("legacy");
     let out = std::process::Command::new(pg.bin.join("pg_dump"))
         .args(["-Fc", "-U", "postgres", "-h"])
@@ -175,10 +163,10 @@ fn legacy_dump_without_manifest_restores_and_lists() {
     assert!(out.status.success());
     let legacy = "prod/2024-01-01_00h00m00s_PGSQL/backup_prod_app_2024-01-01_00h00m00s.dump";
     moto().put(&bucket, legacy, out.stdout);
-    let modern = backup(&pg, &bucket, "zstd", &[]);
+    let modern = backup(pg, &bucket, "zstd", &[]);
 
     pg.create_db("from_legacy");
-    restore(&bucket, legacy, &url(&pg, "from_legacy"), &[]).success();
+    restore(&bucket, legacy, &url(pg, "from_legacy"), &[]).success();
     assert_eq!(pg.fingerprint("from_legacy"), pg.fingerprint("app"));
 
     let out = store_cmd(&bucket)
@@ -202,13 +190,14 @@ fn legacy_dump_without_manifest_restores_and_lists() {
 
 #[test]
 fn tampered_object_is_refused_and_nothing_is_committed() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     // "subtle": uncompressed COPY data edited in a way pg_restore accepts; only the withheld
     // tail keeps the single transaction from committing it.
     for mode in ["none", "zstd", "subtle"] {
         let bucket = moto().bucket(&format!("tamper-{mode}"));
         let compression = if mode == "subtle" { "none" } else { mode };
-        let key = backup(&pg, &bucket, compression, &[]);
+        let key = backup(pg, &bucket, compression, &[]);
         let mut object = moto().get(&bucket, &key);
         if mode == "subtle" {
             let at = object.windows(4).position(|w| w == b"rush").unwrap();
@@ -235,36 +224,38 @@ fn tampered_object_is_refused_and_nothing_is_committed() {
 
         let db = format!("tampered_{mode}");
         pg.create_db(&db);
-        let out = restore(&bucket, &key, &url(&pg, &db), &[]).code(1);
+        let out = restore(&bucket, &key, &url(pg, &db), &[]).code(1);
         let err = String::from_utf8_lossy(&out.get_output().stderr);
         assert!(err.contains("checksum mismatch: expected"), "{err}");
-        assert_eq!(user_tables(&pg, &db), "0", "{mode}: nothing committed");
+        assert_eq!(user_tables(pg, &db), "0", "{mode}: nothing committed");
     }
 }
 
 #[test]
 fn non_empty_target_needs_clean() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     let bucket = moto().bucket("clean");
-    let key = backup(&pg, &bucket, "zstd", &[]);
+    let key = backup(pg, &bucket, "zstd", &[]);
     pg.create_db("target");
-    restore(&bucket, &key, &url(&pg, "target"), &[]).success();
+    restore(&bucket, &key, &url(pg, "target"), &[]).success();
     pg.psql("target", "update people set name = 'changed'");
-    let out = restore(&bucket, &key, &url(&pg, "target"), &[]).code(1);
+    let out = restore(&bucket, &key, &url(pg, "target"), &[]).code(1);
     let err = String::from_utf8_lossy(&out.get_output().stderr);
     assert!(
         err.contains("--clean") && err.contains("not empty"),
         "{err}"
     );
-    restore(&bucket, &key, &url(&pg, "target"), &["--clean"]).success();
+    restore(&bucket, &key, &url(pg, "target"), &["--clean"]).success();
     assert_eq!(pg.fingerprint("target"), pg.fingerprint("app"));
 }
 
 #[test]
 fn verify_records_the_outcome_and_reports_row_counts() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     let bucket = moto().bucket("verify");
-    let key = backup(&pg, &bucket, "zstd", &[]);
+    let key = backup(pg, &bucket, "zstd", &[]);
     let out = store_cmd(&bucket)
         .args(["verify", "latest", "--database", "app"])
         .assert()
@@ -278,7 +269,7 @@ fn verify_records_the_outcome_and_reports_row_counts() {
 
     pg.create_db("scratch");
     let out = store_cmd(&bucket)
-        .args(["verify", "latest", "--restore-into", &url(&pg, "scratch")])
+        .args(["verify", "latest", "--restore-into", &url(pg, "scratch")])
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
@@ -297,10 +288,10 @@ fn verify_records_the_outcome_and_reports_row_counts() {
     // The same check right after a backup, recorded in the new artifact's manifest.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let key2 = backup(
-        &pg,
+        pg,
         &bucket,
         "pg",
-        &[("BACKUP_VERIFY_INTO", url(&pg, "scratch"))],
+        &[("BACKUP_VERIFY_INTO", url(pg, "scratch"))],
     );
     let m = manifest(&bucket, &key2);
     assert_eq!(m["verification"]["ok"], true, "{m}");
@@ -518,11 +509,12 @@ fn mongo_zip_artifacts_are_listed_verified_and_pruned() {
 
 #[test]
 fn backup_prune_applies_the_policy_after_a_successful_run() {
-    let pg = cluster();
+    let fx = cluster();
+    let pg = &fx.pg;
     let bucket = moto().bucket("bprune");
     let mut cmd = backhaul_moto();
     cmd.arg("backup");
-    pg_env(&mut cmd, &pg, "app", PASSWORD, "app");
+    pg_env(&mut cmd, pg, "app", PASSWORD, "app");
     cmd.env("S3_BUCKET", &bucket)
         .env("STAGE", "prod")
         .env("BACKUP_PRUNE", "true")
@@ -535,9 +527,9 @@ fn backup_prune_applies_the_policy_after_a_successful_run() {
         ("BACKUP_PRUNE", "true".to_string()),
         ("KEEP_LAST", "1".to_string()),
     ];
-    backup(&pg, &bucket, "zstd", &keep_last);
+    backup(pg, &bucket, "zstd", &keep_last);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let newest = backup(&pg, &bucket, "zstd", &keep_last);
+    let newest = backup(pg, &bucket, "zstd", &keep_last);
     assert_eq!(
         moto().keys(&bucket),
         vec![newest.clone(), format!("{newest}.manifest.json")]

@@ -465,15 +465,15 @@ fn bad_settings_exit_2_before_any_aws_call() {
     // Preflight: the task's own `backup` configuration code, run on the task's environment.
     rejected(
         &["--env", "S3_BUCKET=acme"],
-        "task configuration would fail every scheduled run: `backup` says: PG_DB_HOST is not set: nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING) — set it with --env, --env-file or --secret",
+        "task configuration would fail every scheduled run: `backup` says: PG_DB_HOST (or --pg-host) is not set: nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING) — set it with --env, --env-file or --secret",
     );
     rejected(
         &["--secret", &format!("POSTGRES_SECRET={PG_SECRET}")],
-        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
+        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET (or --bucket) is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
     );
     rejected(
         &["--env", "S3_BUCKET=acme", "--env", "PG_DB_HOST=db", "--env", "PG_DB_NAME=app"],
-        "task configuration would fail every scheduled run: `backup` says: PG_DB_USER is not set: set PG_DB_USER or POSTGRES_SECRET — set it with --env, --env-file or --secret",
+        "task configuration would fail every scheduled run: `backup` says: PG_DB_USER (or --pg-user) is not set: set PG_DB_USER or POSTGRES_SECRET — set it with --env, --env-file or --secret",
     );
     let out = backhaul()
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
@@ -498,7 +498,7 @@ fn bad_settings_exit_2_before_any_aws_call() {
         .clone();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: --events-role-arn is not set: name the role EventBridge uses to run the task (or use --from-stack)\n"
+        "error: --events-role-arn (or EVENTS_ROLE_ARN) is not set: name the role EventBridge uses to run the task (or use --from-stack)\n"
     );
 }
 
@@ -568,8 +568,10 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         "print(client('secretsmanager').create_secret(Name='{stage}/pg', SecretString='{{}}')['ARN'])"
     ));
     let kms_key = py("print(client('kms').create_key()['KeyMetadata']['Arn'])");
-    let conf = moto().sdk_config();
-    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    // The stack is deployed through the recorder too: the template must be one real
+    // CloudFormation accepts (cfn-lint judges its content).
+    let rec = Contract::start();
+    let cfn = aws_sdk_cloudformation::Client::new(&rec.sdk_config());
     let template = std::fs::read_to_string(tests_dir().join("../infra/backhaul.yaml")).unwrap();
     let param = |k: &str, v: &str| {
         aws_sdk_cloudformation::types::Parameter::builder()
@@ -647,7 +649,6 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     .unwrap();
     assert_eq!(clusters.clusters().len(), 1, "{clusters:?}");
 
-    let rec = Contract::start();
     // A value the stack's task role does not allow is refused before anything is sent.
     let err = one_error_line(
         rec.backhaul().args([
@@ -723,6 +724,7 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
     );
     assert_eq!(td.task_role_arn(), Some(output("TaskRoleArn").as_str()));
     rec.check(&[
+        "cloudformation:CreateStack",
         "cloudformation:DescribeStacks",
         "ecs:RegisterTaskDefinition",
         "events:PutRule",
@@ -766,7 +768,7 @@ fn one_error_line(cmd: &mut assert_cmd::Command, code: i32) -> String {
 #[test]
 fn task_role_and_stage_length_are_checked_before_anything_is_registered() {
     let err = one_error_line(&mut offline_schedule("dev"), 2);
-    assert_eq!(err, "error: --task-role-arn is not set: name the role the backup runs as (without one the task has no credentials for S3) (or use --from-stack)\n");
+    assert_eq!(err, "error: --task-role-arn (or ECS_TASK_ROLE_ARN) is not set: name the role the backup runs as (without one the task has no credentials for S3) (or use --from-stack)\n");
     // 55 characters: backhaul-<stage> is exactly EventBridge's 64.
     let ok = "a".repeat(55);
     let plan = offline_schedule(&ok)

@@ -66,7 +66,7 @@ fn hung_dump_is_killed_at_the_timeout() {
 
 /// ECS sends SIGTERM (then SIGKILL after stopTimeout); a terminal sends SIGINT. Either way the
 /// dump stops, the multipart upload is aborted and the exit code says which signal. (main caps
-/// the shutdown at 5 s itself; no timing is asserted here.)
+/// the shutdown at 30 s itself; no timing is asserted here.)
 fn signal_aborts_everything(signal: i32, hint: &str) {
     let pg = cluster();
     let bucket = moto().bucket(hint);

@@ -70,6 +70,8 @@ fn success_and_failure_are_pinged_without_secrets() {
         .arg("backup")
         .assert()
         .success();
+    // A new second: the same key again would be refused (two runs, one key).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut bad = backhaul_moto();
     pg_env(&mut bad, &pg, "app", PASSWORD, "app,missing_db");
     bad.env("S3_BUCKET", &bucket)

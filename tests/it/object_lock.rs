@@ -228,7 +228,7 @@ fn backup_lock_days_retains_artifact_and_manifest() {
         "1",
     ]);
     let err = cmd.assert().code(2).get_output().stderr.clone();
-    assert!(String::from_utf8_lossy(&err).contains("BACKUP_LOCK_DAYS needs an S3 destination"));
+    assert!(String::from_utf8_lossy(&err).contains("--lock-days needs an S3 destination"));
     let mut cmd = backhaul();
     cmd.args([
         "backup",

@@ -186,7 +186,7 @@ fn unreachable_s3_fails_and_stops_pg_dump() {
     let out = backup_via(&pg, "nowhere", &closed, 2).assert().code(1);
     let line = failed_summary(&out);
     let error = line["error"].as_str().unwrap();
-    assert!(error.contains("dispatch failure"), "{error}");
+    assert!(error.contains(": ConnectionFailed: "), "{error}");
     assert_no_pg_dump_session(&pg);
 }
 

@@ -163,6 +163,7 @@ fn schedule(pg: &Pg, seen: &mut Captured) {
             .args(["--security-groups", "sg-1"])
             .args(["--execution-role-arn", "arn:aws:iam::123456789012:role/e"])
             .args(["--events-role-arn", "arn:aws:iam::123456789012:role/v"])
+            .args(["--task-role-arn", "arn:aws:iam::123456789012:role/t"])
             .args(["--env", "S3_BUCKET=acme"]);
     };
     let mut cmd = backhaul();

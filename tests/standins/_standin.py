@@ -654,11 +654,10 @@ def start(tool, argv, spec, short, usage):
         fail("error parsing uri: %s" % e)
     want_pw, want_user = os.environ.get(PASSWORD_ENV), os.environ.get(USER_ENV)
     password = config.get("password", u["password"])
-    target = "%s://%s/" % (u["scheme"], ",".join(u["hosts"]))
     if (want_pw is not None or want_user is not None) and u["user"] is None:
         fail("error getting database names: (Unauthorized) command listDatabases requires authentication")
     if (want_pw is not None and password != want_pw) or (want_user is not None and u["user"] != want_user):
         fail("can't create session: failed to connect to %s: connection() error occurred during "
              "connection handshake: auth error: sasl conversation error: unable to authenticate "
-             "using mechanism \"SCRAM-SHA-256\": (AuthenticationFailed) Authentication failed." % target)
+             "using mechanism \"SCRAM-SHA-256\": (AuthenticationFailed) Authentication failed." % uri)
     return opts, pos, {"root": root, "uri": u}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Self-check for the stand-in mongodump/mongorestore (see README.md).
+# Self-check for the stand-in mongodump (see README.md).
 # Usage: tests/standins/selfcheck.sh   -- exits non-zero on the first failure.
 set -euo pipefail
 
@@ -73,85 +73,58 @@ ok "fixture is deterministic, well-formed and covers all BSON types"
 printf 'uri: mongodb://localhost:27017/\n' >cfg.yaml
 chmod 600 cfg.yaml
 
-# --- directory mode round trip (byte for byte with --preserveUUID)
+# --- directory mode: the real tool's layout, byte for byte
 mongodump --config cfg.yaml --db shop --out dump1 2>err
 grep -qF "done dumping shop.users (200 documents)" err || die "progress lines"
 grep -qF "writing shop.events.2024 to dump1/shop/events.2024.bson" err || die "progress lines"
 same srv/shop dump1/shop --exact
-mkdir srv2
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv2" mongorestore --config cfg.yaml --dir dump1 --drop --preserveUUID 2>err
-grep -qE "[0-9]+ document\(s\) restored successfully\. 0 document\(s\) failed to restore\." err || die "restore summary"
-same srv/shop srv2/shop --exact
-ok "directory dump + restore --preserveUUID is byte-identical"
+ok "directory dump is the server's tree"
 
-# --- gzip directory mode; without --preserveUUID the server gets new UUIDs
+# --- gzip directory mode, all databases
 mongodump --config cfg.yaml --out dumpgz --gzip --quiet 2>err
 [ ! -s err ] || die "--quiet still logged"
 [ -f dumpgz/shop/users.bson.gz ] && [ -f dumpgz/inventory/items.metadata.json.gz ] || die "gzip layout"
-mkdir srv3
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv3" mongorestore --config cfg.yaml --gzip dumpgz 2>err
-same srv srv3
-if mongo_fixture.py --compare srv srv3 --exact >/dev/null; then die "UUIDs should change"; fi
-ok "gzip directory dump + restore (all dbs) equal modulo collection UUIDs"
+ok "gzip directory dump of every database"
 
 # --- archive mode: stdout + gzip, and file
 mongodump --config=cfg.yaml --db=shop --archive --gzip >shop.archive.gz 2>err
 gzip -t shop.archive.gz || die "archive not gzip"
-mkdir srv4
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv4" mongorestore --config cfg.yaml --archive --gzip --drop --preserveUUID <shop.archive.gz 2>err
-same srv/shop srv4/shop --exact
 mongodump --config cfg.yaml --archive=all.archive -v 2>err
 tar -tf all.archive | grep -qx 'inventory/items.bson' || die "archive members"
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv4" mongorestore --config cfg.yaml --archive=all.archive --nsInclude 'inventory.*' 2>err
-same srv srv4
-ok "archive (stdout+gzip, file) dump + restore round-trip"
+ok "archive (stdout+gzip, file)"
 
-# --- dump of a restored server equals the original dump
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv2" mongodump --config cfg.yaml --db shop --out dump2 2>err
-same dump1 dump2 --exact
-ok "dump -> restore -> dump is stable"
-
-# --- restore semantics: duplicates without --drop, --stopOnError, --nsFrom/--nsTo
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv2" mongorestore --config cfg.yaml --dir dump1 --nsInclude 'shop.users' 2>err
-grep -qF "E11000 duplicate key error collection: shop.users index: _id_ dup key" err || die "dup key"
-grep -qF "0 document(s) restored successfully. 200 document(s) failed to restore." err || die "dup summary"
-same srv/shop srv2/shop --exact
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv2" expect_fail "E11000 duplicate key error" \
-  mongorestore --config cfg.yaml --dir dump1 --nsInclude 'shop.users' --stopOnError
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv2" mongorestore --config cfg.yaml --dir dump1 \
-  --nsInclude 'shop.*' --nsFrom 'shop.$c$' --nsTo 'copy.$c$' 2>err
-cmp srv/shop/orders.bson srv2/copy/orders.bson || die "nsFrom/nsTo"
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv2" mongorestore --config cfg.yaml --db renamed --dir dump1/shop 2>err
-cmp srv/shop/users.bson srv2/renamed/users.bson || die "--db with a db dir"
-ok "duplicate _id, --stopOnError, --nsFrom/--nsTo and --db semantics"
+# --- as the real mongodump: a missing database dumps nothing and exits 0
+mongodump --config cfg.yaml --db nope --out dump-nope 2>err || die "missing database should exit 0"
+[ ! -e dump-nope/nope ] || die "missing database wrote files"
+ok "a missing database is an empty dump, exit 0"
 
 # --- errors
 expect_fail 'error parsing uri: scheme must be "mongodb" or "mongodb+srv"' mongodump --uri http://x --db shop
 expect_fail "error parsing uri: must have at least 1 host" mongodump --uri mongodb:// --db shop
 expect_fail "error parsing uri: unescaped @ sign in user info" mongodump --uri 'mongodb://u:p@ss@h/' --db shop
-expect_fail 'database "nope" does not exist on this stand-in server' mongodump --config cfg.yaml --db nope
+printf 'uri: mongodb://localhost:27017/admin\n' >cfg-admin.yaml; chmod 600 cfg-admin.yaml
+expect_fail "Cannot specify different database in connection URI and command-line option" \
+  mongodump --config cfg-admin.yaml --db shop
+expect_fail "--oplog mode only supported on full dumps" mongodump --config cfg.yaml --db shop --oplog
 expect_fail 'error parsing command line options: unknown option "bogus"' mongodump --bogus
-expect_fail "try 'mongorestore --help' for more information" mongorestore --bogus=1
 expect_fail "expected argument for flag \`--db'" mongodump --config cfg.yaml --db
 BACKHAUL_STANDIN_MONGO_DATA= expect_fail "BACKHAUL_STANDIN_MONGO_DATA is not set" mongodump --db shop
 chmod 644 cfg.yaml
 expect_fail "must be a 0600 file" mongodump --config cfg.yaml --db shop
-expect_fail "must be a 0600 file" mongorestore --config cfg.yaml --dir dump1
 chmod 600 cfg.yaml
 expect_fail "no such file or directory" mongodump --config missing.yaml --db shop
-expect_fail "does not appear to be a mongodump archive" mongorestore --config cfg.yaml --archive <shop.archive.gz
-expect_fail "mongorestore target 'nodir' invalid" mongorestore --config cfg.yaml --dir nodir
 
 # --- credentials: password from percent-encoded URI, quoting styles, password key
 export BACKHAUL_STANDIN_MONGO_PASSWORD="p@ss:w/rd 'q\" #x"
 expect_fail "(Unauthorized) command listDatabases requires authentication" mongodump --config cfg.yaml --db shop
 printf 'uri: mongodb://app:s3cr3t-wrong@db1/\n' >cfg2.yaml; chmod 600 cfg2.yaml
 expect_fail "(AuthenticationFailed) Authentication failed." mongodump --config cfg2.yaml --db shop
-if grep -qF 's3cr3t-wrong' err; then die "password leaked into stderr"; fi
+# As the real tools: the failed login's message shows the whole URI, password included.
+grep -qF 'mongodb://app:s3cr3t-wrong@db1/' err || die "the real tools print the URI"
 enc="$(python3 -c 'import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=""))' "$BACKHAUL_STANDIN_MONGO_PASSWORD")"
 for line in "uri: mongodb://app:$enc@db1:27017,db2:27018/?replicaSet=rs0" \
-            "uri: 'mongodb://app:$enc@db1/admin'" \
-            "uri: \"mongodb://app:$enc@db1/admin\""; do
+            "uri: 'mongodb://app:$enc@db1/?authSource=admin'" \
+            "uri: \"mongodb://app:$enc@db1/?authSource=admin\""; do
   printf '%s\n' "$line" >cfg2.yaml; chmod 600 cfg2.yaml
   mongodump --config cfg2.yaml --db shop --out dump3 --quiet 2>err || die "auth with: $line"
 done
@@ -176,12 +149,6 @@ ok "argv log records argv and config mode"
 BACKHAUL_STANDIN_FAIL="Failed: boom" expect_fail "Failed: boom" mongodump --config cfg.yaml --db shop
 BACKHAUL_STANDIN_FAIL_AFTER_BYTES=50000 expect_fail "connection reset" mongodump --config cfg.yaml --db shop --archive
 [ "$(wc -c <out)" = 50000 ] || die "FAIL_AFTER_BYTES wrote $(wc -c <out) bytes"
-head -c 200000 all.archive >trunc.archive
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv4" expect_fail "error reading archive 'trunc.archive'" \
-  mongorestore --config cfg.yaml --archive=trunc.archive --drop
-head -c 1000000 all.archive >trunc.archive  # ends inside a later member
-BACKHAUL_STANDIN_MONGO_DATA="$T/srv4" expect_fail "archive 'trunc.archive'" \
-  mongorestore --config cfg.yaml --archive=trunc.archive --drop
 start=$(date +%s)
 BACKHAUL_STANDIN_SLEEP=30 mongodump --config cfg.yaml --db shop --archive >/dev/null 2>err &
 pid=$!

@@ -50,6 +50,19 @@ impl Contract {
         self.proxy.endpoint()
     }
 
+    /// SDK configuration pointed through the recorder, for requests a test sends itself
+    /// (deploying the stack) that real AWS must accept too.
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::new("test", "test", None, None, "tests"),
+            ))
+            .build()
+    }
+
     /// `backhaul` pointed at moto through the recorder.
     pub fn backhaul(&self) -> assert_cmd::Command {
         let mut cmd = backhaul();
@@ -82,12 +95,18 @@ impl Contract {
 pub fn check_records(records: &[Recorded], expect: &[&str]) {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     for r in records {
-        let line = serde_json::json!({
+        // Object bytes say nothing about the contract; their length is what rules check.
+        let omit = r.method == "PUT" && r.body.len() > 64 << 10;
+        let body = if omit { &[][..] } else { &r.body[..] };
+        let mut line = serde_json::json!({
             "method": r.method,
             "target": r.target,
             "headers": r.headers,
-            "body_b64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+            "body_b64": base64::engine::general_purpose::STANDARD.encode(body),
         });
+        if omit {
+            line["body_omitted"] = r.body.len().into();
+        }
         writeln!(file, "{line}").unwrap();
     }
     file.flush().unwrap();

@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub mod contract;
+mod fixture;
+pub mod mongod;
 pub mod proxy;
+
+pub use fixture::*;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -506,6 +510,9 @@ pub fn base_env() -> Vec<(&'static str, String)> {
         ("AWS_MAX_ATTEMPTS", "1".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ("BACKHAUL_LOG_FORMAT", "json".into()),
+        // Tests that count artifacts predate the globals artifact; tests/it/restore_faithful.rs
+        // turns it on.
+        ("BACKUP_GLOBALS", "off".into()),
     ]
 }
 

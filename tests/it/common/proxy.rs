@@ -3,11 +3,14 @@
 //!
 //! Plain std threads (one per client connection) keep it independent of any runtime; every
 //! socket has a read timeout, so threads end soon after the proxy is dropped.
+//!
+//! [`FaultProxy::start_chaos`] adds random faults, from a seeded generator so a failing soak
+//! run can be replayed, to the requests no rule matches.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What to do with a matching request.
@@ -23,6 +26,38 @@ pub enum Fault {
     Pass,
     /// Connection closed without a response, every time.
     Drop,
+    /// The first `n` matches reach moto, but its answer is discarded and the connection
+    /// closed: the request happened, the client cannot know. Forwarded afterwards.
+    DropResponse(usize),
+}
+
+/// Random faults for the requests no rule matches: each one, with probability
+/// `percent`/100, gets a 503 SlowDown, a 500, a dropped connection or a lost answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    pub seed: u64,
+    pub percent: u64,
+}
+
+/// The faults chaos injected so far, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ChaosCounts {
+    pub slow_down: usize,
+    pub internal_error: usize,
+    pub dropped: usize,
+    pub lost_answer: usize,
+}
+
+/// xorshift64*: plenty for picking faults, and no crate for five lines.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }
 
 /// Requests with this method whose request target contains `query` (e.g. `"partNumber="`).
@@ -58,6 +93,7 @@ struct State {
     /// Requests each rule matched, faulted or not.
     hits: Vec<AtomicUsize>,
     stop: AtomicBool,
+    chaos: Option<(Chaos, Mutex<(Rng, ChaosCounts)>)>,
 }
 
 /// The running proxy; stops accepting on drop.
@@ -71,6 +107,24 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 impl FaultProxy {
     /// Starts a proxy forwarding to `upstream` (`http://host:port`).
     pub fn start(upstream: &str, rules: Vec<Rule>) -> FaultProxy {
+        Self::start_with(upstream, rules, None)
+    }
+
+    /// [`FaultProxy::start`], plus random faults for the requests no rule matches.
+    pub fn start_chaos(upstream: &str, rules: Vec<Rule>, chaos: Chaos) -> FaultProxy {
+        Self::start_with(upstream, rules, Some(chaos))
+    }
+
+    /// What chaos injected so far.
+    pub fn chaos_counts(&self) -> ChaosCounts {
+        self.state
+            .chaos
+            .as_ref()
+            .map(|(_, m)| m.lock().unwrap().1)
+            .unwrap_or_default()
+    }
+
+    fn start_with(upstream: &str, rules: Vec<Rule>, chaos: Option<Chaos>) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
@@ -79,6 +133,7 @@ impl FaultProxy {
             hits: rules.iter().map(|_| AtomicUsize::new(0)).collect(),
             rules,
             stop: AtomicBool::new(false),
+            chaos: chaos.map(|c| (c, Mutex::new((Rng(c.seed | 1), ChaosCounts::default())))),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -142,7 +197,9 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
         let mut it = req.start_line.split_whitespace();
         let (method, target) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
         let rule = st.rules.iter().position(|r| r.matches(method, target));
-        let fault = rule.map(|i| (st.rules[i].fault, st.hits[i].fetch_add(1, Ordering::SeqCst)));
+        let fault = rule
+            .map(|i| (st.rules[i].fault, st.hits[i].fetch_add(1, Ordering::SeqCst)))
+            .or_else(|| random_fault(st).map(|f| (f, 0)));
         match fault {
             Some((Fault::SlowDown(n), seen)) if seen < n => error_response(
                 &mut client,
@@ -157,6 +214,11 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 "We encountered an internal error. Please try again.",
             )?,
             Some((Fault::Drop, _)) => {
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Some((Fault::DropResponse(n), seen)) if seen < n => {
+                let _ = fetch(st, &req, method == "HEAD");
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
             }
@@ -184,16 +246,49 @@ fn error_response(client: &mut TcpStream, status: &str, code: &str, msg: &str) -
     client.flush()
 }
 
+/// With chaos on, maybe one of its faults (counted).
+fn random_fault(st: &State) -> Option<Fault> {
+    let (chaos, m) = st.chaos.as_ref()?;
+    let mut g = m.lock().unwrap();
+    let (rng, counts) = &mut *g;
+    if rng.next() % 100 >= chaos.percent {
+        return None;
+    }
+    Some(match rng.next() % 4 {
+        0 => {
+            counts.slow_down += 1;
+            Fault::SlowDown(1)
+        }
+        1 => {
+            counts.internal_error += 1;
+            Fault::InternalError
+        }
+        2 => {
+            counts.dropped += 1;
+            Fault::Drop
+        }
+        _ => {
+            counts.lost_answer += 1;
+            Fault::DropResponse(1)
+        }
+    })
+}
+
 /// Sends the request to moto on a fresh connection and relays its response.
 fn forward(st: &State, req: &Message, head: bool, client: &mut TcpStream) -> io::Result<()> {
+    let resp = fetch(st, req, head)?;
+    client.write_all(&resp.raw)?;
+    client.flush()
+}
+
+/// Sends the request to moto on a fresh connection and reads its response.
+fn fetch(st: &State, req: &Message, head: bool) -> io::Result<Message> {
     let mut up = TcpStream::connect(&st.upstream)?;
     up.set_read_timeout(Some(IO_TIMEOUT))?;
     up.write_all(&req.raw)?;
     let mut reader = BufReader::new(up);
-    let resp = read_message(&mut reader, head)?
-        .ok_or_else(|| io::Error::other("upstream closed without a response"))?;
-    client.write_all(&resp.raw)?;
-    client.flush()
+    read_message(&mut reader, head)?
+        .ok_or_else(|| io::Error::other("upstream closed without a response"))
 }
 
 /// Reads one message: the head, then a body framed by Content-Length or chunked encoding (for

@@ -1,0 +1,125 @@
+//! Where each setting came from, so an error names what the user typed.
+//!
+//! Configuration code names a setting by its environment variable (`BACKUP_TIMEOUT`) or by
+//! its flag (`--stage`), whichever it knows; it cannot know which of the two the user used.
+//! clap does: after parsing, each argument's value source is either the command line or the
+//! environment. This table, built once from the parsed command line (ripgrep's "low args →
+//! high args" step, in miniature), renames the setting in a configuration error to the form
+//! the value came from — the flag when typed, the variable when set — and names both when
+//! the setting was given neither way.
+
+use clap::parser::ValueSource;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Setting {
+    flag: Option<String>,
+    env: Option<String>,
+    source: Option<Source>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Flag,
+    Env,
+}
+
+/// The settings of the subcommand that ran (and the global ones).
+#[derive(Debug, Default, Clone)]
+pub struct Provenance {
+    settings: Vec<Setting>,
+}
+
+impl Provenance {
+    pub fn from_matches(cmd: &clap::Command, matches: &clap::ArgMatches) -> Provenance {
+        let mut settings = Vec::new();
+        collect(cmd, matches, &mut settings);
+        if let Some((name, sub)) = matches.subcommand() {
+            if let Some(sub_cmd) = cmd.find_subcommand(name) {
+                collect(sub_cmd, sub, &mut settings);
+            }
+        }
+        Provenance { settings }
+    }
+
+    /// How an error should name the setting it calls `var`.
+    pub fn name(&self, var: &str) -> Option<String> {
+        let s = self
+            .settings
+            .iter()
+            .find(|s| s.env.as_deref() == Some(var) || s.flag.as_deref() == Some(var))?;
+        match (s.source, &s.flag, &s.env) {
+            (Some(Source::Flag), Some(f), _) => Some(f.clone()),
+            (Some(Source::Env), _, Some(e)) => Some(e.clone()),
+            // Given neither way: both, in the order the code named them.
+            (None, Some(f), Some(e)) if f == var => Some(format!("{f} (or {e})")),
+            (None, Some(f), Some(e)) => Some(format!("{e} (or {f})")),
+            _ => None,
+        }
+    }
+
+    /// Renames the setting at the start of a rendered configuration error ("VAR message").
+    pub fn rewrite(&self, var: &str, rendered: &str) -> String {
+        let Some(name) = self.name(var).filter(|n| n != var) else {
+            return rendered.to_string();
+        };
+        // "X (or Y)" adds nothing when the message already names Y.
+        let other = name
+            .strip_prefix(&format!("{var} (or "))
+            .and_then(|r| r.strip_suffix(')'));
+        if other.is_some_and(|o| rendered.contains(o)) {
+            return rendered.to_string();
+        }
+        rendered.replacen(&format!("{var} "), &format!("{name} "), 1)
+    }
+}
+
+fn collect(cmd: &clap::Command, matches: &clap::ArgMatches, out: &mut Vec<Setting>) {
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        let source = match matches.try_get_raw(id) {
+            Ok(Some(_)) => match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => Some(Source::Flag),
+                Some(ValueSource::EnvVariable) => Some(Source::Env),
+                _ => None,
+            },
+            _ => None,
+        };
+        out.push(Setting {
+            flag: arg.get_long().map(|l| format!("--{l}")),
+            env: arg.get_env().map(|e| e.to_string_lossy().to_string()),
+            source,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn provenance(args: &[&str]) -> Provenance {
+        let cmd = crate::cli::Cli::command();
+        let m = cmd.clone().try_get_matches_from(args).unwrap();
+        Provenance::from_matches(&cmd, &m)
+    }
+
+    #[test]
+    fn a_typed_flag_is_named_by_its_flag() {
+        let p = provenance(&["backhaul", "backup", "--timeout", "45"]);
+        assert_eq!(p.name("BACKUP_TIMEOUT").as_deref(), Some("--timeout"));
+        assert_eq!(
+            p.rewrite("BACKUP_TIMEOUT", "BACKUP_TIMEOUT \"45\" is not a duration"),
+            "--timeout \"45\" is not a duration"
+        );
+        // Given neither way: both names.
+        assert_eq!(
+            p.name("PG_DB_USER").as_deref(),
+            Some("PG_DB_USER (or --pg-user)")
+        );
+        // A name the table does not know is left alone.
+        assert_eq!(
+            p.rewrite("POSTGRES_SECRET", "POSTGRES_SECRET x"),
+            "POSTGRES_SECRET x"
+        );
+    }
+}
