@@ -436,6 +436,10 @@ pub struct ListArgs {
     /// JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also show each backup's Object Lock (mode and retain-until, legal hold): one HEAD
+    /// request per backup, so not done unless asked.
+    #[arg(long)]
+    pub locks: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }

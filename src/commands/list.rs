@@ -1,11 +1,18 @@
 //! `backhaul list`: the stage's backups, newest first, as a table or JSON lines.
 
+use std::sync::Arc;
+
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::common::Store;
 use super::restore::filter;
 use crate::catalog::{self, Entry};
 use crate::cli::ListArgs;
+use crate::storage::Storage;
+
+/// HEAD requests in flight for `--locks`.
+const LOCK_LOOKUPS: usize = 8;
 
 /// One listing row; the JSON form is the stable, scriptable one.
 #[derive(Debug, Serialize)]
@@ -21,9 +28,12 @@ struct Row<'a> {
     /// yes / no / failed, or "no manifest" for objects written by the old script.
     verified: &'static str,
     manifest: bool,
+    /// With `--locks`: `GOVERNANCE until <time>`, `legal hold`, `none`; omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock: Option<String>,
 }
 
-fn row(e: &Entry) -> Row<'_> {
+fn row<'a>(e: &'a Entry, lock: Option<&str>) -> Row<'a> {
     let m = e.manifest.as_ref();
     Row {
         key: &e.key,
@@ -41,6 +51,7 @@ fn row(e: &Entry) -> Row<'_> {
             (true, Some(false)) => "failed",
         },
         manifest: m.is_some(),
+        lock: lock.map(str::to_string),
     }
 }
 
@@ -56,14 +67,20 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         &filter,
     )
     .await?;
+    let locks = if args.locks {
+        Some(locks(&storage, &entries).await?)
+    } else {
+        None
+    };
+    let lock_of = |i: usize| locks.as_ref().map(|l| l[i].as_str());
     let mut out = String::new();
     if args.json {
-        for e in &entries {
-            out.push_str(&serde_json::to_string(&row(e))?);
+        for (i, e) in entries.iter().enumerate() {
+            out.push_str(&serde_json::to_string(&row(e, lock_of(i)))?);
             out.push('\n');
         }
     } else {
-        out = table(&entries);
+        out = table(&entries, locks.as_deref());
     }
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
@@ -72,8 +89,30 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn table(entries: &[Entry]) -> String {
-    let header = [
+/// Each entry's Object Lock, described (`none` when unlocked), in entry order.
+async fn locks(storage: &Arc<dyn Storage>, entries: &[Entry]) -> anyhow::Result<Vec<String>> {
+    let limit = Arc::new(Semaphore::new(LOCK_LOOKUPS));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, e) in entries.iter().enumerate() {
+        let (storage, limit, key) = (storage.clone(), limit.clone(), e.key.clone());
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore open");
+            (i, storage.lock(&key).await)
+        });
+    }
+    let now = chrono::Utc::now();
+    let mut out = vec![String::new(); entries.len()];
+    while let Some(r) = set.join_next().await {
+        let (i, lock) = r?;
+        out[i] = lock?
+            .and_then(|l| l.describe(now))
+            .unwrap_or_else(|| "none".to_string());
+    }
+    Ok(out)
+}
+
+fn table(entries: &[Entry], locks: Option<&[String]>) -> String {
+    let mut header = vec![
         "TIMESTAMP",
         "KIND",
         "DATABASE",
@@ -82,11 +121,15 @@ fn table(entries: &[Entry]) -> String {
         "SHA256",
         "VERIFIED",
     ];
-    let rows: Vec<[String; 7]> = entries
+    if locks.is_some() {
+        header.push("LOCK");
+    }
+    let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|e| {
-            let r = row(e);
-            [
+        .enumerate()
+        .map(|(i, e)| {
+            let r = row(e, locks.map(|l| l[i].as_str()));
+            let mut cells = vec![
                 r.timestamp.to_string(),
                 r.kind.to_string(),
                 r.database.to_string(),
@@ -96,10 +139,12 @@ fn table(entries: &[Entry]) -> String {
                     .map(|s| s.chars().take(12).collect())
                     .unwrap_or_else(|| "-".into()),
                 r.verified.to_string(),
-            ]
+            ];
+            cells.extend(r.lock);
+            cells
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -109,13 +154,13 @@ fn table(entries: &[Entry]) -> String {
     let mut line = |cells: &[String]| {
         let s: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         out.push_str(s.join("  ").trim_end());
         out.push('\n');
     };
-    line(&header.map(String::from));
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for r in &rows {
         line(r);
     }

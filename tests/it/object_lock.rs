@@ -214,6 +214,33 @@ fn backup_lock_days_retains_artifact_and_manifest() {
             .starts_with("COMPLIANCE until "),
         "{line}"
     );
+    // list --locks shows the lock of the artifact (and plain list sends no HEAD at all).
+    let out = rec
+        .backhaul()
+        .args([
+            "list", "--stage", "lk", "--bucket", &bucket, "--json", "--locks",
+        ])
+        .assert()
+        .success();
+    let rows = summaries(&out.get_output().stdout);
+    let row = rows
+        .iter()
+        .find(|r| r["key"] == key.as_str())
+        .expect("listed");
+    assert!(
+        row["lock"]
+            .as_str()
+            .unwrap()
+            .starts_with("COMPLIANCE until "),
+        "{row}"
+    );
+    let out = rec
+        .backhaul()
+        .args(["list", "--stage", "lk", "--bucket", &bucket])
+        .assert()
+        .success();
+    let table = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(!table.contains("LOCK"), "{table}");
     rec.check(&["s3:PutObject", "s3:HeadObject"]);
 
     // Object Lock is S3 only; a bad mode is refused up front.
