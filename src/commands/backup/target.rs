@@ -1,0 +1,171 @@
+//! One target, start to finish: its dump streams into a two-phase upload that is finished
+//! only when the dump tool exited 0 and every part is in, and aborted otherwise; then its
+//! manifest.
+
+use super::*;
+
+/// Runs one target under the job's cancellation and timeout, and turns success into an
+/// artifact plus manifest, failure into nothing at all.
+pub(super) async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
+    let started_at = Utc::now();
+    let mut upload = job
+        .storage
+        .begin(&t.key)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let deadline = async {
+        match job.timeout {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let produced = tokio::select! {
+        r = produce(job, t, upload.as_mut()) => r.map_err(TargetError::Other),
+        _ = job.cancel.cancelled() => Err(TargetError::Interrupted),
+        _ = deadline => Err(TargetError::TimedOut(job.timeout.unwrap_or_default())),
+    };
+    let Produced {
+        stats,
+        source,
+        globals,
+        contents,
+    } = match produced {
+        Ok(v) => v,
+        Err(e) => {
+            abort_upload(upload.as_mut(), &t.key).await;
+            return Err(e);
+        }
+    };
+    let stored = match upload.finish().await {
+        Ok(stored) => stored,
+        Err(e) => {
+            // A part that failed late, or CompleteMultipartUpload itself failing or refused
+            // (the key is taken), leaves the multipart upload open: abort it here rather than
+            // trust the background abort in the upload's Drop, which the process may exit
+            // before running. Nothing is deleted: whatever is under the key now is not ours
+            // (the storage recognises our own object behind a lost answer as success).
+            abort_upload(upload.as_mut(), &t.key).await;
+            return Err(anyhow::Error::from(e).into());
+        }
+    };
+    let m = Manifest {
+        format: manifest::FORMAT,
+        tool: "backhaul".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        kind: t.kind,
+        stage: job.store.stage.clone(),
+        database: t.database.clone(),
+        key: t.key.clone(),
+        timestamp: job.timestamp.clone(),
+        timezone: job.store.zone.name(),
+        started_at,
+        finished_at: Utc::now(),
+        compression: t.compression.clone(),
+        raw_bytes: stats.raw_bytes,
+        stored_bytes: stats.stored_bytes,
+        sha256: stats.sha256,
+        parts: stored.parts,
+        etag: stored.etag,
+        version_id: stored.version_id,
+        source,
+        encryption: job.encrypt.as_ref().map(Recipients::manifest),
+        verification: None,
+        contents,
+        globals,
+    };
+    if let Err(e) = job
+        .storage
+        .put_new(&t.manifest_key, m.to_bytes(), "application/json")
+        .await
+    {
+        if let StorageError::Exists(_) = e {
+            // Another run's manifest: the store let both runs create the artifact (it does
+            // not enforce If-None-Match atomically, as moto does not under a close race), so
+            // the object is now ours and the manifest theirs. Deleting would leave their
+            // manifest with nothing at all; `verify` reports the ETag mismatch instead.
+            return Err(anyhow::Error::from(e)
+                .context(format!(
+                    "writing the manifest: the store let two runs create {} (no atomic If-None-Match); the object is this run's, the manifest another's, and `verify` will fail it",
+                    t.key
+                ))
+                .into());
+        }
+        // An artifact without its manifest cannot be verified: do not leave it looking done.
+        // The artifact is ours (we just created it), so removing it touches no other run.
+        let _ = job.storage.delete(std::slice::from_ref(&t.key)).await;
+        return Err(anyhow::Error::from(e)
+            .context("writing the manifest")
+            .into());
+    }
+    Ok(m)
+}
+
+/// Stops the dump tool after its stream failed and names the root cause. When the upload
+/// failed (S3 unreachable, a part rejected), that is the cause: the tool then only died of the
+/// EPIPE/SIGPIPE we caused by closing its pipe, and reporting "killed by signal 13" would hide
+/// why the backup failed. When reading the stream failed, the tool's own failure, if any, is
+/// the cause (the stream only saw EOF/EPIPE).
+pub(super) async fn stop_after_failed_stream(child: ChildProc, e: PipelineError) -> anyhow::Error {
+    let stopped = child.terminate().await;
+    match (e, stopped) {
+        (e @ PipelineError::Storage(_), _) => e.into(),
+        (_, Err(tool)) => tool.into(),
+        (e, Ok(_)) => e.into(),
+    }
+}
+
+/// Aborts a failed upload; a failure to abort is only logged, the target has failed anyway.
+pub(super) async fn abort_upload(upload: &mut dyn Upload, key: &str) {
+    if let Err(abort) = upload.abort().await {
+        tracing::warn!(key = %key, error = %abort, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
+    }
+}
+
+/// What a target's dump produced, for its manifest.
+pub(super) struct Produced {
+    pub(super) stats: StreamStats,
+    pub(super) source: SourceInfo,
+    pub(super) globals: Option<GlobalsInfo>,
+    /// PostgreSQL dumps: the archive's contents from its TOC.
+    pub(super) contents: Option<crate::source::pg_toc::Contents>,
+}
+
+pub(super) async fn produce(
+    job: &Job,
+    t: &Target,
+    upload: &mut dyn Upload,
+) -> anyhow::Result<Produced> {
+    match t.kind {
+        Kind::Postgres if t.globals => {
+            let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
+            let (stats, source, globals) = dump_globals(job, s, tools, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: Some(globals),
+                contents: None,
+            })
+        }
+        Kind::Postgres => {
+            let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
+            let (stats, source, contents) =
+                dump_postgres(job, s, tools, &t.database, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: None,
+                contents,
+            })
+        }
+        Kind::Mongo => {
+            let (s, tools) = job.mongo.as_ref().expect("mongo target implies settings");
+            let (stats, source) = dump_mongo(job, s, tools, &t.database, upload).await?;
+            Ok(Produced {
+                stats,
+                source,
+                globals: None,
+                contents: None,
+            })
+        }
+    }
+}
