@@ -214,14 +214,11 @@ pub async fn apply(c: &Clients, plan: &Plan, z: &Zoned) -> anyhow::Result<Value>
     let s = spec(plan, z, cluster, td_arn.clone());
     let window = ScheduleSpec::flexible_time_window().map_err(build_err)?;
     let target = s.target().map_err(build_err)?;
-    let (action, arn) = match get(c, &s.name).await? {
-        Some(existing) if scheduler::observed(&existing) == s.to_json() => {
-            ("unchanged", existing.arn().unwrap_or_default().to_string())
-        }
-        Some(_) => {
-            let out = c
-                .scheduler
-                .update_schedule()
+    // CreateSchedule and UpdateSchedule take the same fields (their builders are distinct
+    // types): one list, so the two can never drift apart.
+    macro_rules! with_schedule {
+        ($builder:expr) => {
+            $builder
                 .name(&s.name)
                 .schedule_expression(&s.expression)
                 .schedule_expression_timezone(&s.timezone)
@@ -229,22 +226,21 @@ pub async fn apply(c: &Clients, plan: &Plan, z: &Zoned) -> anyhow::Result<Value>
                 .state(ScheduleState::Enabled)
                 .description(&s.description)
                 .target(target)
+        };
+    }
+    let (action, arn) = match get(c, &s.name).await? {
+        Some(existing) if scheduler::observed(&existing) == s.to_json() => {
+            ("unchanged", existing.arn().unwrap_or_default().to_string())
+        }
+        Some(_) => {
+            let out = with_schedule!(c.scheduler.update_schedule())
                 .send()
                 .await
                 .map_err(|e| sdk_err("scheduler:UpdateSchedule", e))?;
             ("updated", out.schedule_arn().to_string())
         }
         None => {
-            let out = c
-                .scheduler
-                .create_schedule()
-                .name(&s.name)
-                .schedule_expression(&s.expression)
-                .schedule_expression_timezone(&s.timezone)
-                .flexible_time_window(window)
-                .state(ScheduleState::Enabled)
-                .description(&s.description)
-                .target(target)
+            let out = with_schedule!(c.scheduler.create_schedule())
                 .send()
                 .await
                 .map_err(|e| sdk_err("scheduler:CreateSchedule", e))?;

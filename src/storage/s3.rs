@@ -281,6 +281,25 @@ impl S3Storage {
             })
     }
 
+    /// HeadObject; a missing key is `None`, not an error.
+    async fn head_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(err("head object", key, e)),
+        }
+    }
+
     fn sse_mode(&self) -> Option<ServerSideEncryption> {
         self.sse.mode.as_deref().map(ServerSideEncryption::from)
     }
@@ -613,47 +632,27 @@ impl Storage for S3Storage {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => Ok(Some(ObjectInfo {
-                key: key.to_string(),
-                size: o.content_length().unwrap_or(0).max(0) as u64,
-                last_modified: o.last_modified().and_then(to_chrono),
-                etag: o.e_tag().map(str::to_string),
-                version_id: version(o.version_id()),
-            })),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(err("head object", key, e)),
-        }
+        Ok(self.head_object(key).await?.map(|o| ObjectInfo {
+            key: key.to_string(),
+            size: o.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: o.last_modified().and_then(to_chrono),
+            etag: o.e_tag().map(str::to_string),
+            version_id: version(o.version_id()),
+        }))
     }
 
     /// From HeadObject, which carries the lock headers only for callers allowed
     /// s3:GetObjectRetention and s3:GetObjectLegalHold (the stack's task role is).
     async fn lock(&self, key: &str) -> Result<Option<LockInfo>, StorageError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => Ok(Some(LockInfo {
+        Ok(self.head_object(key).await?.and_then(|o| {
+            Some(LockInfo {
                 mode: o.object_lock_mode().map(|m| m.as_str().to_string()),
                 retain_until: o.object_lock_retain_until_date().and_then(to_chrono),
                 legal_hold: o.object_lock_legal_hold_status()
                     == Some(&aws_sdk_s3::types::ObjectLockLegalHoldStatus::On),
             })
-            .filter(|l| l.mode.is_some() || l.retain_until.is_some() || l.legal_hold)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(err("head object", key, e)),
-        }
+            .filter(|l| l.mode.is_some() || l.retain_until.is_some() || l.legal_hold)
+        }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
