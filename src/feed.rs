@@ -102,9 +102,9 @@ pub enum FeedError {
     Sink(io::Error),
 }
 
-/// Keeps the last [`HOLD_BACK`] bytes until [`HoldBack::release`]. After the inner writer
-/// fails, further output is discarded (and the error kept) so the caller can still finish
-/// hashing and report the most meaningful error.
+/// Keeps the last [`HOLD_BACK`] bytes until [`HoldBack::release`]; everything before them
+/// passes straight through. After the inner writer fails, further output is discarded (and
+/// the error kept) so the caller can still finish hashing and report the most meaningful error.
 struct HoldBack<W: Write> {
     inner: W,
     buf: Vec<u8>,
@@ -116,24 +116,22 @@ impl<W: Write> HoldBack<W> {
     fn new(inner: W) -> Self {
         HoldBack {
             inner,
-            buf: Vec::with_capacity(HOLD_BACK * 2),
+            buf: Vec::with_capacity(HOLD_BACK),
             raw: 0,
             error: None,
         }
     }
 
-    fn pass(&mut self, upto: usize) {
-        if self.error.is_none() {
-            if let Err(e) = self.inner.write_all(&self.buf[..upto]) {
-                self.error = Some(e);
+    fn emit(inner: &mut W, error: &mut Option<io::Error>, data: &[u8]) {
+        if error.is_none() && !data.is_empty() {
+            if let Err(e) = inner.write_all(data) {
+                *error = Some(e);
             }
         }
-        self.buf.drain(..upto);
     }
 
     fn release(mut self) -> Result<u64, io::Error> {
-        let n = self.buf.len();
-        self.pass(n);
+        Self::emit(&mut self.inner, &mut self.error, &self.buf);
         if self.error.is_none() {
             if let Err(e) = self.inner.flush() {
                 self.error = Some(e);
@@ -148,11 +146,20 @@ impl<W: Write> HoldBack<W> {
 
 impl<W: Write> Write for HoldBack<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
         self.raw += data.len() as u64;
-        if self.buf.len() >= HOLD_BACK * 2 {
-            let upto = self.buf.len() - HOLD_BACK;
-            self.pass(upto);
+        let total = self.buf.len() + data.len();
+        if total > HOLD_BACK {
+            // Pass on the oldest bytes beyond the withheld tail: first the held ones, then
+            // the new ones, without copying the bulk into the hold.
+            let out = total - HOLD_BACK;
+            let from_buf = out.min(self.buf.len());
+            Self::emit(&mut self.inner, &mut self.error, &self.buf[..from_buf]);
+            self.buf.drain(..from_buf);
+            let from_data = out - from_buf;
+            Self::emit(&mut self.inner, &mut self.error, &data[..from_data]);
+            self.buf.extend_from_slice(&data[from_data..]);
+        } else {
+            self.buf.extend_from_slice(data);
         }
         Ok(data.len())
     }
@@ -179,6 +186,25 @@ impl<R: Read> Read for Tap<'_, R> {
 
 /// A read error from storage, kept apart from decoding errors (which may just be damage).
 struct ReadFailed(io::Error);
+
+/// A file written in 128 KiB pieces, for decoded archives on local disk (`--jobs`, MongoDB).
+/// coreutils' choice, and here more than habit: writing aligned 1 MiB pieces lets the kernel
+/// back the page cache with 1 MiB folios, and on this project's VMs (free high-order memory
+/// goes back to the host) that measured up to ten times slower: 1.2 GB in 2-3.4 s against
+/// 0.25 s. A `BufWriter` would pass such large writes straight through.
+pub struct FileSink(pub std::fs::File);
+
+/// Bytes per write for [`FileSink`].
+const FILE_WRITE: usize = 128 << 10;
+
+impl Write for FileSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.write(&data[..data.len().min(FILE_WRITE)])
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
 
 /// Runs the decoding chain over `tap` into `hold`. Errors: `Ok(Err(..))` is a decoding
 /// problem (possibly damage: the checksum decides), `Err` ends the feed at once.
@@ -399,6 +425,37 @@ mod tests {
         assert_eq!(out, raw);
         assert_eq!(fed.raw_bytes, raw.len() as u64);
         assert_eq!(fed.stored_bytes, stored.len() as u64);
+    }
+
+    proptest::proptest! {
+        /// Whatever the write sizes, exactly the last HOLD_BACK bytes wait for release.
+        #[test]
+        fn hold_back_keeps_exactly_the_tail(sizes in proptest::collection::vec(0usize..200_000, 0..12)) {
+            let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            let mut hold = HoldBack::new(&mut out);
+            let mut at = 0;
+            for n in &sizes {
+                hold.write_all(&data[at..at + n]).unwrap();
+                at += n;
+            }
+            let passed = data.len().saturating_sub(HOLD_BACK);
+            proptest::prop_assert_eq!(hold.raw, data.len() as u64);
+            proptest::prop_assert_eq!(&hold.inner[..], &data[..passed]);
+            hold.release().unwrap();
+            proptest::prop_assert_eq!(&out, &data);
+        }
+    }
+
+    #[test]
+    fn file_sink_writes_at_most_128_kib_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let mut sink = FileSink(std::fs::File::create(&path).unwrap());
+        let data = vec![3u8; 3 << 20];
+        assert_eq!(sink.write(&data).unwrap(), FILE_WRITE);
+        sink.write_all(&data[FILE_WRITE..]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]

@@ -173,25 +173,27 @@ pub fn contents(entries: &[Entry], tools: &PgTools) -> Contents {
     c
 }
 
-/// Refuses, before anything is changed, a restore whose owners, grantees or policy roles
-/// do not exist in the target cluster.
-pub async fn check_roles(
-    target: &PgTarget,
-    entries: &[Entry],
-    privileges: Privileges,
-) -> anyhow::Result<()> {
-    let roles = pg_toc::roles(entries);
-    let needed = roles.needed(!privileges.no_owner, !privileges.no_acl);
-    if needed.is_empty() {
-        return Ok(());
-    }
-    let existing: BTreeSet<String> = target
+/// Every role of the target cluster, for [`check_roles`]. Asked for whether or not the archive
+/// names any, so that it can run while the archive's head is still being read.
+pub async fn existing_roles(target: &PgTarget) -> anyhow::Result<BTreeSet<String>> {
+    Ok(target
         .query("select rolname from pg_catalog.pg_roles")
         .await?
         .lines()
         .map(str::to_string)
-        .collect();
-    let missing: Vec<String> = needed.difference(&existing).cloned().collect();
+        .collect())
+}
+
+/// Refuses, before anything is changed, a restore whose owners, grantees or policy roles
+/// do not exist in the target cluster (`existing`).
+pub fn check_roles(
+    entries: &[Entry],
+    privileges: Privileges,
+    existing: &BTreeSet<String>,
+) -> Result<(), MissingRoles> {
+    let roles = pg_toc::roles(entries);
+    let needed = roles.needed(!privileges.no_owner, !privileges.no_acl);
+    let missing: Vec<String> = needed.difference(existing).cloned().collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -200,7 +202,26 @@ pub async fn check_roles(
         .filter(|r| roles.always.contains(*r))
         .cloned()
         .collect();
-    Err(MissingRoles { missing, always }.into())
+    Err(MissingRoles { missing, always })
+}
+
+/// The role preflight of a restore: the archive's table of contents (from the head of the
+/// object) and the target's roles, read side by side.
+pub async fn preflight(
+    storage: &Arc<dyn Storage>,
+    key: &str,
+    decode: Decode,
+    target: &PgTarget,
+    privileges: Privileges,
+) -> anyhow::Result<Vec<Entry>> {
+    let (entries, existing) = tokio::join!(
+        archive_entries(storage, key, decode, &target.tools, target.redactor.clone()),
+        existing_roles(target)
+    );
+    // In this order, so that the same failure always gets the same message.
+    let entries = entries?;
+    check_roles(&entries, privileges, &existing?)?;
+    Ok(entries)
 }
 
 #[cfg(test)]

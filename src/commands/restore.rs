@@ -9,7 +9,7 @@
 //! Owners and privileges are restored as they were (pg_restore's defaults); `--no-owner` and
 //! `--no-acl` are opt-ins for restoring as another, non-superuser role. Before the target is
 //! touched, every role the archive names is checked against the target cluster
-//! ([`super::pg_contents::check_roles`]).
+//! ([`super::pg_contents::preflight`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -212,8 +212,17 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         return run_mongo(args, store, filter, identities, rt).await;
     }
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
-    let storage = store.open_existing().await?;
-    let entry = store.find(&storage, &args.key, &filter).await?;
+    // Finding the backup and counting what the target holds (read-only) go side by side;
+    // their errors are still reported in this order.
+    let (found, relations) = tokio::join!(
+        async {
+            let storage = store.open_existing().await?;
+            let entry = store.find(&storage, &args.key, &filter).await?;
+            anyhow::Ok((storage, entry))
+        },
+        target.user_relations()
+    );
+    let (storage, entry) = found?;
     if entry.parsed.globals {
         return Err(RestoreError::Globals(entry.key.clone()).into());
     }
@@ -227,7 +236,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     }
     // Before touching the target: an encrypted artifact without an identity is a setting to fix.
     let decode = Decode::for_artifact(&entry.key, &entry.parsed.extension, identities.as_ref())?;
-    let relations = target.user_relations().await?;
+    let relations = relations?;
     if relations > 0 && !args.clean {
         return Err(RestoreError::NotEmpty {
             database: target.database.clone(),
@@ -328,7 +337,7 @@ pub struct Restored {
 /// Restores one PostgreSQL artifact into `target`. Checks the manifest's SHA-256 and size
 /// when there is a manifest; objects from the old script have none and are restored unchecked.
 /// First reads the archive's TOC from the object's head and refuses (target untouched) when
-/// a role it needs is missing.
+/// a role it needs is missing; with `--jobs` the download to the temp file runs meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_pg(
     storage: &Arc<dyn Storage>,
@@ -344,27 +353,31 @@ pub async fn restore_pg(
     if expect.is_none() {
         tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
     }
-    let entries = pg_contents::archive_entries(
-        storage,
-        &entry.key,
-        decode.clone(),
-        &target.tools,
-        target.redactor.clone(),
-    )
-    .await?;
-    pg_contents::check_roles(target, &entries, privileges).await?;
-    let reader = storage.get(&entry.key).await?;
-    let bridge = SyncIoBridge::new(reader);
     let opts = RestoreOpts {
         clean,
         jobs,
         no_owner: privileges.no_owner,
         no_acl: privileges.no_acl,
     };
-    let fed = match jobs {
-        Some(j) if j > 1 => via_file(bridge, decode, expect, target, &opts, cancel).await,
-        _ => streaming(bridge, decode, expect, target, &opts, cancel).await,
-    }?;
+    let preflight = pg_contents::preflight(storage, &entry.key, decode.clone(), target, privileges);
+    let (entries, fed) = match jobs {
+        // The download touches nothing but a private temp file: it runs beside the preflight.
+        Some(j) if j > 1 => {
+            let download = download(storage, &entry.key, decode, expect, cancel);
+            // The first failure ends both (missing roles need not wait for a whole download).
+            let (entries, (file, fed)) = tokio::try_join!(preflight, download)?;
+            restore_file(&file, target, &opts, cancel).await?;
+            (entries, fed)
+        }
+        _ => {
+            let entries = preflight.await?;
+            let bridge = SyncIoBridge::new(storage.get(&entry.key).await?);
+            (
+                entries,
+                streaming(bridge, decode, expect, target, &opts, cancel).await?,
+            )
+        }
+    };
     Ok(Restored { fed, entries })
 }
 
@@ -393,8 +406,7 @@ async fn streaming(
         None,
         target.redactor.clone(),
     )?;
-    let stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let stdin = std::fs::File::from(stdin.into_owned_fd().context("pg_restore stdin")?);
+    let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
     let task = tokio::task::spawn_blocking(move || {
         let mut stdin = stdin;
         let r = feed::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
@@ -432,38 +444,58 @@ async fn streaming(
     }
 }
 
-async fn via_file(
-    src: SyncIoBridge<crate::storage::Reader>,
+/// The archive, verified, in a private temp file that is removed when the value is dropped.
+struct Downloaded {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+async fn download(
+    storage: &Arc<dyn Storage>,
+    key: &str,
     decode: Decode,
     expect: Option<Expect>,
-    target: &PgTarget,
-    opts: &RestoreOpts,
     cancel: &CancellationToken,
-) -> anyhow::Result<Fed> {
+) -> anyhow::Result<(Downloaded, Fed)> {
     // tempfile creates the directory 0700: the dump never becomes readable by other users.
     let dir = tempfile::Builder::new()
         .prefix("backhaul-restore-")
         .tempdir()
         .context("creating a temp directory for --jobs")?;
     let path = dir.path().join("archive.dump");
+    let abandoned = Abandoned::default();
+    let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
     let file_path = path.clone();
     let download = tokio::task::spawn_blocking(move || -> anyhow::Result<Fed> {
         let file = std::fs::File::create(&file_path)
             .with_context(|| format!("creating {}", file_path.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        let fed = feed::feed(src, &decode, &mut w, expect.as_ref(), Consumer::Strict)?;
-        Ok(fed)
+        Ok(feed::feed(
+            src,
+            &decode,
+            feed::FileSink(file),
+            expect.as_ref(),
+            Consumer::Strict,
+        )?)
     });
     let fed = tokio::select! {
         j = download => j.context("download task panicked")??,
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     };
+    Ok((Downloaded { _dir: dir, path }, fed))
+}
+
+async fn restore_file(
+    file: &Downloaded,
+    target: &PgTarget,
+    opts: &RestoreOpts,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let child = pg::spawn_restore(
         &target.tools,
         &target.conn,
         &target.database,
         opts,
-        Some(&path),
+        Some(&file.path),
         target.redactor.clone(),
     )?;
     tokio::select! {
@@ -471,5 +503,41 @@ async fn via_file(
         // Dropping the wait future drops the child, which kills its process group.
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     }
-    Ok(fed)
+    Ok(())
+}
+
+/// Set when a download's future is dropped before it finished (the preflight beside it
+/// failed). The blocking thread doing the work cannot be cancelled, and the runtime waits for
+/// it at exit: without this it would read the rest of the object first, however large.
+#[derive(Default)]
+struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
+
+impl Abandoned {
+    fn reader<R: std::io::Read>(&self, inner: R) -> UnlessAbandoned<R> {
+        UnlessAbandoned {
+            inner,
+            abandoned: self.0.clone(),
+        }
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A source that fails once its download was abandoned, which ends the feed at once.
+struct UnlessAbandoned<R> {
+    inner: R,
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R: std::io::Read> std::io::Read for UnlessAbandoned<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("download abandoned"));
+        }
+        self.inner.read(buf)
+    }
 }

@@ -159,11 +159,10 @@ pub async fn restore_mongo(
     let download = tokio::task::spawn_blocking(move || -> anyhow::Result<Fed> {
         let file = std::fs::File::create(&file_path)
             .with_context(|| format!("creating {}", file_path.display()))?;
-        let mut w = io::BufWriter::new(file);
         Ok(feed::feed(
             src,
             &decode,
-            &mut w,
+            feed::FileSink(file),
             expect.as_ref(),
             Consumer::Strict,
         )?)

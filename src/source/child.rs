@@ -140,15 +140,7 @@ impl ChildProc {
     pub fn take_stdout(&mut self) -> Option<std::fs::File> {
         let out = self.child.stdout.take()?;
         let fd = out.into_owned_fd().ok()?;
-        // A 64 KiB pipe makes the dump tool and our reader take turns every 64 KiB; 1 MiB
-        // lets both run for longer stretches. Best effort: a lower system limit just keeps
-        // the default.
-        // SAFETY: fcntl on a pipe fd we own; no memory is passed.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-        }
-        Some(std::fs::File::from(fd))
+        Some(widened(fd))
     }
 
     pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
@@ -160,7 +152,7 @@ impl ChildProc {
     pub fn take_stdin_file(&mut self) -> Option<std::fs::File> {
         self.take_stdin()
             .and_then(|s| s.into_owned_fd().ok())
-            .map(std::fs::File::from)
+            .map(widened)
     }
 
     /// Waits for the child; a non-zero exit becomes an error carrying its redacted stderr tail.
@@ -220,4 +212,15 @@ impl Drop for ChildProc {
             }
         }
     }
+}
+
+/// A 64 KiB pipe makes the tool and our side take turns every 64 KiB; 1 MiB lets both run
+/// for longer stretches. Best effort: a lower system limit just keeps the default.
+fn widened(fd: std::os::fd::OwnedFd) -> std::fs::File {
+    // SAFETY: fcntl on a pipe fd we own; no memory is passed.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+    std::fs::File::from(fd)
 }

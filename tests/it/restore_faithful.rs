@@ -347,6 +347,41 @@ fn new_cluster_is_refused_until_the_globals_are_restored() {
         "0",
         "target unchanged"
     );
+    // With --jobs the download runs beside the preflight: the same refusal, and the
+    // private temp copy is gone with it.
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_cmd(&bucket)
+        .env("TMPDIR", tmp.path())
+        .args([
+            "restore",
+            "latest",
+            "--database",
+            "faithful",
+            "--jobs",
+            "2",
+            "--to",
+            &target,
+        ])
+        .assert()
+        .code(1);
+    let jobs_err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(
+        jobs_err.contains("\"app_owner\"") && jobs_err.contains("restore-globals"),
+        "{jobs_err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "no temp copy left behind"
+    );
+    assert_eq!(
+        other.psql(
+            "faithful",
+            "select count(*) from pg_namespace where nspname in ('app','reports')"
+        ),
+        "0",
+        "target unchanged by --jobs"
+    );
 
     // Dry run: statements with passwords masked, nothing applied.
     let a = store_cmd(&bucket)
