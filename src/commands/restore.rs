@@ -407,6 +407,9 @@ async fn streaming(
         target.redactor.clone(),
     )?;
     let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
+    // Interrupted: the feed must stop reading too, not decode the rest of the object.
+    let abandoned = Abandoned::default();
+    let src = abandoned.reader(src);
     let task = tokio::task::spawn_blocking(move || {
         let mut stdin = stdin;
         let r = feed::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
@@ -506,9 +509,10 @@ async fn restore_file(
     Ok(())
 }
 
-/// Set when a download's future is dropped before it finished (the preflight beside it
-/// failed). The blocking thread doing the work cannot be cancelled, and the runtime waits for
-/// it at exit: without this it would read the rest of the object first, however large.
+/// Set when a feed's caller stopped waiting for it (the preflight beside a download failed, the
+/// restore was interrupted). The blocking thread doing the work cannot be cancelled, and the
+/// runtime waits for it at exit: without this it would read the rest of the object first,
+/// however large.
 #[derive(Default)]
 struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
 
