@@ -206,6 +206,43 @@ impl Write for FileSink {
     }
 }
 
+/// Set when a feed's caller stopped waiting for it (the preflight beside a download failed, the
+/// restore was interrupted). The blocking thread doing the work cannot be cancelled, and the
+/// runtime waits for it at exit: without this it would read the rest of the object first,
+/// however large.
+#[derive(Default)]
+pub struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
+
+impl Abandoned {
+    pub fn reader<R: std::io::Read>(&self, inner: R) -> UnlessAbandoned<R> {
+        UnlessAbandoned {
+            inner,
+            abandoned: self.0.clone(),
+        }
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A source that fails once its download was abandoned, which ends the feed at once.
+pub struct UnlessAbandoned<R> {
+    inner: R,
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R: std::io::Read> std::io::Read for UnlessAbandoned<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("download abandoned"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Runs the decoding chain over `tap` into `hold`. Errors: `Ok(Err(..))` is a decoding
 /// problem (possibly damage: the checksum decides), `Err` ends the feed at once.
 fn decode_into<R: Read, W: Write>(

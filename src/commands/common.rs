@@ -1,11 +1,17 @@
 //! Resolution helpers shared by commands: turning the shared CLI groups into config.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{PgArgs, StoreArgs, UploadArgs};
 use crate::config::postgres::{PgConn, PgInputs};
 use crate::config::{self, non_empty, ConfigError, Destination, Zone};
+use crate::feed;
 use crate::secret::{Redactor, Secret};
 use crate::storage::{self, PartPlan, Storage};
 
@@ -198,4 +204,36 @@ pub fn parse_duration(s: &str, var: &str) -> Result<Duration, ConfigError> {
                 format!("\"{s}\" is not a duration like 90s, 45m, 2h or 7d"),
             )
         })
+}
+
+/// Feeds the object at `key` through the checks (see [`feed::feed`]) into a new file at `path`,
+/// for the restores that need a seekable local copy (`--jobs`, MongoDB). Runs on a blocking
+/// thread that stops reading as soon as nobody waits for it any more (interrupted, or a
+/// preflight beside it failed).
+pub async fn download_to_file(
+    storage: &Arc<dyn Storage>,
+    key: &str,
+    decode: feed::Decode,
+    expect: Option<feed::Expect>,
+    path: &Path,
+    cancel: &CancellationToken,
+) -> anyhow::Result<feed::Fed> {
+    let abandoned = feed::Abandoned::default();
+    let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
+    let file_path = path.to_path_buf();
+    let download = tokio::task::spawn_blocking(move || -> anyhow::Result<feed::Fed> {
+        let file = std::fs::File::create(&file_path)
+            .with_context(|| format!("creating {}", file_path.display()))?;
+        Ok(feed::feed(
+            src,
+            &decode,
+            feed::FileSink(file),
+            expect.as_ref(),
+            feed::Consumer::Strict,
+        )?)
+    });
+    tokio::select! {
+        j = download => j.context("download task panicked")?,
+        _ = cancel.cancelled() => Err(super::Interrupted.into()),
+    }
 }

@@ -408,7 +408,7 @@ async fn streaming(
     )?;
     let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
     // Interrupted: the feed must stop reading too, not decode the rest of the object.
-    let abandoned = Abandoned::default();
+    let abandoned = feed::Abandoned::default();
     let src = abandoned.reader(src);
     let task = tokio::task::spawn_blocking(move || {
         let mut stdin = stdin;
@@ -466,24 +466,7 @@ async fn download(
         .tempdir()
         .context("creating a temp directory for --jobs")?;
     let path = dir.path().join("archive.dump");
-    let abandoned = Abandoned::default();
-    let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
-    let file_path = path.clone();
-    let download = tokio::task::spawn_blocking(move || -> anyhow::Result<Fed> {
-        let file = std::fs::File::create(&file_path)
-            .with_context(|| format!("creating {}", file_path.display()))?;
-        Ok(feed::feed(
-            src,
-            &decode,
-            feed::FileSink(file),
-            expect.as_ref(),
-            Consumer::Strict,
-        )?)
-    });
-    let fed = tokio::select! {
-        j = download => j.context("download task panicked")??,
-        _ = cancel.cancelled() => return Err(Interrupted.into()),
-    };
+    let fed = common::download_to_file(storage, key, decode, expect, &path, cancel).await?;
     Ok((Downloaded { _dir: dir, path }, fed))
 }
 
@@ -507,41 +490,4 @@ async fn restore_file(
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     }
     Ok(())
-}
-
-/// Set when a feed's caller stopped waiting for it (the preflight beside a download failed, the
-/// restore was interrupted). The blocking thread doing the work cannot be cancelled, and the
-/// runtime waits for it at exit: without this it would read the rest of the object first,
-/// however large.
-#[derive(Default)]
-struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
-
-impl Abandoned {
-    fn reader<R: std::io::Read>(&self, inner: R) -> UnlessAbandoned<R> {
-        UnlessAbandoned {
-            inner,
-            abandoned: self.0.clone(),
-        }
-    }
-}
-
-impl Drop for Abandoned {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A source that fails once its download was abandoned, which ends the feed at once.
-struct UnlessAbandoned<R> {
-    inner: R,
-    abandoned: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<R: std::io::Read> std::io::Read for UnlessAbandoned<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::other("download abandoned"));
-        }
-        self.inner.read(buf)
-    }
 }

@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::Interrupted;
@@ -30,7 +29,7 @@ use crate::catalog::Entry;
 use crate::cli::MongoRestoreArgs;
 use crate::config::mongo::MongoConn;
 use crate::config::ConfigError;
-use crate::feed::{self, Consumer, Decode, Fed};
+use crate::feed::{Decode, Fed};
 use crate::secret::{Redactor, Secret};
 use crate::source::mongo::{self, MongoRestoreOpts, RestoreSource};
 use crate::storage::Storage;
@@ -153,25 +152,12 @@ pub async fn restore_mongo(
     } else {
         "dump.archive.gz"
     });
-    let reader = storage.get(&entry.key).await?;
-    let src = SyncIoBridge::new(reader);
-    let file_path = object.clone();
-    let download = tokio::task::spawn_blocking(move || -> anyhow::Result<Fed> {
-        let file = std::fs::File::create(&file_path)
-            .with_context(|| format!("creating {}", file_path.display()))?;
-        Ok(feed::feed(
-            src,
-            &decode,
-            feed::FileSink(file),
-            expect.as_ref(),
-            Consumer::Strict,
-        )?)
-    });
-    let fed = tokio::select! {
-        j = download => j.context("download task panicked")?
-            .context("restore stopped before mongorestore ran; nothing was restored")?,
-        _ = cancel.cancelled() => return Err(Interrupted.into()),
-    };
+    let fed = super::common::download_to_file(storage, &entry.key, decode, expect, &object, cancel)
+        .await
+        .map_err(|e| match e.downcast::<Interrupted>() {
+            Ok(i) => i.into(),
+            Err(e) => e.context("restore stopped before mongorestore ran; nothing was restored"),
+        })?;
     let (object_path, tree) = (object.clone(), dir.path().join("dump"));
     let (source_dir, documents) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         if is_zip {
