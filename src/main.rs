@@ -3,6 +3,7 @@
 
 mod aws;
 mod catalog;
+mod cleanup;
 mod cli;
 mod commands;
 mod config;
@@ -64,34 +65,39 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
     let rt = Runtime {
         cancel: cancel.clone(),
     };
-    let work = async move {
-        match cli.command {
-            Command::Backup(a) => commands::backup::run(a, rt).await,
-            Command::Restore(a) => commands::restore::run(a, rt).await,
-            Command::RestoreGlobals(a) => commands::restore_globals::run(a).await,
-            Command::List(a) => commands::list::run(a).await,
-            Command::Verify(a) => commands::verify::run(a, rt).await,
-            Command::Prune(a) => commands::prune::run(a).await,
-            Command::Schedule(a) => commands::schedule::run(a).await,
-            Command::Unschedule(a) => commands::schedule::unschedule(a).await,
-            Command::RunTask(a) => commands::run_task::run(a).await,
-            Command::Status(a) => commands::status::run(a).await,
-            Command::Logs(a) => commands::logs::run(a).await,
-        }
-    };
-    tokio::pin!(work);
-    let result = tokio::select! {
-        r = &mut work => r,
-        _ = cancel.cancelled() => {
-            // Give the command a bounded time to stop children and abort uploads: long enough
-            // for an abort on a slow or throttled S3, well inside ECS's stopTimeout (120 s)
-            // before SIGKILL; dropping it afterwards still kills children.
-            match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
-                Ok(r) => r,
-                Err(_) => Err(Interrupted.into()),
+    // A block of its own: the command, if still running after the grace, is dropped (its
+    // children killed, its uploads aborted) before main waits for that clean-up below.
+    let result = {
+        let work = async move {
+            match cli.command {
+                Command::Backup(a) => commands::backup::run(a, rt).await,
+                Command::Restore(a) => commands::restore::run(a, rt).await,
+                Command::RestoreGlobals(a) => commands::restore_globals::run(a).await,
+                Command::List(a) => commands::list::run(a).await,
+                Command::Verify(a) => commands::verify::run(a, rt).await,
+                Command::Prune(a) => commands::prune::run(a).await,
+                Command::Schedule(a) => commands::schedule::run(a).await,
+                Command::Unschedule(a) => commands::schedule::unschedule(a).await,
+                Command::RunTask(a) => commands::run_task::run(a).await,
+                Command::Status(a) => commands::status::run(a).await,
+                Command::Logs(a) => commands::logs::run(a).await,
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            _ = cancel.cancelled() => {
+                // Give the command a bounded time to stop children and abort uploads: long enough
+                // for an abort on a slow or throttled S3, well inside ECS's stopTimeout (120 s)
+                // before SIGKILL; dropping it afterwards still kills children.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Interrupted.into()),
+                }
             }
         }
     };
+    cleanup::finish(Duration::from_secs(5)).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit_code(&e, signal.load(Ordering::SeqCst), &provenance),

@@ -83,7 +83,8 @@ pub fn command(program: &std::path::Path) -> Command {
 
 pub struct ChildProc {
     tool: String,
-    child: Child,
+    /// Always `Some` until `Drop`, which may hand a still-running child to [`crate::cleanup`].
+    child: Option<Child>,
     stderr: Option<JoinHandle<(Vec<String>, Vec<String>)>>,
 }
 
@@ -131,20 +132,26 @@ impl ChildProc {
         });
         Ok(ChildProc {
             tool: tool.to_string(),
-            child,
+            child: Some(child),
             stderr,
         })
     }
 
+    fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("the child is only taken on drop")
+    }
+
     /// The child's stdout as a blocking file, for a producer thread.
     pub fn take_stdout(&mut self) -> Option<std::fs::File> {
-        let out = self.child.stdout.take()?;
+        let out = self.child().stdout.take()?;
         let fd = out.into_owned_fd().ok()?;
         Some(widened(fd))
     }
 
     pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
-        self.child.stdin.take()
+        self.child().stdin.take()
     }
 
     /// The child's stdin as a plain blocking file, for a feeder on a blocking thread (the
@@ -162,10 +169,14 @@ impl ChildProc {
 
     /// As [`ChildProc::wait`], returning the tail and the lines kept by `spawn_keeping`.
     pub async fn wait_keeping(mut self) -> Result<(Vec<String>, Vec<String>), ChildError> {
-        let status = self.child.wait().await.map_err(|source| ChildError::Wait {
-            tool: self.tool.clone(),
-            source,
-        })?;
+        let status = self
+            .child()
+            .wait()
+            .await
+            .map_err(|source| ChildError::Wait {
+                tool: self.tool.clone(),
+                source,
+            })?;
         let (tail, kept) = match self.stderr.take() {
             Some(h) => h.await.unwrap_or_default(),
             None => Default::default(),
@@ -181,35 +192,44 @@ impl ChildProc {
         }
     }
 
-    /// Stops the child: SIGTERM to its group, then SIGKILL if it lingers.
+    /// Stops the child: SIGTERM to its group, then SIGKILL to the group if it lingers.
     pub async fn terminate(mut self) -> Result<Vec<String>, ChildError> {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) on a process group we created; no memory is touched.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGTERM);
-            }
-            if tokio::time::timeout(std::time::Duration::from_secs(2), self.child.wait())
+        if let Some(pid) = self.child().id() {
+            signal_group(pid, libc::SIGTERM);
+            let stopped = self.child().wait();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), stopped)
                 .await
                 .is_err()
             {
-                let _ = self.child.start_kill();
+                signal_group(pid, libc::SIGKILL);
             }
         }
         self.wait().await
     }
 }
 
+fn signal_group(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a process group we created; no memory is touched.
+    unsafe {
+        libc::kill(-(pid as i32), signal);
+    }
+}
+
 impl Drop for ChildProc {
     /// `kill_on_drop` kills only the direct child; the whole group goes, so helpers a tool
-    /// may have forked do not outlive us.
+    /// may have forked do not outlive us. The child is then reaped in the background, and main
+    /// waits for that before exiting (see [`crate::cleanup`]).
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if let Some(pid) = self.child.id() {
-                // SAFETY: as above.
-                unsafe {
-                    libc::kill(-(pid as i32), libc::SIGKILL);
-                }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            if let Some(pid) = child.id() {
+                signal_group(pid, libc::SIGKILL);
             }
+            crate::cleanup::defer("reaping a killed child process", async move {
+                let _ = child.wait().await;
+            });
         }
     }
 }

@@ -25,7 +25,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::ConfigError;
 
@@ -315,6 +315,8 @@ struct S3Upload {
     /// and leaves nothing to abort.
     first: Option<Bytes>,
     upload_id: Option<String>,
+    /// A CreateMultipartUpload whose answer has not been seen yet (see `start_multipart`).
+    creating: Option<JoinHandle<Result<String, StorageError>>>,
     next_part: i32,
     in_flight: JoinSet<Result<CompletedPart, StorageError>>,
     done: Vec<CompletedPart>,
@@ -322,8 +324,12 @@ struct S3Upload {
 }
 
 impl S3Upload {
+    /// Sends CreateMultipartUpload as a task of its own and waits for its answer. A caller
+    /// dropped meanwhile (a signal, the backup timeout) must not lose the upload id of an
+    /// upload S3 has already created: the task lives on in `creating`, and `abort` (or `Drop`)
+    /// waits for it before aborting.
     async fn start_multipart(&mut self) -> Result<(), StorageError> {
-        let out = self
+        let request = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
@@ -334,18 +340,36 @@ impl S3Upload {
             .set_server_side_encryption(self.sse.mode.as_deref().map(ServerSideEncryption::from))
             .set_ssekms_key_id(self.sse.kms_key_id.clone())
             .set_object_lock_mode(self.sse.lock_mode())
-            .set_object_lock_retain_until_date(self.sse.lock_until())
-            .send()
-            .await
-            .map_err(|e| err("create multipart upload", &self.key, e))?;
-        let id = out.upload_id().ok_or_else(|| {
+            .set_object_lock_retain_until_date(self.sse.lock_until());
+        let key = self.key.clone();
+        self.creating = Some(tokio::spawn(async move {
+            let out = request
+                .send()
+                .await
+                .map_err(|e| err("create multipart upload", &key, e))?;
+            out.upload_id().map(str::to_string).ok_or_else(|| {
+                StorageError::backend("create multipart upload", &key, "no upload id in response")
+            })
+        }));
+        self.settle_create().await
+    }
+
+    /// Waits for the CreateMultipartUpload in flight, if any, and keeps its upload id.
+    /// Cancel-safe: dropped while waiting, the request stays in `creating`.
+    async fn settle_create(&mut self) -> Result<(), StorageError> {
+        let Some(creating) = self.creating.as_mut() else {
+            return Ok(());
+        };
+        let answer = creating.await;
+        self.creating = None;
+        let id = answer.map_err(|join| {
             StorageError::backend(
                 "create multipart upload",
                 &self.key,
-                "no upload id in response",
+                format!("task failed: {join}"),
             )
-        })?;
-        self.upload_id = Some(id.to_string());
+        })??;
+        self.upload_id = Some(id);
         Ok(())
     }
 
@@ -502,6 +526,8 @@ impl Upload for S3Upload {
         while self.in_flight.join_next().await.is_some() {}
         self.first = None;
         self.closed = true;
+        // A create that failed created nothing to abort.
+        let _ = self.settle_create().await;
         if let Some(id) = self.upload_id.take() {
             let res = self
                 .client
@@ -523,25 +549,31 @@ impl Upload for S3Upload {
 }
 
 impl Drop for S3Upload {
-    /// Last line of defence (a panic between begin and finish/abort): abort in the background
-    /// so the bucket's lifecycle rule is not the only cleanup.
+    /// Last line of defence (a panic, or a command dropped after the shutdown grace): abort in
+    /// the background, awaited by main before exit, so the lifecycle rule is not the only
+    /// cleanup.
     fn drop(&mut self) {
-        if let Some(id) = self.upload_id.take() {
-            self.in_flight.abort_all();
-            let (client, bucket, key) =
-                (self.client.clone(), self.bucket.clone(), self.key.clone());
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = client
-                        .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await;
-                });
-            }
+        let creating = self.creating.take();
+        let id = self.upload_id.take();
+        if creating.is_none() && id.is_none() {
+            return;
         }
+        self.in_flight.abort_all();
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        crate::cleanup::defer("aborting a multipart upload", async move {
+            let id = match creating {
+                Some(creating) => creating.await.ok().and_then(Result::ok),
+                None => id,
+            };
+            let Some(id) = id else { return };
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await;
+        });
     }
 }
 
@@ -560,6 +592,7 @@ impl Storage for S3Storage {
             sse: self.sse.clone(),
             first: None,
             upload_id: None,
+            creating: None,
             next_part: 0,
             in_flight: JoinSet::new(),
             done: Vec::new(),

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::common::proxy::{Fault, FaultProxy, Rule};
 use crate::common::*;
 
 fn pid_alive(pid_file: &Path) -> bool {
@@ -62,6 +63,48 @@ fn hung_dump_is_killed_at_the_timeout() {
     assert!(!pid_alive(&pid_file), "the hung pg_dump was killed");
     assert_eq!(moto().keys(&bucket), Vec::<String>::new());
     assert_eq!(moto().multipart_uploads(&bucket), 0);
+}
+
+/// The signal lands after S3 created the multipart upload but before its answer (the upload
+/// id) reached backhaul: the upload exists all the same, and is aborted once the answer comes.
+#[test]
+fn signal_before_the_upload_id_arrives_still_aborts_the_upload() {
+    let pg = cluster();
+    let bucket = moto().bucket("sigcreate");
+    let pid_file = pg.dir.path().join("dump.pid");
+    let held = Fault::DelayAnswer {
+        first: 1,
+        by: Duration::from_secs(3),
+    };
+    let proxy = FaultProxy::start(&moto().endpoint, vec![Rule::new("POST", "uploads", held)]);
+    let mut child = backhaul_std()
+        .envs(hanging_env(&pg, &bucket, &pid_file))
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moto().multipart_uploads(&bucket) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the multipart upload was never created"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.hits(0), 1, "its answer is still held");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(moto().keys(&bucket), Vec::<String>::new());
+    assert_eq!(
+        moto().multipart_uploads(&bucket),
+        0,
+        "the multipart upload was aborted"
+    );
 }
 
 /// ECS sends SIGTERM (then SIGKILL after stopTimeout); a terminal sends SIGINT. Either way the

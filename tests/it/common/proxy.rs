@@ -22,6 +22,9 @@ pub enum Fault {
     InternalError,
     /// The first `first` matches forwarded only after `by` (a stalled server), later ones at once.
     Delay { first: usize, by: Duration },
+    /// The first `first` matches reach moto at once, but its answer is held for `by`: the
+    /// request has taken effect and the client does not know yet (a slow or congested path).
+    DelayAnswer { first: usize, by: Duration },
     /// Forwarded untouched; the rule only counts.
     Pass,
     /// Connection closed without a response, every time.
@@ -225,6 +228,12 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
             Some((Fault::Delay { first, by }, seen)) if seen < first => {
                 std::thread::sleep(by);
                 forward(st, &req, method == "HEAD", &mut client)?
+            }
+            Some((Fault::DelayAnswer { first, by }, seen)) if seen < first => {
+                let resp = fetch(st, &req, method == "HEAD")?;
+                std::thread::sleep(by);
+                client.write_all(&resp.raw)?;
+                client.flush()?
             }
             _ => forward(st, &req, method == "HEAD", &mut client)?,
         }

@@ -1,0 +1,69 @@
+//! Clean-up work started from `Drop` (killing a child, aborting a multipart upload) that must
+//! finish before backhaul exits.
+//!
+//! `Drop` cannot await, so it spawns a task; a task the runtime drops at shutdown is a child
+//! that outlives us still holding its snapshot, or a multipart upload left for the lifecycle
+//! rule. main awaits everything deferred here, bounded, before it returns.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+static PENDING: Mutex<Vec<(&'static str, JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+/// Runs `work` in the background and has main wait for it before exiting. Outside a runtime
+/// (nothing could run it) this does nothing: the caller's synchronous part is all there is.
+pub fn defer(what: &'static str, work: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let handle = rt.spawn(work);
+        PENDING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((what, handle));
+    }
+}
+
+/// Waits, at most `limit` in all, for every deferred clean-up, warning about those still
+/// unfinished. Work deferred while this waits (a drop inside a deferred task) is waited for too.
+pub async fn finish(limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        for (what, handle) in pending {
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!("backhaul stopped before this clean-up finished: {what}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn finish_waits_for_deferred_work() {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        defer("test", async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        finish(Duration::from_secs(5)).await;
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn finish_gives_up_at_the_limit_not_before() {
+        defer("never", std::future::pending());
+        let started = tokio::time::Instant::now();
+        finish(Duration::from_millis(100)).await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+}
