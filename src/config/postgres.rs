@@ -270,19 +270,19 @@ impl PgConn {
         let mut url = Url::parse("postgresql://placeholder").expect("static URL parses");
         let host = if self.host.contains(':') && !self.host.starts_with('/') {
             format!("[{}]", self.host)
-        } else if self.host.starts_with('/') {
-            // A socket directory goes in the query; libpq allows an empty authority.
-            String::new()
         } else {
             self.host.clone()
         };
-        if host.is_empty() {
-            url = Url::parse("postgresql://").expect("static URL parses");
+        let mut s = if self.host.starts_with('/') {
+            // A socket directory goes in the query (`host=` there overrides the authority,
+            // for libpq and for parse_url); URL parsers refuse a user with an empty host, so
+            // the authority names localhost.
+            "postgresql://localhost".to_string()
         } else {
             url.set_host(Some(&host)).expect("validated host");
             url.set_port(Some(self.port)).expect("URL has a host");
-        }
-        let mut s = url.as_str().trim_end_matches('/').to_string();
+            url.as_str().trim_end_matches('/').to_string()
+        };
         // `url` leaves some reserved characters unescaped in userinfo (e.g. '%'), which libpq would
         // then decode; build the authority by hand with a strict encode set instead.
         let authority_start = "postgresql://".len();
@@ -659,7 +659,8 @@ mod props {
         fn url_round_trips(
             user in "\\PC{1,20}",
             password in "\\PC{0,30}",
-            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z0-9-]{1,10}){0,3}",
+            // A host name, or a unix-socket directory (which goes in the query).
+            host in "[a-z][a-z0-9-]{0,20}(\\.[a-z0-9-]{1,10}){0,3}|/[a-z0-9_.-]{1,12}(/[a-z0-9_.-]{1,12}){0,2}",
             port in 1u16..,
             db in "\\PC{1,20}",
             options in proptest::option::of("\\PC{1,30}"),
