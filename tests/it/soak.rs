@@ -46,10 +46,13 @@ fn store_cmd(bucket: &str) -> assert_cmd::Command {
 }
 
 /// Starts a backup whose pg_dump hangs after two parts' worth of bytes, waits for its
-/// multipart upload to exist, and SIGKILLs it: what an OOM kill or a lost Fargate host does.
+/// multipart upload to hold a part, and SIGKILLs it: what an OOM kill or a lost Fargate host
+/// does. (The upload exists before its first part does: killing at once would leave an empty
+/// upload, a different leftover.)
 fn kill_mid_upload(pg: &Pg, bucket: &str, run: usize) {
     let pid_file = pg.dir.path().join(format!("dump-{run}.pid"));
     let before = moto().multipart_uploads(bucket);
+    let parts_before = moto().multipart_parts(bucket);
     let mut child = backhaul_std()
         .arg("backup")
         .envs(backup_env(pg, bucket, STAGE, "mid"))
@@ -68,7 +71,9 @@ fn kill_mid_upload(pg: &Pg, bucket: &str, run: usize) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while moto().multipart_uploads(bucket) == before {
+    while moto().multipart_uploads(bucket) == before
+        || moto().multipart_parts(bucket) == parts_before
+    {
         assert!(
             Instant::now() < deadline,
             "the killed run never started uploading"

@@ -496,6 +496,32 @@ impl Moto {
                 .len()
         })
     }
+
+    /// Parts uploaded so far, over every incomplete multipart upload in `bucket`.
+    pub fn multipart_parts(&self, bucket: &str) -> usize {
+        let s3 = self.s3();
+        block_on(async {
+            let uploads = s3
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap();
+            let mut parts = 0;
+            for u in uploads.uploads() {
+                let listed = s3
+                    .list_parts()
+                    .bucket(bucket)
+                    .key(u.key().unwrap_or_default())
+                    .upload_id(u.upload_id().unwrap_or_default())
+                    .send()
+                    .await
+                    .unwrap();
+                parts += listed.parts().len();
+            }
+            parts
+        })
+    }
 }
 
 /// The environment every test run of backhaul starts from: nothing from the developer's shell
