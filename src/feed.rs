@@ -195,7 +195,7 @@ struct ReadFailed(io::Error);
 pub struct FileSink(pub std::fs::File);
 
 /// Bytes per write for [`FileSink`].
-const FILE_WRITE: usize = 128 << 10;
+pub const FILE_WRITE: usize = 128 << 10;
 
 impl Write for FileSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {

@@ -23,6 +23,7 @@ mod retention;
 mod schedule_expr;
 mod secret;
 mod source;
+mod spool;
 mod storage;
 
 use std::process::ExitCode;

@@ -10,6 +10,7 @@ mod preflight;
 pub mod prune;
 pub mod restore;
 pub mod restore_globals;
+pub mod restore_jobs;
 pub mod restore_mongo;
 pub mod run_task;
 pub mod schedule;

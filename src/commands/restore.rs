@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
 use super::pg_contents::{self, Privileges};
+use super::restore_jobs;
 use super::restore_mongo::{self, MongoTarget};
 use super::{Interrupted, Runtime};
 use crate::catalog::{Entry, Filter};
@@ -58,6 +59,7 @@ pub enum RestoreError {
 }
 
 /// A PostgreSQL database to restore into, with the client tools and a redactor for its password.
+#[derive(Clone)]
 pub struct PgTarget {
     pub tools: PgTools,
     pub conn: PgConn,
@@ -363,11 +365,10 @@ pub async fn restore_pg(
     let (entries, fed) = match jobs {
         // The download touches nothing but a private temp file: it runs beside the preflight.
         Some(j) if j > 1 => {
-            let download = download(storage, &entry.key, decode, expect, cancel);
-            // The first failure ends both (missing roles need not wait for a whole download).
-            let (entries, (file, fed)) = tokio::try_join!(preflight, download)?;
-            restore_file(&file, target, &opts, cancel).await?;
-            (entries, fed)
+            restore_jobs::restore(
+                storage, &entry.key, decode, expect, target, &opts, preflight, cancel,
+            )
+            .await?
         }
         _ => {
             let entries = preflight.await?;
@@ -403,7 +404,7 @@ async fn streaming(
         &target.conn,
         &target.database,
         &opts,
-        None,
+        pg::RestoreRun::stdin(),
         target.redactor.clone(),
     )?;
     let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
@@ -445,49 +446,4 @@ async fn streaming(
             Err(anyhow::Error::from(e).context("restore stopped; nothing was committed"))
         }
     }
-}
-
-/// The archive, verified, in a private temp file that is removed when the value is dropped.
-struct Downloaded {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-async fn download(
-    storage: &Arc<dyn Storage>,
-    key: &str,
-    decode: Decode,
-    expect: Option<Expect>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<(Downloaded, Fed)> {
-    // tempfile creates the directory 0700: the dump never becomes readable by other users.
-    let dir = tempfile::Builder::new()
-        .prefix("backhaul-restore-")
-        .tempdir()
-        .context("creating a temp directory for --jobs")?;
-    let path = dir.path().join("archive.dump");
-    let fed = common::download_to_file(storage, key, decode, expect, &path, cancel).await?;
-    Ok((Downloaded { _dir: dir, path }, fed))
-}
-
-async fn restore_file(
-    file: &Downloaded,
-    target: &PgTarget,
-    opts: &RestoreOpts,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let child = pg::spawn_restore(
-        &target.tools,
-        &target.conn,
-        &target.database,
-        opts,
-        Some(&file.path),
-        target.redactor.clone(),
-    )?;
-    tokio::select! {
-        r = child.wait() => { r?; }
-        // Dropping the wait future drops the child, which kills its process group.
-        _ = cancel.cancelled() => return Err(Interrupted.into()),
-    }
-    Ok(())
 }

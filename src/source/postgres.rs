@@ -262,13 +262,35 @@ pub fn spawn_dump(
     Ok(ChildProc::spawn("pg_dump", cmd, redactor)?)
 }
 
-/// Starts `pg_restore` reading an archive from stdin (or from `file` when given, for `--jobs`).
+/// One pg_restore run: what it reads and which entries it restores.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRun<'a> {
+    /// Names the run in errors (`pg_restore (post-data)`).
+    pub label: &'a str,
+    /// The archive file; `None` reads it from stdin.
+    pub file: Option<&'a Path>,
+    /// `--use-list`: only these entries, in the file's order.
+    pub list: Option<&'a Path>,
+}
+
+impl RestoreRun<'_> {
+    pub fn stdin() -> RestoreRun<'static> {
+        RestoreRun {
+            label: "pg_restore",
+            file: None,
+            list: None,
+        }
+    }
+}
+
+/// Starts `pg_restore`. Parallel (`--jobs`) when `opts.jobs` asks for it and the archive is a
+/// file; otherwise in one transaction.
 pub fn spawn_restore(
     tools: &PgTools,
     conn: &PgConn,
     database: &str,
     opts: &RestoreOpts,
-    file: Option<&Path>,
+    run: RestoreRun<'_>,
     redactor: Redactor,
 ) -> Result<ChildProc, PgError> {
     let mut cmd = child::command(&tools.sibling("pg_restore"));
@@ -282,7 +304,7 @@ pub fn spawn_restore(
     if opts.clean {
         cmd.args(["--clean", "--if-exists"]);
     }
-    match (opts.jobs, file) {
+    match (opts.jobs, run.file) {
         (Some(j), Some(_)) if j > 1 => {
             cmd.arg(format!("--jobs={j}"));
         }
@@ -291,8 +313,11 @@ pub fn spawn_restore(
             cmd.arg("--single-transaction");
         }
     }
+    if let Some(list) = run.list {
+        cmd.arg("--use-list").arg(list);
+    }
     connect_args(&mut cmd, conn, database);
-    match file {
+    match run.file {
         Some(f) => {
             cmd.arg(f);
         }
@@ -300,7 +325,7 @@ pub fn spawn_restore(
             cmd.stdin(Stdio::piped());
         }
     }
-    Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
+    Ok(ChildProc::spawn(run.label, cmd, redactor)?)
 }
 
 /// Starts `pg_restore --list` reading an archive from stdin: it parses the header and table of

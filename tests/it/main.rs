@@ -19,6 +19,7 @@ mod mongo_real;
 mod notify;
 mod object_lock;
 mod restore_faithful;
+mod restore_jobs;
 mod restore_mongo;
 mod s3_faults;
 mod schedule_tz;

@@ -217,6 +217,27 @@ fn same_cluster_restore_is_identical_to_the_original() {
         plain_dump(&pg, "restored"),
         "same as pg_dump | pg_restore"
     );
+    // The parallel restore (definitions, data and privileges in separate pg_restore runs
+    // cut from the archive's TOC) gives the same: ACLs still come last, as in one run.
+    pg.create_db("restored_jobs");
+    store_cmd(&bucket)
+        .args([
+            "restore",
+            "latest",
+            "--database",
+            "faithful",
+            "--jobs",
+            "2",
+            "--to",
+        ])
+        .arg(url(&pg, "backup", PASSWORD, "restored_jobs"))
+        .assert()
+        .success();
+    assert_eq!(
+        original,
+        plain_dump(&pg, "restored_jobs"),
+        "restore --jobs 2"
+    );
 
     // verify --restore-into compares objects, owners and ACL entries with the manifest.
     pg.create_db("scratch");

@@ -29,6 +29,8 @@ pub enum Fault {
     Pass,
     /// Connection closed without a response, every time.
     Drop,
+    /// Forwarded, the answer relayed at this many bytes a second (a slow link), every time.
+    Throttle { bytes_per_sec: usize },
     /// The first `n` matches reach moto, but its answer is discarded and the connection
     /// closed: the request happened, the client cannot know. Forwarded afterwards.
     DropResponse(usize),
@@ -234,6 +236,16 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 std::thread::sleep(by);
                 client.write_all(&resp.raw)?;
                 client.flush()?
+            }
+            Some((Fault::Throttle { bytes_per_sec }, _)) => {
+                let resp = fetch(st, &req, method == "HEAD")?;
+                for piece in resp.raw.chunks(64 << 10) {
+                    client.write_all(piece)?;
+                    client.flush()?;
+                    std::thread::sleep(Duration::from_secs_f64(
+                        piece.len() as f64 / bytes_per_sec as f64,
+                    ));
+                }
             }
             _ => forward(st, &req, method == "HEAD", &mut client)?,
         }

@@ -1,0 +1,776 @@
+//! `restore --jobs N`: a parallel restore that starts while the archive is still downloading.
+//!
+//! pg_restore's own parallel mode needs the whole archive in a seekable file, so a parallel
+//! restore used to download first and restore after, the download's time added to the
+//! restore's. Here the object streams once (checks → decode) into a private spool file
+//! ([`crate::spool`]) while [`pg_archive`] reads its TOC and where each data block starts and
+//! ends, and the three phases `pg_restore -j` itself runs each start as soon as they can:
+//!
+//! 1. pre-data, main pass (the definitions) in one transaction, once the TOC is in and the role
+//!    preflight passed;
+//! 2. the data blocks, by up to N pg_restore processes fed from the spool as blocks arrive: a big
+//!    table streams into its COPY while it downloads, small ones go in batches;
+//! 3. everything else (post-data, sequence values, privileges, matview refreshes) with
+//!    `pg_restore -j N`, once every byte has arrived and matched the manifest's checksum.
+//!
+//! Each phase is pg_restore on `--use-list`s cut from the archive's own TOC
+//! ([`pg_archive::Plan`]), so the result is what one pg_restore of the whole archive gives; the
+//! tests compare `pg_dump` output. Like `pg_restore -j` it is not one transaction: a failure
+//! after phase 1 leaves the target partly restored, and the error says so. The object's last
+//! 64 KiB are withheld until the checksum matched ([`crate::feed`]), so on a damaged object the
+//! last block never commits and phase 3 never runs.
+//!
+//! `--clean`, and archives [`pg_archive`] does not read, restore after the download instead.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
+
+use super::restore::PgTarget;
+use super::Interrupted;
+use crate::feed::{self, Consumer, Decode, Expect, Fed};
+use crate::source::pg_archive::{self, ArchiveError, Event, Plan, Scanner, Toc};
+use crate::source::postgres::{self as pg, RestoreOpts, RestoreRun};
+use crate::spool::{End, Spool};
+use crate::storage::Storage;
+
+/// A block this big gets a pg_restore of its own: complete ones largest first (as
+/// `pg_restore -j` orders them), and one still arriving is fed as it downloads, so a big table
+/// loads while it downloads.
+const BIG: u64 = 4 << 20;
+/// Small blocks share a pg_restore, at most this many bytes or entries: a database of many
+/// small tables must not start a pg_restore per table.
+const BATCH_BYTES: u64 = 64 << 20;
+const BATCH_ENTRIES: usize = 1000;
+/// How long a block waits for others to share a pg_restore with.
+const LINGER: Duration = Duration::from_millis(200);
+/// How often waiting blocks are looked at again when nothing else happens.
+const TICK: Duration = Duration::from_millis(50);
+
+/// What the download thread reports, in archive order.
+#[derive(Debug)]
+enum Arrival {
+    Toc(Toc),
+    Start {
+        id: i32,
+        at: u64,
+    },
+    End {
+        id: i32,
+        end: u64,
+    },
+    /// Not an archive [`pg_archive`] reads, or damaged: the scanner stopped.
+    Unreadable(ArchiveError),
+}
+
+impl From<Event> for Arrival {
+    fn from(e: Event) -> Self {
+        match e {
+            Event::Toc(t) => Arrival::Toc(t),
+            Event::BlockStart { dump_id, at } => Arrival::Start { id: dump_id, at },
+            Event::BlockEnd { dump_id, end } => Arrival::End { id: dump_id, end },
+        }
+    }
+}
+
+/// What arrives before the pipeline can start: the TOC, or why there is none.
+#[derive(Default)]
+struct Head {
+    toc: Option<Toc>,
+    unreadable: Option<ArchiveError>,
+    /// Block arrivals seen while waiting for the download to end.
+    rest: Vec<Arrival>,
+}
+
+impl Head {
+    fn known(&self) -> bool {
+        self.toc.is_some() || self.unreadable.is_some()
+    }
+
+    fn arrived(&mut self, a: Arrival) {
+        match a {
+            Arrival::Toc(t) if self.toc.is_none() => self.toc = Some(t),
+            Arrival::Unreadable(e) if !self.known() => self.unreadable = Some(e),
+            other => self.rest.push(other),
+        }
+    }
+}
+
+/// The feed's sink: appends to the spool and scans what it appends.
+struct SpoolSink {
+    spool: Arc<Spool>,
+    scanner: Option<Scanner>,
+    tx: mpsc::UnboundedSender<Arrival>,
+}
+
+impl SpoolSink {
+    fn scan(
+        &mut self,
+        step: impl FnOnce(&mut Scanner, &mut dyn FnMut(Event)) -> Result<(), ArchiveError>,
+    ) {
+        let Some(scanner) = &mut self.scanner else {
+            return;
+        };
+        let (spool, tx) = (&self.spool, &self.tx);
+        let mut on_event = |e: Event| {
+            if let Event::BlockEnd { dump_id, end } = e {
+                spool.mark_end(dump_id, end);
+            }
+            // A scheduler that is gone has nothing left to learn.
+            let _ = tx.send(e.into());
+        };
+        if let Err(e) = step(scanner, &mut on_event) {
+            let _ = self.tx.send(Arrival::Unreadable(e));
+            self.scanner = None;
+        }
+    }
+}
+
+impl Write for SpoolSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let piece = &data[..data.len().min(feed::FILE_WRITE)];
+        self.spool.append(piece)?;
+        self.scan(|s, out| s.push(piece, &mut |e| out(e)));
+        Ok(piece.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A data block waiting for a pg_restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Queued {
+    id: i32,
+    start: u64,
+    /// `None` while it is still arriving.
+    end: Option<u64>,
+    since: Instant,
+}
+
+/// Blocks waiting for a pg_restore, in archive order. Only the last can still be arriving.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+}
+
+impl Queue {
+    fn started(&mut self, id: i32, at: u64, now: Instant) {
+        self.items.push_back(Queued {
+            id,
+            start: at,
+            end: None,
+            since: now,
+        });
+    }
+
+    /// Records a block's end if it is still queued (a streamed block is not).
+    fn ended(&mut self, id: i32, end: u64) {
+        if let Some(q) = self.items.iter_mut().find(|q| q.id == id) {
+            q.end = Some(end);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The next batch for one of `free` idle pg_restore slots, if one is worth starting now:
+    /// the largest complete big block alone; else a fair share of the complete small ones,
+    /// once they are many, or have waited [`LINGER`], or nothing more will arrive (`flush`);
+    /// else the block still arriving, once it is big or has waited.
+    fn take(
+        &mut self,
+        written: u64,
+        now: Instant,
+        flush: bool,
+        free: usize,
+    ) -> Option<Vec<Queued>> {
+        let size = |q: &Queued| q.end.map(|e| e - q.start);
+        let largest = (0..self.items.len())
+            .filter(|&i| size(&self.items[i]).is_some_and(|n| n >= BIG))
+            .max_by_key(|&i| size(&self.items[i]));
+        if let Some(i) = largest {
+            return self.items.remove(i).map(|q| vec![q]);
+        }
+        let arriving = self.items.back().filter(|q| q.end.is_none());
+        let arriving_due = arriving.is_some_and(|q| {
+            written.saturating_sub(q.start) >= BIG || now.duration_since(q.since) >= LINGER
+        });
+        let small: Vec<usize> = (0..self.items.len())
+            .filter(|&i| self.items[i].end.is_some())
+            .collect();
+        let small_bytes: u64 = small.iter().filter_map(|&i| size(&self.items[i])).sum();
+        let waited = small
+            .first()
+            .is_some_and(|&i| now.duration_since(self.items[i].since) >= LINGER);
+        let small_due = !small.is_empty()
+            && (flush
+                || waited
+                || arriving_due
+                || small.len() >= BATCH_ENTRIES
+                || small_bytes >= BATCH_BYTES);
+        if small_due {
+            let share = small.len().div_ceil(free.max(1)).min(BATCH_ENTRIES);
+            let (mut n, mut bytes) = (0, 0u64);
+            while n < share && bytes < BATCH_BYTES {
+                bytes += size(&self.items[small[n]]).unwrap_or(0);
+                n += 1;
+            }
+            // Complete blocks come before the arriving one: the first n items are these.
+            return Some(self.items.drain(..n).collect());
+        }
+        if arriving_due {
+            return self.items.pop_back().map(|q| vec![q]);
+        }
+        None
+    }
+}
+
+/// What went in so far, for the message when a restore stops midway.
+#[derive(Debug, Default)]
+struct Progress {
+    pre_data: bool,
+    blocks_done: usize,
+    blocks: usize,
+}
+
+impl Progress {
+    fn describe(&self) -> String {
+        if !self.pre_data {
+            return "some definitions may have been created".into();
+        }
+        format!(
+            "definitions created, data of {} of {} tables and large-object sets loaded, no indexes, constraints or privileges yet",
+            self.blocks_done, self.blocks
+        )
+    }
+}
+
+/// Restores the archive at `key` into `target` with N parallel pg_restore processes while it
+/// downloads. `preflight` must succeed before the target is touched; its result is returned.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore<P, T>(
+    storage: &Arc<dyn Storage>,
+    key: &str,
+    decode: Decode,
+    expect: Option<Expect>,
+    target: &PgTarget,
+    opts: &RestoreOpts,
+    preflight: P,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(T, Fed)>
+where
+    P: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let jobs = opts.jobs.unwrap_or(1).max(1) as usize;
+    // tempfile creates the directory 0700: the dump never becomes readable by other users.
+    let dir = tempfile::Builder::new()
+        .prefix("backhaul-restore-")
+        .tempdir()
+        .context("creating a temp directory for --jobs")?;
+    let path = dir.path().join("archive.dump");
+    let spool = Arc::new(Spool::create(&path).context("creating the spool file for --jobs")?);
+    let (tx, mut arrivals) = mpsc::unbounded_channel();
+    // Dropped on every way out: the download stops reading, and readers waiting on the spool
+    // wake up (the runtime would otherwise wait for their threads at exit).
+    let abandoned = feed::Abandoned::default();
+    let _closing = CloseOnDrop(spool.clone());
+    let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
+    let mut download = {
+        let sink = SpoolSink {
+            spool: spool.clone(),
+            // `--clean` drops everything first, which only one whole pg_restore run can do.
+            scanner: (!opts.clean).then(Scanner::new),
+            tx,
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut sink = sink;
+            let fed = feed::feed(src, &decode, &mut sink, expect.as_ref(), Consumer::Strict);
+            if fed.is_ok() {
+                sink.scan(|s, out| s.finish(&mut |e| out(e)));
+            }
+            sink.spool.close(match &fed {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            });
+            fed
+        })
+    };
+
+    // Until the TOC is in and the preflight passed, nothing touches the target.
+    let mut preflight = std::pin::pin!(preflight);
+    let (mut checked, mut fed) = (None, None);
+    let mut head = Head::default();
+    let mut closed = false;
+    while checked.is_none() || (!head.known() && fed.is_none()) {
+        tokio::select! {
+            r = &mut preflight, if checked.is_none() => checked = Some(r?),
+            a = arrivals.recv(), if !closed && !head.known() => match a {
+                Some(a) => head.arrived(a),
+                None => closed = true,
+            },
+            j = &mut download, if fed.is_none() => {
+                fed = Some(j.context("download task panicked")??);
+                // What the thread sent before it ended is all in the channel now.
+                while let Ok(a) = arrivals.try_recv() {
+                    head.arrived(a);
+                }
+            }
+            _ = cancel.cancelled() => return Err(Interrupted.into()),
+        }
+    }
+    let Head {
+        toc,
+        unreadable,
+        rest: early,
+    } = head;
+    let checked = checked.expect("loop ends once the preflight passed");
+    let toc = match (toc, unreadable) {
+        (Some(t), _) => t,
+        (None, why) => {
+            if let Some(why) = why {
+                tracing::info!(key, reason = %why, "restoring after the download (the archive cannot be split while it streams)");
+            }
+            let fed = match fed {
+                Some(f) => f,
+                None => tokio::select! {
+                    j = &mut download => j.context("download task panicked")??,
+                    _ = cancel.cancelled() => return Err(Interrupted.into()),
+                },
+            };
+            let run = RestoreRun {
+                label: "pg_restore",
+                file: Some(&path),
+                list: None,
+            };
+            run_phase(target, opts, run, cancel).await?;
+            return Ok((checked, fed));
+        }
+    };
+
+    let plan = Plan::of(&toc);
+    let mut pipeline = Pipeline {
+        target: target.clone(),
+        opts: RestoreOpts {
+            jobs: None,
+            ..opts.clone()
+        },
+        spool: spool.clone(),
+        dir: dir.path().to_path_buf(),
+        head_len: toc.data_start,
+        expected: plan.blocks.iter().copied().collect(),
+        seen: HashSet::new(),
+        queue: Queue::default(),
+        workers: JoinSet::new(),
+        slots: jobs,
+        batches: 0,
+        progress: Progress {
+            blocks: plan.blocks.len(),
+            ..Progress::default()
+        },
+    };
+    let result = pipeline
+        .run(
+            &plan,
+            &toc,
+            early,
+            &mut arrivals,
+            &mut download,
+            fed,
+            cancel,
+        )
+        .await;
+    match result {
+        Ok(fed) => {
+            tracing::info!(
+                blocks = plan.blocks.len(),
+                batches = pipeline.batches,
+                "data restored; restoring post-data and privileges"
+            );
+            let list = dir.path().join("post.list");
+            write_list(&list, &plan.post)?;
+            let run = RestoreRun {
+                label: "pg_restore (post-data and privileges)",
+                file: Some(&path),
+                list: Some(&list),
+            };
+            run_phase(target, opts, run, cancel)
+                .await
+                .map_err(|e| pipeline.partial(e))?;
+            Ok((checked, fed))
+        }
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            if pipeline.progress.pre_data {
+                tracing::warn!(database = %target.database, "restore interrupted: {}", pipeline.progress.describe());
+            }
+            Err(e)
+        }
+        Err(e) => Err(pipeline.partial(e)),
+    }
+}
+
+/// Closes the spool with an error when the restore ends for any reason, so no reader waits.
+struct CloseOnDrop(Arc<Spool>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(Err("restore stopped".into()));
+    }
+}
+
+fn write_list(path: &Path, ids: &[i32]) -> anyhow::Result<()> {
+    std::fs::write(path, pg_archive::list_file(ids))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+async fn run_phase(
+    target: &PgTarget,
+    opts: &RestoreOpts,
+    run: RestoreRun<'_>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let child = pg::spawn_restore(
+        &target.tools,
+        &target.conn,
+        &target.database,
+        opts,
+        run,
+        target.redactor.clone(),
+    )?;
+    tokio::select! {
+        r = child.wait() => { r?; }
+        // Dropping the wait future drops the child, which kills its process group.
+        _ = cancel.cancelled() => return Err(Interrupted.into()),
+    }
+    Ok(())
+}
+
+struct Pipeline {
+    target: PgTarget,
+    /// Options for the single-transaction runs (phase 1 and the data batches).
+    opts: RestoreOpts,
+    spool: Arc<Spool>,
+    dir: PathBuf,
+    head_len: u64,
+    expected: HashSet<i32>,
+    seen: HashSet<i32>,
+    queue: Queue,
+    workers: JoinSet<anyhow::Result<usize>>,
+    slots: usize,
+    batches: usize,
+    progress: Progress,
+}
+
+impl Pipeline {
+    fn partial(&self, e: anyhow::Error) -> anyhow::Error {
+        if !self.progress.pre_data && self.batches == 0 {
+            return e;
+        }
+        e.context(format!(
+            "restore stopped: database \"{}\" is partly restored ({}); drop and recreate it, or restore again with --clean",
+            self.target.database,
+            self.progress.describe()
+        ))
+    }
+
+    /// Phases 1 and 2: returns once every data block is restored and the download verified.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &mut self,
+        plan: &Plan,
+        toc: &Toc,
+        early: Vec<Arrival>,
+        arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
+        download: &mut tokio::task::JoinHandle<Result<Fed, feed::FeedError>>,
+        mut fed: Option<Fed>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Fed> {
+        let pre_list = self.dir.join("pre.list");
+        write_list(&pre_list, &plan.pre)?;
+        let spool_path = self.dir.join("archive.dump");
+        let (target, opts, cancel_pre) = (self.target.clone(), self.opts.clone(), cancel.clone());
+        let mut pre = std::pin::pin!(async move {
+            let run = RestoreRun {
+                label: "pg_restore (pre-data)",
+                file: Some(&spool_path),
+                list: Some(&pre_list),
+            };
+            run_phase(&target, &opts, run, &cancel_pre).await
+        });
+        for a in early {
+            self.arrive(a, toc)?;
+        }
+        let mut tick = tokio::time::interval(TICK);
+        let mut closed = false;
+        loop {
+            let now = Instant::now();
+            if self.progress.pre_data {
+                self.dispatch(now, fed.is_some());
+            }
+            if fed.is_some()
+                && self.progress.pre_data
+                && self.queue.is_empty()
+                && self.workers.is_empty()
+            {
+                let missing: Vec<String> = toc
+                    .entries
+                    .iter()
+                    .filter(|e| {
+                        self.expected.contains(&e.dump_id) && !self.seen.contains(&e.dump_id)
+                    })
+                    .map(|e| e.label())
+                    .collect();
+                if !missing.is_empty() {
+                    anyhow::bail!("the archive has no data for {}", missing.join(", "));
+                }
+                return Ok(fed.take().expect("checked above"));
+            }
+            tokio::select! {
+                r = &mut pre, if !self.progress.pre_data => {
+                    r?;
+                    self.progress.pre_data = true;
+                    tracing::info!(entries = plan.pre.len(), "definitions restored (pre-data)");
+                }
+                a = arrivals.recv(), if !closed => match a {
+                    Some(a) => self.arrive(a, toc)?,
+                    None => closed = true,
+                },
+                j = &mut *download, if fed.is_none() => {
+                    let f = j.context("download task panicked")??;
+                    // What the thread sent before it ended is all in the channel now.
+                    while let Ok(a) = arrivals.try_recv() {
+                        self.arrive(a, toc)?;
+                    }
+                    fed = Some(f);
+                }
+                Some(done) = self.workers.join_next() => {
+                    self.progress.blocks_done += done.context("restore worker panicked")??;
+                    self.slots += 1;
+                }
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return Err(Interrupted.into()),
+            }
+        }
+    }
+
+    fn arrive(&mut self, a: Arrival, toc: &Toc) -> anyhow::Result<()> {
+        match a {
+            Arrival::Toc(_) => {}
+            Arrival::Unreadable(e) => {
+                return Err(anyhow::Error::from(e).context("reading the archive as it streams"))
+            }
+            Arrival::Start { id, at } => {
+                if !self.expected.contains(&id) || !self.seen.insert(id) {
+                    let what = toc
+                        .entries
+                        .iter()
+                        .find(|e| e.dump_id == id)
+                        .map(|e| e.label())
+                        .unwrap_or_else(|| format!("entry {id}"));
+                    anyhow::bail!(
+                        "damaged archive: an unexpected data block for {what} at byte {at}"
+                    );
+                }
+                self.queue.started(id, at, Instant::now());
+            }
+            Arrival::End { id, end } => self.queue.ended(id, end),
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, now: Instant, flush: bool) {
+        while self.slots > 0 {
+            let Some(batch) = self
+                .queue
+                .take(self.spool.written(), now, flush, self.slots)
+            else {
+                return;
+            };
+            self.slots -= 1;
+            self.batches += 1;
+            let streaming = batch.last().is_some_and(|q| q.end.is_none());
+            let complete: u64 = batch
+                .iter()
+                .filter_map(|q| q.end.map(|e| e - q.start))
+                .sum();
+            tracing::info!(
+                entries = batch.len(),
+                complete_bytes = complete,
+                streaming,
+                "restoring data"
+            );
+            let worker = Worker {
+                target: self.target.clone(),
+                opts: self.opts.clone(),
+                spool: self.spool.clone(),
+                head_len: self.head_len,
+                list: self.dir.join(format!("data-{}.list", self.batches)),
+                blocks: batch.iter().map(|q| (q.id, q.start)).collect(),
+            };
+            self.workers.spawn(worker.run());
+        }
+    }
+}
+
+/// One pg_restore for a batch of data blocks, fed the archive's head and those blocks on
+/// stdin (its own `--use-list` names them in the same order, so it never needs to seek).
+struct Worker {
+    target: PgTarget,
+    opts: RestoreOpts,
+    spool: Arc<Spool>,
+    head_len: u64,
+    list: PathBuf,
+    blocks: Vec<(i32, u64)>,
+}
+
+impl Worker {
+    /// Returns how many blocks it restored.
+    async fn run(self) -> anyhow::Result<usize> {
+        let ids: Vec<i32> = self.blocks.iter().map(|b| b.0).collect();
+        write_list(&self.list, &ids)?;
+        let label = format!("pg_restore (data, {} entries)", ids.len());
+        let mut child = pg::spawn_restore(
+            &self.target.tools,
+            &self.target.conn,
+            &self.target.database,
+            &self.opts,
+            RestoreRun {
+                label: &label,
+                file: None,
+                list: Some(&self.list),
+            },
+            self.target.redactor.clone(),
+        )?;
+        let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
+        let (spool, head_len, blocks) = (self.spool, self.head_len, self.blocks);
+        let feeder = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut stdin = stdin;
+            spool.copy_to(0, End::At(head_len), &mut stdin)?;
+            for (id, start) in blocks {
+                spool.copy_to(start, End::Mark(id), &mut stdin)?;
+            }
+            Ok(())
+        });
+        // The feeder always ends (the spool closes on every way out) and closes stdin, so
+        // pg_restore always ends too.
+        let (fed, waited) = tokio::join!(feeder, child.wait());
+        match (fed.context("restore feeder panicked")?, waited) {
+            (Ok(()), Ok(_)) => {}
+            // The spool's reason (the download failed) explains pg_restore's early end.
+            (Err(e), _) if e.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(anyhow::Error::from(e).context(label))
+            }
+            // pg_restore stopped reading: its exit status and stderr are the real cause.
+            (_, Err(e)) => return Err(e.into()),
+            (Err(e), Ok(_)) => return Err(anyhow::Error::from(e).context(label)),
+        }
+        Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(q: &Option<Vec<Queued>>) -> Vec<i32> {
+        q.as_ref()
+            .map(|b| b.iter().map(|x| x.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Blocks `(id, size)` back to back from offset 0, all complete.
+    fn complete(sizes: &[(i32, u64)], t: Instant) -> Queue {
+        let mut q = Queue::default();
+        let mut at = 0;
+        for &(id, n) in sizes {
+            q.started(id, at, t);
+            at += n;
+            q.ended(id, at);
+        }
+        q
+    }
+
+    #[test]
+    fn small_blocks_wait_to_share_a_pg_restore() {
+        let t0 = Instant::now();
+        let mut q = complete(&[(1, 100), (2, 100)], t0);
+        // Young and small: wait for more.
+        assert_eq!(q.take(200, t0, false, 2), None);
+        // Waited long enough: both together, though two slots are free (too small to split).
+        assert_eq!(queued(&q.take(200, t0 + LINGER, false, 1)), [1, 2]);
+        assert!(q.is_empty());
+        // Nothing more will arrive: go now.
+        let mut q = complete(&[(3, 100)], t0);
+        assert_eq!(queued(&q.take(100, t0, true, 1)), [3]);
+    }
+
+    #[test]
+    fn ready_work_is_shared_among_free_slots_largest_first() {
+        let t0 = Instant::now();
+        let mut q = complete(
+            &[(1, 10), (2, BIG), (3, 10), (4, 2 * BIG), (5, 10), (6, 10)],
+            t0,
+        );
+        assert_eq!(queued(&q.take(0, t0, true, 3)), [4], "the largest first");
+        assert_eq!(queued(&q.take(0, t0, true, 2)), [2]);
+        assert_eq!(
+            queued(&q.take(0, t0, true, 2)),
+            [1, 3],
+            "half of the small ones"
+        );
+        assert_eq!(queued(&q.take(0, t0, true, 1)), [5, 6]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_big_block_streams_while_it_arrives() {
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        q.started(1, 10, t0);
+        assert_eq!(q.take(10 + BIG - 1, t0, false, 2), None);
+        let b = q.take(10 + BIG, t0, false, 2).unwrap();
+        assert_eq!(b.iter().map(|x| x.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(b[0].end, None, "streamed: its end is not known yet");
+        // Its end, reported later, finds nothing queued.
+        q.ended(1, 99);
+        assert!(q.is_empty());
+        // Small complete blocks before an arriving big one go first, then the big one.
+        let mut q = complete(&[(1, 10)], t0);
+        q.started(2, 10, t0);
+        assert_eq!(queued(&q.take(10 + BIG, t0, false, 2)), [1]);
+        assert_eq!(queued(&q.take(10 + BIG, t0, false, 1)), [2]);
+    }
+
+    #[test]
+    fn batches_are_cut_at_the_limits() {
+        let t0 = Instant::now();
+        let sizes: Vec<(i32, u64)> = (0..(BATCH_ENTRIES as i32 + 5)).map(|i| (i, 10)).collect();
+        let mut q = complete(&sizes, t0);
+        assert_eq!(q.take(0, t0, false, 1).unwrap().len(), BATCH_ENTRIES);
+        assert_eq!(q.take(0, t0, false, 1), None, "the rest is small and young");
+        assert_eq!(q.take(0, t0, true, 1).unwrap().len(), 5);
+        let sizes: Vec<(i32, u64)> = (0..40).map(|i| (i, BIG / 2)).collect();
+        let mut q = complete(&sizes, t0);
+        let first = q.take(0, t0, false, 1).unwrap();
+        assert_eq!(first.len() as u64, BATCH_BYTES / (BIG / 2));
+    }
+
+    #[test]
+    fn progress_says_what_is_in_the_target() {
+        let p = Progress {
+            pre_data: true,
+            blocks_done: 2,
+            blocks: 5,
+        };
+        assert!(p.describe().contains("data of 2 of 5"), "{}", p.describe());
+    }
+}

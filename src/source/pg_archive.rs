@@ -1,0 +1,749 @@
+//! pg_dump's custom archive format, read as it streams past: the header and table of contents
+//! first, then where each data block starts and ends.
+//!
+//! `restore --jobs` uses this to hand every table's data to its own pg_restore while the object
+//! is still downloading (see [`crate::commands::restore_jobs`]). pg_restore cannot do that
+//! itself: parallel restore needs a seekable file, and an archive pg_dump wrote into a pipe
+//! (every backhaul backup) has no data offsets in its TOC, so it would have to wait for the
+//! whole object. The format is pg_dump's own (`pg_backup_archiver.c`, `pg_backup_custom.c`):
+//!
+//! ```text
+//! "PGDMP" vmaj vmin vrev intSize offSize format compression header-fields...
+//! tocCount { dumpId hadDumper tableoid oid tag desc section defn dropStmt copyStmt
+//!            namespace tablespace [tableam] [relkind] owner withOids deps... NULL offset }
+//! { BLK_DATA id {len bytes}* 0 | BLK_BLOBS id {oid {len bytes}* 0}* 0 }*
+//! ```
+//!
+//! An int is a sign byte and `intSize` little-endian bytes; a string is an int length (-1 for
+//! NULL) and its bytes; an offset is a flag byte and `offSize` bytes. Archive versions 1.12
+//! (PostgreSQL 9.0) to 1.16 (PostgreSQL 17) are read; anything else is reported as such and
+//! the caller falls back to a plain download.
+
+/// Data block types (`pg_backup_archiver.h`).
+const BLK_DATA: u8 = 1;
+const BLK_BLOBS: u8 = 3;
+
+/// Offset flags (`K_OFFSET_*`).
+const OFFSET_POS_NOT_SET: u8 = 1;
+const OFFSET_POS_SET: u8 = 2;
+const OFFSET_NO_DATA: u8 = 3;
+
+/// A TOC bigger than this is not parsed (the caller falls back): it bounds what is buffered
+/// before the first data block, like the preflight's own head limit.
+pub const MAX_HEAD: usize = 256 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Comments, ACLs and the like: they belong to the section of the entry before them.
+    None,
+    PreData,
+    Data,
+    PostData,
+}
+
+/// Where an entry's data is, as the TOC says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataState {
+    /// A data block exists; pg_dump wrote into a pipe and could not go back to record where.
+    NotSet,
+    /// A data block exists at this offset (pg_dump wrote to a seekable file).
+    Set(u64),
+    /// No data block (schema objects, sequence values, matview refreshes).
+    NoData,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TocEntry {
+    pub dump_id: i32,
+    pub had_dumper: bool,
+    pub tag: String,
+    pub desc: String,
+    pub namespace: Option<String>,
+    pub owner: Option<String>,
+    pub section: Section,
+    pub data: DataState,
+}
+
+impl TocEntry {
+    pub fn has_block(&self) -> bool {
+        self.data != DataState::NoData
+    }
+
+    /// `schema.tag (TYPE)`, for messages.
+    pub fn label(&self) -> String {
+        match self.namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => format!("{} {ns}.{}", self.desc, self.tag),
+            None => format!("{} {}", self.desc, self.tag),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toc {
+    /// Archive version: major, minor, revision.
+    pub version: (u8, u8, u8),
+    pub entries: Vec<TocEntry>,
+    /// Offset of the first data block: the header and TOC are the bytes before it.
+    pub data_start: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("not a pg_dump custom-format archive")]
+    NotCustom,
+    #[error("archive format {0}.{1} is not one backhaul reads (1.12 to 1.16)")]
+    Version(u8, u8),
+    #[error("table of contents larger than {} MiB", MAX_HEAD >> 20)]
+    TooLarge,
+    #[error("damaged archive at byte {at}: {what}")]
+    Damaged { at: u64, what: String },
+    #[error("archive ends inside {0}")]
+    Truncated(&'static str),
+}
+
+/// What the scanner found, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The header and TOC are complete (the bytes up to `data_start` have been pushed).
+    Toc(Toc),
+    /// A data block's first byte (its type byte) is at `at`.
+    BlockStart { dump_id: i32, at: u64 },
+    /// A data block's last byte is at `end - 1`.
+    BlockEnd { dump_id: i32, end: u64 },
+}
+
+/// A push parser: bytes in, [`Event`]s out, nothing kept but the head until the TOC parses.
+pub struct Scanner {
+    pos: u64,
+    head: Vec<u8>,
+    next_try: usize,
+    blocks: Option<Blocks>,
+    failed: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            pos: 0,
+            head: Vec::new(),
+            next_try: 1,
+            blocks: None,
+            failed: false,
+        }
+    }
+}
+
+impl Scanner {
+    pub fn new() -> Scanner {
+        Scanner::default()
+    }
+
+    /// Takes the next bytes of the archive. After an error the scanner stays failed.
+    pub fn push(&mut self, bytes: &[u8], out: &mut impl FnMut(Event)) -> Result<(), ArchiveError> {
+        if self.failed {
+            return Ok(());
+        }
+        let r = self.push_inner(bytes, out);
+        self.failed = r.is_err();
+        r
+    }
+
+    fn push_inner(
+        &mut self,
+        bytes: &[u8],
+        out: &mut impl FnMut(Event),
+    ) -> Result<(), ArchiveError> {
+        if let Some(b) = &mut self.blocks {
+            return b.push(bytes, &mut self.pos, out);
+        }
+        self.head.extend_from_slice(bytes);
+        // Parsing from the start each time: retry only once the head has doubled, so a large
+        // TOC arriving in small pieces costs linear time, not quadratic.
+        if self.head.len() < self.next_try {
+            return Ok(());
+        }
+        self.try_head(out)
+    }
+
+    fn try_head(&mut self, out: &mut impl FnMut(Event)) -> Result<(), ArchiveError> {
+        match parse_head(&self.head) {
+            Ok(Some((toc, int_size))) => {
+                let start = toc.data_start as usize;
+                let rest = self.head.split_off(start);
+                self.head = Vec::new();
+                self.pos = start as u64;
+                out(Event::Toc(toc));
+                let mut blocks = Blocks::new(int_size);
+                let r = blocks.push(&rest, &mut self.pos, out);
+                self.blocks = Some(blocks);
+                r
+            }
+            Ok(None) if self.head.len() > MAX_HEAD => Err(ArchiveError::TooLarge),
+            Ok(None) => {
+                self.next_try = (self.head.len() * 2).max(64 << 10);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The archive ended: it must end between data blocks.
+    pub fn finish(&mut self, out: &mut impl FnMut(Event)) -> Result<(), ArchiveError> {
+        if self.failed {
+            return Ok(());
+        }
+        if self.blocks.is_none() {
+            self.next_try = 0;
+            self.try_head(out)?;
+            if self.blocks.is_none() {
+                return Err(ArchiveError::Truncated("the table of contents"));
+            }
+        }
+        match &self.blocks {
+            Some(b) if b.at_boundary() => Ok(()),
+            _ => Err(ArchiveError::Truncated("a data block")),
+        }
+    }
+}
+
+/// Reads the header and TOC from the start of `buf`: `None` if `buf` ends before the TOC does.
+fn parse_head(buf: &[u8]) -> Result<Option<(Toc, usize)>, ArchiveError> {
+    let mut r = Reader {
+        buf,
+        at: 0,
+        int_size: 4,
+    };
+    match read_head(&mut r) {
+        Ok(toc) => Ok(Some((toc, r.int_size))),
+        Err(Short::More) => Ok(None),
+        Err(Short::Bad(e)) => Err(e),
+    }
+}
+
+enum Short {
+    More,
+    Bad(ArchiveError),
+}
+
+impl From<ArchiveError> for Short {
+    fn from(e: ArchiveError) -> Self {
+        Short::Bad(e)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+    int_size: usize,
+}
+
+impl Reader<'_> {
+    fn bytes(&mut self, n: usize) -> Result<&[u8], Short> {
+        let end = self.at.checked_add(n).ok_or(Short::More)?;
+        let s = self.buf.get(self.at..end).ok_or(Short::More)?;
+        self.at = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Result<u8, Short> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn damaged(&self, what: impl Into<String>) -> Short {
+        Short::Bad(ArchiveError::Damaged {
+            at: self.at as u64,
+            what: what.into(),
+        })
+    }
+
+    fn int(&mut self) -> Result<i64, Short> {
+        let n = self.int_size;
+        let b = self.bytes(1 + n)?;
+        Ok(decode_int(b))
+    }
+
+    fn string(&mut self) -> Result<Option<String>, Short> {
+        let len = self.int()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        if len as usize > MAX_HEAD {
+            return Err(self.damaged(format!("string of {len} bytes")));
+        }
+        let s = self.bytes(len as usize)?;
+        Ok(Some(String::from_utf8_lossy(s).into_owned()))
+    }
+}
+
+/// Sign byte, then little-endian magnitude.
+fn decode_int(b: &[u8]) -> i64 {
+    let mut v: i64 = 0;
+    for (i, x) in b[1..].iter().enumerate() {
+        v |= i64::from(*x) << (8 * i);
+    }
+    if b[0] != 0 {
+        -v
+    } else {
+        v
+    }
+}
+
+fn read_head(r: &mut Reader) -> Result<Toc, Short> {
+    if r.bytes(5)? != b"PGDMP" {
+        return Err(ArchiveError::NotCustom.into());
+    }
+    let version = (r.byte()?, r.byte()?, r.byte()?);
+    if version.0 != 1 || !(12..=16).contains(&version.1) {
+        return Err(ArchiveError::Version(version.0, version.1).into());
+    }
+    let int_size = r.byte()? as usize;
+    let off_size = r.byte()? as usize;
+    if !(1..=8).contains(&int_size) || !(1..=8).contains(&off_size) {
+        return Err(r.damaged(format!("integer size {int_size}, offset size {off_size}")));
+    }
+    r.int_size = int_size;
+    // archCustom is 1 in pg_backup.h's ArchiveFormat.
+    if r.byte()? != 1 {
+        return Err(ArchiveError::NotCustom.into());
+    }
+    if version.1 >= 15 {
+        r.byte()?; // compression algorithm
+    } else {
+        r.int()?; // compression level
+    }
+    for _ in 0..7 {
+        r.int()?; // creation date, struct tm
+    }
+    for _ in 0..3 {
+        r.string()?; // database name, server version, pg_dump version
+    }
+    let count = r.int()?;
+    if count < 0 {
+        return Err(r.damaged(format!("{count} TOC entries")));
+    }
+    let mut entries = Vec::with_capacity((count as usize).min(1 << 16));
+    for _ in 0..count {
+        entries.push(read_entry(r, version.1, off_size)?);
+    }
+    Ok(Toc {
+        version,
+        entries,
+        data_start: r.at as u64,
+    })
+}
+
+fn read_entry(r: &mut Reader, minor: u8, off_size: usize) -> Result<TocEntry, Short> {
+    let dump_id = r.int()?;
+    if dump_id <= 0 || dump_id > i64::from(i32::MAX) {
+        return Err(r.damaged(format!("entry ID {dump_id}")));
+    }
+    let had_dumper = r.int()? != 0;
+    r.string()?; // table oid
+    r.string()?; // oid
+    let tag = r.string()?.unwrap_or_default();
+    let desc = r.string()?.unwrap_or_default();
+    let section = match r.int()? {
+        1 => Section::None,
+        2 => Section::PreData,
+        3 => Section::Data,
+        4 => Section::PostData,
+        s => return Err(r.damaged(format!("section {s} of entry {dump_id}"))),
+    };
+    r.string()?; // defn
+    r.string()?; // dropStmt
+    r.string()?; // copyStmt
+    let namespace = r.string()?;
+    r.string()?; // tablespace
+    if minor >= 14 {
+        r.string()?; // tableam
+    }
+    if minor >= 16 {
+        r.int()?; // relkind
+    }
+    let owner = r.string()?;
+    r.string()?; // withOids
+    while r.string()?.is_some() {} // dependencies
+    let flag = r.byte()?;
+    let raw = r.bytes(off_size)?;
+    let offset = raw
+        .iter()
+        .enumerate()
+        .fold(0u64, |v, (i, b)| v | u64::from(*b) << (8 * i));
+    let data = match flag {
+        OFFSET_POS_NOT_SET => DataState::NotSet,
+        OFFSET_POS_SET => DataState::Set(offset),
+        OFFSET_NO_DATA => DataState::NoData,
+        f => return Err(r.damaged(format!("data offset flag {f} of entry {dump_id}"))),
+    };
+    Ok(TocEntry {
+        dump_id: dump_id as i32,
+        had_dumper,
+        tag,
+        desc,
+        namespace,
+        owner,
+        section,
+        data,
+    })
+}
+
+/// What the next int in the data area is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IntFor {
+    BlockId,
+    ChunkLen,
+    LoOid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Between blocks: a block type byte, or the end of the archive.
+    Type,
+    Int(IntFor),
+    /// Inside a chunk's bytes.
+    Skip(u64),
+}
+
+/// The data area's state machine. Ints may be split across pushes, so their bytes are
+/// collected first.
+struct Blocks {
+    int_size: usize,
+    step: Step,
+    int_buf: [u8; 9],
+    int_len: usize,
+    /// The block being read: type, id, first byte.
+    block: (u8, i32, u64),
+    /// Inside a large object of a BLOBS block (its chunks end with 0, then the next OID).
+    in_lo: bool,
+}
+
+impl Blocks {
+    fn new(int_size: usize) -> Blocks {
+        Blocks {
+            int_size,
+            step: Step::Type,
+            int_buf: [0; 9],
+            int_len: 0,
+            block: (0, 0, 0),
+            in_lo: false,
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.step == Step::Type
+    }
+
+    fn push(
+        &mut self,
+        mut bytes: &[u8],
+        pos: &mut u64,
+        out: &mut impl FnMut(Event),
+    ) -> Result<(), ArchiveError> {
+        while !bytes.is_empty() {
+            match self.step {
+                Step::Skip(n) => {
+                    let k = n.min(bytes.len() as u64);
+                    bytes = &bytes[k as usize..];
+                    *pos += k;
+                    self.step = if k == n {
+                        Step::Int(IntFor::ChunkLen)
+                    } else {
+                        Step::Skip(n - k)
+                    };
+                }
+                Step::Type => {
+                    let t = bytes[0];
+                    if t != BLK_DATA && t != BLK_BLOBS {
+                        return Err(ArchiveError::Damaged {
+                            at: *pos,
+                            what: format!("data block type {t}"),
+                        });
+                    }
+                    self.block = (t, 0, *pos);
+                    bytes = &bytes[1..];
+                    *pos += 1;
+                    self.step = Step::Int(IntFor::BlockId);
+                }
+                Step::Int(what) => {
+                    let want = 1 + self.int_size;
+                    let k = (want - self.int_len).min(bytes.len());
+                    self.int_buf[self.int_len..self.int_len + k].copy_from_slice(&bytes[..k]);
+                    self.int_len += k;
+                    bytes = &bytes[k..];
+                    *pos += k as u64;
+                    if self.int_len == want {
+                        self.int_len = 0;
+                        let v = decode_int(&self.int_buf[..want]);
+                        self.on_int(what, v, *pos, out)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_int(
+        &mut self,
+        what: IntFor,
+        v: i64,
+        pos: u64,
+        out: &mut impl FnMut(Event),
+    ) -> Result<(), ArchiveError> {
+        let bad = |w: String| ArchiveError::Damaged { at: pos, what: w };
+        match what {
+            IntFor::BlockId => {
+                if v <= 0 || v > i64::from(i32::MAX) {
+                    return Err(bad(format!("data block ID {v}")));
+                }
+                self.block.1 = v as i32;
+                out(Event::BlockStart {
+                    dump_id: self.block.1,
+                    at: self.block.2,
+                });
+                self.in_lo = false;
+                self.step = Step::Int(if self.block.0 == BLK_BLOBS {
+                    IntFor::LoOid
+                } else {
+                    IntFor::ChunkLen
+                });
+            }
+            IntFor::ChunkLen if v < 0 => return Err(bad(format!("chunk length {v}"))),
+            IntFor::ChunkLen if v > 0 => self.step = Step::Skip(v as u64),
+            IntFor::ChunkLen if self.in_lo => {
+                self.in_lo = false;
+                self.step = Step::Int(IntFor::LoOid);
+            }
+            IntFor::ChunkLen | IntFor::LoOid if v == 0 => {
+                out(Event::BlockEnd {
+                    dump_id: self.block.1,
+                    end: pos,
+                });
+                self.step = Step::Type;
+            }
+            IntFor::ChunkLen => unreachable!("chunk lengths are matched above"),
+            IntFor::LoOid => {
+                self.in_lo = true;
+                self.step = Step::Int(IntFor::ChunkLen);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which pg_restore run restores each entry, in the order a single pg_restore would: pass
+/// MAIN's pre-data, then the data blocks, then everything else (post-data, the ACL pass, the
+/// post-ACL pass). Mirrors `pg_backup_archiver.c`: a SECTION_NONE entry takes the section of
+/// the entry before it, and `_tocEntryRestorePass` picks the pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Pre-data, main pass: what `pg_restore -j` itself runs first, in one connection.
+    pub pre: Vec<i32>,
+    /// Entries with a data block, in archive order.
+    pub blocks: Vec<i32>,
+    /// The rest: post-data, sequence values, ACLs, matview refreshes, event triggers.
+    pub post: Vec<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Main,
+    Acl,
+    PostAcl,
+}
+
+fn restore_pass(e: &TocEntry) -> Pass {
+    match e.desc.as_str() {
+        "ACL" | "ACL LANGUAGE" | "DEFAULT ACL" => Pass::Acl,
+        "EVENT TRIGGER" | "MATERIALIZED VIEW DATA" => Pass::PostAcl,
+        "COMMENT" if e.tag.starts_with("EVENT TRIGGER ") => Pass::PostAcl,
+        _ => Pass::Main,
+    }
+}
+
+impl Plan {
+    pub fn of(toc: &Toc) -> Plan {
+        let mut plan = Plan::default();
+        let mut current = Section::PreData;
+        for e in &toc.entries {
+            if e.section != Section::None {
+                current = e.section;
+            }
+            if e.has_block() {
+                plan.blocks.push(e.dump_id);
+            } else if current == Section::PreData && restore_pass(e) == Pass::Main {
+                plan.pre.push(e.dump_id);
+            } else {
+                plan.post.push(e.dump_id);
+            }
+        }
+        plan
+    }
+}
+
+/// A `pg_restore --use-list` file naming these entries, in this order.
+pub fn list_file(ids: &[i32]) -> String {
+    ids.iter().map(|id| format!("{id};\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real archive: `pg_dump -Fc -Z0` (PostgreSQL 15.18) into a pipe, of the schema in
+    /// testdata/archive.sql (tables with rows, a large object, a sequence, a matview, grants).
+    const ARCHIVE: &[u8] = include_bytes!("testdata/archive.dump");
+
+    fn scan(chunks: &[&[u8]]) -> Result<Vec<Event>, ArchiveError> {
+        let mut s = Scanner::new();
+        let mut ev = Vec::new();
+        for c in chunks {
+            s.push(c, &mut |e| ev.push(e))?;
+        }
+        s.finish(&mut |e| ev.push(e))?;
+        Ok(ev)
+    }
+
+    fn toc_of(ev: &[Event]) -> &Toc {
+        match &ev[0] {
+            Event::Toc(t) => t,
+            e => panic!("first event {e:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_the_toc_and_every_block_of_a_real_archive() {
+        let ev = scan(&[ARCHIVE]).unwrap();
+        let toc = toc_of(&ev);
+        assert_eq!(toc.version, (1, 14, 0));
+        let descs: Vec<&str> = toc.entries.iter().map(|e| e.desc.as_str()).collect();
+        for d in [
+            "TABLE",
+            "TABLE DATA",
+            "BLOB",
+            "BLOBS",
+            "SEQUENCE SET",
+            "ACL",
+        ] {
+            assert!(descs.contains(&d), "{d} in {descs:?}");
+        }
+        let with_blocks: Vec<i32> = toc
+            .entries
+            .iter()
+            .filter(|e| e.has_block())
+            .map(|e| e.dump_id)
+            .collect();
+        assert!(toc
+            .entries
+            .iter()
+            .all(|e| e.has_block() == (e.data == DataState::NotSet)));
+        // Blocks come in TOC order, each start right after the previous end, and the last
+        // ends with the archive.
+        let mut at = toc.data_start;
+        let mut seen = Vec::new();
+        for pair in ev[1..].chunks(2) {
+            match pair {
+                [Event::BlockStart { dump_id, at: s }, Event::BlockEnd { dump_id: d2, end }] => {
+                    assert_eq!((dump_id, *s), (d2, at));
+                    assert_eq!(
+                        ARCHIVE[*s as usize],
+                        if seen.len() + 1 == with_blocks.len() {
+                            BLK_BLOBS
+                        } else {
+                            BLK_DATA
+                        }
+                    );
+                    seen.push(*dump_id);
+                    at = *end;
+                }
+                other => panic!("unexpected events {other:?}"),
+            }
+        }
+        assert_eq!(seen, with_blocks);
+        assert_eq!(at, ARCHIVE.len() as u64);
+    }
+
+    proptest::proptest! {
+        /// Whatever the piece sizes, the same events.
+        #[test]
+        fn pieces_do_not_matter(cuts in proptest::collection::vec(0usize..ARCHIVE.len(), 0..40)) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for c in cuts {
+                pieces.push(&ARCHIVE[last..c]);
+                last = c;
+            }
+            pieces.push(&ARCHIVE[last..]);
+            proptest::prop_assert_eq!(scan(&pieces).unwrap(), scan(&[ARCHIVE]).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_cut_archive_is_truncated_and_damage_is_named() {
+        let ev = scan(&[ARCHIVE]).unwrap();
+        let toc = toc_of(&ev);
+        let cut = &ARCHIVE[..ARCHIVE.len() - 3];
+        assert_eq!(
+            scan(&[cut]).unwrap_err(),
+            ArchiveError::Truncated("a data block")
+        );
+        assert_eq!(
+            scan(&[&ARCHIVE[..100]]).unwrap_err(),
+            ArchiveError::Truncated("the table of contents")
+        );
+        let mut bad = ARCHIVE.to_vec();
+        bad[toc.data_start as usize] = 7;
+        assert!(matches!(
+            scan(&[&bad]).unwrap_err(),
+            ArchiveError::Damaged { what, .. } if what == "data block type 7"
+        ));
+        assert_eq!(
+            scan(&[b"PK\x03\x04 a zip"]).unwrap_err(),
+            ArchiveError::NotCustom
+        );
+        let mut newer = ARCHIVE.to_vec();
+        newer[6] = 17;
+        assert_eq!(scan(&[&newer]).unwrap_err(), ArchiveError::Version(1, 17));
+    }
+
+    #[test]
+    fn plan_follows_pg_restore_sections_and_passes() {
+        let ev = scan(&[ARCHIVE]).unwrap();
+        let toc = toc_of(&ev);
+        let plan = Plan::of(toc);
+        let by_id = |id: &i32| toc.entries.iter().find(|e| e.dump_id == *id).unwrap();
+        let descs = |ids: &[i32]| {
+            ids.iter()
+                .map(|i| by_id(i).desc.clone())
+                .collect::<Vec<_>>()
+        };
+        let pre = descs(&plan.pre);
+        let post = descs(&plan.post);
+        assert!(pre.contains(&"TABLE".to_string()) && pre.contains(&"BLOB".to_string()));
+        assert!(
+            !pre.iter().any(|d| d == "ACL"),
+            "ACLs wait for the ACL pass: {pre:?}"
+        );
+        assert!(
+            pre.contains(&"COMMENT".to_string()),
+            "a comment follows its table: {pre:?}"
+        );
+        for d in [
+            "ACL",
+            "SEQUENCE SET",
+            "INDEX",
+            "FK CONSTRAINT",
+            "MATERIALIZED VIEW DATA",
+        ] {
+            assert!(post.contains(&d.to_string()), "{d} in {post:?}");
+        }
+        assert_eq!(descs(&plan.blocks), ["TABLE DATA", "TABLE DATA", "BLOBS"]);
+        let mut all: Vec<i32> = [plan.pre.clone(), plan.blocks.clone(), plan.post.clone()].concat();
+        all.sort_unstable();
+        let mut ids: Vec<i32> = toc.entries.iter().map(|e| e.dump_id).collect();
+        ids.sort_unstable();
+        assert_eq!(all, ids, "every entry in exactly one run");
+        assert_eq!(list_file(&[3, 12]), "3;\n12;\n");
+    }
+}
