@@ -20,7 +20,7 @@ RESTORE_CASES = [
     ("r_local_jobs", "R2. pg_restore -j N, local file"),
     ("r_download", "R3. download (boto3), then pg_restore --single-transaction"),
     ("r_bh_stream", "R4. backhaul restore (streamed from S3)"),
-    ("r_bh_jobs", "R5. backhaul restore --jobs N (download, then pg_restore -j N)"),
+    ("r_bh_jobs", "R5. backhaul restore --jobs N (N pg_restore fed while it downloads)"),
 ]
 RSS_LIMIT_MIB = 100
 
@@ -117,22 +117,6 @@ def main():
             f"\n## Database ~{sz} MB requested: pg_database_size = {human(size['db_bytes'])}, "
             f"{size['rows']:,} rows in `events`\n"
         )
-        md.append("| case | S3 server | runs | wall min (s) | wall median (s) | × floor | CPU user+sys median (s) | peak RSS (MiB) | local disk | object size |")
-        md.append("|---|---|---|---|---|---|---|---|---|---|")
-        for key, label in CASES:
-            s = per_case[key]
-            srv = "— (no upload)" if key == "floor" else meta.get("s3_server_short", server)
-            label = label.replace("|", "\\|")
-            runs = f"{s['runs'] - s['failed']}/{s['runs']}"
-            if "wall_median_s" not in s:
-                md.append(f"| {label} | {srv} | {runs} | FAILED | | | | | | |")
-                continue
-            md.append(
-                f"| {label} | {srv} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | "
-                f"{s.get('x_floor', float('nan')):.2f}× | {s['cpu_median_s']:.2f} | {s['peak_rss_kb'] / 1024:.1f} | "
-                f"{human(s['local_disk_bytes'])} | {human(s['object_bytes']) if key != 'floor' else '—'} |"
-            )
-        # Targets
         targets = []
 
         def get(case, field):
@@ -141,27 +125,43 @@ def main():
         def target(name, ok, detail):
             targets.append({"target": name, "pass": bool(ok), "detail": detail})
 
-        z, pipe, script = get("bh_zstd", "wall_median_s"), get("pipeline", "wall_median_s"), get("script", "wall_median_s")
-        if None in (z, floor, pipe, script):
-            target("all cases measured", False, "a case failed every run; see the logs")
-        else:
-            target("backhaul zstd median ≤ 1.15× floor median", z <= 1.15 * floor, f"{z:.2f}s vs 1.15 × {floor:.2f}s = {1.15 * floor:.2f}s ({z / floor:.2f}×)")
-            target("backhaul zstd faster than the shell pipeline", z < pipe, f"{z:.2f}s vs {pipe:.2f}s")
-            target("backhaul zstd ≥ 3× faster than today's script", script >= 3 * z, f"{script:.2f}s / {z:.2f}s = {script / z:.2f}×")
-            zo, so = get("bh_zstd", "object_bytes"), get("script", "object_bytes")
-            target("backhaul zstd object ≤ today's script's object", zo is not None and so is not None and zo <= so, f"{zo} B vs {so} B ({human(zo)} vs {human(so)})" if zo and so else "n/a")
-        disks = {k: get(k, "local_disk_bytes") for k in BACKHAUL}
-        target("0 bytes local disk for backhaul (all modes)", all(d == 0 for d in disks.values()), ", ".join(f"{k}={human(v)}" for k, v in disks.items()))
-        rss = {k: get(k, "peak_rss_kb") for k in BACKHAUL}
-        target(
-            f"backhaul peak RSS ≤ {RSS_LIMIT_MIB} MiB (all modes)",
-            all(v is not None and v / 1024 <= RSS_LIMIT_MIB for v in rss.values()),
-            ", ".join(f"{k}={v / 1024:.1f} MiB" if v else f"{k}=n/a" for k, v in rss.items()),
-        )
-        zo, no = get("bh_zstd", "object_bytes"), get("bh_none", "object_bytes")
-        if zo and no:
-            md.append(f"\nUncompressed dump (bh_none object) {human(no)}; zstd -3 ratio {no / zo:.2f}×; "
-                      f"pg_dump's own compression ratio {no / get('bh_pg', 'object_bytes'):.2f}×." if get("bh_pg", "object_bytes") else "")
+        if meta["settings"].get("backup", True):
+            md.append("| case | S3 server | runs | wall min (s) | wall median (s) | × floor | CPU user+sys median (s) | peak RSS (MiB) | local disk | object size |")
+            md.append("|---|---|---|---|---|---|---|---|---|---|")
+            for key, label in CASES:
+                s = per_case[key]
+                srv = "— (no upload)" if key == "floor" else meta.get("s3_server_short", server)
+                label = label.replace("|", "\\|")
+                runs = f"{s['runs'] - s['failed']}/{s['runs']}"
+                if "wall_median_s" not in s:
+                    md.append(f"| {label} | {srv} | {runs} | FAILED | | | | | | |")
+                    continue
+                md.append(
+                    f"| {label} | {srv} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | "
+                    f"{s.get('x_floor', float('nan')):.2f}× | {s['cpu_median_s']:.2f} | {s['peak_rss_kb'] / 1024:.1f} | "
+                    f"{human(s['local_disk_bytes'])} | {human(s['object_bytes']) if key != 'floor' else '—'} |"
+                )
+            z, pipe, script = get("bh_zstd", "wall_median_s"), get("pipeline", "wall_median_s"), get("script", "wall_median_s")
+            if None in (z, floor, pipe, script):
+                target("all cases measured", False, "a case failed every run; see the logs")
+            else:
+                target("backhaul zstd median ≤ 1.15× floor median", z <= 1.15 * floor, f"{z:.2f}s vs 1.15 × {floor:.2f}s = {1.15 * floor:.2f}s ({z / floor:.2f}×)")
+                target("backhaul zstd faster than the shell pipeline", z < pipe, f"{z:.2f}s vs {pipe:.2f}s")
+                target("backhaul zstd ≥ 3× faster than today's script", script >= 3 * z, f"{script:.2f}s / {z:.2f}s = {script / z:.2f}×")
+                zo, so = get("bh_zstd", "object_bytes"), get("script", "object_bytes")
+                target("backhaul zstd object ≤ today's script's object", zo is not None and so is not None and zo <= so, f"{zo} B vs {so} B ({human(zo)} vs {human(so)})" if zo and so else "n/a")
+            disks = {k: get(k, "local_disk_bytes") for k in BACKHAUL}
+            target("0 bytes local disk for backhaul (all modes)", all(d == 0 for d in disks.values()), ", ".join(f"{k}={human(v)}" for k, v in disks.items()))
+            rss = {k: get(k, "peak_rss_kb") for k in BACKHAUL}
+            target(
+                f"backhaul peak RSS ≤ {RSS_LIMIT_MIB} MiB (all modes)",
+                all(v is not None and v / 1024 <= RSS_LIMIT_MIB for v in rss.values()),
+                ", ".join(f"{k}={v / 1024:.1f} MiB" if v else f"{k}=n/a" for k, v in rss.items()),
+            )
+            zo, no = get("bh_zstd", "object_bytes"), get("bh_none", "object_bytes")
+            if zo and no:
+                md.append(f"\nUncompressed dump (bh_none object) {human(no)}; zstd -3 ratio {no / zo:.2f}×; "
+                          f"pg_dump's own compression ratio {no / get('bh_pg', 'object_bytes'):.2f}×." if get("bh_pg", "object_bytes") else "")
         restore_section(md, raw, sz, meta, per_case, target)
         md.append("\nTargets:\n")
         for t in targets:

@@ -19,7 +19,7 @@
 #   r_local_jobs pg_restore -j N from a local file
 #   r_download   boto3 download_file, then pg_restore --single-transaction (today's runbook)
 #   r_bh_stream  backhaul restore (S3 -> sha256 -> zstd -> pg_restore --single-transaction, streamed)
-#   r_bh_jobs    backhaul restore --jobs N (downloads to a temp file, then pg_restore -j N)
+#   r_bh_jobs    backhaul restore --jobs N (N pg_restore processes fed while the object downloads)
 # and prints/writes a table (min/median wall, CPU, peak RSS, local disk, object size, x floor)
 # plus PASS/FAIL for backhaul's targets. Everything it starts is stopped and removed on exit.
 #
@@ -30,6 +30,7 @@
 #   BENCH_BIN      backhaul binary (default target/release/backhaul; not built by this script)
 #   BENCH_S3       moto (default; Python, may be the bottleneck) or s3s (s3s-fs, Rust, faster)
 #   BENCH_RESTORE  1 (default) times the restore cases too; 0 skips them
+#   BENCH_BACKUP   1 (default) times the backup cases; 0 skips them (restore figures only)
 #   BENCH_RESTORE_JOBS  N for the -j / --jobs cases (default: nproc)
 #   BENCH_OUT      where <timestamp>.json and <timestamp>.md go (default bench/results, git-ignored)
 #   BACKHAUL_VENV  Python venv with moto and boto3 (default /opt/backhaul-venv, made by scripts/setup.sh)
@@ -46,6 +47,7 @@ S3KIND="${BENCH_S3:-moto}"
 OUT="${BENCH_OUT:-bench/results}"
 VENV="${BACKHAUL_VENV:-/opt/backhaul-venv}"
 RESTORE="${BENCH_RESTORE:-1}"
+BACKUP="${BENCH_BACKUP:-1}"
 RJOBS="${BENCH_RESTORE_JOBS:-$(nproc)}"
 
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -292,10 +294,12 @@ for size in $SIZES; do
   printf '{"requested_mb":%s,"db":"%s","db_bytes":%s,"rows":%s}\n' "$size" "$DB" "$DB_BYTES" "$ROWS" >>"$SIZES_JSON"
   say "warm-up: one untimed pg_dump"
   "$PG_DUMP" -Fc -Z0 -d "$DB" >/dev/null
-  for rep in $(seq "$REPEAT"); do
-    say "~$size MB, repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
-    for c in "${CASES[@]}"; do run_case "$size" "$c" "$rep"; done
-  done
+  if [ "$BACKUP" = 1 ]; then
+    for rep in $(seq "$REPEAT"); do
+      say "~$size MB, repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
+      for c in "${CASES[@]}"; do run_case "$size" "$c" "$rep"; done
+    done
+  fi
   if [ "$RESTORE" = 1 ]; then
     say "restore cases: preparing the archive (local file, backhaul artifact, plain object)"
     prepare_restore
@@ -333,7 +337,7 @@ meta = {
     "backhaul_bin": """$BIN""",
     "backhaul_version": """$("$BIN" --version 2>/dev/null | head -1 || echo unknown)""",
   },
-  "settings": {"sizes_mb": "$SIZES".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "restore_jobs": $RJOBS},
+  "settings": {"sizes_mb": "$SIZES".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "backup": "$BACKUP" == "1", "restore_jobs": $RJOBS},
   "sizes": [json.loads(l) for l in open("$SIZES_JSON") if l.strip()],
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)

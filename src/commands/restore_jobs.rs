@@ -241,12 +241,18 @@ struct Progress {
     pre_data: bool,
     blocks_done: usize,
     blocks: usize,
+    /// Phase 3 started.
+    post_data: bool,
 }
 
 impl Progress {
     fn describe(&self) -> String {
         if !self.pre_data {
             return "some definitions may have been created".into();
+        }
+        if self.post_data {
+            return "definitions and data restored; indexes, constraints and privileges incomplete"
+                .into();
         }
         format!(
             "definitions created, data of {} of {} tables and large-object sets loaded, no indexes, constraints or privileges yet",
@@ -396,6 +402,7 @@ where
                 batches = pipeline.batches,
                 "data restored; restoring post-data and privileges"
             );
+            pipeline.progress.post_data = true;
             let list = dir.path().join("post.list");
             write_list(&list, &plan.post)?;
             let run = RestoreRun {
@@ -409,8 +416,8 @@ where
             Ok((checked, fed))
         }
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-            if pipeline.progress.pre_data {
-                tracing::warn!(database = %target.database, "restore interrupted: {}", pipeline.progress.describe());
+            if pipeline.touched() {
+                tracing::warn!("restore interrupted: {}", pipeline.partial_note());
             }
             Err(e)
         }
@@ -471,15 +478,24 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn partial(&self, e: anyhow::Error) -> anyhow::Error {
-        if !self.progress.pre_data && self.batches == 0 {
-            return e;
-        }
-        e.context(format!(
-            "restore stopped: database \"{}\" is partly restored ({}); drop and recreate it, or restore again with --clean",
+    /// What the target holds after a stop midway, and the ways out.
+    fn partial_note(&self) -> String {
+        format!(
+            "database \"{}\" is partly restored ({}); drop and recreate it, or restore again with --clean",
             self.target.database,
             self.progress.describe()
-        ))
+        )
+    }
+
+    fn touched(&self) -> bool {
+        self.progress.pre_data || self.batches > 0
+    }
+
+    fn partial(&self, e: anyhow::Error) -> anyhow::Error {
+        if !self.touched() {
+            return e;
+        }
+        e.context(format!("restore stopped: {}", self.partial_note()))
     }
 
     /// Phases 1 and 2: returns once every data block is restored and the download verified.
@@ -766,11 +782,18 @@ mod tests {
 
     #[test]
     fn progress_says_what_is_in_the_target() {
-        let p = Progress {
+        let mut p = Progress {
             pre_data: true,
             blocks_done: 2,
             blocks: 5,
+            post_data: false,
         };
         assert!(p.describe().contains("data of 2 of 5"), "{}", p.describe());
+        p.post_data = true;
+        assert!(
+            p.describe().contains("privileges incomplete"),
+            "{}",
+            p.describe()
+        );
     }
 }

@@ -210,3 +210,103 @@ fn a_damaged_object_stops_the_parallel_restore_before_anything_of_it_commits() {
         "temp files left"
     );
 }
+
+/// Ctrl-C (or ECS's SIGTERM) in the middle of a parallel restore: every pg_restore stops,
+/// the download stops reading, the temp files go, and backhaul exits 130 at once.
+#[test]
+fn an_interrupted_parallel_restore_leaves_no_process_and_no_file() {
+    let fx = shop();
+    let pg = &fx.pg;
+    let key = backup(&fx, "zstd");
+    let size = moto().get(&fx.bucket, &key).len();
+    // About 4 s for the whole object: the signal lands while the big table loads.
+    let slow = FaultProxy::start(
+        &moto().endpoint,
+        vec![Rule::new(
+            "GET",
+            "GetObject",
+            Fault::Throttle {
+                bytes_per_sec: size / 4,
+            },
+        )],
+    );
+    pg.create_db("interrupted");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = backhaul_std()
+        .env("AWS_ENDPOINT_URL", slow.endpoint())
+        .env("S3_BUCKET", &fx.bucket)
+        .env("STAGE", "prod")
+        .env("TMPDIR", tmp.path())
+        .args([
+            "restore",
+            &key,
+            "--jobs",
+            "2",
+            "--to",
+            &fx.url("interrupted"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline - std::time::Instant::now())
+            .expect("no data batch started");
+        if line.contains("\"restoring data\"") {
+            break;
+        }
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("restore interrupted") && l.contains("partly")),
+        "{rest:?}"
+    );
+    // No pg_restore is left connected to the target, and nothing of the big table committed.
+    let sessions = || {
+        pg.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where datname = 'interrupted'",
+        )
+        .trim()
+        .to_string()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sessions() != "0" && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(sessions(), "0", "a pg_restore outlived backhaul");
+    assert_eq!(
+        pg.psql("interrupted", "select count(*) from events").trim(),
+        "0"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "temp files left"
+    );
+}
