@@ -7,6 +7,14 @@
 //!
 //! The writer also marks where named ranges end (a data block's last byte), so a reader can
 //! follow a range whose end is not known when it starts.
+//!
+//! Bytes a reader has consumed for good are given back ([`Spool::copy_to`] with `release`):
+//! their pages are punched out of the file, so the file holds only what is downloaded and not
+//! yet restored. And when running ahead can serve nobody (the last table is arriving and its
+//! own reader is the only one left), [`Spool::limit_lead`] makes the writer wait for readers
+//! instead: the download then runs at the restore's pace through a few MiB of page cache,
+//! instead of writing the rest of the table to disk first. New page cache is not free: on this
+//! project's VMs, memory touched for the first time costs up to ~3 s per GB.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +25,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// How much a reader copies per step.
 const READ_PIECE: usize = 256 << 10;
+/// How often a releasing reader gives back what it copied.
+const RELEASE_EVERY: u64 = 4 << 20;
 
 pub struct Spool {
     file: File,
@@ -27,6 +37,10 @@ pub struct Spool {
 #[derive(Default)]
 struct State {
     written: u64,
+    /// Bytes given back by readers (punched out of the file).
+    released: u64,
+    /// The writer waits while more than this many written bytes are not given back.
+    lead: Option<u64>,
     ends: HashMap<i32, u64>,
     /// `Some` once the writer is done: `Err` carries why it stopped early.
     closed: Option<Result<(), String>>,
@@ -64,16 +78,61 @@ impl Spool {
         self.lock().written
     }
 
-    /// Appends `data` (the writer is the only one who calls this).
-    pub fn append(&self, data: &[u8]) -> io::Result<()> {
-        let at = self.lock().written;
+    /// Appends `data` (the writer is the only one who calls this), first waiting while the
+    /// lead limit says readers are too far behind. `ends` are the ranges that end within
+    /// `data`: they are marked together with it, so no reader of such a range ever reads past
+    /// its end.
+    pub fn append(&self, data: &[u8], ends: &[(i32, u64)]) -> io::Result<()> {
+        let at = {
+            let mut s = self.lock();
+            while s.lead.is_some_and(|l| s.written - s.released >= l) {
+                if let Some(Err(why)) = &s.closed {
+                    return Err(io::Error::other(why.clone()));
+                }
+                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            s.written
+        };
         self.file.write_all_at(data, at)?;
-        self.lock().written = at + data.len() as u64;
+        let mut s = self.lock();
+        s.written = at + data.len() as u64;
+        s.ends.extend(ends.iter().copied());
+        drop(s);
         self.changed.notify_all();
         Ok(())
     }
 
-    /// Range `id` ends at `end` (exclusive); bytes up to `end` must already be appended.
+    /// From now on the writer keeps at most `lead` bytes that readers have not given back
+    /// (`None`: no limit). Only safe once every byte still to come has a reader that gives
+    /// back what it reads, or will have one without the writer's help.
+    pub fn limit_lead(&self, lead: Option<u64>) {
+        self.lock().lead = lead;
+        self.changed.notify_all();
+    }
+
+    /// Punches `[start, end)` out of the file (whole pages inside it); no reader may need it.
+    fn release(&self, start: u64, end: u64) {
+        const PAGE: u64 = 4096;
+        let (from, to) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if to > from {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fallocate(2) on a file we own; no memory is passed. Best effort: a
+            // file system without hole punching just keeps the bytes.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    from as libc::off_t,
+                    (to - from) as libc::off_t,
+                );
+            }
+        }
+        self.lock().released += end - start;
+        self.changed.notify_all();
+    }
+
+    /// Range `id` ends at `end` (exclusive), for ranges whose end was learnt after their bytes
+    /// were appended; no reader may have read past `end` (none was given the range yet).
     pub fn mark_end(&self, id: i32, end: u64) {
         self.lock().ends.insert(id, end);
         self.changed.notify_all();
@@ -90,42 +149,42 @@ impl Spool {
     }
 
     /// Copies `[start, end)` into `out`, waiting for bytes the writer has not appended yet.
-    /// Fails if the writer stops first, or stops early.
-    pub fn copy_to(&self, start: u64, end: End, out: &mut impl Write) -> io::Result<u64> {
+    /// Fails if the writer stops first, or stops early. With `release`, the bytes are given
+    /// back as they are copied (this reader is the only one that will ever read them), at the
+    /// latest whenever the reader waits, so a lead limit can never wait on it.
+    pub fn copy_to(
+        &self,
+        start: u64,
+        end: End,
+        out: &mut impl Write,
+        release: bool,
+    ) -> io::Result<u64> {
         let mut buf = vec![0u8; READ_PIECE];
         let mut pos = start;
+        let mut kept = start;
         loop {
-            let upto = {
-                let mut s = self.lock();
-                loop {
-                    let end_at = match end {
-                        End::At(e) => Some(e),
-                        End::Mark(id) => s.ends.get(&id).copied(),
-                    };
-                    match end_at {
-                        Some(e) if e == pos => return Ok(pos - start),
-                        Some(e) if e < pos => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidInput,
-                                format!("range ends at {e}, before {pos}"),
-                            ))
-                        }
-                        _ => {}
+            if release && pos - kept >= RELEASE_EVERY {
+                self.release(kept, pos);
+                kept = pos;
+            }
+            let upto = match self.available(pos, end)? {
+                Some(upto) => upto,
+                None => {
+                    if release && pos > kept {
+                        self.release(kept, pos);
                     }
-                    if s.written > pos {
-                        break end_at.unwrap_or(s.written).min(s.written);
+                    return Ok(pos - start);
+                }
+            };
+            let upto = match upto {
+                Available::Upto(u) => u,
+                Available::Wait => {
+                    if release && pos > kept {
+                        self.release(kept, pos);
+                        kept = pos;
                     }
-                    match &s.closed {
-                        Some(Err(why)) => return Err(io::Error::other(why.clone())),
-                        Some(Ok(())) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the archive ended before this part of it",
-                            ))
-                        }
-                        None => {}
-                    }
-                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                    self.wait_past(pos, end);
+                    continue;
                 }
             };
             let n = ((upto - pos) as usize).min(READ_PIECE);
@@ -140,6 +199,57 @@ impl Spool {
             pos += got as u64;
         }
     }
+
+    /// `None` when `pos` is the range's end; else how far a reader at `pos` may read now.
+    fn available(&self, pos: u64, end: End) -> io::Result<Option<Available>> {
+        let s = self.lock();
+        let end_at = match end {
+            End::At(e) => Some(e),
+            End::Mark(id) => s.ends.get(&id).copied(),
+        };
+        match end_at {
+            Some(e) if e == pos => return Ok(None),
+            Some(e) if e < pos => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("range ends at {e}, before {pos}"),
+                ))
+            }
+            _ => {}
+        }
+        if s.written > pos {
+            // Without a known end every written byte is the range's: the writer marks an end
+            // together with the bytes that pass it.
+            return Ok(Some(Available::Upto(
+                end_at.unwrap_or(s.written).min(s.written),
+            )));
+        }
+        match &s.closed {
+            Some(Err(why)) => Err(io::Error::other(why.clone())),
+            Some(Ok(())) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ended before this part of it",
+            )),
+            None => Ok(Some(Available::Wait)),
+        }
+    }
+
+    /// Waits until something changes for a reader at `pos`.
+    fn wait_past(&self, pos: u64, end: End) {
+        let mut s = self.lock();
+        loop {
+            let marked = matches!(end, End::Mark(id) if s.ends.contains_key(&id));
+            if s.written > pos || s.closed.is_some() || marked {
+                return;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+enum Available {
+    Upto(u64),
+    Wait,
 }
 
 #[cfg(test)]
@@ -156,21 +266,28 @@ mod tests {
             let spool = spool.clone();
             std::thread::spawn(move || {
                 let mut out = Vec::new();
-                let n = spool.copy_to(1000, End::Mark(7), &mut out).unwrap();
+                let n = spool.copy_to(1000, End::Mark(7), &mut out, false).unwrap();
                 (n, out)
             })
         };
+        let mut at = 0u64;
         for piece in data.chunks(100_000) {
-            spool.append(piece).unwrap();
+            let next = at + piece.len() as u64;
+            let ends = if (at..next).contains(&2_500_000) {
+                vec![(7, 2_500_000)]
+            } else {
+                vec![]
+            };
+            spool.append(piece, &ends).unwrap();
+            at = next;
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        spool.mark_end(7, 2_500_000);
         let (n, out) = reader.join().unwrap();
         assert_eq!(n, 2_499_000);
         assert_eq!(out, &data[1000..2_500_000]);
         let mut all = Vec::new();
         spool
-            .copy_to(0, End::At(data.len() as u64), &mut all)
+            .copy_to(0, End::At(data.len() as u64), &mut all, false)
             .unwrap();
         assert_eq!(all, data);
     }
@@ -179,10 +296,10 @@ mod tests {
     fn readers_waiting_on_a_writer_that_fails_get_its_reason() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
-        spool.append(b"abc").unwrap();
+        spool.append(b"abc", &[]).unwrap();
         let reader = {
             let spool = spool.clone();
-            std::thread::spawn(move || spool.copy_to(0, End::Mark(1), &mut Vec::new()))
+            std::thread::spawn(move || spool.copy_to(0, End::Mark(1), &mut Vec::new(), false))
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
         spool.close(Err("checksum mismatch".into()));
@@ -191,9 +308,47 @@ mod tests {
         // A range that the finished archive never completes is an error, not a short copy.
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::create(&dir.path().join("s")).unwrap();
-        spool.append(b"abc").unwrap();
+        spool.append(b"abc", &[]).unwrap();
         spool.close(Ok(()));
-        let err = spool.copy_to(0, End::At(10), &mut Vec::new()).unwrap_err();
+        let err = spool
+            .copy_to(0, End::At(10), &mut Vec::new(), false)
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_lead_limit_paces_the_writer_to_a_releasing_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
+        spool.limit_lead(Some(1 << 20));
+        let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 249) as u8).collect();
+        let writer = {
+            let (spool, data) = (spool.clone(), data.clone());
+            std::thread::spawn(move || {
+                let mut most = 0;
+                let pieces: Vec<&[u8]> = data.chunks(128 << 10).collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    let ends = if i + 1 == pieces.len() {
+                        vec![(1, data.len() as u64)]
+                    } else {
+                        vec![]
+                    };
+                    spool.append(piece, &ends).unwrap();
+                    let s = spool.lock();
+                    most = most.max(s.written - s.released);
+                }
+                most
+            })
+        };
+        let mut out = Vec::new();
+        spool.copy_to(0, End::Mark(1), &mut out, true).unwrap();
+        let most = writer.join().unwrap();
+        assert_eq!(out, data);
+        // Never more than the limit plus one append ahead.
+        assert!(most <= (1 << 20) + (128 << 10), "{most}");
+        // Given back: the file's blocks are (nearly) all holes.
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(dir.path().join("s")).unwrap().blocks() * 512;
+        assert!(allocated < 8 << 20, "{allocated} bytes still on disk");
     }
 }

@@ -50,6 +50,8 @@ const BIG: u64 = 4 << 20;
 /// small tables must not start a pg_restore per table.
 const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_ENTRIES: usize = 1000;
+/// How far the download may run ahead of the last table's pg_restore.
+const LAST_BLOCK_LEAD: u64 = 32 << 20;
 /// How long a block waits for others to share a pg_restore with.
 const LINGER: Duration = Duration::from_millis(200);
 /// How often waiting blocks are looked at again when nothing else happens.
@@ -112,33 +114,58 @@ struct SpoolSink {
 }
 
 impl SpoolSink {
+    /// Runs the scanner (while it still reads the archive), collecting its events.
     fn scan(
         &mut self,
         step: impl FnOnce(&mut Scanner, &mut dyn FnMut(Event)) -> Result<(), ArchiveError>,
+        events: &mut Vec<Event>,
     ) {
         let Some(scanner) = &mut self.scanner else {
             return;
         };
-        let (spool, tx) = (&self.spool, &self.tx);
-        let mut on_event = |e: Event| {
-            if let Event::BlockEnd { dump_id, end } = e {
-                spool.mark_end(dump_id, end);
-            }
-            // A scheduler that is gone has nothing left to learn.
-            let _ = tx.send(e.into());
-        };
-        if let Err(e) = step(scanner, &mut on_event) {
+        if let Err(e) = step(scanner, &mut |e| events.push(e)) {
             let _ = self.tx.send(Arrival::Unreadable(e));
             self.scanner = None;
         }
+    }
+
+    fn send(&self, events: Vec<Event>) {
+        for e in events {
+            // A scheduler that is gone has nothing left to learn.
+            let _ = self.tx.send(e.into());
+        }
+    }
+
+    /// The archive ended: the scanner's last events (ends learnt only now are marked here;
+    /// no reader has their ranges yet, since their events were never sent).
+    fn finish(&mut self) {
+        let mut events = Vec::new();
+        self.scan(|s, out| s.finish(&mut |e| out(e)), &mut events);
+        for e in &events {
+            if let Event::BlockEnd { dump_id, end } = e {
+                self.spool.mark_end(*dump_id, *end);
+            }
+        }
+        self.send(events);
     }
 }
 
 impl Write for SpoolSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let piece = &data[..data.len().min(feed::FILE_WRITE)];
-        self.spool.append(piece)?;
-        self.scan(|s, out| s.push(piece, &mut |e| out(e)));
+        // Scanned before it is appended: the ends of blocks within it are marked together
+        // with its bytes, and the events go out once the bytes are there to read.
+        let mut events = Vec::new();
+        self.scan(|s, out| s.push(piece, &mut |e| out(e)), &mut events);
+        let ends: Vec<(i32, u64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::BlockEnd { dump_id, end } => Some((*dump_id, *end)),
+                _ => None,
+            })
+            .collect();
+        self.spool.append(piece, &ends)?;
+        self.send(events);
         Ok(piece.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -302,7 +329,7 @@ where
             let mut sink = sink;
             let fed = feed::feed(src, &decode, &mut sink, expect.as_ref(), Consumer::Strict);
             if fed.is_ok() {
-                sink.scan(|s, out| s.finish(&mut |e| out(e)));
+                sink.finish();
             }
             sink.spool.close(match &fed {
                 Ok(_) => Ok(()),
@@ -597,6 +624,12 @@ impl Pipeline {
                     );
                 }
                 self.queue.started(id, at, Instant::now());
+                if self.seen.len() == self.expected.len() {
+                    // The last table is arriving: running ahead of its own pg_restore serves
+                    // nobody, so the download takes its pace (see crate::spool).
+                    // The head is never given back (every run reads it).
+                    self.spool.limit_lead(Some(self.head_len + LAST_BLOCK_LEAD));
+                }
             }
             Arrival::End { id, end } => self.queue.ended(id, end),
         }
@@ -670,9 +703,10 @@ impl Worker {
         let (spool, head_len, blocks) = (self.spool, self.head_len, self.blocks);
         let feeder = tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut stdin = stdin;
-            spool.copy_to(0, End::At(head_len), &mut stdin)?;
+            // The head is every run's; a block is this run's alone, given back as it goes.
+            spool.copy_to(0, End::At(head_len), &mut stdin, false)?;
             for (id, start) in blocks {
-                spool.copy_to(start, End::Mark(id), &mut stdin)?;
+                spool.copy_to(start, End::Mark(id), &mut stdin, true)?;
             }
             Ok(())
         });

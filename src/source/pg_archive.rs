@@ -662,6 +662,27 @@ mod tests {
         assert_eq!(at, ARCHIVE.len() as u64);
     }
 
+    #[test]
+    fn offsets_pg_dump_recorded_match_the_blocks() {
+        let file = include_bytes!("testdata/archive_file.dump");
+        let ev = scan(&[file]).unwrap();
+        let toc = toc_of(&ev);
+        let mut set = 0;
+        for e in &ev[1..] {
+            if let Event::BlockStart { dump_id, at } = e {
+                let entry = toc.entries.iter().find(|t| t.dump_id == *dump_id).unwrap();
+                assert_eq!(entry.data, DataState::Set(*at), "{entry:?}");
+                set += 1;
+            }
+        }
+        assert_eq!(set, 3);
+        // Same entries as the piped archive, in the same order.
+        let piped = scan(&[ARCHIVE]).unwrap();
+        let ids = |t: &Toc| t.entries.iter().map(|e| e.dump_id).collect::<Vec<_>>();
+        assert_eq!(ids(toc), ids(toc_of(&piped)));
+        assert_eq!(Plan::of(toc), Plan::of(toc_of(&piped)));
+    }
+
     proptest::proptest! {
         /// Whatever the piece sizes, the same events.
         #[test]

@@ -1,5 +1,7 @@
 -- The database behind archive.dump (pg_archive's tests): `pg_dump -Fc -Z0 archive | cat`,
--- PostgreSQL 15.18, written into a pipe as backhaul's backups are.
+-- PostgreSQL 15.18, written into a pipe as backhaul's backups are; archive_file.dump is
+-- `pg_dump -Fc -Z0 -f archive_file.dump archive`, written to a file as the old script did
+-- (pg_dump then goes back and records every data block's offset in the TOC).
 create role archive_reader nologin;
 create table accounts (id int primary key, name text);
 insert into accounts select g, 'name ' || g from generate_series(1, 300) g;
