@@ -172,11 +172,13 @@ make_db() { # $1 = size in MB; sets DB, DB_BYTES, ROWS
   say "database $DB: $(awk -v b="$DB_BYTES" 'BEGIN{printf "%.1f MiB", b/1048576}') (pg_database_size), generated in $((SECONDS - t0))s"
 }
 
-sample_disk() { # $1 dir, $2 output file: largest total size of the files under $1
+sample_disk() { # $1 dir, $2 output file: largest total of the disk blocks the files under $1 hold
+  # Allocated blocks, not sizes: restore --jobs punches restored parts out of its spool file,
+  # which keeps its size.
   local max=0 s
   echo 0 >"$2"
   while :; do
-    s=$(find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{t += $1} END {printf "%d", t}') || s=0
+    s=$(find "$1" -type f -printf '%b\n' 2>/dev/null | awk '{t += $1 * 512} END {printf "%d", t}') || s=0
     if [ "${s:-0}" -gt "$max" ]; then max=$s; echo "$max" >"$2"; fi
     sleep 0.1
   done

@@ -366,7 +366,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub clean: bool,
 
-    /// Parallel pg_restore jobs (downloads to a temp file first, after verifying it).
+    /// Parallel pg_restore processes, working while the object downloads: definitions, then each table's data as it arrives, then indexes and privileges once the checksum matched. Not one transaction: a failure midway leaves the target partly restored (the error says what it holds).
     #[arg(long)]
     pub jobs: Option<u32>,
 
