@@ -70,28 +70,6 @@ fn url(pg: &Pg, user: &str, password: &str, db: &str) -> String {
     format!("postgresql://{user}:{password}@127.0.0.1:{}/{db}", pg.port)
 }
 
-/// `pg_dump` plain output, owners and ACLs kept, with what varies between databases masked.
-fn plain_dump(pg: &Pg, db: &str) -> String {
-    let out = Command::new(pg.bin.join("pg_dump"))
-        .args(["-U", "postgres", "-h"])
-        .arg(pg.sock())
-        .args(["-p", &pg.port.to_string(), db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .map(|l| l.replace(db, "<db>"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn globals_dump(pg: &Pg) -> String {
     let out = Command::new(pg.bin.join("pg_dumpall"))
         .args(["--globals-only", "-U", "postgres", "-h"])

@@ -5,8 +5,6 @@
 //! compared here as `pg_dump` output; a damaged object must stop it before anything of the
 //! damaged table commits and before post-data.
 
-use std::process::Command;
-
 use crate::common::proxy::{Fault, FaultProxy, Rule};
 use crate::common::*;
 
@@ -47,28 +45,6 @@ fn shop() -> Fixture {
         .start()
 }
 
-/// `pg_dump` plain output, owners and ACLs kept, the database name and `\restrict` masked.
-fn plain_dump(pg: &Pg, db: &str) -> String {
-    let out = Command::new(pg.bin.join("pg_dump"))
-        .args(["-U", "postgres", "-h"])
-        .arg(pg.sock())
-        .args(["-p", &pg.port.to_string(), db])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .map(|l| l.replace(db, "<db>"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn backup(fx: &Fixture, compression: &str) -> String {
     let out = fx
         .backup("shopdb")
@@ -76,6 +52,15 @@ fn backup(fx: &Fixture, compression: &str) -> String {
         .assert()
         .success();
     artifact_key(&out.get_output().stdout)
+}
+
+/// A proxy in front of moto that serves objects at `bytes_per_sec`.
+fn slow_link(bytes_per_sec: usize) -> FaultProxy {
+    let throttle = Fault::Throttle { bytes_per_sec };
+    FaultProxy::start(
+        &moto().endpoint,
+        vec![Rule::new("GET", "GetObject", throttle)],
+    )
 }
 
 /// The JSON log lines of a run's stderr with this message.
@@ -159,16 +144,7 @@ fn a_damaged_object_stops_the_parallel_restore_before_anything_of_it_commits() {
     moto().put(&fx.bucket, &key, body);
     // A slow link: the definitions are restored and the big table is loading when the damage
     // arrives (the download takes about 1.5 s).
-    let slow = FaultProxy::start(
-        &moto().endpoint,
-        vec![Rule::new(
-            "GET",
-            "GetObject",
-            Fault::Throttle {
-                bytes_per_sec: size * 2 / 3,
-            },
-        )],
-    );
+    let slow = slow_link(size * 2 / 3);
 
     pg.create_db("damaged");
     let tmp = tempfile::tempdir().unwrap();
@@ -220,16 +196,7 @@ fn an_interrupted_parallel_restore_leaves_no_process_and_no_file() {
     let key = backup(&fx, "zstd");
     let size = moto().get(&fx.bucket, &key).len();
     // About 4 s for the whole object: the signal lands while the big table loads.
-    let slow = FaultProxy::start(
-        &moto().endpoint,
-        vec![Rule::new(
-            "GET",
-            "GetObject",
-            Fault::Throttle {
-                bytes_per_sec: size / 4,
-            },
-        )],
-    );
+    let slow = slow_link(size / 4);
     pg.create_db("interrupted");
     let tmp = tempfile::tempdir().unwrap();
     let mut child = backhaul_std()

@@ -603,3 +603,27 @@ pub fn venv() -> PathBuf {
 pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
+
+/// `pg_dump` plain output of `db`, owners and ACLs kept, with what varies between databases
+/// masked (the database's name, pg_dump's random `\restrict` line): equal outputs are equal
+/// databases.
+pub fn plain_dump(pg: &Pg, db: &str) -> String {
+    let out = Command::new(pg.bin.join("pg_dump"))
+        .args(["-U", "postgres", "-h"])
+        .arg(pg.sock())
+        .args(["-p", &pg.port.to_string(), db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .map(|l| l.replace(db, "<db>"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
