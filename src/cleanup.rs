@@ -47,8 +47,13 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    /// The pending list is global: a test's `finish` would take (and time out on) the other
+    /// test's work, so these two run one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn finish_waits_for_deferred_work() {
+        let _one_at_a_time = SERIAL.lock().await;
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
         defer("test", async move {
@@ -61,6 +66,7 @@ mod tests {
 
     #[tokio::test]
     async fn finish_gives_up_at_the_limit_not_before() {
+        let _one_at_a_time = SERIAL.lock().await;
         defer("never", std::future::pending());
         let started = tokio::time::Instant::now();
         finish(Duration::from_millis(100)).await;
