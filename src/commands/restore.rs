@@ -3,8 +3,8 @@
 //!
 //! Streaming by default (object → checks → decompress → `pg_restore --single-transaction`),
 //! with the archive's tail withheld until the checksum matched (see [`crate::feed`]), so a
-//! damaged object commits nothing. `--jobs N` downloads to a private temp file first, verified
-//! before pg_restore sees it, because parallel pg_restore needs a seekable file.
+//! damaged object commits nothing. `--jobs N` runs parallel pg_restores while the object
+//! downloads (see [`super::restore_jobs`]).
 //!
 //! Owners and privileges are restored as they were (pg_restore's defaults); `--no-owner` and
 //! `--no-acl` are opt-ins for restoring as another, non-superuser role. Before the target is
@@ -363,7 +363,7 @@ pub async fn restore_pg(
     };
     let preflight = pg_contents::preflight(storage, &entry.key, decode.clone(), target, privileges);
     let (entries, fed) = match jobs {
-        // The download touches nothing but a private temp file: it runs beside the preflight.
+        // The download starts beside the preflight; the target waits for the preflight.
         Some(j) if j > 1 => {
             restore_jobs::restore(
                 storage, &entry.key, decode, expect, target, &opts, preflight, cancel,

@@ -398,6 +398,7 @@ where
             ..opts.clone()
         },
         spool: spool.clone(),
+        path: path.clone(),
         dir: dir.path().to_path_buf(),
         head_len: toc.data_start,
         expected: plan.blocks.iter().copied().collect(),
@@ -493,6 +494,8 @@ struct Pipeline {
     /// Options for the single-transaction runs (phase 1 and the data batches).
     opts: RestoreOpts,
     spool: Arc<Spool>,
+    /// The spool file: phase 1 reads its head.
+    path: PathBuf,
     dir: PathBuf,
     head_len: u64,
     expected: HashSet<i32>,
@@ -539,7 +542,7 @@ impl Pipeline {
     ) -> anyhow::Result<Fed> {
         let pre_list = self.dir.join("pre.list");
         write_list(&pre_list, &plan.pre)?;
-        let spool_path = self.dir.join("archive.dump");
+        let spool_path = self.path.clone();
         let (target, opts, cancel_pre) = (self.target.clone(), self.opts.clone(), cancel.clone());
         let mut pre = std::pin::pin!(async move {
             let run = RestoreRun {

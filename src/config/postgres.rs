@@ -267,18 +267,18 @@ impl PgConn {
     }
 
     fn build_url(&self, database: &str, with_password: bool) -> String {
-        let mut url = Url::parse("postgresql://placeholder").expect("static URL parses");
-        let host = if self.host.contains(':') && !self.host.starts_with('/') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         let mut s = if self.host.starts_with('/') {
             // A socket directory goes in the query (`host=` there overrides the authority,
             // for libpq and for parse_url); URL parsers refuse a user with an empty host, so
             // the authority names localhost.
             "postgresql://localhost".to_string()
         } else {
+            let mut url = Url::parse("postgresql://placeholder").expect("static URL parses");
+            let host = if self.host.contains(':') {
+                format!("[{}]", self.host)
+            } else {
+                self.host.clone()
+            };
             url.set_host(Some(&host)).expect("validated host");
             url.set_port(Some(self.port)).expect("URL has a host");
             url.as_str().trim_end_matches('/').to_string()

@@ -71,23 +71,7 @@ fn url(pg: &Pg, user: &str, password: &str, db: &str) -> String {
 }
 
 fn globals_dump(pg: &Pg) -> String {
-    let out = Command::new(pg.bin.join("pg_dumpall"))
-        .args(["--globals-only", "-U", "postgres", "-h"])
-        .arg(pg.sock())
-        .args(["-p", &pg.port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    dump_text(pg, "pg_dumpall", &["--globals-only"])
 }
 
 /// What plain tools give: `pg_dump -Fc | pg_restore` (owners and ACLs kept).

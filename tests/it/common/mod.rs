@@ -604,14 +604,14 @@ pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
 
-/// `pg_dump` plain output of `db`, owners and ACLs kept, with what varies between databases
-/// masked (the database's name, pg_dump's random `\restrict` line): equal outputs are equal
-/// databases.
-pub fn plain_dump(pg: &Pg, db: &str) -> String {
-    let out = Command::new(pg.bin.join("pg_dump"))
+/// What a pg_dump-family tool of `pg` prints, run as `postgres` over the socket, without
+/// pg_dump's random `\restrict` / `\unrestrict` lines.
+pub fn dump_text(pg: &Pg, tool: &str, args: &[&str]) -> String {
+    let out = Command::new(pg.bin.join(tool))
         .args(["-U", "postgres", "-h"])
         .arg(pg.sock())
-        .args(["-p", &pg.port.to_string(), db])
+        .args(["-p", &pg.port.to_string()])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -623,6 +623,15 @@ pub fn plain_dump(pg: &Pg, db: &str) -> String {
         .unwrap()
         .lines()
         .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `pg_dump` plain output of `db`, owners and ACLs kept, with what varies between databases
+/// masked (the database's name, the `\restrict` line): equal outputs are equal databases.
+pub fn plain_dump(pg: &Pg, db: &str) -> String {
+    dump_text(pg, "pg_dump", &[db])
+        .lines()
         .map(|l| l.replace(db, "<db>"))
         .collect::<Vec<_>>()
         .join("\n")
