@@ -529,24 +529,36 @@ impl Upload for S3Upload {
         // A create that failed created nothing to abort.
         let _ = self.settle_create().await;
         if let Some(id) = self.upload_id.take() {
-            let res = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .upload_id(&id)
-                .send()
-                .await;
-            if let Err(e) = res {
-                let no_such = e.as_service_error().is_some_and(|s| s.is_no_such_upload());
-                if !no_such {
-                    return Err(err("abort multipart upload", &self.key, e));
+            // Idempotent, and the only cleanup besides the lifecycle rule: tried a few times
+            // whatever the client's own retry setting (a lost answer or one 500 would otherwise
+            // leave the upload behind).
+            let mut attempt = 1;
+            loop {
+                let res = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .upload_id(&id)
+                    .send()
+                    .await;
+                match res {
+                    Ok(_) => break,
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => break,
+                    Err(_) if attempt < ABORT_ATTEMPTS => {
+                        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(err("abort multipart upload", &self.key, e)),
                 }
             }
         }
         Ok(())
     }
 }
+
+/// Tries of AbortMultipartUpload when a backup stops (see [`S3Upload::abort`]).
+const ABORT_ATTEMPTS: u64 = 3;
 
 impl Drop for S3Upload {
     /// Last line of defence (a panic, or a command dropped after the shutdown grace): abort in

@@ -114,11 +114,13 @@ fn signal_aborts_everything(signal: i32, hint: &str) {
     let pg = cluster();
     let bucket = moto().bucket(hint);
     let pid_file = pg.dir.path().join("dump.pid");
+    // Kept for the failure message: it holds backhaul's warnings (an abort that failed).
+    let log = pg.dir.path().join("backhaul.log");
     let mut child = backhaul_std()
         .envs(hanging_env(&pg, &bucket, &pid_file))
         .arg("backup")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -145,7 +147,8 @@ fn signal_aborts_everything(signal: i32, hint: &str) {
     assert_eq!(
         moto().multipart_uploads(&bucket),
         0,
-        "the multipart upload was aborted"
+        "the multipart upload was aborted; backhaul's stderr:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
 
