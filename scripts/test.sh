@@ -11,5 +11,6 @@ echo "stand-in mongodump: self-check passed" >&2
 echo "test mongod with the real mongo tools: self-check passed" >&2
 # The AWS contract checker's own test (botocore-serialized good and bad requests, moto + proxy).
 "${BACKHAUL_VENV:-/opt/backhaul-venv}/bin/python" tests/contract/selfcheck.py
-# Two test threads: each integration test runs its own PostgreSQL cluster.
+# Three test threads by default (BACKHAUL_TEST_THREADS): each integration test runs its own
+# PostgreSQL cluster, and more would only contend for the 2 cores.
 cargo test --locked -- --test-threads="${BACKHAUL_TEST_THREADS:-3}"

@@ -4,13 +4,28 @@
 //! `Drop` cannot await, so it spawns a task; a task the runtime drops at shutdown is a child
 //! that outlives us still holding its snapshot, or a multipart upload left for the lifecycle
 //! rule. main awaits everything deferred here, bounded, before it returns.
+//!
+//! Work that runs in spawned tasks (each backup target, each parallel-restore worker) is
+//! wrapped with [`tracked`]: when main gives up after its shutdown grace and drops the command,
+//! those tasks are only *told* to stop, and their futures (with the uploads and children whose
+//! `Drop` defers clean-up here) are dropped later, on a worker thread. `finish` waits for them
+//! first, or it would find nothing deferred yet and let the process exit with an upload open.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 static PENDING: Mutex<Vec<(&'static str, JoinHandle<()>)>> = Mutex::new(Vec::new());
+
+static TASKS: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
+/// Marks a future that will be spawned: `finish` waits until it has completed or been dropped.
+pub fn tracked<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    TASKS.track_future(work)
+}
 
 /// Runs `work` in the background and has main wait for it before exiting. Outside a runtime
 /// (nothing could run it) this does nothing: the caller's synchronous part is all there is.
@@ -28,6 +43,17 @@ pub fn defer(what: &'static str, work: impl std::future::Future<Output = ()> + S
 /// unfinished. Work deferred while this waits (a drop inside a deferred task) is waited for too.
 pub async fn finish(limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
+    TASKS.close();
+    if tokio::time::timeout_at(deadline, TASKS.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "backhaul stopped before {} stopped task(s) let go of their work",
+            TASKS.len()
+        );
+    }
+    TASKS.reopen();
     loop {
         let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
         if pending.is_empty() {

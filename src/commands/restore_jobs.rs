@@ -668,7 +668,7 @@ impl Pipeline {
                 list: self.dir.join(format!("data-{}.list", self.batches)),
                 blocks: batch.iter().map(|q| (q.id, q.start)).collect(),
             };
-            self.workers.spawn(worker.run());
+            self.workers.spawn(crate::cleanup::tracked(worker.run()));
         }
     }
 }

@@ -528,7 +528,10 @@ impl Upload for S3Upload {
         self.closed = true;
         // A create that failed created nothing to abort.
         let _ = self.settle_create().await;
-        if let Some(id) = self.upload_id.take() {
+        // The id stays in `self` until S3 confirmed the abort: this future may be dropped
+        // midway (main's shutdown grace ran out on a slow S3), and `Drop` can only hand on an
+        // abort whose upload id it still has. Taking the id first forgot the upload then.
+        if let Some(id) = self.upload_id.clone() {
             // Idempotent, and the only cleanup besides the lifecycle rule: tried a few times
             // whatever the client's own retry setting (a lost answer or one 500 would otherwise
             // leave the upload behind).
@@ -549,9 +552,14 @@ impl Upload for S3Upload {
                         tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
                         attempt += 1;
                     }
-                    Err(e) => return Err(err("abort multipart upload", &self.key, e)),
+                    Err(e) => {
+                        self.upload_id = None;
+                        return Err(err("abort multipart upload", &self.key, e));
+                    }
                 }
             }
+            self.upload_id = None;
+            tracing::debug!(key = %self.key, upload_id = %id, "multipart upload aborted");
         }
         Ok(())
     }

@@ -161,3 +161,56 @@ fn sigterm_aborts_everything_and_exits_143() {
 fn sigint_aborts_everything_and_exits_130() {
     signal_aborts_everything(libc::SIGINT, "sigint");
 }
+
+/// S3 slow to answer the abort: the first AbortMultipartUpload reaches S3 only after main's
+/// 30 s shutdown grace ran out and the command was dropped midway through its abort. The
+/// upload must not be forgotten then: the dropped upload still knows its id and hands the
+/// abort on (main waits for it before exiting). An abort that took its id before S3 answered
+/// left the upload behind in exactly this case.
+#[test]
+fn abort_cut_short_by_the_shutdown_grace_is_handed_on() {
+    let pg = cluster();
+    let bucket = moto().bucket("slowabort");
+    let pid_file = pg.dir.path().join("dump.pid");
+    let log = pg.dir.path().join("backhaul.log");
+    // Longer than the grace: without the hand-on, the upload is still there when backhaul exits.
+    let stalled = Fault::Delay {
+        first: 1,
+        by: Duration::from_secs(90),
+    };
+    let proxy = FaultProxy::start(
+        &moto().endpoint,
+        vec![Rule::new("DELETE", "uploadId", stalled)],
+    );
+    let mut child = backhaul_std()
+        .envs(hanging_env(&pg, &bucket, &pid_file))
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("BACKHAUL_LOG", "backhaul=debug")
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moto().multipart_parts(&bucket) == 0 {
+        assert!(Instant::now() < deadline, "no part was ever uploaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert_eq!(
+        proxy.hits(0),
+        2,
+        "the stalled abort, then the one handed on: {stderr}"
+    );
+    assert_eq!(
+        moto().multipart_uploads(&bucket),
+        0,
+        "the multipart upload was aborted; backhaul's stderr:\n{stderr}"
+    );
+    assert_eq!(moto().keys(&bucket), Vec::<String>::new());
+}

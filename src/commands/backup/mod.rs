@@ -211,12 +211,12 @@ async fn run_targets(
     let mut set = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().cloned().enumerate() {
         let (job, limit) = (job.clone(), limit.clone());
-        set.spawn(async move {
+        set.spawn(crate::cleanup::tracked(async move {
             let _permit = limit.acquire_owned().await.expect("semaphore open");
             let started = Instant::now();
             let res = run_target(&job, &t).await;
             (i, t, started.elapsed(), res)
-        });
+        }));
     }
     let mut results = Vec::new();
     while let Some(r) = set.join_next().await {
