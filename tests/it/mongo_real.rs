@@ -517,3 +517,66 @@ fn restore_fails_when_fewer_documents_were_restored() {
         );
     }
 }
+
+/// Collection names mongodump escapes in zip mode (`url.QueryEscape`, and names over 238
+/// escaped bytes truncated and hashed): the manifest, the restore's counts and verify's
+/// comparison use the real names, in both formats.
+#[test]
+fn escaped_and_truncated_collection_names_are_the_real_names() {
+    let work = tempfile::tempdir().unwrap();
+    let bucket = moto().bucket("mreal-names");
+    let long = "é".repeat(120);
+    let names = [
+        "odd types",
+        "a+b",
+        "100%",
+        "a.b",
+        "événements",
+        long.as_str(),
+    ];
+    let mut shop = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let docs: Vec<Value> = (0..=i)
+            .map(|k| json!({"_id": {"$numberInt": k.to_string()}, "in": name}))
+            .collect();
+        shop.insert(name.to_string(), json!({"documents": docs}));
+    }
+    let source = Mongod::seeded(json!({ "shop": shop }));
+    let want: serde_json::Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("shop.{n}"), json!(i + 1)))
+        .collect();
+    for format in ["zip", "archive"] {
+        let (key, _) = backed_up(backup(
+            &bucket,
+            work.path(),
+            &source.uri(None, ""),
+            Some("shop"),
+            format,
+        ));
+        assert_eq!(
+            manifest(&bucket, &key)["source"]["collections"],
+            Value::Object(want.clone()),
+            "{format}"
+        );
+        let target = Mongod::start(MongodOpts::default());
+        restore(&bucket, work.path(), &key, &target.uri(None, ""))
+            .assert()
+            .success();
+        assert_same_database(&target.database("shop"), &source.database("shop"));
+
+        let scratch = Mongod::start(MongodOpts::default());
+        let out = cmd(&bucket, work.path())
+            .args(["verify", &key, "--restore-into", &scratch.uri(None, "")])
+            .assert()
+            .success();
+        let v = summaries(&out.get_output().stdout);
+        assert_eq!(
+            v[0]["details"]["counts"], "match the manifest",
+            "{format}: {v:?}"
+        );
+        assert_eq!(v[0]["details"]["documents_restored"], 21, "{format}");
+        assert_same_database(&scratch.database("shop"), &source.database("shop"));
+    }
+}
