@@ -209,6 +209,7 @@ fn uri_naming_a_database_is_the_login_database_and_the_restore_target() {
         auth: Some((USER, PASSWORD)),
         auth_db: Some("shop"),
         seed: Some(shop_seed("shop")),
+        ..Default::default()
     });
     // Its own bucket: the backup above may have taken this second's key (keys never repeat).
     let bucket = moto().bucket("mreal-uridb-scope");
