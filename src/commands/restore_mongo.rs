@@ -50,6 +50,10 @@ pub enum MongoRestoreError {
         expected: u64,
         failed: String,
     },
+    #[error("mongorestore's per-collection counts differ from the backup: {0}")]
+    Differs(String),
+    #[error("after the restore, the target lacks {what} the backup holds: {missing}")]
+    AuthMissing { what: &'static str, missing: String },
 }
 
 /// A MongoDB deployment to restore into: mongorestore, the connection and its secrets.
@@ -61,6 +65,9 @@ pub struct MongoTarget {
     pub uri_database: Option<String>,
     pub work_dir: PathBuf,
     pub redactor: Redactor,
+    /// Reads the target's users back after a restore that brought some; `None` when no
+    /// mongodump is installed (then they are not read back, and the restore says so).
+    pub mongodump: Option<PathBuf>,
 }
 
 impl MongoTarget {
@@ -79,7 +86,9 @@ impl MongoTarget {
         )
         .map_err(|e| ConfigError::invalid("MONGORESTORE_PATH", e.to_string()))?;
         let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let mongodump = mongo::locate_mongodump_near(args.mongodump_path.as_deref(), &mongorestore);
         Ok(MongoTarget {
+            mongodump,
             mongorestore,
             conn,
             uri_database,
@@ -108,6 +117,33 @@ pub struct MongoRestored {
     pub restored_total: u64,
     /// Documents per collection as mongorestore reported them, under the dumped names.
     pub restored: BTreeMap<String, u64>,
+    /// Users and roles, when the backup held any ([`mongo::is_auth_namespace`]).
+    pub auth: Option<AuthCheck>,
+}
+
+/// What became of the backup's `admin.system.users|roles|version`: mongorestore merges users
+/// and roles through `_mergeAuthzCollections` (outside its document counts) and only reads
+/// `admin.system.version`, so they are checked by name instead of counted.
+#[derive(Debug)]
+pub struct AuthCheck {
+    pub users: usize,
+    pub roles: usize,
+    /// `Err(why)` when the target could not be read back (mongorestore itself succeeded).
+    pub read_back: Result<(), String>,
+}
+
+impl AuthCheck {
+    /// The one line a restore and verify report.
+    pub fn summary(&self) -> String {
+        let held = format!(
+            "{} user(s) and {} role(s) in the backup",
+            self.users, self.roles
+        );
+        match &self.read_back {
+            Ok(()) => format!("{held}, all present after the restore"),
+            Err(why) => format!("{held}, merged by mongorestore; not read back: {why}"),
+        }
+    }
 }
 
 /// Restores one MongoDB artifact into `target`. Objects without a manifest (the old script's)
@@ -159,22 +195,31 @@ pub async fn restore_mongo(
             Err(e) => e.context("restore stopped before mongorestore ran; nothing was restored"),
         })?;
     let (object_path, tree) = (object.clone(), dir.path().join("dump"));
-    let (source_dir, documents) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        if is_zip {
-            extract_zip(&object_path, &tree)?;
-            std::fs::remove_file(&object_path).ok();
-            let root = dump_root(&tree)?;
-            let counts = mongo::count_documents(&root)?;
-            Ok((Some(root), counts))
-        } else {
-            let file = std::fs::File::open(&object_path)?;
-            let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
-            Ok((None, mongo::archive_counts(gz)?))
-        }
-    })
-    .await
-    .context("reading task panicked")?
-    .context("reading the verified backup; nothing was restored")?;
+    let (source_dir, documents, auth_ids) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if is_zip {
+                extract_zip(&object_path, &tree)?;
+                std::fs::remove_file(&object_path).ok();
+                let root = dump_root(&tree)?;
+                let counts = mongo::count_documents(&root)?;
+                let ids = mongo::tree_auth_ids(&root)?;
+                Ok((Some(root), counts, ids))
+            } else {
+                let file = std::fs::File::open(&object_path)?;
+                let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
+                let mut ids: AuthIds = BTreeMap::new();
+                let counts = mongo::archive_scan(gz, |ns, doc| {
+                    if ns == mongo::AUTH_USERS || ns == mongo::AUTH_ROLES {
+                        let set = ids.entry(ns.to_string()).or_default();
+                        set.extend(mongo::doc_id(doc));
+                    }
+                })?;
+                Ok((None, counts, ids))
+            }
+        })
+        .await
+        .context("reading task panicked")?
+        .context("reading the verified backup; nothing was restored")?;
     let databases: Vec<String> = documents
         .keys()
         .filter_map(|ns| ns.split_once('.').map(|(db, _)| db.to_string()))
@@ -213,7 +258,11 @@ pub async fn restore_mongo(
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     };
     drop_dir(dir);
-    let expected: u64 = documents.values().sum();
+    let expected: u64 = documents
+        .iter()
+        .filter(|(ns, _)| !mongo::is_auth_namespace(ns))
+        .map(|(_, n)| n)
+        .sum();
     let restored_total = report.total.unwrap_or(0);
     let failed = report.failed.unwrap_or(0);
     if restored_total < expected || failed > 0 {
@@ -240,13 +289,103 @@ pub async fn restore_mongo(
             _ => (ns, n),
         })
         .collect();
+    let differ = count_differences(&documents, &restored, "backup");
+    if !differ.is_empty() {
+        return Err(MongoRestoreError::Differs(differ.join("; ")).into());
+    }
+    let auth = check_auth(target, &documents, &auth_ids, cancel).await?;
+    if let Some(a) = &auth {
+        tracing::info!(
+            users = a.users,
+            roles = a.roles,
+            "users and roles: {}",
+            a.summary()
+        );
+    }
     Ok(MongoRestored {
         fed,
         database,
         documents,
         restored_total,
         restored,
+        auth,
     })
+}
+
+type AuthIds = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// `ns: restored, in the <source>` for every data collection whose count mongorestore reported
+/// differently (a collection it did not report counts as 0 restored). Users, roles and
+/// `admin.system.version` are not data to mongorestore ([`check_auth`]).
+pub fn count_differences(
+    expected: &BTreeMap<String, u64>,
+    restored: &BTreeMap<String, u64>,
+    source: &str,
+) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|(ns, _)| !mongo::is_auth_namespace(ns))
+        .filter_map(|(ns, n)| {
+            let got = restored.get(ns).copied().unwrap_or(0);
+            (got != *n).then(|| format!("{ns}: {got} restored, {n} in the {source}"))
+        })
+        .collect()
+}
+
+/// When the backup held users or roles (a whole-server or `admin` backup): reads them back
+/// from the target, and fails when one the backup held is missing. A target that cannot be
+/// read back (no mongodump, no privilege) is reported, not failed: mongorestore already
+/// exited 0 after `_mergeAuthzCollections` succeeded.
+async fn check_auth(
+    target: &MongoTarget,
+    documents: &BTreeMap<String, u64>,
+    ids: &AuthIds,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<AuthCheck>> {
+    if !documents.keys().any(|ns| mongo::is_auth_namespace(ns)) {
+        return Ok(None);
+    }
+    let count = |ns: &str| ids.get(ns).map_or(0, |s| s.len());
+    let mut check = AuthCheck {
+        users: count(mongo::AUTH_USERS),
+        roles: count(mongo::AUTH_ROLES),
+        read_back: Ok(()),
+    };
+    for (ns, what) in [(mongo::AUTH_USERS, "users"), (mongo::AUTH_ROLES, "roles")] {
+        let Some(want) = ids.get(ns).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let Some(mongodump) = &target.mongodump else {
+            check.read_back = Err("no mongodump found to read them with".into());
+            break;
+        };
+        let read = async {
+            let tools = mongo::MongoTools::locate(Some(mongodump)).await?;
+            mongo::read_ids(&tools, &target.conn, ns, target.redactor.clone()).await
+        };
+        let have = tokio::select! {
+            r = read => r,
+            _ = cancel.cancelled() => return Err(Interrupted.into()),
+        };
+        match have {
+            Ok(have) => {
+                let missing: Vec<&str> = want.difference(&have).map(String::as_str).collect();
+                if !missing.is_empty() {
+                    return Err(MongoRestoreError::AuthMissing {
+                        what,
+                        missing: missing.join(", "),
+                    }
+                    .into());
+                }
+            }
+            Err(e) => {
+                let why = target.redactor.redact(&e.to_string());
+                tracing::warn!(collection = ns, error = %why, "could not read the restored {what} back");
+                check.read_back = Err(why);
+            }
+        }
+    }
+    Ok(Some(check))
 }
 
 /// The directory of a zip's tree that holds `<db>/<collection>.bson`: the tree itself for

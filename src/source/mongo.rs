@@ -6,7 +6,7 @@
 //! The URI holds the password, so it never goes into argv: the real tools would show it in
 //! `ps`. It is written to a 0600 temp file that lives exactly as long as the child.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -416,6 +416,99 @@ pub fn query_unescape(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// The namespaces mongorestore does not restore as data, so its "N document(s) restored"
+/// never counts them: users and roles go through a temporary collection and the
+/// `_mergeAuthzCollections` command (checked by [`read_ids`] afterwards), and
+/// `admin.system.version` is only read for the dump's auth schema version.
+pub const AUTH_USERS: &str = "admin.system.users";
+pub const AUTH_ROLES: &str = "admin.system.roles";
+pub const AUTH_VERSION: &str = "admin.system.version";
+
+pub fn is_auth_namespace(ns: &str) -> bool {
+    [AUTH_USERS, AUTH_ROLES, AUTH_VERSION].contains(&ns)
+}
+
+/// The `_id`s (`<db>.<name>`) of the users and roles in a dump tree, per namespace.
+pub fn tree_auth_ids(root: &Path) -> Result<BTreeMap<String, BTreeSet<String>>, MongoError> {
+    let mut out = BTreeMap::new();
+    for ns in [AUTH_USERS, AUTH_ROLES] {
+        let rel = format!("{}.bson", ns.replacen('.', "/", 1));
+        let raw = match std::fs::read(root.join(&rel)) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(MongoError::Tree(e)),
+        };
+        let mut ids = BTreeSet::new();
+        let mut at = 0;
+        while at + 4 <= raw.len() {
+            let len = i32::from_le_bytes(raw[at..at + 4].try_into().unwrap_or_default());
+            let doc = usize::try_from(len)
+                .ok()
+                .filter(|&l| l >= 5)
+                .and_then(|l| raw.get(at..at + l))
+                .ok_or_else(|| MongoError::TruncatedBson(rel.clone()))?;
+            ids.extend(bson_str(doc, "_id"));
+            at += doc.len();
+        }
+        out.insert(ns.to_string(), ids);
+    }
+    Ok(out)
+}
+
+/// The string `_id`s of one collection in a deployment, read with mongodump (the only client
+/// backhaul has): how a restore checks that the users it restored are there.
+pub async fn read_ids(
+    tools: &MongoTools,
+    conn: &MongoConn,
+    ns: &str,
+    redactor: Redactor,
+) -> Result<BTreeSet<String>, MongoError> {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let ArchiveDump { mut child, config } = spawn_archive(
+        tools,
+        conn,
+        Some(db),
+        &[format!("--collection={coll}")],
+        redactor,
+    )?;
+    let stdout = child.take_stdout();
+    let read = tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>, MongoError> {
+        let Some(stdout) = stdout else {
+            return Ok(BTreeSet::new());
+        };
+        let mut chunks = io::BufReader::new(stdout);
+        // Nothing at all (not even a gzip header) when the collection does not exist.
+        if io::BufRead::fill_buf(&mut chunks).map_or(true, |b| b.is_empty()) {
+            return Ok(BTreeSet::new());
+        }
+        let mut ids = BTreeSet::new();
+        archive_scan(flate2::read::MultiGzDecoder::new(chunks), |_, doc| {
+            ids.extend(bson_str(doc, "_id"))
+        })?;
+        Ok(ids)
+    });
+    let waited = child.wait().await;
+    drop(config);
+    waited?;
+    read.await
+        .unwrap_or_else(|_| Err(MongoError::BadArchive("reader panicked".into())))
+}
+
+/// mongodump for reading a restore's target back: `MONGODUMP_PATH`, else the one beside
+/// mongorestore (the tools ship together), else the first on PATH.
+pub fn locate_mongodump_near(explicit: Option<&Path>, mongorestore: &Path) -> Option<PathBuf> {
+    explicit
+        .filter(|p| is_executable(p))
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            mongorestore
+                .parent()
+                .map(|d| d.join("mongodump"))
+                .filter(|p| is_executable(p))
+        })
+        .or_else(|| on_path("mongodump"))
+}
+
 /// Counts concatenated BSON documents: each starts with its total length as a little-endian
 /// int32 (at least 5: the length itself plus the terminating NUL).
 fn count_bson(file: std::fs::File, name: &str) -> Result<u64, MongoError> {
@@ -443,7 +536,15 @@ fn count_bson(file: std::fs::File, name: &str) -> Result<u64, MongoError> {
 /// collection list (so empty collections count as 0), then every namespace block's documents.
 /// Format: magic, header document, collection metadata documents, terminator; then blocks of
 /// a namespace header (`db`, `collection`, `EOF`) followed by documents and a terminator.
-pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
+pub fn archive_counts(r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
+    archive_scan(r, |_, _| {})
+}
+
+/// [`archive_counts`], handing every document to `on_doc` with its namespace.
+pub fn archive_scan(
+    mut r: impl io::Read,
+    mut on_doc: impl FnMut(&str, &[u8]),
+) -> Result<BTreeMap<String, u64>, MongoError> {
     const MAGIC: u32 = 0x8199_e26d;
     let bad = |m: &str| MongoError::BadArchive(m.to_string());
     match read_len(&mut r)? {
@@ -469,7 +570,8 @@ pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, Mon
             _ => return Err(bad("namespace header without db/collection")),
         };
         let mut n = 0u64;
-        while read_doc_or_end(&mut r)?.is_some() {
+        while let Some(doc) = read_doc_or_end(&mut r)? {
+            on_doc(&ns, &doc);
             n += 1;
         }
         *out.entry(ns).or_insert(0) += n;
@@ -637,6 +739,11 @@ fn bson_str(doc: &[u8], key: &str) -> Option<String> {
         i = v + size;
     }
     None
+}
+
+/// A document's `_id` when it is a string (users' and roles' `<db>.<name>`).
+pub fn doc_id(doc: &[u8]) -> Option<String> {
+    bson_str(doc, "_id")
 }
 
 /// Every file under `root`, as (path relative to root with `/` separators, absolute path),
