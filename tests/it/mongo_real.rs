@@ -524,6 +524,23 @@ fn restore_fails_when_fewer_documents_were_restored() {
             err.contains("restored 0 of the 162 documents"),
             "{format}: {err}"
         );
+
+        // The right total, but one collection short and another over: still a failure,
+        // naming the collection.
+        let fake = fake_tool(
+            tools.path(),
+            "mongorestore",
+            "100.8.0",
+            "t\\tfinished restoring shop.orders (119 documents, 0 failures)\\nt\\tfinished restoring shop.users (41 documents, 0 failures)\\nt\\tfinished restoring shop.events.2024.q1 (2 documents, 0 failures)\\nt\\t162 document(s) restored successfully. 0 document(s) failed to restore.",
+        );
+        let mut c = restore(&bucket, work.path(), &key, "mongodb://127.0.0.1:1/");
+        c.env("MONGORESTORE_PATH", &fake);
+        let out = c.assert().code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            err.contains("shop.orders: 119 restored, 120 in the backup; shop.users: 41 restored, 40 in the backup"),
+            "{format}: {err}"
+        );
     }
 }
 
