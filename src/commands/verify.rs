@@ -458,8 +458,9 @@ impl Verifier {
                     .as_ref()
                     .and_then(|m| m.source.collections.as_ref());
                 if let Some(recorded) = recorded {
+                    let recorded = restore_mongo::real_names(recorded, &done.restored);
                     let differ =
-                        restore_mongo::count_differences(recorded, &done.restored, "manifest");
+                        restore_mongo::count_differences(&recorded, &done.restored, "manifest");
                     if !differ.is_empty() {
                         details.insert("restore".into(), json!("count mismatch"));
                         return Err(Failure::Artifact(format!(

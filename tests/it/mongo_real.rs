@@ -722,5 +722,25 @@ fn whole_server_backup_with_users_restores_every_database_and_the_users() {
             err.contains("lacks users the backup holds: admin.backup, admin.reporter"),
             "{format}: {err}"
         );
+
+        // No mongodump to read them back with: mongorestore's own success stands, and the
+        // restore says the users were not read back.
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec '{}' \"$@\"\n", mongorestore().display()),
+        )
+        .unwrap();
+        let empty = Mongod::start(MongodOpts::default());
+        let out = restore(&bucket, work.path(), &key, &empty.uri(None, ""))
+            .env("MONGORESTORE_PATH", &wrapper)
+            .env_remove("MONGODUMP_PATH")
+            .assert()
+            .success();
+        let log = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            log.contains("merged by mongorestore; not read back: no mongodump found"),
+            "{format}: {log}"
+        );
+        assert_eq!(users(&empty), ["admin.backup", "admin.reporter"]);
     }
 }
