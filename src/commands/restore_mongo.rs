@@ -10,7 +10,11 @@
 //!
 //! mongorestore exits 0 after skipping what it does not understand (a folder it takes for
 //! something else, `.bson.gz` files without `--gzip`), so the documents in the artifact are
-//! counted first and a restore that reports fewer restored fails.
+//! counted first and a restore that reports fewer restored, or another count for any one
+//! collection, fails. Users and roles (a backup of every database holds `admin.system.users`)
+//! are not documents to mongorestore — it merges them through a temporary collection and
+//! `_mergeAuthzCollections`, and only reads `admin.system.version` — so they are read back
+//! from the target by name instead.
 //!
 //! Without `--clean` nothing is dropped and mongorestore runs with `--stopOnError`, so a
 //! document that already exists in the target fails the restore; `--clean` maps to `--drop`
