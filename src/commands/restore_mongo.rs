@@ -10,7 +10,11 @@
 //!
 //! mongorestore exits 0 after skipping what it does not understand (a folder it takes for
 //! something else, `.bson.gz` files without `--gzip`), so the documents in the artifact are
-//! counted first and a restore that reports fewer restored fails.
+//! counted first and a restore that reports fewer restored, or another count for any one
+//! collection, fails. Users and roles (a backup of every database holds `admin.system.users`)
+//! are not documents to mongorestore — it merges them through a temporary collection and
+//! `_mergeAuthzCollections`, and only reads `admin.system.version` — so they are read back
+//! from the target by name instead.
 //!
 //! Without `--clean` nothing is dropped and mongorestore runs with `--stopOnError`, so a
 //! document that already exists in the target fails the restore; `--clean` maps to `--drop`
@@ -50,6 +54,10 @@ pub enum MongoRestoreError {
         expected: u64,
         failed: String,
     },
+    #[error("mongorestore's per-collection counts differ from the backup: {0}")]
+    Differs(String),
+    #[error("after the restore, the target lacks {what} the backup holds: {missing}")]
+    AuthMissing { what: &'static str, missing: String },
 }
 
 /// A MongoDB deployment to restore into: mongorestore, the connection and its secrets.
@@ -61,6 +69,9 @@ pub struct MongoTarget {
     pub uri_database: Option<String>,
     pub work_dir: PathBuf,
     pub redactor: Redactor,
+    /// Reads the target's users back after a restore that brought some; `None` when no
+    /// mongodump is installed (then they are not read back, and the restore says so).
+    pub mongodump: Option<PathBuf>,
 }
 
 impl MongoTarget {
@@ -79,7 +90,9 @@ impl MongoTarget {
         )
         .map_err(|e| ConfigError::invalid("MONGORESTORE_PATH", e.to_string()))?;
         let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let mongodump = mongo::locate_mongodump_near(args.mongodump_path.as_deref(), &mongorestore);
         Ok(MongoTarget {
+            mongodump,
             mongorestore,
             conn,
             uri_database,
@@ -108,6 +121,33 @@ pub struct MongoRestored {
     pub restored_total: u64,
     /// Documents per collection as mongorestore reported them, under the dumped names.
     pub restored: BTreeMap<String, u64>,
+    /// Users and roles, when the backup held any ([`mongo::is_auth_namespace`]).
+    pub auth: Option<AuthCheck>,
+}
+
+/// What became of the backup's `admin.system.users|roles|version`: mongorestore merges users
+/// and roles through `_mergeAuthzCollections` (outside its document counts) and only reads
+/// `admin.system.version`, so they are checked by name instead of counted.
+#[derive(Debug)]
+pub struct AuthCheck {
+    pub users: usize,
+    pub roles: usize,
+    /// `Err(why)` when the target could not be read back (mongorestore itself succeeded).
+    pub read_back: Result<(), String>,
+}
+
+impl AuthCheck {
+    /// The one line a restore and verify report.
+    pub fn summary(&self) -> String {
+        let held = format!(
+            "{} user(s) and {} role(s) in the backup",
+            self.users, self.roles
+        );
+        match &self.read_back {
+            Ok(()) => format!("{held}, all present after the restore"),
+            Err(why) => format!("{held}, merged by mongorestore; not read back: {why}"),
+        }
+    }
 }
 
 /// Restores one MongoDB artifact into `target`. Objects without a manifest (the old script's)
@@ -159,22 +199,31 @@ pub async fn restore_mongo(
             Err(e) => e.context("restore stopped before mongorestore ran; nothing was restored"),
         })?;
     let (object_path, tree) = (object.clone(), dir.path().join("dump"));
-    let (source_dir, documents) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        if is_zip {
-            extract_zip(&object_path, &tree)?;
-            std::fs::remove_file(&object_path).ok();
-            let root = dump_root(&tree)?;
-            let counts = mongo::count_documents(&root)?;
-            Ok((Some(root), counts))
-        } else {
-            let file = std::fs::File::open(&object_path)?;
-            let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
-            Ok((None, mongo::archive_counts(gz)?))
-        }
-    })
-    .await
-    .context("reading task panicked")?
-    .context("reading the verified backup; nothing was restored")?;
+    let (source_dir, documents, auth_ids) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if is_zip {
+                extract_zip(&object_path, &tree)?;
+                std::fs::remove_file(&object_path).ok();
+                let root = dump_root(&tree)?;
+                let counts = mongo::count_documents(&root)?;
+                let ids = mongo::tree_auth_ids(&root)?;
+                Ok((Some(root), counts, ids))
+            } else {
+                let file = std::fs::File::open(&object_path)?;
+                let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
+                let mut ids: AuthIds = BTreeMap::new();
+                let counts = mongo::archive_scan(gz, |ns, doc| {
+                    if ns == mongo::AUTH_USERS || ns == mongo::AUTH_ROLES {
+                        let set = ids.entry(ns.to_string()).or_default();
+                        set.extend(mongo::doc_id(doc));
+                    }
+                })?;
+                Ok((None, counts, ids))
+            }
+        })
+        .await
+        .context("reading task panicked")?
+        .context("reading the verified backup; nothing was restored")?;
     let databases: Vec<String> = documents
         .keys()
         .filter_map(|ns| ns.split_once('.').map(|(db, _)| db.to_string()))
@@ -213,7 +262,11 @@ pub async fn restore_mongo(
         _ = cancel.cancelled() => return Err(Interrupted.into()),
     };
     drop_dir(dir);
-    let expected: u64 = documents.values().sum();
+    let expected: u64 = documents
+        .iter()
+        .filter(|(ns, _)| !mongo::is_auth_namespace(ns))
+        .map(|(_, n)| n)
+        .sum();
     let restored_total = report.total.unwrap_or(0);
     let failed = report.failed.unwrap_or(0);
     if restored_total < expected || failed > 0 {
@@ -240,13 +293,135 @@ pub async fn restore_mongo(
             _ => (ns, n),
         })
         .collect();
+    let differ = count_differences(&documents, &restored, "backup");
+    if !differ.is_empty() {
+        return Err(MongoRestoreError::Differs(differ.join("; ")).into());
+    }
+    let auth = check_auth(target, &documents, &auth_ids, cancel).await?;
+    match &auth {
+        Some(a) if a.read_back.is_ok() => {
+            tracing::info!(
+                users = a.users,
+                roles = a.roles,
+                "users and roles: {}",
+                a.summary()
+            )
+        }
+        Some(a) => {
+            tracing::warn!(
+                users = a.users,
+                roles = a.roles,
+                "users and roles: {}",
+                a.summary()
+            )
+        }
+        None => {}
+    }
     Ok(MongoRestored {
         fed,
         database,
         documents,
         restored_total,
         restored,
+        auth,
     })
+}
+
+/// A manifest's counts under the names mongorestore reports. Zip-mode manifests written
+/// before backhaul read the real names recorded mongodump's escaped file names
+/// (`shop.odd+types`); such a name, when mongorestore reported no collection by it, is
+/// unescaped (escaping is one-to-one, so this never merges two collections).
+pub fn real_names(
+    recorded: &BTreeMap<String, u64>,
+    restored: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    recorded
+        .iter()
+        .map(|(ns, n)| {
+            let unescaped = || {
+                let (db, coll) = ns.split_once('.')?;
+                let real = format!("{db}.{}", mongo::query_unescape(coll)?);
+                restored.contains_key(&real).then_some(real)
+            };
+            let name = match restored.contains_key(ns) {
+                true => ns.clone(),
+                false => unescaped().unwrap_or_else(|| ns.clone()),
+            };
+            (name, *n)
+        })
+        .collect()
+}
+
+type AuthIds = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// `ns: restored, in the <source>` for every data collection whose count mongorestore reported
+/// differently (a collection it did not report counts as 0 restored). Users, roles and
+/// `admin.system.version` are not data to mongorestore ([`check_auth`]).
+pub fn count_differences(
+    expected: &BTreeMap<String, u64>,
+    restored: &BTreeMap<String, u64>,
+    source: &str,
+) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|(ns, _)| !mongo::is_auth_namespace(ns))
+        .filter_map(|(ns, n)| {
+            let got = restored.get(ns).copied().unwrap_or(0);
+            (got != *n).then(|| format!("{ns}: {got} restored, {n} in the {source}"))
+        })
+        .collect()
+}
+
+/// When the backup held users or roles (a whole-server or `admin` backup): reads them back
+/// from the target, and fails when one the backup held is missing. A target that cannot be
+/// read back (no mongodump, no privilege) is reported, not failed: mongorestore already
+/// exited 0 after `_mergeAuthzCollections` succeeded.
+async fn check_auth(
+    target: &MongoTarget,
+    documents: &BTreeMap<String, u64>,
+    ids: &AuthIds,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<AuthCheck>> {
+    if !documents.keys().any(|ns| mongo::is_auth_namespace(ns)) {
+        return Ok(None);
+    }
+    let count = |ns: &str| ids.get(ns).map_or(0, |s| s.len());
+    let mut check = AuthCheck {
+        users: count(mongo::AUTH_USERS),
+        roles: count(mongo::AUTH_ROLES),
+        read_back: Ok(()),
+    };
+    for (ns, what) in [(mongo::AUTH_USERS, "users"), (mongo::AUTH_ROLES, "roles")] {
+        let Some(want) = ids.get(ns).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let Some(mongodump) = &target.mongodump else {
+            check.read_back = Err("no mongodump found to read them with".into());
+            break;
+        };
+        let read = async {
+            let tools = mongo::MongoTools::locate(Some(mongodump)).await?;
+            mongo::read_ids(&tools, &target.conn, ns, target.redactor.clone()).await
+        };
+        let have = tokio::select! {
+            r = read => r,
+            _ = cancel.cancelled() => return Err(Interrupted.into()),
+        };
+        match have {
+            Ok(have) => {
+                let missing: Vec<&str> = want.difference(&have).map(String::as_str).collect();
+                if !missing.is_empty() {
+                    return Err(MongoRestoreError::AuthMissing {
+                        what,
+                        missing: missing.join(", "),
+                    }
+                    .into());
+                }
+            }
+            Err(e) => check.read_back = Err(target.redactor.redact(&e.to_string())),
+        }
+    }
+    Ok(Some(check))
 }
 
 /// The directory of a zip's tree that holds `<db>/<collection>.bson`: the tree itself for
@@ -358,6 +533,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         extract_zip(zip_with(&["shop/a.bson"]).path(), dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("shop/a.bson")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn old_manifests_escaped_names_compare_with_the_real_ones() {
+        let map = |v: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let restored = map(&[("shop.odd types", 50), ("shop.a+b", 2), ("shop.100%", 1)]);
+        let old = map(&[
+            ("shop.odd+types", 50),
+            ("shop.a%2Bb", 2),
+            ("shop.100%25", 1),
+        ]);
+        assert_eq!(real_names(&old, &restored), restored);
+        assert!(count_differences(&real_names(&old, &restored), &restored, "manifest").is_empty());
+        // Real names stay; a name matching nothing stays too, and is reported missing.
+        assert_eq!(real_names(&restored, &restored), restored);
+        let gone = map(&[("shop.odd+types", 50)]);
+        assert_eq!(
+            count_differences(
+                &real_names(&gone, &BTreeMap::new()),
+                &BTreeMap::new(),
+                "manifest"
+            ),
+            ["shop.odd+types: 0 restored, 50 in the manifest"]
+        );
     }
 
     #[test]

@@ -448,19 +448,19 @@ impl Verifier {
                     json!(done.documents.values().sum::<u64>()),
                 );
                 // The manifest's counts were taken at backup time: the restore must match them.
+                // Users and roles are not counted by mongorestore: the restore checked them
+                // by name, reported on their own line.
+                if let Some(auth) = &done.auth {
+                    details.insert("users_and_roles".into(), json!(auth.summary()));
+                }
                 let recorded = entry
                     .manifest
                     .as_ref()
                     .and_then(|m| m.source.collections.as_ref());
                 if let Some(recorded) = recorded {
-                    let differ: Vec<String> = recorded
-                        .iter()
-                        .filter(|(ns, n)| done.restored.get(*ns).copied().unwrap_or(0) != **n)
-                        .map(|(ns, n)| {
-                            let got = done.restored.get(ns).copied().unwrap_or(0);
-                            format!("{ns}: {got} restored, {n} in the manifest")
-                        })
-                        .collect();
+                    let recorded = restore_mongo::real_names(recorded, &done.restored);
+                    let differ =
+                        restore_mongo::count_differences(&recorded, &done.restored, "manifest");
                     if !differ.is_empty() {
                         details.insert("restore".into(), json!("count mismatch"));
                         return Err(Failure::Artifact(format!(

@@ -6,7 +6,7 @@
 //! The URI holds the password, so it never goes into argv: the real tools would show it in
 //! `ps`. It is written to a 0600 temp file that lives exactly as long as the child.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,8 @@ pub enum MongoError {
     Empty(String),
     #[error("{0}: truncated BSON (a document's length runs past the end)")]
     TruncatedBson(String),
+    #[error("{0}: neither a .metadata.json naming the collection nor a file name mongodump could have escaped")]
+    BadName(String),
     #[error("reading the dump tree: {0}")]
     Tree(io::Error),
     #[error("not a mongodump archive: {0}")]
@@ -339,19 +341,172 @@ pub async fn dump_to_dir(
 
 /// Documents per `db.collection` in a dump tree, from each `.bson` file's length prefixes:
 /// exact, and needs no BSON decoder. Other files (metadata, 100.12+'s `prelude.json`) are
-/// not collections.
+/// not collections. Namespaces are the real names ([`tree_namespace`]), as mongorestore
+/// reports them and archive mode records them.
 pub fn count_documents(root: &Path) -> Result<BTreeMap<String, u64>, MongoError> {
     let mut out = BTreeMap::new();
     let io_err = MongoError::Tree;
     for (rel, path) in walk(root).map_err(io_err)? {
-        let Some(stem) = rel.strip_suffix(".bson") else {
+        if !rel.ends_with(".bson") {
             continue;
-        };
-        let ns = stem.replacen('/', ".", 1);
+        }
+        let ns = tree_namespace(&path, &rel)?;
         let file = std::fs::File::open(&path).map_err(io_err)?;
         out.insert(ns, count_bson(file, &rel)?);
     }
     Ok(out)
+}
+
+/// The `db.collection` a dump tree's `<db>/<file>.bson` holds. mongodump writes the database
+/// folder under its own name (no database name holds `/`), but escapes the collection's file
+/// name (`url.QueryEscape`: `odd types` → `odd+types`) and, when the escaped name is longer
+/// than 238 bytes, truncates it to 208 bytes + `%24` + a hash. The `.metadata.json` beside it
+/// records the real name (`collectionName`, 100.x); without one the file name is unescaped as
+/// mongorestore does. A file outside any database folder (`oplog.bson`) keeps its stem.
+pub fn tree_namespace(bson: &Path, rel: &str) -> Result<String, MongoError> {
+    let stem = rel.strip_suffix(".bson").unwrap_or(rel);
+    let Some((db, file)) = stem.split_once('/') else {
+        return Ok(stem.to_string());
+    };
+    let metadata = bson.with_file_name(format!("{file}.metadata.json"));
+    let recorded = match std::fs::read(&metadata) {
+        Ok(raw) => metadata_collection_name(&raw),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(MongoError::Tree(e)),
+    };
+    let coll = match recorded {
+        Some(name) => name,
+        None => query_unescape(file).ok_or_else(|| MongoError::BadName(rel.to_string()))?,
+    };
+    Ok(format!("{db}.{coll}"))
+}
+
+/// `collectionName` of a `.metadata.json` (extended JSON; the name is a plain string).
+fn metadata_collection_name(raw: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        #[serde(rename = "collectionName")]
+        collection_name: Option<String>,
+    }
+    serde_json::from_slice::<Metadata>(raw)
+        .ok()?
+        .collection_name
+        .filter(|n| !n.is_empty())
+}
+
+/// Go's `url.QueryUnescape`, which mongorestore applies to collection file names: `+` is a
+/// space, `%XX` a byte, and a `%` not followed by two hex digits is an error (so is a name
+/// that does not decode to UTF-8, which a collection name always is).
+pub fn query_unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return None;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// The namespaces mongorestore does not restore as data, so its "N document(s) restored"
+/// never counts them: users and roles go through a temporary collection and the
+/// `_mergeAuthzCollections` command (checked by [`read_ids`] afterwards), and
+/// `admin.system.version` is only read for the dump's auth schema version.
+pub const AUTH_USERS: &str = "admin.system.users";
+pub const AUTH_ROLES: &str = "admin.system.roles";
+pub const AUTH_VERSION: &str = "admin.system.version";
+
+pub fn is_auth_namespace(ns: &str) -> bool {
+    [AUTH_USERS, AUTH_ROLES, AUTH_VERSION].contains(&ns)
+}
+
+/// The `_id`s (`<db>.<name>`) of the users and roles in a dump tree, per namespace.
+pub fn tree_auth_ids(root: &Path) -> Result<BTreeMap<String, BTreeSet<String>>, MongoError> {
+    let mut out = BTreeMap::new();
+    for ns in [AUTH_USERS, AUTH_ROLES] {
+        let rel = format!("{}.bson", ns.replacen('.', "/", 1));
+        let raw = match std::fs::read(root.join(&rel)) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(MongoError::Tree(e)),
+        };
+        let mut ids = BTreeSet::new();
+        let mut at = 0;
+        while at + 4 <= raw.len() {
+            let len = i32::from_le_bytes(raw[at..at + 4].try_into().unwrap_or_default());
+            let doc = usize::try_from(len)
+                .ok()
+                .filter(|&l| l >= 5)
+                .and_then(|l| raw.get(at..at + l))
+                .ok_or_else(|| MongoError::TruncatedBson(rel.clone()))?;
+            ids.extend(bson_str(doc, "_id"));
+            at += doc.len();
+        }
+        out.insert(ns.to_string(), ids);
+    }
+    Ok(out)
+}
+
+/// The string `_id`s of one collection in a deployment, read with mongodump (the only client
+/// backhaul has): how a restore checks that the users it restored are there.
+pub async fn read_ids(
+    tools: &MongoTools,
+    conn: &MongoConn,
+    ns: &str,
+    redactor: Redactor,
+) -> Result<BTreeSet<String>, MongoError> {
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let ArchiveDump { mut child, config } = spawn_archive(
+        tools,
+        conn,
+        Some(db),
+        &[format!("--collection={coll}")],
+        redactor,
+    )?;
+    let stdout = child.take_stdout();
+    let read = tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>, MongoError> {
+        let Some(stdout) = stdout else {
+            return Ok(BTreeSet::new());
+        };
+        let mut chunks = io::BufReader::new(stdout);
+        // Nothing at all (not even a gzip header) when the collection does not exist.
+        if io::BufRead::fill_buf(&mut chunks).map_or(true, |b| b.is_empty()) {
+            return Ok(BTreeSet::new());
+        }
+        let mut ids = BTreeSet::new();
+        archive_scan(flate2::read::MultiGzDecoder::new(chunks), |_, doc| {
+            ids.extend(bson_str(doc, "_id"))
+        })?;
+        Ok(ids)
+    });
+    let waited = child.wait().await;
+    drop(config);
+    waited?;
+    read.await
+        .unwrap_or_else(|_| Err(MongoError::BadArchive("reader panicked".into())))
+}
+
+/// mongodump for reading a restore's target back: `MONGODUMP_PATH`, else the one beside
+/// mongorestore (the tools ship together), else the first on PATH.
+pub fn locate_mongodump_near(explicit: Option<&Path>, mongorestore: &Path) -> Option<PathBuf> {
+    explicit
+        .filter(|p| is_executable(p))
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            mongorestore
+                .parent()
+                .map(|d| d.join("mongodump"))
+                .filter(|p| is_executable(p))
+        })
+        .or_else(|| on_path("mongodump"))
 }
 
 /// Counts concatenated BSON documents: each starts with its total length as a little-endian
@@ -381,7 +536,15 @@ fn count_bson(file: std::fs::File, name: &str) -> Result<u64, MongoError> {
 /// collection list (so empty collections count as 0), then every namespace block's documents.
 /// Format: magic, header document, collection metadata documents, terminator; then blocks of
 /// a namespace header (`db`, `collection`, `EOF`) followed by documents and a terminator.
-pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
+pub fn archive_counts(r: impl io::Read) -> Result<BTreeMap<String, u64>, MongoError> {
+    archive_scan(r, |_, _| {})
+}
+
+/// [`archive_counts`], handing every document to `on_doc` with its namespace.
+pub fn archive_scan(
+    mut r: impl io::Read,
+    mut on_doc: impl FnMut(&str, &[u8]),
+) -> Result<BTreeMap<String, u64>, MongoError> {
     const MAGIC: u32 = 0x8199_e26d;
     let bad = |m: &str| MongoError::BadArchive(m.to_string());
     match read_len(&mut r)? {
@@ -407,7 +570,8 @@ pub fn archive_counts(mut r: impl io::Read) -> Result<BTreeMap<String, u64>, Mon
             _ => return Err(bad("namespace header without db/collection")),
         };
         let mut n = 0u64;
-        while read_doc_or_end(&mut r)?.is_some() {
+        while let Some(doc) = read_doc_or_end(&mut r)? {
+            on_doc(&ns, &doc);
             n += 1;
         }
         *out.entry(ns).or_insert(0) += n;
@@ -575,6 +739,11 @@ fn bson_str(doc: &[u8], key: &str) -> Option<String> {
         i = v + size;
     }
     None
+}
+
+/// A document's `_id` when it is a string (users' and roles' `<db>.<name>`).
+pub fn doc_id(doc: &[u8]) -> Option<String> {
+    bson_str(doc, "_id")
 }
 
 /// Every file under `root`, as (path relative to root with `/` separators, absolute path),
@@ -861,6 +1030,59 @@ mod tests {
         io::copy(&mut counter.tee(&gz[..]), &mut out).unwrap();
         assert_eq!(out, gz);
         assert_eq!(counter.finish().unwrap(), counts);
+    }
+
+    #[test]
+    fn file_names_unescape_as_mongorestore_does() {
+        for (file, name) in [
+            ("odd+types", "odd types"),
+            ("a%2Bb", "a+b"),
+            ("100%25", "100%"),
+            ("a.b", "a.b"),
+            ("%C3%A9v%C3%A9nements", "événements"),
+            ("$admin.system.users", "$admin.system.users"),
+        ] {
+            assert_eq!(query_unescape(file).as_deref(), Some(name), "{file}");
+        }
+        for bad in ["100%", "a%2", "%zz", "%C3"] {
+            assert_eq!(query_unescape(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tree_names_come_from_metadata_then_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sh op");
+        std::fs::create_dir_all(&db).unwrap();
+        // Truncated: only the metadata knows the name.
+        let long = "é".repeat(120);
+        let truncated = format!("{}%24hash", &"%C3%A9".repeat(35)[..208]);
+        std::fs::write(db.join(format!("{truncated}.bson")), doc(&[("a", "b")])).unwrap();
+        std::fs::write(
+            db.join(format!("{truncated}.metadata.json")),
+            format!(r#"{{"indexes":[],"collectionName":"{long}","type":"collection"}}"#),
+        )
+        .unwrap();
+        // Older metadata without collectionName: the file name, unescaped.
+        std::fs::write(db.join("odd+types.bson"), b"").unwrap();
+        std::fs::write(db.join("odd+types.metadata.json"), br#"{"indexes":[]}"#).unwrap();
+        std::fs::write(db.join("100%25.bson"), b"").unwrap();
+        std::fs::write(dir.path().join("prelude.json"), b"{}").unwrap();
+        let counts = count_documents(dir.path()).unwrap();
+        let want: BTreeMap<String, u64> = [
+            (format!("sh op.{long}"), 1),
+            ("sh op.odd types".to_string(), 0),
+            ("sh op.100%".to_string(), 0),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(counts, want);
+
+        std::fs::write(db.join("bad%zz.bson"), b"").unwrap();
+        assert!(matches!(
+            count_documents(dir.path()),
+            Err(MongoError::BadName(_))
+        ));
     }
 
     #[test]

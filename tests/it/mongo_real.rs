@@ -209,6 +209,7 @@ fn uri_naming_a_database_is_the_login_database_and_the_restore_target() {
         auth: Some((USER, PASSWORD)),
         auth_db: Some("shop"),
         seed: Some(shop_seed("shop")),
+        ..Default::default()
     });
     // Its own bucket: the backup above may have taken this second's key (keys never repeat).
     let bucket = moto().bucket("mreal-uridb-scope");
@@ -329,7 +330,12 @@ fn zip_made_by_the_old_script_restores_every_database() {
         .success();
     assert_eq!(
         summaries(&out.get_output().stdout)[0]["database"],
-        "inventory,shop"
+        "admin,inventory,shop"
+    );
+    assert_eq!(
+        target.database("admin")["system.users"],
+        source.database("admin")["system.users"],
+        "the users, through _mergeAuthzCollections"
     );
     assert_same_database(&target.database("shop"), &source.database("shop"));
     assert_same_database(&target.database("inventory"), &source.database("inventory"));
@@ -340,7 +346,10 @@ fn zip_made_by_the_old_script_restores_every_database() {
         .assert()
         .code(1);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(err.contains("holds the databases inventory, shop"), "{err}");
+    assert!(
+        err.contains("holds the databases admin, inventory, shop"),
+        "{err}"
+    );
     assert_eq!(other.state(), json!({}));
 
     // And backhaul itself, with MONGO_DB_NAME unset, dumps everything into one artifact.
@@ -515,5 +524,223 @@ fn restore_fails_when_fewer_documents_were_restored() {
             err.contains("restored 0 of the 162 documents"),
             "{format}: {err}"
         );
+
+        // The right total, but one collection short and another over: still a failure,
+        // naming the collection.
+        let fake = fake_tool(
+            tools.path(),
+            "mongorestore",
+            "100.8.0",
+            "t\\tfinished restoring shop.orders (119 documents, 0 failures)\\nt\\tfinished restoring shop.users (41 documents, 0 failures)\\nt\\tfinished restoring shop.events.2024.q1 (2 documents, 0 failures)\\nt\\t162 document(s) restored successfully. 0 document(s) failed to restore.",
+        );
+        let mut c = restore(&bucket, work.path(), &key, "mongodb://127.0.0.1:1/");
+        c.env("MONGORESTORE_PATH", &fake);
+        let out = c.assert().code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            err.contains("shop.orders: 119 restored, 120 in the backup; shop.users: 41 restored, 40 in the backup"),
+            "{format}: {err}"
+        );
+    }
+}
+
+/// Collection names mongodump escapes in zip mode (`url.QueryEscape`, and names over 238
+/// escaped bytes truncated and hashed): the manifest, the restore's counts and verify's
+/// comparison use the real names, in both formats.
+#[test]
+fn escaped_and_truncated_collection_names_are_the_real_names() {
+    let work = tempfile::tempdir().unwrap();
+    let bucket = moto().bucket("mreal-names");
+    let long = "é".repeat(120);
+    let names = [
+        "odd types",
+        "a+b",
+        "100%",
+        "a.b",
+        "événements",
+        long.as_str(),
+    ];
+    let mut shop = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let docs: Vec<Value> = (0..=i)
+            .map(|k| json!({"_id": {"$numberInt": k.to_string()}, "in": name}))
+            .collect();
+        shop.insert(name.to_string(), json!({"documents": docs}));
+    }
+    let source = Mongod::seeded(json!({ "shop": shop }));
+    let want: serde_json::Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("shop.{n}"), json!(i + 1)))
+        .collect();
+    for format in ["zip", "archive"] {
+        let (key, _) = backed_up(backup(
+            &bucket,
+            work.path(),
+            &source.uri(None, ""),
+            Some("shop"),
+            format,
+        ));
+        assert_eq!(
+            manifest(&bucket, &key)["source"]["collections"],
+            Value::Object(want.clone()),
+            "{format}"
+        );
+        let target = Mongod::start(MongodOpts::default());
+        restore(&bucket, work.path(), &key, &target.uri(None, ""))
+            .assert()
+            .success();
+        assert_same_database(&target.database("shop"), &source.database("shop"));
+
+        let scratch = Mongod::start(MongodOpts::default());
+        let out = cmd(&bucket, work.path())
+            .args(["verify", &key, "--restore-into", &scratch.uri(None, "")])
+            .assert()
+            .success();
+        let v = summaries(&out.get_output().stdout);
+        assert_eq!(
+            v[0]["details"]["counts"], "match the manifest",
+            "{format}: {v:?}"
+        );
+        assert_eq!(v[0]["details"]["documents_restored"], 21, "{format}");
+        assert_same_database(&scratch.database("shop"), &source.database("shop"));
+    }
+}
+
+/// A whole-server backup of a server with auth holds its users (admin.system.users) and
+/// admin.system.version, which mongorestore does not count as restored documents: it merges
+/// users through a temporary collection and `_mergeAuthzCollections`. The restore exits 0,
+/// every database comes back document by document, and the users are checked by name.
+#[test]
+fn whole_server_backup_with_users_restores_every_database_and_the_users() {
+    let work = tempfile::tempdir().unwrap();
+    let bucket = moto().bucket("mreal-users");
+    let mut seed = shop_seed("shop");
+    seed["café-2024"] = json!({"odd types": {"documents": [{"_id": "o1"}]}});
+    let source = Mongod::start(MongodOpts {
+        auth: Some((USER, PASSWORD)),
+        more_users: &[("reporter", "r3p0rt")],
+        seed: Some(seed),
+        ..Default::default()
+    });
+    let uri = source.uri(Some(&userinfo()), "?authSource=admin");
+    let users = |m: &Mongod| -> Vec<String> {
+        m.database("admin")["system.users"]["documents"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|u| u["_id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(users(&source), ["admin.backup", "admin.reporter"]);
+    for format in ["zip", "archive"] {
+        let (key, _) = backed_up(backup(&bucket, work.path(), &uri, None, format));
+        let counts = &manifest(&bucket, &key)["source"]["collections"];
+        assert_eq!(counts["admin.system.users"], 2, "{format}: {counts}");
+        assert_eq!(counts["admin.system.version"], 1, "{format}");
+        assert_eq!(counts["café-2024.odd types"], 1, "{format}");
+
+        let target = Mongod::start(MongodOpts::default());
+        let out = restore(&bucket, work.path(), &key, &target.uri(None, ""))
+            .assert()
+            .success();
+        let log = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            log.contains("2 user(s) and 0 role(s) in the backup, all present after the restore"),
+            "{format}: {log}"
+        );
+        for db in ["shop", "café-2024"] {
+            assert_same_database(&target.database(db), &source.database(db));
+        }
+        assert_eq!(
+            target.database("admin")["system.users"]["documents"],
+            source.database("admin")["system.users"]["documents"],
+            "{format}: users as dumped"
+        );
+
+        // Into a deployment with auth: the restored users log in there.
+        let secured = with_auth(json!({}));
+        restore(
+            &bucket,
+            work.path(),
+            &key,
+            &secured.uri(Some(&userinfo()), "?authSource=admin"),
+        )
+        .assert()
+        .success();
+        let login = std::process::Command::new(mongodump())
+            .arg(format!(
+                "--uri={}",
+                secured.uri(Some("reporter:r3p0rt"), "?authSource=admin")
+            ))
+            .args(["--db", "shop", "--archive=/dev/null"])
+            .output()
+            .unwrap();
+        assert!(
+            login.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&login.stderr)
+        );
+
+        let scratch = Mongod::start(MongodOpts::default());
+        let out = cmd(&bucket, work.path())
+            .args(["verify", &key, "--restore-into", &scratch.uri(None, "")])
+            .assert()
+            .success();
+        let v = summaries(&out.get_output().stdout);
+        let d = &v[0]["details"];
+        assert_eq!(d["counts"], "match the manifest", "{format}: {v:?}");
+        assert_eq!(
+            d["users_and_roles"],
+            "2 user(s) and 0 role(s) in the backup, all present after the restore"
+        );
+
+        // A mongorestore that leaves the users out (as with --nsExclude) exits 0: the
+        // restore still fails, naming them.
+        let tools = tempfile::tempdir().unwrap();
+        let wrapper = tools.path().join("mongorestore");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec '{}' \"$@\" --nsExclude=admin.system.users\n",
+                mongorestore().display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let empty = Mongod::start(MongodOpts::default());
+        let out = restore(&bucket, work.path(), &key, &empty.uri(None, ""))
+            .env("MONGORESTORE_PATH", &wrapper)
+            .env("MONGODUMP_PATH", mongodump())
+            .assert()
+            .code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            err.contains("lacks users the backup holds: admin.backup, admin.reporter"),
+            "{format}: {err}"
+        );
+
+        // No mongodump to read them back with: mongorestore's own success stands, and the
+        // restore says the users were not read back.
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec '{}' \"$@\"\n", mongorestore().display()),
+        )
+        .unwrap();
+        let empty = Mongod::start(MongodOpts::default());
+        let out = restore(&bucket, work.path(), &key, &empty.uri(None, ""))
+            .env("MONGORESTORE_PATH", &wrapper)
+            .env_remove("MONGODUMP_PATH")
+            .assert()
+            .success();
+        let log = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            log.contains("merged by mongorestore; not read back: no mongodump found"),
+            "{format}: {log}"
+        );
+        assert_eq!(users(&empty), ["admin.backup", "admin.reporter"]);
     }
 }

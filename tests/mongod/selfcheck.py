@@ -37,8 +37,8 @@ class Server:
             with open(path, "w") as f:
                 json.dump(seed, f)
             cmd += ["--seed", path]
-        if auth:
-            cmd += ["--user", auth[0], "--password", auth[1]]
+        for user, password in auth or []:
+            cmd += ["--user", user, "--password", password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline().split()[1])
 
@@ -87,7 +87,7 @@ def seed():
 
 def main():
     tmp = tempfile.mkdtemp(prefix="mongod-selfcheck-")
-    src = Server(tmp, "src", seed(), auth=("u", "p@ss:w"))
+    src = Server(tmp, "src", seed(), auth=[("u", "p@ss:w"), ("reader", "r")])
     try:
         run(tmp, src)
     finally:
@@ -126,6 +126,22 @@ def run(tmp, src):
     same(dst.state(), original, "--drop restores equal")
     dst.stop()
     ok("directory mode; duplicate _id fails; --drop replaces")
+
+    users = {d["_id"] for d in original["admin"]["system.users"]["documents"]}
+    same(users, {"admin.u", "admin.reader"}, "users in admin.system.users")
+    dst = Server(tmp, "users", auth=[("u", "p@ss:w")])
+    tool("mongodump", f"--uri={dst.uri('reader:r', '?authSource=admin')}", "--db", "shop",
+         "--archive=" + os.path.join(tmp, "none"), expect=1)
+    err = tool("mongorestore", f"--uri={dst.uri(login, '?authSource=admin')}", "--dir", dump,
+               "--stopOnError")
+    assert "restoring users from" in err, err
+    tool("mongodump", f"--uri={dst.uri('reader:r', '?authSource=admin')}", "--db", "shop",
+         "--archive=" + os.path.join(tmp, "some"))
+    by_id = lambda st: {d["_id"]: d for d in st["admin"]["system.users"]["documents"]}  # noqa
+    same(by_id(dst.state())["admin.reader"], by_id(original)["admin.reader"],
+         "a missing user is added as dumped; an existing one is left alone")
+    dst.stop()
+    ok("users: in admin.system.users, restored by _mergeAuthzCollections, and they log in")
 
     gz = os.path.join(tmp, "gz")
     tool("mongodump", f"--uri={uri}", "--db", "shop", "--gzip", "--out", gz)

@@ -6,8 +6,14 @@ handshake), SCRAM-SHA-1/SCRAM-SHA-256 logins, and the commands the tools use. It
 BSON documents (kept as the exact bytes the client sent, so types survive a round trip) and
 index specifications, per database and collection, in memory.
 
-    server.py [--port N] [--user U --password P [--auth-db admin]] [--seed FILE.json]
+    server.py [--port N] [--user U --password P ... [--auth-db admin]] [--seed FILE.json]
               [--state-file FILE.json]
+
+With --user (repeatable, one --password each) logins are required, and the server holds what
+a real mongod with auth does: each user in admin.system.users (`_id` "<db>.<user>", SCRAM
+credentials, the root role) and {_id: "authSchema", currentVersion: 5} in admin.system.version.
+Logins are checked against admin.system.users, so users mongorestore brings back (into a
+temporary collection, then `_mergeAuthzCollections`, as it does with a real server) can log in.
 
 Prints `PORT <n>` on stdout once it accepts connections. With --state-file, the whole state
 is written there (canonical extended JSON, atomically) at start and after every write, as
@@ -89,6 +95,27 @@ class State:
             self.dbs.setdefault(db, {})[name] = Collection()
         return self.dbs[db][name]
 
+    def user(self, user_id):
+        """The admin.system.users document `<db>.<user>`, decoded, or None."""
+        with self.lock:
+            c = self.coll("admin", "system.users")
+            raw = c.docs.get(id_key({"_id": user_id})) if c else None
+        return bson.decode(raw, DECODE) if raw else None
+
+    def put(self, db, name, doc, replace=False):
+        c = self.coll(db, name, create=True)
+        key = id_key(doc)
+        if replace or key not in c.docs:
+            c.docs[key] = doc.raw if isinstance(doc, RawBSONDocument) else bson.encode(doc)
+
+    def enable_auth(self, users, auth_db):
+        """What a mongod with these users holds (kept when the seed already has them)."""
+        with self.lock:
+            for user, password in users:
+                if self.user(f"{auth_db}.{user}") is None:
+                    self.put("admin", "system.users", user_document(auth_db, user, password))
+            self.put("admin", "system.version", {"_id": "authSchema", "currentVersion": 5})
+
     def load(self, path):
         with open(path) as f:
             seed = json_util.loads(f.read(), json_options=JSON)
@@ -126,11 +153,38 @@ class State:
         os.replace(tmp, self.state_file)
 
 
-class Scram:
-    """Server side of one SCRAM conversation (RFC 5802 / 7677, MongoDB's SHA-1 variant)."""
+HASHES = {"SCRAM-SHA-1": hashlib.sha1, "SCRAM-SHA-256": hashlib.sha256}
 
-    def __init__(self, mechanism, user, password, payload):
-        self.hash = {"SCRAM-SHA-1": hashlib.sha1, "SCRAM-SHA-256": hashlib.sha256}.get(mechanism)
+
+def scram_credentials(mechanism, user, password):
+    """What mongod stores for a user: salt, iteration count, StoredKey and ServerKey."""
+    h = HASHES[mechanism]
+    if mechanism == "SCRAM-SHA-1":
+        password = hashlib.md5(f"{user}:mongo:{password}".encode()).hexdigest()
+    salt = os.urandom(16)
+    iterations = 15000 if mechanism == "SCRAM-SHA-256" else 10000
+    salted = hashlib.pbkdf2_hmac(h().name, password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", h).digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return {"iterationCount": iterations, "salt": b64(salt),
+            "storedKey": b64(h(client_key).digest()),
+            "serverKey": b64(hmac.new(salted, b"Server Key", h).digest())}
+
+
+def user_document(db, user, password):
+    """An admin.system.users document as mongod writes it for createUser."""
+    return {"_id": f"{db}.{user}", "userId": bson.Binary.from_uuid(uuid.uuid4()),
+            "user": user, "db": db,
+            "credentials": {m: scram_credentials(m, user, password) for m in HASHES},
+            "roles": [{"role": "root", "db": "admin"}]}
+
+
+class Scram:
+    """Server side of one SCRAM conversation (RFC 5802 / 7677, MongoDB's SHA-1 variant),
+    checked against the user's stored credentials (`find_user(name)` → document or None)."""
+
+    def __init__(self, mechanism, find_user, payload):
+        self.hash = HASHES.get(mechanism)
         if self.hash is None:
             raise CommandError(2, "BadValue", f"Unsupported mechanism {mechanism}")
         msg = payload.decode()
@@ -139,18 +193,15 @@ class Scram:
         self.client_first_bare = msg[3:]
         attrs = dict(p.split("=", 1) for p in self.client_first_bare.split(","))
         name = attrs.get("n", "").replace("=2C", ",").replace("=3D", "=")
-        self.ok_user = name == user
-        if mechanism == "SCRAM-SHA-1":
-            password = hashlib.md5(f"{user}:mongo:{password}".encode()).hexdigest()
-        self.salt = os.urandom(16)
-        self.iterations = 15000 if mechanism == "SCRAM-SHA-256" else 10000
-        self.salted = hashlib.pbkdf2_hmac(
-            self.hash().name, password.encode(), self.salt, self.iterations
-        )
+        doc = find_user(name) or {}
+        cred = (doc.get("credentials") or {}).get(mechanism)
+        self.ok_user = cred is not None
+        if cred is None:  # answer as for a real user, fail at the proof
+            cred = scram_credentials(mechanism, name, os.urandom(8).hex())
+        self.stored = base64.b64decode(cred["storedKey"])
+        self.server_key = base64.b64decode(cred["serverKey"])
         self.nonce = attrs.get("r", "") + base64.b64encode(os.urandom(18)).decode()
-        self.server_first = (
-            f"r={self.nonce},s={base64.b64encode(self.salt).decode()},i={self.iterations}"
-        )
+        self.server_first = f"r={self.nonce},s={cred['salt']},i={int(cred['iterationCount'])}"
 
     def hmac(self, key, msg):
         return hmac.new(key, msg, self.hash).digest()
@@ -160,19 +211,16 @@ class Scram:
         without_proof, _, proof = final.rpartition(",p=")
         attrs = dict(p.split("=", 1) for p in without_proof.split(","))
         auth_msg = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
-        client_key = self.hmac(self.salted, b"Client Key")
-        stored = self.hash(client_key).digest()
-        signature = self.hmac(stored, auth_msg)
+        signature = self.hmac(self.stored, auth_msg)
         try:
             given = base64.b64decode(proof)
         except Exception:
             given = b""
         recovered = bytes(a ^ b for a, b in zip(given, signature))
         if not self.ok_user or attrs.get("r") != self.nonce or len(given) != len(signature) \
-                or self.hash(recovered).digest() != stored:
+                or self.hash(recovered).digest() != self.stored:
             raise CommandError(18, "AuthenticationFailed", "Authentication failed.")
-        server_key = self.hmac(self.salted, b"Server Key")
-        return f"v={base64.b64encode(self.hmac(server_key, auth_msg)).decode()}".encode()
+        return f"v={base64.b64encode(self.hmac(self.server_key, auth_msg)).decode()}".encode()
 
 
 def matches(doc, flt):
@@ -195,7 +243,7 @@ def matches(doc, flt):
 class Connection:
     def __init__(self, server, sock, conn_id):
         self.server, self.sock, self.id = server, sock, conn_id
-        self.authed = server.user is None
+        self.authed = not server.users
         self.scram = {}
         self.conv_ids = itertools.count(1)
 
@@ -300,8 +348,9 @@ class Connection:
             "minWireVersion": 0, "maxWireVersion": 17, "readOnly": False, "ok": 1.0,
         }
         mechs = cmd.get("saslSupportedMechs")
-        if mechs and self.server.user and mechs == f"{self.server.auth_db}.{self.server.user}":
-            reply["saslSupportedMechs"] = ["SCRAM-SHA-1", "SCRAM-SHA-256"]
+        doc = self.server.state.user(mechs) if isinstance(mechs, str) else None
+        if doc and self.server.users:
+            reply["saslSupportedMechs"] = sorted(doc.get("credentials", {}))
         return reply
 
     cmd_ismaster = cmd_hello
@@ -317,7 +366,10 @@ class Connection:
         return {"ok": 1.0}
 
     def cmd_getparameter(self, db, cmd):
-        return {"featureCompatibilityVersion": {"version": "6.0"}, "ok": 1.0}
+        reply = {"featureCompatibilityVersion": {"version": "6.0"}, "ok": 1.0}
+        if "authSchemaVersion" in cmd:
+            reply["authSchemaVersion"] = 5
+        return reply
 
     def cmd_getcmdlineopts(self, db, cmd):
         return {"argv": ["mongod"], "parsed": {}, "ok": 1.0}
@@ -328,12 +380,10 @@ class Connection:
     # --- authentication ----------------------------------------------------------------
 
     def cmd_saslstart(self, db, cmd):
-        if self.server.user is None:
+        if not self.server.users:
             raise CommandError(18, "AuthenticationFailed", "Authentication failed.")
-        scram = Scram(cmd.get("mechanism"), self.server.user, self.server.password,
+        scram = Scram(cmd.get("mechanism"), lambda name: self.server.state.user(f"{db}.{name}"),
                       bytes(cmd["payload"]))
-        if db != self.server.auth_db:
-            scram.ok_user = False  # the user lives in another database
         conv = next(self.conv_ids)
         self.scram[conv] = scram
         return {"conversationId": conv, "done": False,
@@ -559,6 +609,39 @@ class Connection:
             st.save()
         return {"ns": f"{db}.{name}", "nIndexesWas": 1, "ok": 1.0}
 
+    def cmd__mergeauthzcollections(self, db, cmd):
+        """What mongorestore runs after loading users/roles into temporary collections:
+        each user (role) of `db` ("" = every database) in the temporary collection is added to
+        admin.system.users (roles); one that exists is left alone, unless `drop`, which
+        replaces them all (users of that scope missing from the temporary collection go)."""
+        if db != "admin":
+            raise CommandError(13, "Unauthorized", "_mergeAuthzCollections runs on admin")
+        st = self.server.state
+        scope = cmd.get("db", "")
+        drop = bool(cmd.get("drop", False))
+        with st.lock:
+            for arg, target in (("tempUsersCollection", "system.users"),
+                                ("tempRolesCollection", "system.roles")):
+                ns = cmd.get(arg)
+                if not ns:
+                    continue
+                temp_db, temp_name = ns.split(".", 1)
+                temp = st.coll(temp_db, temp_name)
+                in_scope = lambda raw: not scope or bson.decode(raw, DECODE).get("db") == scope  # noqa: E731
+                docs = {k: r for k, r in (temp.docs.items() if temp else []) if in_scope(r)}
+                existing = st.coll("admin", target, create=True)
+                if drop:
+                    for key, raw in list(existing.docs.items()):
+                        if in_scope(raw) and key not in docs:
+                            del existing.docs[key]
+                for key, raw in docs.items():
+                    if drop or key not in existing.docs:
+                        existing.docs[key] = raw
+            if st.coll("admin", "system.users"):
+                st.put("admin", "system.version", {"_id": "authSchema", "currentVersion": 5})
+            st.save()
+        return {"ok": 1.0}
+
     def cmd_dropdatabase(self, db, cmd):
         st = self.server.state
         with st.lock:
@@ -569,10 +652,13 @@ class Connection:
 
 class Server:
     def __init__(self, args):
-        self.user, self.password, self.auth_db = args.user, args.password, args.auth_db
+        self.users = list(zip(args.user or [], args.password or []))
+        self.auth_db = args.auth_db
         self.state = State(args.state_file)
         if args.seed:
             self.state.load(args.seed)
+        if self.users:
+            self.state.enable_auth(self.users, self.auth_db)
         self.state.save()
         self.req_ids = itertools.count(1)
         self.conn_ids = itertools.count(1)
@@ -604,14 +690,14 @@ class Server:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--user")
-    p.add_argument("--password")
+    p.add_argument("--user", action="append")
+    p.add_argument("--password", action="append")
     p.add_argument("--auth-db", default="admin")
     p.add_argument("--seed")
     p.add_argument("--state-file")
     args = p.parse_args()
-    if (args.user is None) != (args.password is None):
-        p.error("--user and --password go together")
+    if len(args.user or []) != len(args.password or []):
+        p.error("each --user needs its --password")
     try:
         Server(args).run()
     except KeyboardInterrupt:

@@ -48,6 +48,8 @@ pub struct MongodOpts<'a> {
     pub auth: Option<(&'a str, &'a str)>,
     /// The database the user is defined in (default `admin`).
     pub auth_db: Option<&'a str>,
+    /// More users beside `auth` (same database), in admin.system.users as mongod keeps them.
+    pub more_users: &'a [(&'a str, &'a str)],
     /// Extended JSON: `{db: {collection: {"documents": [...], "indexes": [...]}}}`.
     pub seed: Option<Value>,
 }
@@ -67,7 +69,7 @@ impl Mongod {
             std::fs::write(&path, serde_json::to_vec(seed).unwrap()).unwrap();
             cmd.arg("--seed").arg(path);
         }
-        if let Some((user, password)) = opts.auth {
+        for (user, password) in opts.auth.iter().chain(opts.more_users) {
             cmd.args(["--user", user, "--password", password]);
         }
         if let Some(db) = opts.auth_db {
