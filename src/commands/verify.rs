@@ -80,6 +80,17 @@ struct Line<'a> {
 impl Verifier {
     pub async fn verify(&self, entry: &Entry) -> Outcome {
         let mut details = Map::new();
+        // A lost object or an unreadable manifest: nothing to check, and nothing to record
+        // (an unreadable manifest is not ours to overwrite).
+        if let Some(p) = &entry.problem {
+            details.insert("problem".into(), json!(p.to_string()));
+            return Outcome {
+                ok: false,
+                details: Value::Object(details),
+                error: Some(p.to_string()),
+                record: false,
+            };
+        }
         let sealed = crypto::is_encrypted(&entry.parsed.extension) && self.identities.is_none();
         let identity = same_object(&self.storage, entry, &mut details).await;
         let res = match identity {

@@ -62,6 +62,10 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
     /// The current version on a versioned bucket (from HeadObject only).
     pub version_id: Option<String>,
+    /// From HeadObject on S3: the object's metadata names the backhaul run that created it.
+    /// `false` when it does not (the old shell script's dumps) or when not asked (listings,
+    /// the file backend, which keeps no metadata).
+    pub written_by_backhaul: bool,
 }
 
 /// What a create-only write made: recorded in the manifest, so `verify` can tell that the

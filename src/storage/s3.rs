@@ -683,6 +683,7 @@ impl Storage for S3Storage {
             last_modified: o.last_modified().and_then(to_chrono),
             etag: o.e_tag().map(str::to_string),
             version_id: version(o.version_id()),
+            written_by_backhaul: o.metadata().is_some_and(|m| m.contains_key(OWNER_META)),
         }))
     }
 
@@ -719,6 +720,7 @@ impl Storage for S3Storage {
                         last_modified: o.last_modified().and_then(to_chrono),
                         etag: o.e_tag().map(str::to_string),
                         version_id: None,
+                        written_by_backhaul: false,
                     });
                 }
             }
