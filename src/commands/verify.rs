@@ -589,10 +589,27 @@ pub async fn record(storage: &Arc<dyn Storage>, entry: &Entry, o: &Outcome) -> a
         ok: o.ok,
         details,
     });
-    storage
-        .put_bytes(&entry.manifest_key(), m.to_bytes(), "application/json")
-        .await
-        .with_context(|| format!("recording the verification in {}", entry.manifest_key()))
+    let key = entry.manifest_key();
+    // On an Object Lock bucket the new current version carries the old one's retention and
+    // legal hold: recording a verdict must never leave the manifest unlocked.
+    let lock = storage.lock(&key).await.with_context(|| {
+        format!(
+            "reading the Object Lock of {key} before recording the verification (nothing recorded)"
+        )
+    })?;
+    match lock {
+        Some(lock) => {
+            storage
+                .put_bytes_locked(&key, m.to_bytes(), "application/json", &lock)
+                .await
+        }
+        None => {
+            storage
+                .put_bytes(&key, m.to_bytes(), "application/json")
+                .await
+        }
+    }
+    .with_context(|| format!("recording the verification in {key}"))
 }
 
 /// Verifies, records and prints one summary line; returns whether it passed.

@@ -161,6 +161,18 @@ pub trait Storage: Send + Sync {
         body: Bytes,
         content_type: &str,
     ) -> Result<(), StorageError>;
+    /// [`Storage::put_bytes`], the new version under `lock`'s retention and legal hold: a
+    /// locked object's replacement must not be an unlocked current version. Backends without
+    /// Object Lock just write.
+    async fn put_bytes_locked(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        _lock: &LockInfo,
+    ) -> Result<(), StorageError> {
+        self.put_bytes(key, body, content_type).await
+    }
     /// Creates `key`; [`StorageError::Exists`] when it is taken.
     async fn put_new(
         &self,
