@@ -101,12 +101,25 @@ pub(super) async fn run_target(job: &Job, t: &Target) -> Result<Manifest, Target
     Ok(m)
 }
 
+/// Tries of the HEAD that checks an object is still there after its manifest was written.
+const HEAD_ATTEMPTS: u64 = 3;
+
 /// After the manifest is written, the object must still be the one it describes: a prune
 /// that ran between the object and its manifest (with a grace period shorter than this run's
 /// gap) could have deleted it. Then this backup did not happen, whatever was uploaded: it
 /// fails loudly, and its manifest goes too rather than vouch for nothing.
 async fn still_there(job: &Job, t: &Target, m: &Manifest) -> Result<(), TargetError> {
-    let gone = match job.storage.head(&t.key).await {
+    // A transient failure to ask is not an answer: asked a few times (each with the client's
+    // own retries) before the run gives up on knowing.
+    let mut head = job.storage.head(&t.key).await;
+    for attempt in 1..HEAD_ATTEMPTS {
+        if head.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+        head = job.storage.head(&t.key).await;
+    }
+    let gone = match head {
         Ok(Some(info)) if m.etag.is_none() || info.etag == m.etag => return Ok(()),
         Ok(Some(info)) => format!(
             "was replaced after it was written (ETag {} now, {} written)",
