@@ -367,4 +367,49 @@ mod tests {
         )
         .is_err());
     }
+
+    /// One unreadable manifest and one manifest without its object are entries with a
+    /// problem; the others load as usual.
+    #[tokio::test]
+    async fn bad_and_orphan_manifests_are_entries_not_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path().to_path_buf()));
+        let good = "prod/2024-01-01_00h00m00s_PGSQL/backup_prod_app_2024-01-01_00h00m00s.dump";
+        let bad = "prod/2024-01-02_00h00m00s_PGSQL/backup_prod_app_2024-01-02_00h00m00s.dump";
+        let lost = "prod/2024-01-03_00h00m00s_PGSQL/backup_prod_app_2024-01-03_00h00m00s.dump";
+        for (k, body) in [
+            (good.to_string(), &b"x"[..]),
+            (bad.to_string(), b"x"),
+            (layout::manifest_key(bad), b"{not json,,"),
+            (layout::manifest_key(lost), b"{not json either"),
+        ] {
+            storage
+                .put_bytes(&k, Bytes::copy_from_slice(body), "application/octet-stream")
+                .await
+                .unwrap();
+        }
+        let all = load(&storage, "", "prod", &Zone::default(), &Filter::default())
+            .await
+            .unwrap();
+        let got: Vec<(&str, Option<String>)> = all
+            .iter()
+            .map(|e| (e.key.as_str(), e.problem.as_ref().map(ToString::to_string)))
+            .collect();
+        assert_eq!(got[0], (lost, Some("object missing".into())));
+        assert_eq!(got[1].0, bad);
+        assert!(got[1]
+            .1
+            .as_deref()
+            .unwrap()
+            .starts_with("manifest unreadable: not valid JSON"));
+        assert_eq!(got[2], (good, None));
+        // `latest` never picks a lost backup; an unverifiable one is refused by `trust`.
+        let latest = pick(&all, "latest", &Filter::default()).unwrap();
+        assert_eq!(latest.key, bad);
+        let refused = latest.trust(false).unwrap_err().to_string();
+        assert!(refused.contains("--allow-unverified"), "{refused}");
+        assert!(latest.trust(true).is_ok());
+        // The old script's object (no manifest, no backhaul metadata) is trusted as before.
+        assert!(all[2].trust(false).is_ok());
+    }
 }
