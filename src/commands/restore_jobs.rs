@@ -301,7 +301,7 @@ impl Progress {
         }
         let n = self.committed.len();
         if n == 0 {
-            return "definitions created, no table data committed (data commits only once the whole object is verified), no indexes, constraints or privileges yet".into();
+            return "definitions created, no table data committed (table data commits only once the whole object matched its checksum), no indexes, constraints or privileges yet".into();
         }
         let mut names = self.committed[..n.min(NAMED)].join(", ");
         if n > NAMED {
@@ -434,12 +434,14 @@ where
         dir: dir.path().to_path_buf(),
         head_len: toc.data_start,
         expected: plan.blocks.iter().copied().collect(),
-        labels: toc
-            .entries
-            .iter()
-            .filter(|e| plan.blocks.contains(&e.dump_id))
-            .map(|e| (e.dump_id, e.label()))
-            .collect(),
+        labels: {
+            let blocks: HashSet<i32> = plan.blocks.iter().copied().collect();
+            toc.entries
+                .iter()
+                .filter(|e| blocks.contains(&e.dump_id))
+                .map(|e| (e.dump_id, e.label()))
+                .collect()
+        },
         seen: HashSet::new(),
         queue: Queue::default(),
         workers: JoinSet::new(),
