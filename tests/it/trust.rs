@@ -343,7 +343,7 @@ fn lost_backups_are_shown_and_cleaned() {
     );
 }
 
-/// Why: run A's manifest PUT delayed 8 s; run B (`backup --prune --keep-last 1`) deleted A's
+/// Why: run A's manifest PUT delayed 8 s (15 s here); run B (`backup --prune --keep-last 1`) deleted A's
 /// object in that gap; A exited 0 with a manifest and no object. Now prune leaves manifest-less
 /// objects younger than the grace period alone, and a backup whose object vanished anyway
 /// fails loudly instead of reporting ok.
@@ -352,18 +352,22 @@ fn concurrent_prune_never_takes_a_running_backup() {
     let fx = Fixture::start("trust-race");
     let b = fx.bucket.clone();
     // Every PutObject (the object, then its manifest) held back: a gap of seconds between.
-    let proxy = FaultProxy::start(
-        &moto().endpoint,
-        vec![Rule::new(
-            "PUT",
-            "x-id=PutObject",
-            Fault::Delay {
-                first: 1000,
-                by: Duration::from_secs(8),
-            },
-        )],
-    );
-    let run_a = |fx: &Fixture| {
+    let delayed = |secs| {
+        FaultProxy::start(
+            &moto().endpoint,
+            vec![Rule::new(
+                "PUT",
+                "x-id=PutObject",
+                Fault::Delay {
+                    first: 1000,
+                    by: Duration::from_secs(secs),
+                },
+            )],
+        )
+    };
+    // Long enough for B's whole backup and prune to fall inside A's gap, even on a busy host.
+    let (long_gap, short_gap) = (delayed(15), delayed(4));
+    let run_a = |fx: &Fixture, proxy: &FaultProxy| {
         let mut cmd = backhaul_std();
         cmd.arg("backup")
             .env("PG_DB_HOST", "127.0.0.1")
@@ -378,7 +382,7 @@ fn concurrent_prune_never_takes_a_running_backup() {
         cmd
     };
     let wait_for_object = |bucket: &str| -> String {
-        for _ in 0..600 {
+        for _ in 0..1200 {
             let keys = moto().keys(bucket);
             if let Some(k) = keys.iter().find(|k| {
                 k.contains("/backup_prod_app_")
@@ -393,7 +397,7 @@ fn concurrent_prune_never_takes_a_running_backup() {
     };
 
     // 1. B runs `backup --prune --keep-last 1` while A's manifest is on its way.
-    let a = run_a(&fx)
+    let a = run_a(&fx, &long_gap)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -424,7 +428,7 @@ fn concurrent_prune_never_takes_a_running_backup() {
     // 2. The object deleted in that gap anyway (by hand, a lifecycle rule, a prune with a
     //    grace too short): the run says so (exit 1, failed) and leaves no manifest that
     //    vouches for nothing.
-    let a = run_a(&fx)
+    let a = run_a(&fx, &short_gap)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
