@@ -6,6 +6,8 @@
 //! backups and are listed with `manifest: None` rather than skipped.
 
 use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -39,8 +41,43 @@ pub enum CatalogError {
 pub struct Entry {
     pub key: String,
     pub parsed: ParsedKey,
+    /// Bytes of the object (0 when it is missing).
     pub size: u64,
     pub manifest: Option<Manifest>,
+    /// What is wrong with this entry, if anything: every command shows it as a row of its
+    /// own and carries on with the others.
+    pub problem: Option<Problem>,
+    /// When the object (or, for a missing object, its manifest) was last written.
+    pub last_modified: Option<DateTime<Utc>>,
+    /// The object's metadata says backhaul wrote it (asked with HEAD only where it matters:
+    /// an object without a readable manifest that is about to be restored).
+    pub written_by_backhaul: bool,
+}
+
+/// An entry that cannot be trusted as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    /// The manifest exists but could not be read or parsed.
+    ManifestUnreadable(String),
+    /// A manifest whose object is gone: a lost backup.
+    ObjectMissing,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::ManifestUnreadable(why) => write!(f, "manifest unreadable: {why}"),
+            Problem::ObjectMissing => f.write_str("object missing"),
+        }
+    }
+}
+
+/// A restore refused: backhaul wrote the object, and nothing can check its bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {what}, so its checksum cannot be checked (backhaul wrote this object and a manifest with it): refusing to restore unverified bytes; pass --allow-unverified to restore it anyway")]
+pub struct Unverified {
+    pub key: String,
+    pub what: String,
 }
 
 impl Entry {
@@ -51,9 +88,7 @@ impl Entry {
             size: m.stored_bytes,
         })
     }
-}
 
-impl Entry {
     pub fn manifest_key(&self) -> String {
         layout::manifest_key(&self.key)
     }
@@ -64,6 +99,45 @@ impl Entry {
             .as_ref()
             .and_then(|m| m.verification.as_ref())
             .map(|v| v.ok)
+    }
+
+    /// Has a readable manifest and its object: the only kind of entry whose bytes can be
+    /// checked, and so the only kind prune counts as a good backup.
+    pub fn checkable(&self) -> bool {
+        self.manifest.is_some() && self.problem.is_none()
+    }
+
+    /// Whether a restore may go on. An object with a readable manifest is checked as it
+    /// streams. One without, that backhaul wrote (its metadata says so, or it has a manifest
+    /// that cannot be read), is refused unless `allow_unverified`. The old script's objects
+    /// never had a manifest: restored as before, with a warning.
+    pub fn trust(&self, allow_unverified: bool) -> Result<(), Unverified> {
+        if self.manifest.is_some() {
+            return Ok(());
+        }
+        let what = match &self.problem {
+            Some(p @ Problem::ManifestUnreadable(_)) => Some(format!("its {p}")),
+            Some(Problem::ObjectMissing) => None,
+            // The old script never saved globals: those are always ours.
+            None if self.written_by_backhaul || self.parsed.globals => {
+                Some("its manifest is missing".to_string())
+            }
+            None => None,
+        };
+        match what {
+            Some(what) if !allow_unverified => Err(Unverified {
+                key: self.key.clone(),
+                what,
+            }),
+            Some(what) => {
+                tracing::warn!(key = %self.key, "{what}: restoring without a checksum check (--allow-unverified)");
+                Ok(())
+            }
+            None => {
+                tracing::warn!(key = %self.key, "no manifest (written by the old script?): restoring without a checksum check");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -90,6 +164,8 @@ impl Filter {
 }
 
 /// Lists `stage` under `prefix`, newest first (ties broken by key, so output is stable).
+/// A manifest that cannot be read, or one whose object is gone, is an entry with a
+/// [`Problem`], never an error: one bad entry must not hide every other.
 pub async fn load(
     storage: &Arc<dyn Storage>,
     prefix: &str,
@@ -99,24 +175,23 @@ pub async fn load(
 ) -> Result<Vec<Entry>, CatalogError> {
     let objects = storage.list(&layout::stage_prefix(prefix, stage)).await?;
     let names: HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-    let mut entries: Vec<(Entry, bool)> = objects
-        .iter()
-        .filter_map(|o| {
-            let parsed = layout::parse_key(prefix, &o.key, zone)?;
-            (parsed.stage == stage && filter.matches(&parsed)).then(|| {
-                let has = names.contains(layout::manifest_key(&o.key).as_str());
-                (
-                    Entry {
-                        key: o.key.clone(),
-                        parsed,
-                        size: o.size,
-                        manifest: None,
-                    },
-                    has,
-                )
-            })
-        })
-        .collect();
+    let wanted = |key: &str| {
+        layout::parse_key(prefix, key, zone).filter(|p| p.stage == stage && filter.matches(p))
+    };
+    let mut entries: Vec<(Entry, bool)> = Vec::new();
+    for o in &objects {
+        if let Some(parsed) = wanted(&o.key) {
+            let has = names.contains(layout::manifest_key(&o.key).as_str());
+            entries.push((entry(o.key.clone(), parsed, o.size, o.last_modified), has));
+        } else if let Some(artifact) = o.key.strip_suffix(layout::MANIFEST_SUFFIX) {
+            // A manifest without its object: the backup it describes is lost.
+            if let (false, Some(parsed)) = (names.contains(artifact), wanted(artifact)) {
+                let mut e = entry(artifact.to_string(), parsed, 0, o.last_modified);
+                e.problem = Some(Problem::ObjectMissing);
+                entries.push((e, true));
+            }
+        }
+    }
 
     let limit = Arc::new(Semaphore::new(MANIFEST_CONCURRENCY));
     let mut set = tokio::task::JoinSet::new();
@@ -132,11 +207,40 @@ pub async fn load(
     }
     while let Some(r) = set.join_next().await {
         let (i, m) = r.expect("manifest fetch task panicked");
-        entries[i].0.manifest = m?;
+        let e = &mut entries[i].0;
+        match m {
+            Ok(m) => e.manifest = m,
+            Err(err) if e.problem.is_none() => {
+                e.problem = Some(Problem::ManifestUnreadable(unreadable(err)))
+            }
+            Err(_) => {}
+        }
     }
     let mut out: Vec<Entry> = entries.into_iter().map(|(e, _)| e).collect();
     out.sort_by(|a, b| b.parsed.time.cmp(&a.parsed.time).then(a.key.cmp(&b.key)));
     Ok(out)
+}
+
+fn entry(key: String, parsed: ParsedKey, size: u64, last_modified: Option<DateTime<Utc>>) -> Entry {
+    Entry {
+        key,
+        parsed,
+        size,
+        manifest: None,
+        problem: None,
+        last_modified,
+        written_by_backhaul: false,
+    }
+}
+
+/// Why a manifest could not be read, without repeating its key (the row names it).
+fn unreadable(e: CatalogError) -> String {
+    match e {
+        CatalogError::BadManifest { source, .. } => {
+            format!("not valid JSON for a manifest: {source}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads one manifest; a missing one is `None` (deleted between list and get).
@@ -167,18 +271,23 @@ pub fn pick<'a>(
             .iter()
             // A run's cluster globals are not "its latest backup"; they are asked for by key
             // or with restore-globals.
-            .find(|e| filter.matches(&e.parsed) && !e.parsed.globals)
+            .find(|e| {
+                filter.matches(&e.parsed)
+                    && !e.parsed.globals
+                    && e.problem != Some(Problem::ObjectMissing)
+            })
             .ok_or_else(|| CatalogError::NotFound(format!("latest ({})", filter.describe())))
     } else {
         entries
             .iter()
-            .find(|e| e.key == key)
+            .find(|e| e.key == key && e.problem != Some(Problem::ObjectMissing))
             .ok_or_else(|| CatalogError::NotFound(key.to_string()))
     }
 }
 
 /// Resolves `key|latest` to one entry. An explicit key is looked up directly (it may belong
-/// to another stage than the one configured); `latest` lists the stage.
+/// to another stage than the one configured); `latest` lists the stage. An entry without a
+/// readable manifest also says whether backhaul wrote its object (see [`Entry::trust`]).
 pub async fn resolve(
     storage: &Arc<dyn Storage>,
     prefix: &str,
@@ -187,23 +296,30 @@ pub async fn resolve(
     key: &str,
     filter: &Filter,
 ) -> Result<Entry, CatalogError> {
-    if key == "latest" {
+    let (mut e, info) = if key == "latest" {
         let entries = load(storage, prefix, stage, zone, filter).await?;
-        return pick(&entries, key, filter).cloned();
-    }
-    let parsed = layout::parse_key(prefix, key, zone)
-        .ok_or_else(|| CatalogError::NotAnArtifact(key.to_string()))?;
-    let info = storage
-        .head(key)
-        .await?
-        .ok_or_else(|| CatalogError::NotFound(key.to_string()))?;
-    let manifest = fetch_manifest(storage, &layout::manifest_key(key)).await?;
-    Ok(Entry {
-        key: key.to_string(),
-        parsed,
-        size: info.size,
-        manifest,
-    })
+        let e = pick(&entries, key, filter)?.clone();
+        let info = match e.manifest {
+            Some(_) => None,
+            None => storage.head(&e.key).await?,
+        };
+        (e, info)
+    } else {
+        let parsed = layout::parse_key(prefix, key, zone)
+            .ok_or_else(|| CatalogError::NotAnArtifact(key.to_string()))?;
+        let info = storage
+            .head(key)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(key.to_string()))?;
+        let mut e = entry(key.to_string(), parsed, info.size, info.last_modified);
+        match fetch_manifest(storage, &layout::manifest_key(key)).await {
+            Ok(m) => e.manifest = m,
+            Err(err) => e.problem = Some(Problem::ManifestUnreadable(unreadable(err))),
+        }
+        (e, Some(info))
+    };
+    e.written_by_backhaul = info.is_some_and(|i| i.written_by_backhaul);
+    Ok(e)
 }
 
 #[cfg(test)]
@@ -250,5 +366,50 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    /// One unreadable manifest and one manifest without its object are entries with a
+    /// problem; the others load as usual.
+    #[tokio::test]
+    async fn bad_and_orphan_manifests_are_entries_not_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path().to_path_buf()));
+        let good = "prod/2024-01-01_00h00m00s_PGSQL/backup_prod_app_2024-01-01_00h00m00s.dump";
+        let bad = "prod/2024-01-02_00h00m00s_PGSQL/backup_prod_app_2024-01-02_00h00m00s.dump";
+        let lost = "prod/2024-01-03_00h00m00s_PGSQL/backup_prod_app_2024-01-03_00h00m00s.dump";
+        for (k, body) in [
+            (good.to_string(), &b"x"[..]),
+            (bad.to_string(), b"x"),
+            (layout::manifest_key(bad), b"{not json,,"),
+            (layout::manifest_key(lost), b"{not json either"),
+        ] {
+            storage
+                .put_bytes(&k, Bytes::copy_from_slice(body), "application/octet-stream")
+                .await
+                .unwrap();
+        }
+        let all = load(&storage, "", "prod", &Zone::default(), &Filter::default())
+            .await
+            .unwrap();
+        let got: Vec<(&str, Option<String>)> = all
+            .iter()
+            .map(|e| (e.key.as_str(), e.problem.as_ref().map(ToString::to_string)))
+            .collect();
+        assert_eq!(got[0], (lost, Some("object missing".into())));
+        assert_eq!(got[1].0, bad);
+        assert!(got[1]
+            .1
+            .as_deref()
+            .unwrap()
+            .starts_with("manifest unreadable: not valid JSON"));
+        assert_eq!(got[2], (good, None));
+        // `latest` never picks a lost backup; an unverifiable one is refused by `trust`.
+        let latest = pick(&all, "latest", &Filter::default()).unwrap();
+        assert_eq!(latest.key, bad);
+        let refused = latest.trust(false).unwrap_err().to_string();
+        assert!(refused.contains("--allow-unverified"), "{refused}");
+        assert!(latest.trust(true).is_ok());
+        // The old script's object (no manifest, no backhaul metadata) is trusted as before.
+        assert!(all[2].trust(false).is_ok());
     }
 }

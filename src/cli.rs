@@ -258,6 +258,14 @@ pub struct KeepArgs {
     /// Keep the newest backup of each of the last N years.
     #[arg(long, env = "KEEP_YEARLY", default_value_t = 0)]
     pub keep_yearly: u32,
+    /// Never delete an object without a manifest (nor a run's globals without a database backup) younger than this: a backup may still be writing it.
+    #[arg(
+        long,
+        env = "PRUNE_GRACE",
+        default_value = "24h",
+        value_name = "DURATION"
+    )]
+    pub grace: String,
 }
 
 #[derive(Args, Debug)]
@@ -373,6 +381,10 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub privileges: PrivilegeArgs,
 
+    /// Restore an object backhaul wrote even though its manifest is missing or unreadable, so its checksum cannot be checked (refused otherwise).
+    #[arg(long)]
+    pub allow_unverified: bool,
+
     /// age identity file (AGE-SECRET-KEY-1… lines, # comments) for encrypted (.age) artifacts.
     #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]
     pub identity: Option<std::path::PathBuf>,
@@ -414,6 +426,10 @@ pub struct RestoreGlobalsArgs {
     /// Print the statements that would run (passwords masked) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Apply globals whose manifest is missing or unreadable, so their checksum cannot be checked (refused otherwise).
+    #[arg(long)]
+    pub allow_unverified: bool,
 
     /// age identity file for encrypted (.age) artifacts.
     #[arg(long, env = "BACKUP_AGE_IDENTITY_FILE", value_name = "FILE")]

@@ -12,7 +12,10 @@
 //!   cannot push good backups out of their buckets. Failures newer than the
 //!   newest good backup are kept (they may still be in flight or worth
 //!   inspecting); older failures are deleted.
-//! - The newest good backup is always kept, whatever the policy says.
+//! - The newest good backup is always kept, whatever the policy says. Only an item whose
+//!   bytes can be checked (`checked`: it has a readable manifest) counts as that newest good
+//!   backup: an unverifiable one still satisfies the rules, but can never push the newest
+//!   checkable backup out.
 //!
 //! Unlike restic 0.14+, the oldest item is not additionally kept when a rule
 //! still has unused periods: that extension makes a second run over the kept
@@ -98,6 +101,9 @@ pub struct Item<Id> {
     pub time: DateTime<FixedOffset>,
     /// `false` for a backup known to have failed or to be unverified-bad.
     pub ok: bool,
+    /// Its bytes can be checked (it has a manifest): only such an item can be the newest
+    /// good backup the safety net keeps.
+    pub checked: bool,
 }
 
 /// One verdict per input item. `time` is carried so callers can render the
@@ -191,7 +197,7 @@ pub fn apply<Id: Clone>(
 
     let mut order: Vec<&Item<Id>> = items.iter().collect();
     order.sort_by_key(|it| std::cmp::Reverse(it.time));
-    let newest_ok = order.iter().position(|it| it.ok);
+    let newest_ok = order.iter().position(|it| it.ok && it.checked);
 
     struct RuleState {
         period: Period,
@@ -255,6 +261,7 @@ mod tests {
             id,
             time: t(time),
             ok,
+            checked: true,
         }
     }
 
@@ -597,6 +604,30 @@ mod tests {
         );
     }
 
+    /// The issue-26 case: a manifest-less object newer than every checksummed backup takes
+    /// the `--keep-last 1` slot, but the newest checksummed backup is still kept.
+    #[test]
+    fn unverifiable_items_never_count_as_newest_good() {
+        let mut items = vec![
+            item("checked-old", "2025-01-01T00:00:00Z", true),
+            item("checked-new", "2025-01-02T00:00:00Z", true),
+            item("no-manifest", "2025-01-03T00:00:00Z", true),
+        ];
+        items[2].checked = false;
+        let p = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let got = apply(&items, &p, &utc()).unwrap();
+        assert_eq!(
+            kept(&got),
+            vec![
+                ("no-manifest", "last".into()),
+                ("checked-new", "newest successful".into())
+            ]
+        );
+    }
+
     #[test]
     fn decisions_serialize_as_json() {
         let items = vec![
@@ -625,6 +656,7 @@ mod tests {
                     id: format!("s{i:04}"),
                     time: time.fixed_offset(),
                     ok: true,
+                    checked: true,
                 }
             })
             .collect();
@@ -643,6 +675,7 @@ mod tests {
                 id: id.to_string(),
                 time: t(time),
                 ok,
+                checked: true,
             });
         }
         items
@@ -741,6 +774,8 @@ mod tests {
                         time: (base + Duration::hours(hours) + Duration::minutes(minutes))
                             .with_timezone(&offset),
                         ok: bad >= 2,
+                        // 8 and 9: good by the rules, but unverifiable (no manifest).
+                        checked: bad < 8,
                     }
                 })
                 .collect()
@@ -787,7 +822,7 @@ mod tests {
             // The newest successful backup is always kept.
             let newest_ok = items
                 .iter()
-                .filter(|i| i.ok)
+                .filter(|i| i.ok && i.checked)
                 .max_by(|a, b| a.time.cmp(&b.time).then(b.id.cmp(&a.id)));
             if let Some(newest) = newest_ok {
                 let d = decisions.iter().find(|d| d.id == newest.id).unwrap();

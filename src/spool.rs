@@ -148,6 +148,19 @@ impl Spool {
         self.changed.notify_all();
     }
 
+    /// Waits until the writer is done: `Ok` once it closed the spool with success (for
+    /// `restore --jobs`: every byte arrived and the object matched its checksum), else why not.
+    pub fn wait_closed(&self) -> io::Result<()> {
+        let mut s = self.lock();
+        loop {
+            match &s.closed {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(why)) => return Err(io::Error::other(why.clone())),
+                None => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+
     /// Copies `[start, end)` into `out`, waiting for bytes the writer has not appended yet.
     /// Fails if the writer stops first, or stops early. With `release`, the bytes are given
     /// back as they are copied (this reader is the only one that will ever read them), at the

@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 
 use super::common::Store;
 use super::restore::filter;
-use crate::catalog::{self, Entry};
+use crate::catalog::{self, Entry, Problem};
 use crate::cli::ListArgs;
 use crate::storage::Storage;
 
@@ -25,9 +25,13 @@ struct Row<'a> {
     size: u64,
     compression: Option<&'a str>,
     sha256: Option<&'a str>,
-    /// yes / no / failed, or "no manifest" for objects written by the old script.
+    /// yes / no / failed, "no manifest" for objects written by the old script, "object
+    /// missing" for a manifest whose object is gone, "manifest unreadable".
     verified: &'static str,
     manifest: bool,
+    /// What is wrong with this entry (`object missing`, `manifest unreadable: <why>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
     /// With `--locks`: `GOVERNANCE until <time>`, `legal hold`, `none`; omitted otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     lock: Option<String>,
@@ -44,13 +48,16 @@ fn row<'a>(e: &'a Entry, lock: Option<&str>) -> Row<'a> {
         size: e.size,
         compression: m.map(|m| m.compression.as_str()),
         sha256: m.map(|m| m.sha256.as_str()),
-        verified: match (m.is_some(), e.verified()) {
-            (false, _) => "no manifest",
-            (true, None) => "no",
-            (true, Some(true)) => "yes",
-            (true, Some(false)) => "failed",
+        verified: match (m.is_some(), e.verified(), &e.problem) {
+            (_, _, Some(Problem::ObjectMissing)) => "object missing",
+            (_, _, Some(Problem::ManifestUnreadable(_))) => "manifest unreadable",
+            (false, _, None) => "no manifest",
+            (true, None, None) => "no",
+            (true, Some(true), None) => "yes",
+            (true, Some(false), None) => "failed",
         },
         manifest: m.is_some(),
+        problem: e.problem.as_ref().map(ToString::to_string),
         lock: lock.map(str::to_string),
     }
 }
@@ -138,7 +145,7 @@ fn table(entries: &[Entry], locks: Option<&[String]>) -> String {
                 r.sha256
                     .map(|s| s.chars().take(12).collect())
                     .unwrap_or_else(|| "-".into()),
-                r.verified.to_string(),
+                r.problem.clone().unwrap_or_else(|| r.verified.to_string()),
             ];
             cells.extend(r.lock);
             cells

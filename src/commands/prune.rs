@@ -6,18 +6,26 @@
 //! backup of its run is kept and deleted with the last of them, never alone (a run whose
 //! database dumps all failed keeps its globals; delete those by hand).
 //!
-//! Legacy objects (no manifest) count as good backups: they are the old script's real dumps.
-//! Only a recorded failed verification makes an artifact "not ok".
+//! What cannot be checked is never trusted, and never lost by mistake:
+//! - An object without a manifest (the old script's dumps, or a backup whose manifest is gone)
+//!   satisfies the keep rules but is never the "newest successful" backup that is always
+//!   kept; one younger than the grace period (`--grace`) is left alone entirely, as a backup
+//!   may be about to write its manifest.
+//! - A manifest that cannot be read keeps every backup of its database (and says so), until
+//!   someone looks at it.
+//! - A manifest whose object is gone (a lost backup) is a failed item: removed once older than
+//!   the newest good backup. So are the globals of a run that has no database backup.
+//! - A recorded failed verification makes an artifact "not ok".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::common::{self, Store};
 use super::restore::filter;
-use crate::catalog::{self, Entry, Filter};
+use crate::catalog::{self, Entry, Filter, Problem};
 use crate::cli::{KeepArgs, PruneArgs};
 use crate::config::{non_empty, ConfigError};
-use crate::layout::Kind;
+use crate::layout::{self, Kind};
 use crate::retention::{self, Item, Policy};
 use crate::storage::{Incomplete, Storage};
 
@@ -39,6 +47,24 @@ pub fn policy(k: &KeepArgs) -> Result<Policy, ConfigError> {
     Ok(p)
 }
 
+/// The keep policy and the grace period of objects that have no manifest yet.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub policy: Policy,
+    pub grace: std::time::Duration,
+}
+
+pub fn grace(k: &KeepArgs) -> Result<std::time::Duration, ConfigError> {
+    common::parse_duration(&k.grace, "--grace")
+}
+
+pub fn rules(k: &KeepArgs) -> Result<Rules, ConfigError> {
+    Ok(Rules {
+        grace: grace(k)?,
+        policy: policy(k)?,
+    })
+}
+
 #[derive(Debug, Default)]
 pub struct Pruned {
     pub kept: usize,
@@ -47,17 +73,23 @@ pub struct Pruned {
     pub locked: usize,
 }
 
+/// The keys deleting `e` removes: its object and its manifest, whichever exist.
+fn keys_of(e: &Entry) -> Vec<String> {
+    match &e.problem {
+        Some(Problem::ObjectMissing) => vec![e.manifest_key()],
+        Some(Problem::ManifestUnreadable(_)) => vec![e.key.clone(), e.manifest_key()],
+        None if e.manifest.is_some() => vec![e.key.clone(), e.manifest_key()],
+        None => vec![e.key.clone()],
+    }
+}
+
 /// Why `e` cannot be deleted yet: its artifact or its manifest is retained or on legal hold.
 /// Both are checked before either is deleted, so a pair is only ever deleted whole. A lock
 /// state that cannot be read counts as locked: deleting blind could split a pair.
 async fn lock_of(storage: &Arc<dyn Storage>, e: &Entry) -> Option<String> {
     let now = chrono::Utc::now();
-    let mut keys = vec![e.key.clone()];
-    if e.manifest.is_some() {
-        keys.push(e.manifest_key());
-    }
     let mut why = Vec::new();
-    for k in keys {
+    for k in keys_of(e) {
         let which = if k == e.key { "artifact" } else { "manifest" };
         match storage.lock(&k).await {
             Ok(Some(l)) => {
@@ -72,15 +104,54 @@ async fn lock_of(storage: &Arc<dyn Storage>, e: &Entry) -> Option<String> {
     (!why.is_empty()).then(|| why.join("; "))
 }
 
-/// Decides per series, prints one `keep|delete <key> (<reasons>)` line per artifact and,
-/// unless `dry_run`, deletes the others with their manifests.
+/// Whether `e` was written less than `grace` ago, by its key's timestamp or its object's
+/// modification time, whichever is later (a clock on either side may be off).
+fn young(e: &Entry, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
+    e.parsed.time > cutoff || e.last_modified.is_some_and(|t| t > cutoff)
+}
+
+/// Collects a plan: one line per decision, the keys to delete.
+#[derive(Default)]
+struct Plan {
+    out: Pruned,
+    lines: String,
+    doomed: Vec<String>,
+}
+
+impl Plan {
+    fn keep(&mut self, key: &str, why: &str) {
+        self.out.kept += 1;
+        self.lines.push_str(&format!("keep {key} ({why})\n"));
+    }
+
+    async fn delete(&mut self, storage: &Arc<dyn Storage>, e: &Entry, why: &str) -> bool {
+        let shown = match e.problem {
+            Some(Problem::ObjectMissing) => e.manifest_key(),
+            _ => e.key.clone(),
+        };
+        if let Some(lock) = lock_of(storage, e).await {
+            self.out.locked += 1;
+            self.lines
+                .push_str(&format!("locked {shown} ({why}; kept: {lock})\n"));
+            return false;
+        }
+        self.out.deleted += 1;
+        self.lines.push_str(&format!("delete {shown} ({why})\n"));
+        self.doomed.extend(keys_of(e));
+        true
+    }
+}
+
+/// Decides per series, prints one `keep|delete|locked <key> (<reasons>)` line per artifact
+/// and, unless `dry_run`, deletes the others with their manifests.
 pub async fn apply(
     storage: &Arc<dyn Storage>,
     store: &Store,
-    policy: &Policy,
+    rules: &Rules,
     filter: &Filter,
     dry_run: bool,
 ) -> anyhow::Result<Pruned> {
+    let policy = &rules.policy;
     let entries = catalog::load(
         storage,
         &store.dest.key_prefix(),
@@ -89,6 +160,8 @@ pub async fn apply(
         filter,
     )
     .await?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(rules.grace)?;
+    let grace = humantime::format_duration(rules.grace);
     let tz = store.zone.bucket_zone();
     let mut series: BTreeMap<(String, Kind, String), Vec<&Entry>> = BTreeMap::new();
     for e in entries.iter().filter(|e| !e.parsed.globals) {
@@ -101,75 +174,111 @@ pub async fn apply(
             .or_default()
             .push(e);
     }
-    let mut out = Pruned::default();
-    let mut doomed = Vec::new();
-    let mut lines = String::new();
-    for members in series.values() {
-        let items: Vec<Item<usize>> = members
+    let mut plan = Plan::default();
+    // The newest good, checkable PostgreSQL database backup kept: runs older than it that
+    // have only globals are done with.
+    let mut newest_good_pg: Option<chrono::DateTime<chrono::FixedOffset>> = None;
+    let mut gone = std::collections::HashSet::new();
+    for ((_, kind, database), members) in &series {
+        let unreadable: Vec<&&Entry> = members
+            .iter()
+            .filter(|e| matches!(e.problem, Some(Problem::ManifestUnreadable(_))))
+            .collect();
+        if let Some(first) = unreadable.first() {
+            for e in members {
+                let why = match &e.problem {
+                    Some(p @ Problem::ManifestUnreadable(_)) => format!("{p}; every backup of {database} is kept until it is fixed or removed"),
+                    _ => format!("{database} has an unreadable manifest ({}): every backup of it is kept until that is fixed or removed", first.manifest_key()),
+                };
+                plan.keep(&e.key, &why);
+            }
+            tracing::warn!(database = %database, manifest = %first.manifest_key(), "unreadable manifest: keeping every backup of this database");
+            continue;
+        }
+        let mut judged = Vec::new();
+        for e in members {
+            if e.manifest.is_none() && e.problem.is_none() && young(e, cutoff) {
+                plan.keep(&e.key, &format!("no manifest, younger than the grace period ({grace}): a backup may still be writing it"));
+            } else {
+                judged.push(*e);
+            }
+        }
+        let items: Vec<Item<usize>> = judged
             .iter()
             .enumerate()
             .map(|(i, e)| Item {
                 id: i,
                 time: e.parsed.time,
-                ok: e.verified() != Some(false),
+                ok: e.problem.is_none() && e.verified() != Some(false),
+                checked: e.checkable(),
             })
             .collect();
         for d in retention::apply(&items, policy, &tz)? {
-            let e = members[d.id];
+            let e = judged[d.id];
             if d.keep {
-                out.kept += 1;
-                lines.push_str(&format!("keep {} ({})\n", e.key, d.reasons.join(", ")));
-            } else {
-                let why = if e.verified() == Some(false) {
-                    "failed verification, older than the newest good backup"
-                } else {
-                    "no keep rule matched"
-                };
-                if let Some(lock) = lock_of(storage, e).await {
-                    out.locked += 1;
-                    lines.push_str(&format!("locked {} ({why}; kept: {lock})\n", e.key));
+                if e.problem == Some(Problem::ObjectMissing) {
+                    plan.keep(
+                        &e.manifest_key(),
+                        &format!("orphan manifest: object missing; {}", d.reasons.join(", ")),
+                    );
                     continue;
                 }
-                out.deleted += 1;
-                lines.push_str(&format!("delete {} ({why})\n", e.key));
-                doomed.push(e.key.clone());
-                if e.manifest.is_some() {
-                    doomed.push(e.manifest_key());
+                if *kind == Kind::Postgres && e.checkable() && e.verified() != Some(false) {
+                    newest_good_pg = newest_good_pg.max(Some(e.parsed.time));
+                }
+                plan.keep(&e.key, &d.reasons.join(", "));
+            } else {
+                let why = match (&e.problem, e.verified()) {
+                    (Some(Problem::ObjectMissing), _) => {
+                        "orphan manifest: its object is missing; older than the newest good backup"
+                    }
+                    (_, Some(false)) => "failed verification, older than the newest good backup",
+                    _ => "no keep rule matched",
+                };
+                if plan.delete(storage, e, why).await {
+                    gone.insert(e.key.clone());
                 }
             }
         }
     }
     let run = |e: &Entry| (e.parsed.stage.clone(), e.parsed.timestamp.clone());
-    let runs: std::collections::HashSet<_> = entries
-        .iter()
-        .filter(|e| e.parsed.kind == Kind::Postgres && !e.parsed.globals)
-        .map(run)
-        .collect();
-    let gone: std::collections::HashSet<String> = doomed.iter().cloned().collect();
-    let kept_runs: std::collections::HashSet<_> = entries
-        .iter()
-        .filter(|e| e.parsed.kind == Kind::Postgres && !e.parsed.globals && !gone.contains(&e.key))
+    let databases = || {
+        entries.iter().filter(|e| {
+            e.parsed.kind == Kind::Postgres
+                && !e.parsed.globals
+                && e.problem != Some(Problem::ObjectMissing)
+        })
+    };
+    let runs: std::collections::HashSet<_> = databases().map(run).collect();
+    let kept_runs: std::collections::HashSet<_> = databases()
+        .filter(|e| !gone.contains(&e.key))
         .map(run)
         .collect();
     for g in entries.iter().filter(|e| e.parsed.globals) {
         let r = run(g);
-        if kept_runs.contains(&r) || !runs.contains(&r) {
-            out.kept += 1;
-            let why = if runs.contains(&r) {
-                "globals of a kept run"
-            } else {
-                "globals of a run without database backups"
-            };
-            lines.push_str(&format!("keep {} ({why})\n", g.key));
+        if let Some(p @ Problem::ManifestUnreadable(_)) = &g.problem {
+            plan.keep(&g.key, &format!("{p}"));
+        } else if kept_runs.contains(&r) {
+            plan.keep(&g.key, "globals of a kept run");
+        } else if runs.contains(&r) {
+            plan.delete(storage, g, "globals of a deleted run").await;
+        } else if young(g, cutoff) {
+            plan.keep(&g.key, &format!("globals of a run without database backups, younger than the grace period ({grace})"));
+        } else if newest_good_pg.is_some_and(|t| g.parsed.time < t) {
+            plan.delete(
+                storage,
+                g,
+                "globals of a run without a database backup, older than the newest good backup",
+            )
+            .await;
         } else {
-            out.deleted += 1;
-            lines.push_str(&format!("delete {} (globals of a deleted run)\n", g.key));
-            doomed.push(g.key.clone());
-            if g.manifest.is_some() {
-                doomed.push(g.manifest_key());
-            }
+            plan.keep(
+                &g.key,
+                "globals of a run without database backups, newer than the newest good backup",
+            );
         }
     }
+    let Plan { out, lines, doomed } = plan;
     print!("{lines}");
     tracing::info!(policy = %policy, kept = out.kept, deleted = out.deleted, locked = out.locked, dry_run, "prune");
     if !dry_run && !doomed.is_empty() {
@@ -180,6 +289,9 @@ pub async fn apply(
 
 /// Aborts the stage's writes that never finished and began before `older_than` ago; prints
 /// one `abort <key> (...)` line each. Recent ones may be a backup still running: left alone.
+/// "Began" must hold by both clocks: the server's `Initiated` (which an S3-compatible server
+/// may report wrongly) and the timestamp in the key, which the backup took from its own clock
+/// when it started. A key that carries no timestamp of ours is not ours to abort.
 pub async fn abort_incomplete(
     storage: &Arc<dyn Storage>,
     store: &Store,
@@ -187,12 +299,33 @@ pub async fn abort_incomplete(
     dry_run: bool,
 ) -> anyhow::Result<Vec<Incomplete>> {
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than)?;
-    let old: Vec<Incomplete> = storage
-        .incomplete(&store.stage_prefix())
-        .await?
-        .into_iter()
-        .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
-        .collect();
+    let prefix = store.dest.key_prefix();
+    let mut old = Vec::new();
+    for u in storage.incomplete(&store.stage_prefix()).await? {
+        let started = layout::parse_key(&prefix, &u.key, &store.zone)
+            .map(|p| p.time)
+            .or_else(|| {
+                // A manifest or a foreign name: its run's directory still says when it began.
+                let artifact = u.key.strip_suffix(layout::MANIFEST_SUFFIX)?;
+                layout::parse_key(&prefix, artifact, &store.zone).map(|p| p.time)
+            });
+        let by_server = u.initiated.is_some_and(|t| t < cutoff);
+        let by_key = started.is_some_and(|t| t < cutoff);
+        if by_server && by_key {
+            old.push(u);
+        } else if by_server {
+            println!(
+                "skip {} (incomplete upload {}: the server says initiated {}, but {})",
+                u.key,
+                u.id,
+                u.initiated.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                match started {
+                    Some(t) => format!("its key says the run began at {}", t.to_rfc3339()),
+                    None => "its key carries no backup timestamp".to_string(),
+                }
+            );
+        }
+    }
     for u in &old {
         println!(
             "abort {} (incomplete upload {}, initiated {}, {} bytes)",
@@ -215,14 +348,15 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let abort_older = non_empty(args.abort_incomplete_older_than.clone())
         .map(|d| common::parse_duration(&d, "--abort-incomplete-older-than"))
         .transpose()?;
+    let grace = grace(&args.keep)?;
     let policy = match (policy(&args.keep), abort_older) {
-        (Ok(p), _) => Some(p),
+        (Ok(p), _) => Some(Rules { policy: p, grace }),
         (Err(_), Some(_)) => None,
         (Err(e), None) => return Err(e.into()),
     };
     let storage = store.open_existing().await?;
-    if let Some(policy) = policy {
-        apply(&storage, &store, &policy, &filter, args.dry_run).await?;
+    if let Some(rules) = policy {
+        apply(&storage, &store, &rules, &filter, args.dry_run).await?;
     }
     if let Some(d) = abort_older {
         abort_incomplete(&storage, &store, d, args.dry_run).await?;

@@ -236,6 +236,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         }
         .into());
     }
+    entry.trust(args.allow_unverified)?;
     // Before touching the target: an encrypted artifact without an identity is a setting to fix.
     let decode = Decode::for_artifact(&entry.key, &entry.parsed.extension, identities.as_ref())?;
     let relations = relations?;
@@ -301,6 +302,7 @@ async fn run_mongo(
         }
         .into());
     }
+    entry.trust(args.allow_unverified)?;
     let database = target.database_for(&entry.parsed.database);
     tracing::info!(key = %entry.key, database = %database, clean = args.clean, "restore starting");
     let started = Instant::now();
@@ -351,10 +353,9 @@ pub async fn restore_pg(
     privileges: Privileges,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Restored> {
+    // Whether an entry without a manifest may be restored at all is the caller's decision
+    // ([`Entry::trust`]); here it is restored unchecked.
     let expect = entry.expectation();
-    if expect.is_none() {
-        tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
-    }
     let opts = RestoreOpts {
         clean,
         jobs,

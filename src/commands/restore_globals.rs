@@ -50,6 +50,7 @@ pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
         };
     let storage = store.open().await?;
     let entry = find(&store, &storage, &args.key).await?;
+    entry.trust(args.allow_unverified)?;
     let decode = Decode::for_artifact(&entry.key, &entry.parsed.extension, identities.as_ref())?;
     let script = fetch(&storage, &entry, decode).await?;
     let rewritten = globals::rewrite(&script);
@@ -141,7 +142,7 @@ async fn find(store: &Store, storage: &Arc<dyn Storage>, key: &str) -> anyhow::R
     .await?;
     entries
         .into_iter()
-        .find(|e| e.parsed.globals)
+        .find(|e| e.parsed.globals && e.problem != Some(catalog::Problem::ObjectMissing))
         .ok_or_else(|| {
             CatalogError::NotFound(format!("cluster globals in stage {}", store.stage)).into()
         })

@@ -16,9 +16,15 @@
 //! Each phase is pg_restore on `--use-list`s cut from the archive's own TOC
 //! ([`pg_archive::Plan`]), so the result is what one pg_restore of the whole archive gives; the
 //! tests compare `pg_dump` output. Like `pg_restore -j` it is not one transaction: a failure
-//! after phase 1 leaves the target partly restored, and the error says so. The object's last
-//! 64 KiB are withheld until the checksum matched ([`crate::feed`]), so on a damaged object the
-//! last block never commits and phase 3 never runs.
+//! after phase 1 leaves the target partly restored, and the error says so.
+//!
+//! No table's data commits before the bytes that made it were verified. Each data pg_restore
+//! runs in one transaction and is fed its blocks as they arrive, except the last
+//! [`HOLD_BACK`] bytes of its stream: those are withheld until the whole object matched the
+//! manifest's SHA-256 (the download closes the spool with success only then). Without its
+//! last bytes a pg_restore cannot finish its last COPY, so it cannot commit; on a damaged
+//! object it is stopped and its transaction rolls back. A pg_restore that is only waiting
+//! for the verdict gives its slot back, so the others go on loading as the object arrives.
 //!
 //! `--clean`, and archives [`pg_archive`] does not read, restore after the download instead.
 
@@ -56,6 +62,12 @@ const LAST_BLOCK_LEAD: u64 = 32 << 20;
 const LINGER: Duration = Duration::from_millis(200);
 /// How often waiting blocks are looked at again when nothing else happens.
 const TICK: Duration = Duration::from_millis(50);
+/// Bytes of each data pg_restore's input withheld until the object is verified: more than
+/// the end of any block (a few bytes), so its last COPY cannot finish.
+const HOLD_BACK: usize = 64 << 10;
+/// pg_restore processes that may wait for the verdict at once, beyond the N loading: each
+/// holds a connection. Past it, new batches wait for the verdict too.
+const MAX_HELD: usize = 16;
 
 /// What the download thread reports, in archive order.
 #[derive(Debug)]
@@ -266,11 +278,17 @@ impl Queue {
 #[derive(Debug, Default)]
 struct Progress {
     pre_data: bool,
-    blocks_done: usize,
+    /// The tables (and large-object sets) whose data committed, as the TOC names them.
+    committed: Vec<String>,
     blocks: usize,
     /// Phase 3 started.
     post_data: bool,
+    /// The object has a manifest: what committed was checked against its SHA-256 first.
+    checked: bool,
 }
+
+/// Tables named in full in a partial-restore message; the rest are counted.
+const NAMED: usize = 20;
 
 impl Progress {
     fn describe(&self) -> String {
@@ -281,9 +299,22 @@ impl Progress {
             return "definitions and data restored; indexes, constraints and privileges incomplete"
                 .into();
         }
+        let n = self.committed.len();
+        if n == 0 {
+            return "definitions created, no table data committed (table data commits only once the whole object matched its checksum), no indexes, constraints or privileges yet".into();
+        }
+        let mut names = self.committed[..n.min(NAMED)].join(", ");
+        if n > NAMED {
+            names.push_str(&format!(" and {} more", n - NAMED));
+        }
+        let verified = if self.checked {
+            "each verified against the manifest's SHA-256 before it committed"
+        } else {
+            "no manifest: not verified"
+        };
         format!(
-            "definitions created, data of {} of {} tables and large-object sets loaded, no indexes, constraints or privileges yet",
-            self.blocks_done, self.blocks
+            "definitions created, data of {n} of {} tables and large-object sets committed ({verified}): {names}; no indexes, constraints or privileges yet",
+            self.blocks
         )
     }
 }
@@ -305,6 +336,7 @@ where
     P: std::future::Future<Output = anyhow::Result<T>>,
 {
     let jobs = opts.jobs.unwrap_or(1).max(1) as usize;
+    let verifiable = expect.is_some();
     // tempfile creates the directory 0700: the dump never becomes readable by other users.
     let dir = tempfile::Builder::new()
         .prefix("backhaul-restore-")
@@ -402,6 +434,14 @@ where
         dir: dir.path().to_path_buf(),
         head_len: toc.data_start,
         expected: plan.blocks.iter().copied().collect(),
+        labels: {
+            let blocks: HashSet<i32> = plan.blocks.iter().copied().collect();
+            toc.entries
+                .iter()
+                .filter(|e| blocks.contains(&e.dump_id))
+                .map(|e| (e.dump_id, e.label()))
+                .collect()
+        },
         seen: HashSet::new(),
         queue: Queue::default(),
         workers: JoinSet::new(),
@@ -409,8 +449,14 @@ where
         batches: 0,
         progress: Progress {
             blocks: plan.blocks.len(),
+            checked: verifiable,
             ..Progress::default()
         },
+        held: mpsc::unbounded_channel(),
+        holding: HashSet::new(),
+        gone: HashSet::new(),
+        max_live: jobs + MAX_HELD,
+        lead_off: false,
     };
     let result = pipeline
         .run(
@@ -499,12 +545,25 @@ struct Pipeline {
     dir: PathBuf,
     head_len: u64,
     expected: HashSet<i32>,
+    /// How the TOC names each data entry, for what-committed messages.
+    labels: std::collections::HashMap<i32, String>,
     seen: HashSet<i32>,
     queue: Queue,
-    workers: JoinSet<anyhow::Result<usize>>,
+    workers: JoinSet<anyhow::Result<Done>>,
     slots: usize,
     batches: usize,
     progress: Progress,
+    /// Workers report here (by batch number) when all they still have to feed is the
+    /// withheld tail: their slot is free while they wait for the verdict.
+    held: (mpsc::UnboundedSender<usize>, mpsc::UnboundedReceiver<usize>),
+    /// Waiting for the verdict, slot already given back.
+    holding: HashSet<usize>,
+    /// Finished (slot given back) before their "held" report was seen.
+    gone: HashSet<usize>,
+    /// pg_restore processes alive at most: loading ones plus those waiting for the verdict.
+    max_live: usize,
+    /// The download's lead limit was lifted (see [`Pipeline::dispatch`]).
+    lead_off: bool,
 }
 
 impl Pipeline {
@@ -599,8 +658,20 @@ impl Pipeline {
                     fed = Some(f);
                 }
                 Some(done) = self.workers.join_next() => {
-                    self.progress.blocks_done += done.context("restore worker panicked")??;
-                    self.slots += 1;
+                    let done = done.context("restore worker panicked")??;
+                    self.progress.committed.extend(done.labels);
+                    if !self.holding.remove(&done.batch) {
+                        self.slots += 1;
+                        if done.held {
+                            self.gone.insert(done.batch);
+                        }
+                    }
+                }
+                Some(batch) = self.held.1.recv() => {
+                    if !self.gone.remove(&batch) {
+                        self.holding.insert(batch);
+                        self.slots += 1;
+                    }
                 }
                 _ = tick.tick() => {}
                 _ = cancel.cancelled() => return Err(Interrupted.into()),
@@ -631,7 +702,9 @@ impl Pipeline {
                     // The last table is arriving: running ahead of its own pg_restore serves
                     // nobody, so the download takes its pace (see crate::spool).
                     // The head is never given back (every run reads it).
-                    self.spool.limit_lead(Some(self.head_len + LAST_BLOCK_LEAD));
+                    if !self.lead_off {
+                        self.spool.limit_lead(Some(self.head_len + LAST_BLOCK_LEAD));
+                    }
                 }
             }
             Arrival::End { id, end } => self.queue.ended(id, end),
@@ -640,7 +713,13 @@ impl Pipeline {
     }
 
     fn dispatch(&mut self, now: Instant, flush: bool) {
-        while self.slots > 0 {
+        if self.workers.len() >= self.max_live && !self.queue.is_empty() && !self.lead_off {
+            // Blocks wait for a pg_restore that only the verdict frees: the download must not
+            // wait for them (see Spool::limit_lead).
+            self.spool.limit_lead(None);
+            self.lead_off = true;
+        }
+        while self.slots > 0 && self.workers.len() < self.max_live {
             let Some(batch) = self
                 .queue
                 .take(self.spool.written(), now, flush, self.slots)
@@ -667,6 +746,17 @@ impl Pipeline {
                 head_len: self.head_len,
                 list: self.dir.join(format!("data-{}.list", self.batches)),
                 blocks: batch.iter().map(|q| (q.id, q.start)).collect(),
+                labels: batch
+                    .iter()
+                    .map(|q| {
+                        self.labels
+                            .get(&q.id)
+                            .cloned()
+                            .unwrap_or_else(|| format!("entry {}", q.id))
+                    })
+                    .collect(),
+                batch: self.batches,
+                held: self.held.0.clone(),
             };
             self.workers.spawn(crate::cleanup::tracked(worker.run()));
         }
@@ -674,7 +764,8 @@ impl Pipeline {
 }
 
 /// One pg_restore for a batch of data blocks, fed the archive's head and those blocks on
-/// stdin (its own `--use-list` names them in the same order, so it never needs to seek).
+/// stdin (its own `--use-list` names them in the same order, so it never needs to seek),
+/// all but the last [`HOLD_BACK`] bytes, which wait for the whole object's verdict.
 struct Worker {
     target: PgTarget,
     opts: RestoreOpts,
@@ -682,11 +773,53 @@ struct Worker {
     head_len: u64,
     list: PathBuf,
     blocks: Vec<(i32, u64)>,
+    labels: Vec<String>,
+    /// This batch's number, for its "held" report.
+    batch: usize,
+    held: mpsc::UnboundedSender<usize>,
+}
+
+/// A batch committed.
+struct Done {
+    batch: usize,
+    labels: Vec<String>,
+    /// It reported waiting for the verdict (its slot was given back then).
+    held: bool,
+}
+
+/// Passes everything on but the last [`HOLD_BACK`] bytes; errors at once when the inner
+/// writer fails (pg_restore exited), so a feeder never reads on for nobody.
+struct Tail<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Tail<W> {
+    fn release(mut self) -> io::Result<W> {
+        self.inner.write_all(&self.buf)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Tail<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > HOLD_BACK {
+            let out = self.buf.len() - HOLD_BACK;
+            self.inner.write_all(&self.buf[..out])?;
+            self.buf.drain(..out);
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Worker {
-    /// Returns how many blocks it restored.
-    async fn run(self) -> anyhow::Result<usize> {
+    /// Returns the tables it committed, once the object was verified.
+    async fn run(self) -> anyhow::Result<Done> {
         let ids: Vec<i32> = self.blocks.iter().map(|b| b.0).collect();
         write_list(&self.list, &ids)?;
         let label = format!("pg_restore (data, {} entries)", ids.len());
@@ -704,29 +837,61 @@ impl Worker {
         )?;
         let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
         let (spool, head_len, blocks) = (self.spool, self.head_len, self.blocks);
-        let feeder = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut stdin = stdin;
-            // The head is every run's; a block is this run's alone, given back as it goes.
-            spool.copy_to(0, End::At(head_len), &mut stdin, false)?;
-            for (id, start) in blocks {
-                spool.copy_to(start, End::Mark(id), &mut stdin, true)?;
+        let (held, batch) = (self.held, self.batch);
+        let feeder = tokio::task::spawn_blocking(move || {
+            let mut out = Tail {
+                inner: stdin,
+                buf: Vec::with_capacity(HOLD_BACK),
+            };
+            let fed = (|| -> io::Result<()> {
+                // The head is every run's; a block is this run's alone, given back as it goes.
+                spool.copy_to(0, End::At(head_len), &mut out, false)?;
+                for (id, start) in blocks {
+                    spool.copy_to(start, End::Mark(id), &mut out, true)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = fed {
+                // The pipe goes back with the error: pg_restore must be stopped before it
+                // sees the end of its input.
+                return (Err(e), Some(out.inner), false);
             }
-            Ok(())
+            let _ = held.send(batch);
+            match spool.wait_closed() {
+                Ok(()) => match out.release() {
+                    Ok(stdin) => {
+                        drop(stdin);
+                        (Ok(()), None, true)
+                    }
+                    Err(e) => (Err(e), None, true),
+                },
+                Err(e) => (Err(e), Some(out.inner), true),
+            }
         });
-        // The feeder always ends (the spool closes on every way out) and closes stdin, so
-        // pg_restore always ends too.
-        let (fed, waited) = tokio::join!(feeder, child.wait());
-        match (fed.context("restore feeder panicked")?, waited) {
-            (Ok(()), Ok(_)) => {}
-            // The spool's reason (the download failed) explains pg_restore's early end.
-            (Err(e), _) if e.kind() != io::ErrorKind::BrokenPipe => {
-                return Err(anyhow::Error::from(e).context(label))
+        let (fed, stdin, reported) = feeder.await.context("restore feeder panicked")?;
+        match fed {
+            Ok(()) => {
+                child.wait().await?;
             }
             // pg_restore stopped reading: its exit status and stderr are the real cause.
-            (_, Err(e)) => return Err(e.into()),
-            (Err(e), Ok(_)) => return Err(anyhow::Error::from(e).context(label)),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                drop(stdin);
+                child.wait().await?;
+                return Err(anyhow::Error::from(e).context(label));
+            }
+            // The download failed (the spool's reason says why): nothing of this batch may
+            // commit, so pg_restore is stopped while its input is still open.
+            Err(e) => {
+                let _ = child.terminate().await;
+                drop(stdin);
+                return Err(anyhow::Error::from(e).context(label));
+            }
         }
-        Ok(ids.len())
+        Ok(Done {
+            batch,
+            labels: self.labels,
+            held: reported,
+        })
     }
 }
 
@@ -821,11 +986,24 @@ mod tests {
     fn progress_says_what_is_in_the_target() {
         let mut p = Progress {
             pre_data: true,
-            blocks_done: 2,
+            committed: vec![],
             blocks: 5,
             post_data: false,
+            checked: true,
         };
-        assert!(p.describe().contains("data of 2 of 5"), "{}", p.describe());
+        assert!(
+            p.describe().contains("no table data committed"),
+            "{}",
+            p.describe()
+        );
+        p.committed = vec!["TABLE DATA public a".into(), "TABLE DATA public b".into()];
+        let d = p.describe();
+        assert!(d.contains("data of 2 of 5"), "{d}");
+        assert!(
+            d.contains("each verified against the manifest's SHA-256"),
+            "{d}"
+        );
+        assert!(d.ends_with("TABLE DATA public a, TABLE DATA public b; no indexes, constraints or privileges yet"), "{d}");
         p.post_data = true;
         assert!(
             p.describe().contains("privileges incomplete"),

@@ -182,10 +182,9 @@ pub async fn restore_mongo(
             }
             e => e.into(),
         })?;
+    // Whether an entry without a manifest may be restored is the caller's decision
+    // ([`crate::catalog::Entry::trust`]).
     let expect = entry.expectation();
-    if expect.is_none() {
-        tracing::warn!(key = %entry.key, "no manifest (written by the old script?): restoring without a checksum check");
-    }
     let dir = mongo::private_dir(&target.work_dir, "backhaul-mongo-restore-")?;
     let object = dir.path().join(if is_zip {
         "dump.zip"

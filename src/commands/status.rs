@@ -29,6 +29,10 @@ struct Status {
     /// Next three run times of whichever schedule exists, in its zone (UTC for the rule).
     next_runs: Vec<String>,
     recent_backups: Vec<String>,
+    /// Entries that cannot be trusted as they are, by key: `object missing` (a manifest whose
+    /// backup is gone) or `manifest unreadable: <why>`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    problems: std::collections::BTreeMap<String, String>,
     /// Object Lock of the recent backups that have one, by key.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     locked: std::collections::BTreeMap<String, String>,
@@ -110,8 +114,9 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         let mut store = a.store.clone();
         store.bucket = bucket.clone();
         match recent(&store).await {
-            Ok((keys, incomplete, locked)) => {
+            Ok((keys, incomplete, locked, problems)) => {
                 st.recent_backups = keys;
+                st.problems = problems;
                 st.incomplete_uploads = Some(IncompleteUploads::of(&incomplete));
                 st.locked = locked;
             }
@@ -190,10 +195,12 @@ async fn task(c: &Clients, stage: &str) -> anyhow::Result<Option<TaskStatus>> {
 }
 
 /// Newest artifact keys (manifests left out) under the stage prefix, the writes there that
-/// never finished, and the Object Lock of those keys that have one.
+/// never finished, the Object Lock of those keys that have one, and the stage's entries with
+/// a problem (see [`crate::catalog::Problem`]).
 type Recent = (
     Vec<String>,
     Vec<Incomplete>,
+    std::collections::BTreeMap<String, String>,
     std::collections::BTreeMap<String, String>,
 );
 
@@ -215,7 +222,18 @@ async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Recent> {
             locked.insert(k.clone(), d);
         }
     }
-    Ok((keys, incomplete, locked))
+    let problems = crate::catalog::load(
+        &storage,
+        &store.dest.key_prefix(),
+        &store.stage,
+        &store.zone,
+        &crate::catalog::Filter::default(),
+    )
+    .await?
+    .into_iter()
+    .filter_map(|e| Some((e.key, e.problem?.to_string())))
+    .collect();
+    Ok((keys, incomplete, locked, problems))
 }
 
 fn text(st: &Status) -> String {
@@ -274,6 +292,9 @@ fn text(st: &Status) -> String {
                 Some(l) => out += &format!("  {k} (locked: {l})\n"),
                 None => out += &format!("  {k}\n"),
             }
+        }
+        for (k, p) in &st.problems {
+            out += &format!("  {k} ({p})\n");
         }
         if let Some(e) = &st.backups_error {
             out += &format!("  cannot list backups: {e}\n");

@@ -80,6 +80,17 @@ struct Line<'a> {
 impl Verifier {
     pub async fn verify(&self, entry: &Entry) -> Outcome {
         let mut details = Map::new();
+        // A lost object or an unreadable manifest: nothing to check, and nothing to record
+        // (an unreadable manifest is not ours to overwrite).
+        if let Some(p) = &entry.problem {
+            details.insert("problem".into(), json!(p.to_string()));
+            return Outcome {
+                ok: false,
+                details: Value::Object(details),
+                error: Some(p.to_string()),
+                record: false,
+            };
+        }
         let sealed = crypto::is_encrypted(&entry.parsed.extension) && self.identities.is_none();
         let identity = same_object(&self.storage, entry, &mut details).await;
         let res = match identity {
@@ -578,10 +589,27 @@ pub async fn record(storage: &Arc<dyn Storage>, entry: &Entry, o: &Outcome) -> a
         ok: o.ok,
         details,
     });
-    storage
-        .put_bytes(&entry.manifest_key(), m.to_bytes(), "application/json")
-        .await
-        .with_context(|| format!("recording the verification in {}", entry.manifest_key()))
+    let key = entry.manifest_key();
+    // On an Object Lock bucket the new current version carries the old one's retention and
+    // legal hold: recording a verdict must never leave the manifest unlocked.
+    let lock = storage.lock(&key).await.with_context(|| {
+        format!(
+            "reading the Object Lock of {key} before recording the verification (nothing recorded)"
+        )
+    })?;
+    match lock {
+        Some(lock) => {
+            storage
+                .put_bytes_locked(&key, m.to_bytes(), "application/json", &lock)
+                .await
+        }
+        None => {
+            storage
+                .put_bytes(&key, m.to_bytes(), "application/json")
+                .await
+        }
+    }
+    .with_context(|| format!("recording the verification in {key}"))
 }
 
 /// Verifies, records and prints one summary line; returns whether it passed.

@@ -205,6 +205,7 @@ impl Storage for FileStorage {
                 last_modified: m.modified().ok().map(Into::into),
                 etag: None,
                 version_id: None,
+                written_by_backhaul: false,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("stat", key)(e)),
@@ -317,6 +318,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(ObjectInfo, bool)>) -> std::io::
                     last_modified: m.modified().ok().map(Into::into),
                     etag: None,
                     version_id: None,
+                    written_by_backhaul: false,
                 },
                 hidden,
             ));

@@ -62,6 +62,10 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
     /// The current version on a versioned bucket (from HeadObject only).
     pub version_id: Option<String>,
+    /// From HeadObject on S3: the object's metadata names the backhaul run that created it.
+    /// `false` when it does not (the old shell script's dumps) or when not asked (listings,
+    /// the file backend, which keeps no metadata).
+    pub written_by_backhaul: bool,
 }
 
 /// What a create-only write made: recorded in the manifest, so `verify` can tell that the
@@ -157,6 +161,18 @@ pub trait Storage: Send + Sync {
         body: Bytes,
         content_type: &str,
     ) -> Result<(), StorageError>;
+    /// [`Storage::put_bytes`], the new version under `lock`'s retention and legal hold: a
+    /// locked object's replacement must not be an unlocked current version. Backends without
+    /// Object Lock just write.
+    async fn put_bytes_locked(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        _lock: &LockInfo,
+    ) -> Result<(), StorageError> {
+        self.put_bytes(key, body, content_type).await
+    }
     /// Creates `key`; [`StorageError::Exists`] when it is taken.
     async fn put_new(
         &self,

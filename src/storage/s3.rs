@@ -644,6 +644,44 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    async fn put_bytes_locked(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        lock: &LockInfo,
+    ) -> Result<(), StorageError> {
+        let until = lock
+            .retain_until
+            .filter(|t| *t > chrono::Utc::now())
+            .map(|t| aws_sdk_s3::primitives::DateTime::from_secs(t.timestamp()));
+        let mode = until.and(
+            lock.mode
+                .as_deref()
+                .map(aws_sdk_s3::types::ObjectLockMode::from),
+        );
+        let hold = lock
+            .legal_hold
+            .then_some(aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_server_side_encryption(self.sse_mode())
+            .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
+            .set_object_lock_legal_hold_status(hold)
+            // S3 requires an integrity header on Object Lock puts.
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| err("put object", key, e))?;
+        Ok(())
+    }
+
     async fn put_new(
         &self,
         key: &str,
@@ -691,6 +729,7 @@ impl Storage for S3Storage {
             last_modified: o.last_modified().and_then(to_chrono),
             etag: o.e_tag().map(str::to_string),
             version_id: version(o.version_id()),
+            written_by_backhaul: o.metadata().is_some_and(|m| m.contains_key(OWNER_META)),
         }))
     }
 
@@ -727,6 +766,7 @@ impl Storage for S3Storage {
                         last_modified: o.last_modified().and_then(to_chrono),
                         etag: o.e_tag().map(str::to_string),
                         version_id: None,
+                        written_by_backhaul: false,
                     });
                 }
             }

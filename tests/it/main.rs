@@ -25,3 +25,4 @@ mod s3_faults;
 mod schedule_tz;
 mod secret_hygiene;
 mod soak;
+mod trust;

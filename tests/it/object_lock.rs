@@ -271,3 +271,38 @@ fn backup_lock_days_retains_artifact_and_manifest() {
     let err = cmd.assert().code(2).get_output().stderr.clone();
     assert!(String::from_utf8_lossy(&err).contains("\"forever\" is not GOVERNANCE or COMPLIANCE"));
 }
+
+/// Why (issue 26): on an Object Lock bucket `verify` wrote the manifest's new current version
+/// without retention (the old version stayed locked, the current one did not). Now the
+/// verdict's version carries the same mode and retain-until date.
+#[test]
+fn verify_keeps_a_locked_manifest_locked() {
+    let bucket = locked_bucket("verify");
+    let stage = "lv";
+    let ts = "2024-01-01_02h00m00s";
+    let key = format!("{stage}/{ts}_PGSQL/backup_{stage}_app_{ts}.dump.zst");
+    let body = b"not a dump".to_vec();
+    let mkey = format!("{key}.manifest.json");
+    put(&bucket, &mkey, manifest(stage, &key, ts, &body), true);
+    put(&bucket, &key, body, true);
+    let head = |k: &str| block_on(moto().s3().head_object().bucket(&bucket).key(k).send()).unwrap();
+    let before = head(&mkey);
+    // The object is not a zstd stream: verification fails, and that verdict is recorded.
+    backhaul_moto()
+        .args(["verify", &key, "--stage", stage, "--bucket", &bucket])
+        .assert()
+        .code(1);
+    let after = head(&mkey);
+    assert_ne!(
+        after.version_id(),
+        before.version_id(),
+        "a new version was written"
+    );
+    assert_eq!(after.object_lock_mode(), Some(&ObjectLockMode::Governance));
+    assert_eq!(
+        after.object_lock_retain_until_date().map(|d| d.secs()),
+        before.object_lock_retain_until_date().map(|d| d.secs())
+    );
+    let m: serde_json::Value = serde_json::from_slice(&moto().get(&bucket, &mkey)).unwrap();
+    assert_eq!(m["verification"]["ok"], false, "{m}");
+}

@@ -5,14 +5,21 @@
 //! manifest without its object or the reverse), exit codes match the summaries, and `status`
 //! reports the leftovers that `prune --abort-incomplete-older-than` then removes.
 //!
-//! Bounded: ~24 runs of two small targets on loopback, well under a minute of backups.
+//! Meanwhile `prune --keep-last 4` runs over and over, and every PutObject (small artifacts,
+//! every manifest) is held back half a second, so prunes see objects whose manifest is still
+//! on its way (issue 26). Afterwards every ok key a prune did not report deleting verifies,
+//! and no manifest lacks its object.
+//!
+//! Bounded: ~24 runs of two small targets on loopback, about a minute of backups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::collisions::{backup_env, cluster, start_of_next_second};
-use crate::common::proxy::{Chaos, FaultProxy, Rule};
+use crate::common::proxy::{Chaos, Fault, FaultProxy, Rule};
 use crate::common::*;
 
 const RUNS: usize = 24;
@@ -37,6 +44,44 @@ struct Figures {
     targets_failed: usize,
     leftovers_found: usize,
     leftovers_cleaned: usize,
+    prunes: usize,
+    pruned: usize,
+    manifest_gaps_seen: usize,
+}
+
+/// Runs `prune --keep-last 4` (default grace) back to back until stopped; returns every
+/// key a prune reported deleting, how many prunes ran, and how many times one found an
+/// object whose manifest was still on its way (and left it alone).
+fn prune_loop(
+    bucket: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(BTreeSet<String>, usize, usize)> {
+    std::thread::spawn(move || {
+        let (mut deleted, mut runs, mut gaps) = (BTreeSet::new(), 0, 0);
+        while !stop.load(Ordering::SeqCst) {
+            let out = store_cmd(&bucket)
+                .args(["prune", "--keep-last", "4"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "prune: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for l in text.lines() {
+                if l.contains("(no manifest, younger than the grace period") {
+                    gaps += 1;
+                }
+                if let Some(rest) = l.strip_prefix("delete ") {
+                    deleted.insert(rest.split(' ').next().unwrap().to_string());
+                }
+            }
+            runs += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (deleted, runs, gaps)
+    })
 }
 
 fn store_cmd(bucket: &str) -> assert_cmd::Command {
@@ -103,7 +148,17 @@ fn soak_backups_through_random_faults_and_kills() {
         seed: SEED,
         percent: FAULT_PERCENT,
     };
-    let flaky = FaultProxy::start_chaos(&moto().endpoint, vec![], chaos);
+    // Every PutObject (small artifacts, manifests) held back: a gap between an object and
+    // its manifest, for the concurrent prunes to fall into.
+    let delayed = Rule::new(
+        "PUT",
+        "x-id=PutObject",
+        Fault::Delay {
+            first: usize::MAX,
+            by: Duration::from_millis(500),
+        },
+    );
+    let flaky = FaultProxy::start_chaos(&moto().endpoint, vec![delayed], chaos);
     let failing = FaultProxy::start_chaos(
         &moto().endpoint,
         vec![Rule::new(
@@ -120,6 +175,8 @@ fn soak_backups_through_random_faults_and_kills() {
     // key -> sha256 of every target reported ok; keys of failed ones.
     let mut ok: BTreeMap<String, String> = BTreeMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pruner = prune_loop(bucket.clone(), stop.clone());
     for i in 0..RUNS {
         // Runs back to back, each in its own second: distinct keys (collisions are
         // collisions.rs's subject).
@@ -163,9 +220,23 @@ fn soak_backups_through_random_faults_and_kills() {
             }
         }
     }
+    stop.store(true, Ordering::SeqCst);
+    let (deleted, prunes, gaps) = pruner.join().unwrap();
+    fig.prunes = prunes;
+    fig.manifest_gaps_seen = gaps;
+    fig.pruned = deleted.len();
     assert!(fig.runs_failed >= 3, "the doomed runs failed: {fig:?}");
+    assert!(
+        prunes >= 3 && !deleted.is_empty(),
+        "the prunes ran: {fig:?}"
+    );
+    // Prunes deleted only backups that had reported ok (older ones, by the policy).
+    for k in &deleted {
+        assert!(ok.contains_key(k), "pruned {k}, never reported ok");
+    }
+    ok.retain(|k, _| !deleted.contains(k));
 
-    // The bucket holds exactly the ok artifacts, each with its manifest.
+    // The bucket holds exactly the ok artifacts no prune deleted, each with its manifest.
     let mut expected: Vec<String> = ok
         .keys()
         .flat_map(|k| [k.clone(), format!("{k}.manifest.json")])

@@ -34,7 +34,6 @@ use crate::manifest::{self, GlobalsInfo, Manifest, SourceInfo};
 use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::report::{ArtifactReport, Notifier};
-use crate::retention::Policy;
 use crate::secret::Redactor;
 use crate::secret::Secret;
 use crate::source::child::ChildProc;
@@ -119,8 +118,8 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if let Some(policy) = &plan.prune {
-        super::prune::apply(&job.storage, &job.store, policy, &Filter::default(), false)
+    if let Some(rules) = &plan.prune {
+        super::prune::apply(&job.storage, &job.store, rules, &Filter::default(), false)
             .await
             .context("pruning after the backup")?;
     }
@@ -328,6 +327,9 @@ async fn verify_results(
             parsed,
             size: m.stored_bytes,
             manifest: Some(m.clone()),
+            problem: None,
+            last_modified: None,
+            written_by_backhaul: true,
         };
         if !verify::check_and_report(&v, &entry).await? {
             failed += 1;

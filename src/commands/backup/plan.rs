@@ -100,7 +100,7 @@ pub(super) struct RunPlan {
     pub(super) mongo: Option<MongoSettings>,
     pub(super) timeout: Option<Duration>,
     pub(super) parallel: usize,
-    pub(super) prune: Option<Policy>,
+    pub(super) prune: Option<crate::commands::prune::Rules>,
     pub(super) verify_into: Option<String>,
     pub(super) globals: GlobalsMode,
     pub(super) verify_privileges: Privileges,
@@ -141,7 +141,7 @@ pub(super) fn plan(args: &BackupArgs) -> anyhow::Result<RunPlan> {
         return Err(ConfigError::invalid("BACKUP_PARALLEL", "must be at least 1").into());
     }
     let prune = if args.prune {
-        Some(crate::commands::prune::policy(&args.keep)?)
+        Some(crate::commands::prune::rules(&args.keep)?)
     } else {
         None
     };

@@ -97,7 +97,45 @@ pub(super) async fn run_target(job: &Job, t: &Target) -> Result<Manifest, Target
             .context("writing the manifest")
             .into());
     }
+    still_there(job, t, &m).await?;
     Ok(m)
+}
+
+/// Tries of the HEAD that checks an object is still there after its manifest was written.
+const HEAD_ATTEMPTS: u64 = 3;
+
+/// After the manifest is written, the object must still be the one it describes: a prune
+/// that ran between the object and its manifest (with a grace period shorter than this run's
+/// gap) could have deleted it. Then this backup did not happen, whatever was uploaded: it
+/// fails loudly, and its manifest goes too rather than vouch for nothing.
+async fn still_there(job: &Job, t: &Target, m: &Manifest) -> Result<(), TargetError> {
+    // A transient failure to ask is not an answer: asked a few times (each with the client's
+    // own retries) before the run gives up on knowing.
+    let mut head = job.storage.head(&t.key).await;
+    for attempt in 1..HEAD_ATTEMPTS {
+        if head.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+        head = job.storage.head(&t.key).await;
+    }
+    let gone = match head {
+        Ok(Some(info)) if m.etag.is_none() || info.etag == m.etag => return Ok(()),
+        Ok(Some(info)) => format!(
+            "was replaced after it was written (ETag {} now, {} written)",
+            info.etag.as_deref().unwrap_or("none"),
+            m.etag.as_deref().unwrap_or("none")
+        ),
+        Ok(None) => "was deleted after it was written (a concurrent prune?)".to_string(),
+        Err(e) => format!("could not be checked after the manifest was written: {e}"),
+    };
+    if gone.starts_with("was deleted") {
+        let _ = job
+            .storage
+            .delete(std::slice::from_ref(&t.manifest_key))
+            .await;
+    }
+    Err(anyhow::anyhow!("the artifact {} {gone}: this backup is lost", t.key).into())
 }
 
 /// Stops the dump tool after its stream failed and names the root cause. When the upload
