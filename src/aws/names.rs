@@ -23,19 +23,10 @@ pub fn scheduled_stage(stage: Option<String>) -> Result<String, ConfigError> {
     Ok(stage)
 }
 
-/// Checks a stage for scheduling; `var` names where it came from.
+/// Checks a stage for scheduling; `var` names where it came from. The rule is every
+/// command's ([`config::validate_stage`], which holds the length limit too).
 pub fn check_stage(stage: &str, var: &str) -> Result<(), ConfigError> {
-    config::validate_stage(stage, var)?;
-    if stage.len() > MAX_STAGE {
-        return Err(ConfigError::invalid(
-            var,
-            format!(
-                "\"{stage}\" is {} characters: a scheduled stage has at most {MAX_STAGE}, so that the rule name {PREFIX}<stage> fits EventBridge's {MAX_RULE_NAME}",
-                stage.len()
-            ),
-        ));
-    }
-    Ok(())
+    config::validate_stage(stage, var)
 }
 
 /// Task definition family, EventBridge rule (and Scheduler schedule), ECS cluster and

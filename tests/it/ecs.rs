@@ -469,7 +469,7 @@ fn bad_settings_exit_2_before_any_aws_call() {
     );
     rejected(
         &["--secret", &format!("POSTGRES_SECRET={PG_SECRET}")],
-        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET (or --bucket) is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
+        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET (or --bucket) is not set: name the backup bucket (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
     );
     rejected(
         &["--env", "S3_BUCKET=acme", "--env", "PG_DB_HOST=db", "--env", "PG_DB_NAME=app"],

@@ -18,6 +18,7 @@ mod logs;
 mod mongo_real;
 mod notify;
 mod object_lock;
+mod refuse;
 mod restore_faithful;
 mod restore_jobs;
 mod restore_mongo;
