@@ -167,7 +167,12 @@ fn exit_code(e: &anyhow::Error, signal: i32, provenance: &provenance::Provenance
         return ExitCode::from(t.code);
     }
     if let Some(r) = e.downcast_ref::<Reported>() {
-        tracing::error!("{r}");
+        // A failure is never silent, even with logging turned off (BACKHAUL_LOG=off).
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!("{r}");
+        } else {
+            eprintln!("error: {}", one_line(&r.to_string()));
+        }
         return ExitCode::from(1);
     }
     // Configuration errors are written by us and never quote a secret (their hints show the

@@ -788,7 +788,7 @@ fn task_role_and_stage_length_are_checked_before_anything_is_registered() {
         offline_schedule(&long).args(["--task-role-arn", TASK_ROLE]),
         2,
     );
-    assert_eq!(err, format!("error: --stage \"{long}\" is 56 characters: a scheduled stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64\n"));
+    assert_eq!(err, format!("error: --stage \"{long}\" is 56 characters: a stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64\n"));
     for cmd in ["unschedule", "run-task", "status"] {
         let err = one_error_line(
             backhaul()

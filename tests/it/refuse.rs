@@ -284,3 +284,37 @@ fn restore_behind_a_lock_says_why_and_gives_up() {
         "a failed restore changed the target"
     );
 }
+
+/// `list --database X` with no backups of X names the databases that have some.
+#[test]
+fn list_of_an_unknown_database_names_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in ["app", "audit"] {
+        let ts = "2024-01-01_00h00m00s";
+        let path = dir
+            .path()
+            .join(format!("prod/{ts}_PGSQL/backup_prod_{db}_{ts}.dump.zst"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+    let dest = format!("file://{}", dir.path().display());
+    let list = |db: &str| {
+        let mut cmd = backhaul();
+        cmd.args(["list", "--stage", "prod", "--dest", &dest, "--database", db]);
+        cmd.output().unwrap()
+    };
+    let out = list("nope");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: --database \"nope\": no backups of it in stage prod; databases with backups: app, audit"
+    );
+    let out = list("audit");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("audit") && !stdout.contains(" app "),
+        "{stdout}"
+    );
+}
