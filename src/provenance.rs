@@ -164,6 +164,32 @@ mod tests {
     }
 
     #[test]
+    fn usage_errors_suggest_and_point_at_the_command_help() {
+        let cmd = crate::cli::Cli::command();
+        let line = |args: &[&str]| {
+            let e = cmd.clone().try_get_matches_from(args).unwrap_err();
+            let argv: Vec<String> = args[1..].iter().map(|a| a.to_string()).collect();
+            usage_line(&cmd, &e, &argv)
+        };
+        assert_eq!(
+            line(&["backhaul", "backup", "--buckt", "x"]),
+            "error: unexpected argument '--buckt' found; did you mean '--bucket'? (see backhaul backup --help)"
+        );
+        assert_eq!(
+            line(&["backhaul", "bakup"]),
+            "error: unrecognized subcommand 'bakup'; did you mean 'backup'? (see backhaul --help)"
+        );
+        // Typed, so named as typed.
+        assert_eq!(
+            line(&["backhaul", "backup", "--parallel", "two"]),
+            "error: invalid value 'two' for '--parallel <PARALLEL>': invalid digit found in string (see backhaul backup --help)"
+        );
+        // A switch takes no value on the command line (its variable takes true/false/...).
+        assert!(line(&["backhaul", "list", "--s3-force-path-style=maybe"])
+            .ends_with("(see backhaul list --help)"));
+    }
+
+    #[test]
     fn a_typed_flag_is_named_by_its_flag() {
         let p = provenance(&["backhaul", "backup", "--timeout", "45"]);
         assert_eq!(p.name("BACKUP_TIMEOUT").as_deref(), Some("--timeout"));

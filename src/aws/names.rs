@@ -50,7 +50,7 @@ mod tests {
         assert!(check_stage(&stage, "--stage").is_ok());
         assert_eq!(stage_resource(&stage).len(), MAX_RULE_NAME);
         let e = check_stage(&format!("{stage}b"), "--stage").unwrap_err();
-        assert_eq!(e.to_string(), format!("--stage \"{stage}b\" is 56 characters: a scheduled stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64"));
+        assert_eq!(e.to_string(), format!("--stage \"{stage}b\" is 56 characters: a stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64"));
     }
 
     #[test]

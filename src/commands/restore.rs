@@ -219,10 +219,10 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     }
     let identities = load_identities(args.identity.as_deref())?;
     check_target_scheme(&args.to, "RESTORE_TO")?;
+    let lock_timeout = parse_lock_timeout(&args.lock_timeout)?;
     if is_mongo_url(&args.to) {
         return run_mongo(args, store, filter, identities, rt).await;
     }
-    let lock_timeout = parse_lock_timeout(&args.lock_timeout)?;
     let target = PgTarget::resolve(&args.to, "RESTORE_TO", args.pg.pg_dump_path.as_deref()).await?;
     // Finding the backup and counting what the target holds (read-only) go side by side;
     // their errors are still reported in this order.
