@@ -140,8 +140,9 @@ fn print_plan(plan: &RunPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finds the dump tools, resolves the verification target and opens storage: the first
-/// steps that touch the machine or the network, after every setting was checked.
+/// Opens storage and checks it can take the backup (bucket, Object Lock, directory), then
+/// finds the dump tools and resolves the verification target: the first steps that touch the
+/// machine or the network, after every setting was checked, and all before any dump starts.
 async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Option<PgTarget>)> {
     let storage = plan.store.open().await?;
     storage
