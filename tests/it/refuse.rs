@@ -178,6 +178,8 @@ fn destination_is_checked_before_any_dump() {
     assert!(dumps.contains("pg_dumpall "), "{dumps}");
 }
 
+/// `host:port` works from PG_DB_HOST and from the secret; and the backup's key, restored
+/// without STAGE, gives the same database back.
 #[test]
 fn host_with_port_is_understood() {
     let s = Setup::start("hostport");
@@ -185,8 +187,18 @@ fn host_with_port_is_understood() {
     cmd.env("PG_DB_HOST", format!("127.0.0.1:{}", s.fx.pg.port))
         .env_remove("PG_DB_PORT")
         .env("BACKUP_GLOBALS", "off");
-    cmd.assert().success();
+    let out = cmd.assert().success();
     assert!(s.dumps().contains(&format!("127.0.0.1:{}", s.fx.pg.port)));
+
+    // A full key names its stage: restoring it needs no STAGE.
+    let key = artifact_key(&out.get_output().stdout);
+    s.fx.pg.create_db("app_copy");
+    store_cmd(&s.fx.bucket)
+        .env_remove("STAGE")
+        .args(["restore", &key, "--to", &s.fx.url("app_copy")])
+        .assert()
+        .success();
+    assert_eq!(s.fx.pg.fingerprint("app_copy"), s.fx.pg.fingerprint("app"));
 
     // The secret's host may carry the port too (and agree with its "port" field).
     std::fs::write(&s.log, "").unwrap();
