@@ -34,6 +34,16 @@ pub struct Cli {
     pub log: String,
 }
 
+/// A yes/no setting: true/false, 1/0 or yes/no (any case), nothing else: a typo such as
+/// `maybe` is refused instead of meaning "on". Empty (`FOO=`, "not configured") is false.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err("expected true/false, 1/0 or yes/no".to_string()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Auto,
@@ -88,7 +98,7 @@ pub struct StoreArgs {
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,
 
-    /// Stage name, first key segment: dev, uat, prod... ([a-z0-9][a-z0-9-]*).
+    /// Stage name, first key segment: dev, uat, prod... (a-z, 0-9 and -, not at either end).
     #[arg(long, env = "STAGE")]
     pub stage: Option<String>,
 
@@ -101,7 +111,7 @@ pub struct StoreArgs {
     pub dest: Option<String>,
 
     /// Use path-style S3 addressing (MinIO, moto and other S3-compatible servers).
-    #[arg(long, env = "S3_FORCE_PATH_STYLE", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "S3_FORCE_PATH_STYLE", value_parser = parse_bool)]
     pub s3_force_path_style: bool,
 
     /// Time zone of the timestamps in keys: IANA name (Asia/Singapore) or offset (+08:00).
@@ -192,7 +202,7 @@ pub struct MongoArgs {
     pub mongo_scope: Option<String>,
 
     /// Accept a MongoDB dump with no collections (otherwise a missing or misspelled database fails the backup).
-    #[arg(long, env = "MONGO_ALLOW_EMPTY", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "MONGO_ALLOW_EMPTY", value_parser = parse_bool)]
     pub allow_empty: bool,
 
     /// mongodump binary; default: mongodump on PATH.
@@ -317,11 +327,11 @@ pub struct BackupArgs {
     pub verify_into: Option<String>,
 
     /// --verify-into without owners (pg_restore --no-owner), for a scratch cluster lacking the roles.
-    #[arg(long, env = "BACKUP_VERIFY_NO_OWNER", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "BACKUP_VERIFY_NO_OWNER", value_parser = parse_bool)]
     pub verify_no_owner: bool,
 
     /// --verify-into without grants (pg_restore --no-acl).
-    #[arg(long, env = "BACKUP_VERIFY_NO_ACL", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "BACKUP_VERIFY_NO_ACL", value_parser = parse_bool)]
     pub verify_no_acl: bool,
 
     /// Also store the cluster's roles, memberships and role settings (pg_dumpall
@@ -332,7 +342,7 @@ pub struct BackupArgs {
     pub globals: String,
 
     /// After a successful run, apply the --keep-* retention policy to the stage.
-    #[arg(long, env = "BACKUP_PRUNE", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "BACKUP_PRUNE", value_parser = parse_bool)]
     pub prune: bool,
 
     #[command(flatten)]
@@ -378,6 +388,12 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub jobs: Option<u32>,
 
+    /// Give up when a lock the restore needs is held by another session for longer than this
+    /// (e.g. 30s, 5m; 0 waits forever); while it waits, the log names the relation and the
+    /// session holding it.
+    #[arg(long, env = "RESTORE_LOCK_TIMEOUT", default_value = "1m")]
+    pub lock_timeout: String,
+
     #[command(flatten)]
     pub privileges: PrivilegeArgs,
 
@@ -402,12 +418,12 @@ pub struct RestoreArgs {
 pub struct PrivilegeArgs {
     /// Do not restore object owners: everything belongs to the restoring role. For restoring
     /// as a different, non-superuser role (managed databases) whose cluster lacks the owners.
-    #[arg(long, env = "RESTORE_NO_OWNER", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "RESTORE_NO_OWNER", value_parser = parse_bool)]
     pub no_owner: bool,
 
     /// Do not restore GRANT/REVOKE and default privileges (pg_restore --no-acl), e.g. when
     /// the grantees do not exist in the target cluster.
-    #[arg(long, env = "RESTORE_NO_ACL", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "RESTORE_NO_ACL", value_parser = parse_bool)]
     pub no_acl: bool,
 }
 
@@ -589,7 +605,7 @@ pub struct NetworkArgs {
     pub security_groups: Vec<String>,
 
     /// Give the task a public IP (needed in public subnets without a NAT to pull the image).
-    #[arg(long, env = "ECS_ASSIGN_PUBLIC_IP", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "ECS_ASSIGN_PUBLIC_IP", value_parser = parse_bool)]
     pub assign_public_ip: bool,
 
     /// Fargate platform version.
@@ -599,7 +615,7 @@ pub struct NetworkArgs {
 
 #[derive(Args, Debug)]
 pub struct ScheduleArgs {
-    /// Stage name: names the task family, rule and log group ([a-z0-9][a-z0-9-]*).
+    /// Stage name: names the task family, rule and log group (a-z, 0-9 and -, not at either end).
     #[arg(long, env = "STAGE")]
     pub stage: Option<String>,
 
@@ -704,7 +720,7 @@ pub struct UnscheduleArgs {
     pub stage: Option<String>,
 
     /// Also deregister every active revision of the backhaul-<stage> task family.
-    #[arg(long, env = "BACKHAUL_DEREGISTER", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "BACKHAUL_DEREGISTER", value_parser = parse_bool)]
     pub deregister: bool,
 }
 

@@ -6,9 +6,19 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
+use crate::config::ConfigError;
 
-pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Fails (exit 2) on a filter that does not parse, instead of quietly logging at `info`.
+pub fn init(format: LogFormat, filter: &str) -> Result<(), ConfigError> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| {
+        ConfigError::invalid(
+            "BACKHAUL_LOG",
+            format!(
+                "{} is not a log filter ({e}): use e.g. info, debug or backhaul=debug,aws=warn",
+                crate::config::quoted(filter)
+            ),
+        )
+    })?;
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -29,4 +39,5 @@ pub fn init(format: LogFormat, filter: &str) {
             .with_ansi(std::io::stderr().is_terminal())
             .init();
     }
+    Ok(())
 }

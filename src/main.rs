@@ -48,10 +48,12 @@ fn main() -> ExitCode {
         .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
     let (cli, matches) = match parsed {
         Ok(p) => p,
-        Err(e) => return usage_error(e),
+        Err(e) => return usage_error(&cmd, e),
     };
     let provenance = provenance::Provenance::from_matches(&cmd, &matches);
-    logging::init(cli.log_format, &cli.log);
+    if let Err(e) = logging::init(cli.log_format, &cli.log) {
+        return config_error(&e, &provenance);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,8 +108,10 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
 }
 
 /// Help and version go to stdout with exit 0; usage errors become one line on stderr with
-/// exit 2, like every other configuration error.
-fn usage_error(e: clap::Error) -> ExitCode {
+/// exit 2, like every other configuration error: clap's message, its suggestion ("did you
+/// mean"), the variable when the bad value came from the environment, and the command whose
+/// `--help` explains the setting.
+fn usage_error(cmd: &clap::Command, e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
         e.kind(),
@@ -122,16 +126,35 @@ fn usage_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    // clap's first paragraph is the error itself (some kinds continue it on indented lines,
-    // e.g. the missing arguments); tips and usage follow after a blank line.
-    let rendered = e.render().to_string();
-    let first: Vec<&str> = rendered
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    eprintln!("{} (see backhaul --help)", first.join(" "));
+    eprintln!("{}", one_line(&provenance::usage_line(cmd, &e, &argv)));
     ExitCode::from(2)
+}
+
+/// A configuration error: exit 2, named as the user gave it (the flag if typed, the
+/// variable if set).
+fn config_error(c: &config::ConfigError, provenance: &provenance::Provenance) -> ExitCode {
+    eprintln!(
+        "error: {}",
+        one_line(&provenance.rewrite(&c.var, &c.to_string()))
+    );
+    ExitCode::from(2)
+}
+
+/// Errors are one line on stderr whatever a value held: control characters are escaped.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.trim_end().chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn exit_code(e: &anyhow::Error, signal: i32, provenance: &provenance::Provenance) -> ExitCode {
@@ -144,7 +167,12 @@ fn exit_code(e: &anyhow::Error, signal: i32, provenance: &provenance::Provenance
         return ExitCode::from(t.code);
     }
     if let Some(r) = e.downcast_ref::<Reported>() {
-        tracing::error!("{r}");
+        // A failure is never silent, even with logging turned off (BACKHAUL_LOG=off).
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!("{r}");
+        } else {
+            eprintln!("error: {}", one_line(&r.to_string()));
+        }
         return ExitCode::from(1);
     }
     // Configuration errors are written by us and never quote a secret (their hints show the
@@ -154,10 +182,16 @@ fn exit_code(e: &anyhow::Error, signal: i32, provenance: &provenance::Provenance
         .find_map(|c| c.downcast_ref::<config::ConfigError>())
     {
         // Named as the user gave it: the flag if typed, the variable if set.
-        eprintln!("error: {}", provenance.rewrite(&c.var, &format!("{e:#}")));
+        eprintln!(
+            "error: {}",
+            one_line(&provenance.rewrite(&c.var, &format!("{e:#}")))
+        );
         ExitCode::from(2)
     } else {
-        eprintln!("error: {}", secret::redact_urls(&format!("{e:#}")));
+        eprintln!(
+            "error: {}",
+            one_line(&secret::redact_urls(&format!("{e:#}")))
+        );
         ExitCode::from(1)
     }
 }

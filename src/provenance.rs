@@ -73,6 +73,66 @@ impl Provenance {
     }
 }
 
+/// clap's own error as one line: its first paragraph (some kinds continue it on indented
+/// lines, e.g. the missing arguments), its suggestion as "did you mean", the environment
+/// variable instead of the flag when the bad value came from the environment (clap names the
+/// flag either way), and the `--help` of the command being parsed.
+pub fn usage_line(cmd: &clap::Command, e: &clap::Error, argv: &[String]) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let rendered = e.render().to_string();
+    let mut line = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let sub = argv
+        .iter()
+        .find_map(|a| cmd.find_subcommand(a))
+        .filter(|s| s.get_name() != "help");
+    let suggested = [ContextKind::SuggestedArg, ContextKind::SuggestedSubcommand]
+        .into_iter()
+        .find_map(|k| match e.get(k) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            Some(ContextValue::Strings(v)) => v.first().cloned(),
+            _ => None,
+        });
+    if let Some(s) = suggested {
+        line.push_str(&format!("; did you mean '{s}'?"));
+    }
+    if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+        if let Some(var) = from_env(cmd, sub, arg, argv) {
+            line = line.replacen(&format!("'{arg}'"), &var, 1);
+        }
+    }
+    let help = match sub {
+        Some(s) => format!("backhaul {} --help", s.get_name()),
+        None => "backhaul --help".to_string(),
+    };
+    format!("{line} (see {help})")
+}
+
+/// The variable that supplied `arg` ("--parallel <PARALLEL>"), when the flag was not typed.
+fn from_env(
+    cmd: &clap::Command,
+    sub: Option<&clap::Command>,
+    arg: &str,
+    argv: &[String],
+) -> Option<String> {
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let found = sub
+        .into_iter()
+        .flat_map(|s| s.get_arguments())
+        .chain(cmd.get_arguments())
+        .find(|a| a.get_long() == Some(long))?;
+    let var = found.get_env()?.to_string_lossy().to_string();
+    let flag = format!("--{long}");
+    let typed = argv
+        .iter()
+        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
+    (!typed && std::env::var_os(&var).is_some()).then_some(var)
+}
+
 fn collect(cmd: &clap::Command, matches: &clap::ArgMatches, out: &mut Vec<Setting>) {
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
@@ -101,6 +161,32 @@ mod tests {
         let cmd = crate::cli::Cli::command();
         let m = cmd.clone().try_get_matches_from(args).unwrap();
         Provenance::from_matches(&cmd, &m)
+    }
+
+    #[test]
+    fn usage_errors_suggest_and_point_at_the_command_help() {
+        let cmd = crate::cli::Cli::command();
+        let line = |args: &[&str]| {
+            let e = cmd.clone().try_get_matches_from(args).unwrap_err();
+            let argv: Vec<String> = args[1..].iter().map(|a| a.to_string()).collect();
+            usage_line(&cmd, &e, &argv)
+        };
+        assert_eq!(
+            line(&["backhaul", "backup", "--buckt", "x"]),
+            "error: unexpected argument '--buckt' found; did you mean '--bucket'? (see backhaul backup --help)"
+        );
+        assert_eq!(
+            line(&["backhaul", "bakup"]),
+            "error: unrecognized subcommand 'bakup'; did you mean 'backup'? (see backhaul --help)"
+        );
+        // Typed, so named as typed.
+        assert_eq!(
+            line(&["backhaul", "backup", "--parallel", "two"]),
+            "error: invalid value 'two' for '--parallel <PARALLEL>': invalid digit found in string (see backhaul backup --help)"
+        );
+        // A switch takes no value on the command line (its variable takes true/false/...).
+        assert!(line(&["backhaul", "list", "--s3-force-path-style=maybe"])
+            .ends_with("(see backhaul list --help)"));
     }
 
     #[test]

@@ -23,19 +23,10 @@ pub fn scheduled_stage(stage: Option<String>) -> Result<String, ConfigError> {
     Ok(stage)
 }
 
-/// Checks a stage for scheduling; `var` names where it came from.
+/// Checks a stage for scheduling; `var` names where it came from. The rule is every
+/// command's ([`config::validate_stage`], which holds the length limit too).
 pub fn check_stage(stage: &str, var: &str) -> Result<(), ConfigError> {
-    config::validate_stage(stage, var)?;
-    if stage.len() > MAX_STAGE {
-        return Err(ConfigError::invalid(
-            var,
-            format!(
-                "\"{stage}\" is {} characters: a scheduled stage has at most {MAX_STAGE}, so that the rule name {PREFIX}<stage> fits EventBridge's {MAX_RULE_NAME}",
-                stage.len()
-            ),
-        ));
-    }
-    Ok(())
+    config::validate_stage(stage, var)
 }
 
 /// Task definition family, EventBridge rule (and Scheduler schedule), ECS cluster and
@@ -59,7 +50,7 @@ mod tests {
         assert!(check_stage(&stage, "--stage").is_ok());
         assert_eq!(stage_resource(&stage).len(), MAX_RULE_NAME);
         let e = check_stage(&format!("{stage}b"), "--stage").unwrap_err();
-        assert_eq!(e.to_string(), format!("--stage \"{stage}b\" is 56 characters: a scheduled stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64"));
+        assert_eq!(e.to_string(), format!("--stage \"{stage}b\" is 56 characters: a stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64"));
     }
 
     #[test]

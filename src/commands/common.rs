@@ -19,6 +19,8 @@ use crate::storage::{self, PartPlan, Storage};
 #[derive(Debug, Clone)]
 pub struct Store {
     pub dest: Destination,
+    /// The setting that named the destination (`--dest` or `S3_BUCKET`), for errors about it.
+    pub dest_var: &'static str,
     pub stage: String,
     pub zone: Zone,
     pub plan: PartPlan,
@@ -57,18 +59,50 @@ fn object_lock(
 
 impl Store {
     pub fn resolve(a: &StoreArgs) -> Result<Store, ConfigError> {
-        let stage = non_empty(a.stage.clone()).ok_or_else(|| {
-            ConfigError::missing("STAGE", "name the stage (e.g. STAGE=prod or --stage prod)")
-        })?;
-        config::validate_stage(&stage, "STAGE")?;
+        Self::resolve_for_key(a, "latest")
+    }
+
+    /// As [`Store::resolve`]; a full artifact `key` names its own stage, so STAGE may be unset.
+    pub fn resolve_for_key(a: &StoreArgs, key: &str) -> Result<Store, ConfigError> {
+        let stage = non_empty(a.stage.clone());
+        if let Some(s) = &stage {
+            config::validate_stage(s, "STAGE")?;
+        }
+        let dest_given = non_empty(a.dest.clone());
+        let bucket_given = non_empty(a.bucket.clone());
+        if let (Some(d), Some(b)) = (&dest_given, &bucket_given) {
+            return Err(ConfigError::invalid(
+                "--dest",
+                format!(
+                    "{} and S3_BUCKET (--bucket) {} are both set: keep one of them",
+                    config::quoted(d),
+                    config::quoted(b)
+                ),
+            ));
+        }
         let dest = Destination::resolve(
-            non_empty(a.dest.clone()).as_deref(),
-            non_empty(a.bucket.clone()).as_deref(),
+            dest_given.as_deref(),
+            bucket_given.as_deref(),
             non_empty(a.prefix.clone()).as_deref(),
             a.s3_force_path_style,
         )?;
         let zone: Zone = a.timezone.parse()?;
+        let from_key = || {
+            (key != "latest")
+                .then(|| crate::layout::parse_key(&dest.key_prefix(), key, &zone))
+                .flatten()
+                .map(|p| p.stage)
+        };
+        let stage = stage.or_else(from_key).ok_or_else(|| {
+            ConfigError::missing("STAGE", "name the stage (e.g. STAGE=prod or --stage prod)")
+        })?;
+        config::validate_stage(&stage, "STAGE")?;
         Ok(Store {
+            dest_var: if dest_given.is_some() {
+                "--dest"
+            } else {
+                "S3_BUCKET"
+            },
             dest,
             stage,
             zone,
@@ -122,7 +156,7 @@ impl Store {
     /// For commands that only read what backups exist: a `file://` destination that does not
     /// exist is a typo, not "no backups" (an empty listing with exit 0 would hide it).
     pub async fn open_existing(&self) -> anyhow::Result<Arc<dyn Storage>> {
-        if let Destination::File { root } = &self.dest {
+        if let Destination::File { root, .. } = &self.dest {
             if !root.is_dir() {
                 return Err(ConfigError::invalid(
                     "--dest",

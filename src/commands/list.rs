@@ -1,5 +1,6 @@
 //! `backhaul list`: the stage's backups, newest first, as a table or JSON lines.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use super::common::Store;
 use super::restore::filter;
 use crate::catalog::{self, Entry, Problem};
 use crate::cli::ListArgs;
+use crate::config::ConfigError;
 use crate::storage::Storage;
 
 /// HEAD requests in flight for `--locks`.
@@ -62,6 +64,45 @@ fn row<'a>(e: &'a Entry, lock: Option<&str>) -> Row<'a> {
     }
 }
 
+/// `--database X` matching nothing is a typo more often than an empty history: name the
+/// databases that do have backups (of `--kind`, when given) in the stage.
+async fn no_such_database(
+    storage: &Arc<dyn Storage>,
+    store: &Store,
+    filter: &catalog::Filter,
+    db: &str,
+) -> anyhow::Result<ConfigError> {
+    let all = catalog::load(
+        storage,
+        &store.dest.key_prefix(),
+        &store.stage,
+        &store.zone,
+        &catalog::Filter {
+            database: None,
+            ..filter.clone()
+        },
+    )
+    .await?;
+    let names: BTreeSet<&str> = all
+        .iter()
+        .filter(|e| !e.parsed.globals)
+        .map(|e| e.parsed.database.as_str())
+        .collect();
+    let known = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    Ok(ConfigError::invalid(
+        "--database",
+        format!(
+            "{}: no backups of it in stage {}; databases with backups: {known}",
+            crate::config::quoted(db),
+            store.stage
+        ),
+    ))
+}
+
 pub async fn run(args: ListArgs) -> anyhow::Result<()> {
     let store = Store::resolve(&args.store)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
@@ -74,6 +115,13 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         &filter,
     )
     .await?;
+    if entries.is_empty() {
+        if let Some(db) = &filter.database {
+            return Err(no_such_database(&storage, &store, &filter, db)
+                .await?
+                .into());
+        }
+    }
     let locks = if args.locks {
         Some(locks(&storage, &entries).await?)
     } else {

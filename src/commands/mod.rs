@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod common;
 pub mod list;
+mod lock_wait;
 pub mod logs;
 pub mod pg_contents;
 mod preflight;

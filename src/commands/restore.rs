@@ -22,6 +22,7 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
+use super::lock_wait;
 use super::pg_contents::{self, Privileges};
 use super::restore_jobs;
 use super::restore_mongo::{self, MongoTarget};
@@ -176,6 +177,14 @@ pub async fn locate_tools(explicit: Option<&Path>) -> anyhow::Result<PgTools> {
     }
 }
 
+/// `--lock-timeout`: a duration, or 0 for no limit.
+fn parse_lock_timeout(s: &str) -> Result<Option<std::time::Duration>, ConfigError> {
+    if s.trim() == "0" {
+        return Ok(None);
+    }
+    common::parse_duration(s, "RESTORE_LOCK_TIMEOUT").map(Some)
+}
+
 pub fn filter(kind: Option<&str>, database: Option<String>) -> Result<Filter, ConfigError> {
     let kind = non_empty(kind.map(str::to_string))
         .map(|k| {
@@ -203,13 +212,14 @@ struct Summary<'a> {
 }
 
 pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
-    let store = Store::resolve(&args.store)?;
+    let store = Store::resolve_for_key(&args.store, &args.key)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
     if args.jobs == Some(0) {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
     let identities = load_identities(args.identity.as_deref())?;
     check_target_scheme(&args.to, "RESTORE_TO")?;
+    let lock_timeout = parse_lock_timeout(&args.lock_timeout)?;
     if is_mongo_url(&args.to) {
         return run_mongo(args, store, filter, identities, rt).await;
     }
@@ -253,11 +263,12 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         no_owner: args.privileges.no_owner,
         no_acl: args.privileges.no_acl,
     };
-    let fed = restore_pg(
+    let restoring = restore_pg(
         &storage, &entry, decode, &target, args.clean, args.jobs, privileges, &rt.cancel,
-    )
-    .await?
-    .fed;
+    );
+    let fed = lock_wait::watch(&target, lock_timeout, restoring)
+        .await?
+        .fed;
     let line = Summary {
         event: "restore",
         status: "ok",

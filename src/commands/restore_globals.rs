@@ -34,7 +34,7 @@ struct Summary<'a> {
 }
 
 pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
-    let store = Store::resolve(&args.store)?;
+    let store = Store::resolve_for_key(&args.store, &args.key)?;
     let identities = restore::load_identities(args.identity.as_deref())?;
     let target =
         match (&args.to, args.dry_run) {

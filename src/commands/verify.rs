@@ -644,7 +644,7 @@ pub async fn check_and_report(v: &Verifier, entry: &Entry) -> anyhow::Result<boo
 }
 
 pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
-    let store = Store::resolve(&args.store)?;
+    let store = Store::resolve_for_key(&args.store, args.key.as_deref().unwrap_or("latest"))?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
     let since = non_empty(args.since.clone())
         .map(|s| common::parse_duration(&s, "--since"))

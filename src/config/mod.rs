@@ -36,6 +36,12 @@ impl ConfigError {
     }
 }
 
+/// A value quoted for an error message, control characters escaped (`"a\nb"`), so that a
+/// stray newline cannot split the one-line error.
+pub fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
 /// Treats an empty environment variable as unset, as shells and ECS task definitions
 /// frequently produce `FOO=` for "not configured".
 pub fn non_empty(v: Option<String>) -> Option<String> {
@@ -53,6 +59,9 @@ pub enum Destination {
     },
     File {
         root: std::path::PathBuf,
+        /// The directory the `file://` URL names (`root` without the prefix): it must exist.
+        #[serde(skip)]
+        base: std::path::PathBuf,
     },
 }
 
@@ -78,11 +87,12 @@ impl Destination {
                         format!("\"{d}\" must be an absolute file:///path"),
                     ));
                 }
-                let mut root = std::path::PathBuf::from(path);
+                let base = std::path::PathBuf::from(path);
+                let mut root = base.clone();
                 if let Some(p) = prefix {
                     root.push(p);
                 }
-                Ok(Destination::File { root })
+                Ok(Destination::File { root, base })
             }
             Some(d) if d.starts_with("s3://") => {
                 let rest = &d["s3://".len()..];
@@ -112,7 +122,7 @@ impl Destination {
                 let b = bucket.ok_or_else(|| {
                     ConfigError::missing(
                         "S3_BUCKET",
-                        "name the bucket to write to (or pass --dest s3://bucket or file:///dir)",
+                        "name the backup bucket (or pass --dest s3://bucket or file:///dir)",
                     )
                 })?;
                 validate_bucket(b, "S3_BUCKET")?;
@@ -147,7 +157,7 @@ impl Destination {
                 prefix: None,
                 ..
             } => format!("s3://{bucket}"),
-            Destination::File { root } => format!("file://{}", root.display()),
+            Destination::File { root, .. } => format!("file://{}", root.display()),
         }
     }
 }
@@ -187,19 +197,34 @@ pub fn validate_bucket(b: &str, var: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Stage names end up in object keys, task-definition families and rule names.
+/// Stage names end up in object keys, task-definition families and rule names. One rule for
+/// every command, the same as `schedule`'s and the stack's (infra/backhaul.yaml): a stage
+/// that backs up must also be one that can be scheduled, listed and pruned.
 pub fn validate_stage(s: &str, var: &str) -> Result<(), ConfigError> {
-    let ok = s
-        .as_bytes()
-        .first()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && s.len() <= 200;
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter().all(|c| alnum(c) || *c == b'-');
     if !ok {
         return Err(ConfigError::invalid(
             var,
-            format!("\"{s}\" must match [a-z0-9][a-z0-9-]*, e.g. dev, uat or prod"),
+            format!(
+                "{} must be lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. dev, uat or prod",
+                quoted(s)
+            ),
+        ));
+    }
+    let max = crate::aws::names::MAX_STAGE;
+    if s.len() > max {
+        return Err(ConfigError::invalid(
+            var,
+            format!(
+                "{} is {} characters: a stage has at most {max}, so that the rule name backhaul-<stage> fits EventBridge's {}",
+                quoted(s),
+                s.len(),
+                crate::aws::names::MAX_RULE_NAME
+            ),
         ));
     }
     Ok(())
@@ -385,7 +410,7 @@ mod tests {
         for good in ["dev", "uat", "prod", "prod-eu-1", "1st"] {
             validate_stage(good, "STAGE").unwrap();
         }
-        for bad in ["", "Prod", "-dev", "dev_1", "dev/1", "dév"] {
+        for bad in ["", "Prod", "-dev", "prod-", "dev_1", "dev/1", "dév", "a\nb"] {
             assert!(validate_stage(bad, "STAGE").is_err(), "{bad}");
         }
     }

@@ -103,16 +103,19 @@ impl PgConn {
             None => None,
         };
         let secret = secret.as_ref();
-        let host = inp
-            .host
-            .clone()
-            .or_else(|| secret.and_then(|s| s.host.clone()))
-            .ok_or_else(|| {
-                ConfigError::missing(
+        let (host, host_var) = match (&inp.host, secret.and_then(|s| s.host.clone())) {
+            (Some(h), _) => (h.clone(), "PG_DB_HOST"),
+            (None, Some(h)) => (h, "POSTGRES_SECRET"),
+            (None, None) => {
+                return Err(ConfigError::missing(
                     "PG_DB_HOST",
                     "set PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET",
-                )
-            })?;
+                ))
+            }
+        };
+        // `db:5432` is a common way to write it; understood, unless a separate port disagrees.
+        check_bare(&host, host_var)?;
+        let (host, host_port) = split_host_port(&host, host_var)?;
         let port = match (&inp.port, secret.and_then(|s| s.port.as_ref())) {
             (Some(p), _) => parse_port(p, "PG_DB_PORT")?,
             (None, Some(serde_json::Value::Number(n))) => n
@@ -131,6 +134,22 @@ impl PgConn {
             }
             (None, None) => 5432,
         };
+        // The host's own port wins over the secret's field when PG_DB_HOST overrides the
+        // secret's host; any other port given beside it must agree.
+        let separate = inp.port.is_some()
+            || (host_var == "POSTGRES_SECRET" && secret.and_then(|s| s.port.as_ref()).is_some());
+        let port = match host_port {
+            Some(hp) if separate && hp != port => {
+                return Err(ConfigError::invalid(
+                    host_var,
+                    format!(
+                        "names port {hp} in the host, but the port is set to {port} (PG_DB_PORT or the secret's \"port\"): give the port once"
+                    ),
+                ))
+            }
+            Some(hp) => hp,
+            None => port,
+        };
         let user = inp
             .user
             .clone()
@@ -147,7 +166,7 @@ impl PgConn {
             (None, Some(d)) => split_databases(d)?,
             (None, None) => Vec::new(),
         };
-        validate_host(&host, "PG_DB_HOST")?;
+        validate_host(&host, host_var)?;
         Ok(PgConn {
             host,
             port,
@@ -205,6 +224,7 @@ impl PgConn {
                 ))
             }
         };
+        validate_host(&host, VAR)?;
         let port = match (port_param, url.port()) {
             (Some(p), _) => parse_port(&p, VAR)?,
             (None, Some(p)) => p,
@@ -274,12 +294,8 @@ impl PgConn {
             "postgresql://localhost".to_string()
         } else {
             let mut url = Url::parse("postgresql://placeholder").expect("static URL parses");
-            let host = if self.host.contains(':') {
-                format!("[{}]", self.host)
-            } else {
-                self.host.clone()
-            };
-            url.set_host(Some(&host)).expect("validated host");
+            url.set_host(Some(&url_host(&self.host)))
+                .expect("validated host");
             url.set_port(Some(self.port)).expect("URL has a host");
             url.as_str().trim_end_matches('/').to_string()
         };
@@ -350,7 +366,28 @@ fn parse_port(s: &str, var: &'static str) -> Result<u16, ConfigError> {
         .ok_or_else(|| ConfigError::invalid(var, format!("\"{s}\" is not a TCP port (1-65535)")))
 }
 
+/// A host the URL builder accepts: a name, an IPv4 or IPv6 address, or a socket directory.
+/// Checked with the very call `build_url` makes, so building never fails on a validated host.
 fn validate_host(host: &str, var: &'static str) -> Result<(), ConfigError> {
+    check_bare(host, var)?;
+    if host.starts_with('/') {
+        return Ok(());
+    }
+    let mut url = Url::parse("postgresql://placeholder").expect("static URL parses");
+    if host.is_empty() || url.set_host(Some(&url_host(host))).is_err() {
+        return Err(ConfigError::invalid(
+            var,
+            format!(
+                "{} is not a host name or IP address",
+                crate::config::quoted(host)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A host setting holding a URL or credentials is a mistake worth naming as such.
+fn check_bare(host: &str, var: &'static str) -> Result<(), ConfigError> {
     if host.contains("://") || host.contains('@') || host.contains(char::is_whitespace) {
         return Err(ConfigError::invalid(
             var,
@@ -358,6 +395,65 @@ fn validate_host(host: &str, var: &'static str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// IPv6 addresses go in brackets in a URL.
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// `db:5432` → (`db`, 5432); `[::1]:5432` → (`::1`, 5432); a bare IPv6 address (several
+/// colons) or a socket directory has no port to split off.
+fn split_host_port(host: &str, var: &'static str) -> Result<(String, Option<u16>), ConfigError> {
+    if host.starts_with('/') {
+        return Ok((host.to_string(), None));
+    }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, "")) => (v6, None),
+            Some((v6, tail)) => match tail.strip_prefix(':') {
+                Some(p) => (v6, Some(p)),
+                None => {
+                    return Err(ConfigError::invalid(
+                        var,
+                        format!(
+                            "{} is not host, host:port or [ipv6]:port",
+                            crate::config::quoted(host)
+                        ),
+                    ))
+                }
+            },
+            None => {
+                return Err(ConfigError::invalid(
+                    var,
+                    format!("{} has no closing ']'", crate::config::quoted(host)),
+                ))
+            }
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) if !p.contains(':') => (n, Some(p)),
+            _ => (host, None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            parse_port(p, var).map_err(|_| {
+                ConfigError::invalid(
+                    var,
+                    format!(
+                        "{}: the part after ':' is not a TCP port (1-65535); write host:5432 or set the port separately",
+                        crate::config::quoted(host)
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    Ok((name.to_string(), port))
 }
 
 pub fn split_databases(s: &str) -> Result<Vec<String>, ConfigError> {
@@ -437,6 +533,50 @@ pub fn derive_neon_endpoint(host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_with_port_is_understood_or_refused() {
+        let at = |host: &str, port: Option<&str>| {
+            PgConn::resolve(&PgInputs {
+                host: Some(host.into()),
+                port: port.map(str::to_string),
+                ..inputs()
+            })
+        };
+        let c = at("db:6543", None).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("db", 6543));
+        assert!(c.url_for("main").starts_with("postgresql://app@db:6543/"));
+        let c = at("[::1]:6543", Some("6543")).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 6543));
+        let c = at("::1", None).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 5432));
+        assert!(c.url_for("main").contains("@[::1]:5432/"));
+        for (host, port) in [
+            ("db:6543", Some("5432")),
+            ("db:x", None),
+            ("db:0", None),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("a:b:c:zz", None),
+            ("db/x", None),
+            ("", None),
+        ] {
+            assert!(at(host, port).is_err(), "{host} {port:?}");
+        }
+        // The secret's host with a port agrees with its port field, or is refused.
+        let secret = |j: &str| {
+            PgConn::resolve(&PgInputs {
+                host: None,
+                secret_json: Some(Secret::new(j)),
+                ..inputs()
+            })
+        };
+        let c = secret(r#"{"host":"db.example.com:5432","port":5432}"#).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("db.example.com", 5432));
+        assert!(secret(r#"{"host":"db.example.com:5432","port":6543}"#).is_err());
+        // A URL's host= parameter goes through the same check (it used to panic).
+        assert!(PgConn::parse_url("postgresql://u@h/d?host=a:b").is_err());
+    }
 
     fn inputs() -> PgInputs {
         PgInputs {

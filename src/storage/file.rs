@@ -13,17 +13,30 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{run_id, Incomplete, ObjectInfo, Reader, Storage, StorageError, Stored, Upload};
+use super::{
+    run_id, Incomplete, ObjectInfo, Reader, Storage, StorageError, Stored, Unusable, Upload,
+};
 
 const PARTIAL: &str = ".partial";
 
 pub struct FileStorage {
     root: PathBuf,
+    /// The directory that must already exist for a backup (see [`Storage::check_writable`]).
+    base: PathBuf,
 }
 
 impl FileStorage {
     pub fn new(root: PathBuf) -> Self {
-        FileStorage { root }
+        FileStorage {
+            base: root.clone(),
+            root,
+        }
+    }
+
+    /// The directory the destination URL names, when `root` adds a prefix below it.
+    pub fn checked_at(mut self, base: PathBuf) -> Self {
+        self.base = base;
+        self
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
@@ -144,6 +157,46 @@ impl Drop for FileUpload {
 
 #[async_trait]
 impl Storage for FileStorage {
+    /// The directory must exist and take a file: backhaul never creates it, because a
+    /// missing mount (EFS) would otherwise send the backups to the container's own disk.
+    async fn check_writable(&self) -> Result<(), Unusable> {
+        let url = format!("file://{}", self.base.display());
+        match tokio::fs::metadata(&self.base).await {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Unusable::Destination(format!(
+                    "{url} is not a directory: name the directory (or mount) the backups go to"
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Unusable::Destination(format!(
+                    "{url} does not exist: create or mount it first (backhaul does not create it, so a missing mount cannot send backups to the local disk)"
+                )))
+            }
+            Err(e) => {
+                return Err(Unusable::Destination(format!(
+                    "{url} cannot be read: {e}"
+                )))
+            }
+        }
+        // Trying is the only test that holds for root, read-only mounts and ACLs alike.
+        let base = self.base.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            tempfile::Builder::new()
+                .prefix(".backhaul-write-check")
+                .tempfile_in(&base)
+                .map(drop)
+        })
+        .await;
+        match probe {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Unusable::Destination(format!("{url} is not writable: {e}"))),
+            Err(e) => Err(Unusable::Service(format!(
+                "checking {url} is writable: {e}"
+            ))),
+        }
+    }
+
     fn part_size(&self, _index: u32) -> usize {
         1 << 20
     }

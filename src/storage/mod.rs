@@ -53,6 +53,20 @@ impl StorageError {
     }
 }
 
+/// Why a destination cannot take a backup, found before any dump starts.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Unusable {
+    /// The destination setting (bucket, directory) is wrong: exit 2.
+    #[error("{0}")]
+    Destination(String),
+    /// `--lock-days` asks for Object Lock the bucket does not have: exit 2.
+    #[error("{0}")]
+    Lock(String),
+    /// The service did not answer usefully: exit 1.
+    #[error("{0}")]
+    Service(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectInfo {
     pub key: String,
@@ -190,6 +204,11 @@ pub trait Storage: Send + Sync {
     async fn lock(&self, _key: &str) -> Result<Option<LockInfo>, StorageError> {
         Ok(None)
     }
+    /// Can a backup be written here at all? Asked before any dump starts, so a wrong bucket or
+    /// a missing mount costs no dump.
+    async fn check_writable(&self) -> Result<(), Unusable> {
+        Ok(())
+    }
     /// Writes under `prefix` that never finished, oldest first.
     async fn incomplete(&self, prefix: &str) -> Result<Vec<Incomplete>, StorageError>;
     /// Discards one of them (its parts stop costing money).
@@ -243,7 +262,9 @@ pub async fn open(
             force_path_style,
             ..
         } => Arc::new(s3::S3Storage::connect(bucket, *force_path_style, plan, sse).await?),
-        Destination::File { root } => Arc::new(file::FileStorage::new(root.clone())),
+        Destination::File { root, base } => {
+            Arc::new(file::FileStorage::new(root.clone()).checked_at(base.clone()))
+        }
     })
 }
 

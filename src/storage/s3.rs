@@ -31,7 +31,7 @@ use crate::config::ConfigError;
 
 use super::{
     run_id, Incomplete, LockInfo, ObjectInfo, PartPlan, Reader, Storage, StorageError, Stored,
-    Upload,
+    Unusable, Upload,
 };
 
 /// User metadata naming the run that created an object.
@@ -200,13 +200,16 @@ fn attempt_timeout() -> Result<Duration, ConfigError> {
 }
 
 /// Loads the standard AWS configuration chain (env, profile, ECS/IMDS credentials) once.
-/// `AWS_ENDPOINT_URL` is honoured by the chain itself.
+/// `AWS_ENDPOINT_URL` is honoured by the chain itself, after we checked it parses.
 ///
 /// Defaults we add: standard retry mode (exponential backoff with jitter) with
-/// [`DEFAULT_MAX_ATTEMPTS`] unless `AWS_MAX_ATTEMPTS` or `AWS_RETRY_MODE` is set, in which case
-/// the chain's reading of them wins; and the [`CONNECT_TIMEOUT`] / [`ATTEMPT_TIMEOUT`] timeouts,
-/// which the SDK leaves unset (no timeout at all) by default.
+/// [`DEFAULT_MAX_ATTEMPTS`] unless `AWS_MAX_ATTEMPTS` or `AWS_RETRY_MODE` says otherwise; and
+/// the [`CONNECT_TIMEOUT`] / [`ATTEMPT_TIMEOUT`] timeouts, which the SDK leaves unset (no
+/// timeout at all) by default. The retry settings are read and checked here, not by the
+/// SDK's loader, which panics on a value it cannot use (`AWS_MAX_ATTEMPTS=0`).
 pub async fn sdk_config() -> Result<aws_config::SdkConfig, ConfigError> {
+    let retry = retry_config()?;
+    check_endpoints()?;
     // Resolved first and passed in, so no provider (the credentials chain builds its own
     // region chain when given none) goes on to ask the instance metadata service.
     let region = region_chain().region().await.ok_or_else(|| {
@@ -215,14 +218,77 @@ pub async fn sdk_config() -> Result<aws_config::SdkConfig, ConfigError> {
             "no AWS region configured: set AWS_REGION (or a region in the AWS profile)",
         )
     })?;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(region)
-        .timeout_config(timeouts(ATTEMPT_TIMEOUT));
-    if !retry_configured_by_env() {
-        loader =
-            loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));
-    }
+        .timeout_config(timeouts(ATTEMPT_TIMEOUT))
+        .retry_config(retry);
     Ok(loader.load().await)
+}
+
+fn env_setting(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `AWS_MAX_ATTEMPTS` (1 or more) and `AWS_RETRY_MODE` (standard or adaptive), as the SDK
+/// reads them, refused with exit 2 instead of the SDK's panic.
+fn retry_config() -> Result<RetryConfig, ConfigError> {
+    let mut retry = RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS);
+    if let Some(v) = env_setting("AWS_MAX_ATTEMPTS") {
+        let n = v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "AWS_MAX_ATTEMPTS",
+                    format!(
+                        "{} is not a number of attempts from 1 to 100 (1 = no retries)",
+                        crate::config::quoted(&v)
+                    ),
+                )
+            })?;
+        retry = retry.with_max_attempts(n);
+    }
+    if let Some(v) = env_setting("AWS_RETRY_MODE") {
+        let mode = v.parse::<aws_config::retry::RetryMode>().map_err(|_| {
+            ConfigError::invalid(
+                "AWS_RETRY_MODE",
+                format!("{} is not standard or adaptive", crate::config::quoted(&v)),
+            )
+        })?;
+        retry = retry.with_retry_mode(mode);
+    }
+    Ok(retry)
+}
+
+/// `AWS_ENDPOINT_URL` (and the per-service variables of the services backhaul calls) must be
+/// an http(s) URL: a malformed one would otherwise fail only at the first request.
+fn check_endpoints() -> Result<(), ConfigError> {
+    for var in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_ECS",
+        "AWS_ENDPOINT_URL_EVENTBRIDGE",
+        "AWS_ENDPOINT_URL_SCHEDULER",
+        "AWS_ENDPOINT_URL_CLOUDFORMATION",
+        "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+    ] {
+        let Some(v) = env_setting(var) else { continue };
+        let ok = url::Url::parse(v.trim()).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            return Err(ConfigError::invalid(
+                var,
+                format!(
+                    "{} is not an http(s) URL like https://s3.eu-west-1.amazonaws.com or http://localhost:9000",
+                    crate::config::quoted(&v)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Environment, then profile: the SDK's default chain would go on to ask the EC2 instance
@@ -233,12 +299,6 @@ fn region_chain() -> aws_config::meta::region::RegionProviderChain {
         aws_config::environment::region::EnvironmentVariableRegionProvider::new(),
     )
     .or_else(aws_config::profile::region::ProfileFileRegionProvider::new())
-}
-
-fn retry_configured_by_env() -> bool {
-    ["AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
 impl S3Storage {
@@ -599,6 +659,81 @@ impl Drop for S3Upload {
 
 #[async_trait]
 impl Storage for S3Storage {
+    /// HeadBucket, then (with `--lock-days`) GetObjectLockConfiguration. A 403 does not
+    /// stop the backup: the bucket exists, and a role limited to its stage prefix (the
+    /// stack's) may lack the bucket-wide permission these need while writing works.
+    async fn check_writable(&self) -> Result<(), Unusable> {
+        let b = &self.bucket;
+        if let Err(e) = self.client.head_bucket().bucket(b).send().await {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let region = e
+                .raw_response()
+                .and_then(|r| r.headers().get("x-amz-bucket-region"))
+                .map(str::to_string);
+            match (status, region) {
+                (Some(404), _) => {
+                    return Err(Unusable::Destination(format!(
+                        "\"{b}\": no such bucket: create it, or correct the name"
+                    )))
+                }
+                (Some(301), Some(r)) => {
+                    return Err(Unusable::Destination(format!(
+                        "\"{b}\" is in region {r}: set AWS_REGION={r}"
+                    )))
+                }
+                (Some(403), _) => {
+                    tracing::debug!(bucket = %b, "HeadBucket denied (s3:ListBucket); the bucket exists, going on");
+                }
+                _ => {
+                    let e = crate::aws::error::from_sdk("s3:ListBucket", &e);
+                    return Err(Unusable::Service(format!(
+                        "bucket \"{b}\" cannot be reached: {}",
+                        e.detail()
+                    )));
+                }
+            }
+        }
+        if self.sse.lock.is_none() {
+            return Ok(());
+        }
+        let no_lock = || {
+            Unusable::Lock(format!(
+                "needs Object Lock, which bucket \"{b}\" does not have enabled: use a bucket created with Object Lock, or unset BACKUP_LOCK_DAYS"
+            ))
+        };
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(b)
+            .send()
+            .await
+        {
+            Ok(o) => {
+                let enabled = o
+                    .object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    == Some(&aws_sdk_s3::types::ObjectLockEnabled::Enabled);
+                if enabled {
+                    Ok(())
+                } else {
+                    Err(no_lock())
+                }
+            }
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => Err(no_lock()),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                tracing::warn!(bucket = %b, "cannot check the bucket has Object Lock (s3:GetBucketObjectLockConfiguration denied); going on");
+                Ok(())
+            }
+            Err(e) => {
+                let e = crate::aws::error::from_sdk("s3:GetBucketObjectLockConfiguration", &e);
+                Err(Unusable::Service(format!(
+                    "bucket \"{b}\": cannot read its Object Lock configuration: {}",
+                    e.detail()
+                )))
+            }
+        }
+    }
+
     fn part_size(&self, index: u32) -> usize {
         self.plan.part_size(index)
     }

@@ -12,9 +12,9 @@ fn offline() -> assert_cmd::Command {
 
 /// (environment, expected error line)
 const CASES: &[(&[(&str, &str)], &str)] = &[
-    (&[("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d")], "error: S3_BUCKET (or --bucket) is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir)"),
+    (&[("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d")], "error: S3_BUCKET (or --bucket) is not set: name the backup bucket (or pass --dest s3://bucket or file:///dir)"),
     (&[("S3_BUCKET", "bkt"), ("PG_DB_HOST", "h"), ("PG_DB_USER", "u"), ("PG_DB_NAME", "d")], "error: STAGE is not set: name the stage (e.g. STAGE=prod or --stage prod)"),
-    (&[("S3_BUCKET", "bkt"), ("STAGE", "Prod"), ("PG_DB_HOST", "h")], "error: STAGE \"Prod\" must match [a-z0-9][a-z0-9-]*, e.g. dev, uat or prod"),
+    (&[("S3_BUCKET", "bkt"), ("STAGE", "Prod"), ("PG_DB_HOST", "h")], "error: STAGE \"Prod\" must be lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. dev, uat or prod"),
     (&[("S3_BUCKET", "My_Bucket"), ("STAGE", "prod"), ("PG_DB_HOST", "h")], "error: S3_BUCKET \"My_Bucket\" is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod")], "error: PG_DB_HOST (or --pg-host) is not set: nothing to back up: configure PostgreSQL (PG_DB_HOST, DATABASE_URL or POSTGRES_SECRET) and/or MongoDB (MONGO_CONNECTION_STRING)"),
     (&[("S3_BUCKET", "bkt"), ("STAGE", "prod"), ("PG_DB_HOST", "h"), ("PG_DB_NAME", "d")], "error: PG_DB_USER (or --pg-user) is not set: set PG_DB_USER or POSTGRES_SECRET"),

@@ -469,7 +469,7 @@ fn bad_settings_exit_2_before_any_aws_call() {
     );
     rejected(
         &["--secret", &format!("POSTGRES_SECRET={PG_SECRET}")],
-        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET (or --bucket) is not set: name the bucket to write to (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
+        "task configuration would fail every scheduled run: `backup` says: S3_BUCKET (or --bucket) is not set: name the backup bucket (or pass --dest s3://bucket or file:///dir) — set it with --env, --env-file or --secret",
     );
     rejected(
         &["--env", "S3_BUCKET=acme", "--env", "PG_DB_HOST=db", "--env", "PG_DB_NAME=app"],
@@ -788,7 +788,7 @@ fn task_role_and_stage_length_are_checked_before_anything_is_registered() {
         offline_schedule(&long).args(["--task-role-arn", TASK_ROLE]),
         2,
     );
-    assert_eq!(err, format!("error: --stage \"{long}\" is 56 characters: a scheduled stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64\n"));
+    assert_eq!(err, format!("error: --stage \"{long}\" is 56 characters: a stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64\n"));
     for cmd in ["unschedule", "run-task", "status"] {
         let err = one_error_line(
             backhaul()

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod any_input;
 mod backup_mongo;
 mod backup_pg;
 mod bad_input;
@@ -18,6 +19,7 @@ mod logs;
 mod mongo_real;
 mod notify;
 mod object_lock;
+mod refuse;
 mod restore_faithful;
 mod restore_jobs;
 mod restore_mongo;

@@ -1,7 +1,7 @@
 //! S3 misbehaving under a multipart backup, through [`FaultProxy`] in front of moto:
 //! throttling is retried and the backup succeeds; persistent errors and lost completions fail
 //! the backup and leave neither an object nor an open multipart upload; an unreachable
-//! endpoint fails cleanly and stops pg_dump.
+//! endpoint fails cleanly before pg_dump starts.
 
 use std::time::{Duration, Instant};
 
@@ -184,9 +184,15 @@ fn unreachable_s3_fails_and_stops_pg_dump() {
     let pg = big_cluster();
     let closed = format!("http://127.0.0.1:{}", free_port());
     let out = backup_via(&pg, "nowhere", &closed, 2).assert().code(1);
-    let line = failed_summary(&out);
-    let error = line["error"].as_str().unwrap();
-    assert!(error.contains(": ConnectionFailed: "), "{error}");
+    // The destination check finds it before pg_dump starts: no artifact line, one error line.
+    assert!(summaries(&out.get_output().stdout).is_empty());
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    let error = stderr.lines().last().unwrap();
+    assert!(
+        error.starts_with("error: bucket \"nowhere\" cannot be reached: ")
+            && error.contains(": ConnectionFailed: "),
+        "{stderr}"
+    );
     assert_no_pg_dump_session(&pg);
 }
 

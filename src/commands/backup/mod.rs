@@ -39,7 +39,7 @@ use crate::secret::Secret;
 use crate::source::child::ChildProc;
 use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
-use crate::storage::{Storage, StorageError, Upload};
+use crate::storage::{Storage, StorageError, Unusable, Upload};
 
 use dump::*;
 use plan::*;
@@ -139,9 +139,21 @@ fn print_plan(plan: &RunPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finds the dump tools, resolves the verification target and opens storage: the first
-/// steps that touch the machine or the network, after every setting was checked.
+/// Opens storage and checks it can take the backup (bucket, Object Lock, directory), then
+/// finds the dump tools and resolves the verification target: the first steps that touch the
+/// machine or the network, after every setting was checked, and all before any dump starts.
 async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Option<PgTarget>)> {
+    let storage = plan.store.open().await?;
+    storage
+        .check_writable()
+        .await
+        .map_err(|e| -> anyhow::Error {
+            match e {
+                Unusable::Destination(m) => ConfigError::invalid(plan.store.dest_var, m).into(),
+                Unusable::Lock(m) => ConfigError::invalid("BACKUP_LOCK_DAYS", m).into(),
+                Unusable::Service(m) => anyhow::anyhow!(m),
+            }
+        })?;
     let pg = match &plan.pg {
         Some(s) => {
             let tools = match PgTools::locate(s.pg_dump_path.as_deref()).await {
@@ -182,7 +194,6 @@ async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Opti
         }
         _ => None,
     };
-    let storage = plan.store.open().await?;
     tracing::info!(destination = %plan.store.dest.display(), stage = %plan.store.stage, timestamp = %plan.timestamp, targets = plan.targets.len(), "backup starting");
     let job = Arc::new(Job {
         store: plan.store.clone(),
