@@ -16,6 +16,7 @@ mod logging;
 mod manifest;
 mod percent;
 mod pipeline;
+mod private_fs;
 mod progress;
 mod provenance;
 mod report;
@@ -66,6 +67,17 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
     let rt = Runtime {
         cancel: cancel.clone(),
     };
+    // What a killed run left (dumps, spools) goes before this run adds its own; `status`
+    // sweeps itself, to report what it cannot remove.
+    let work_dir = match &cli.command {
+        Command::Backup(a) => a.mongo.work_dir.as_deref(),
+        Command::Restore(a) => a.mongo.work_dir.as_deref(),
+        Command::Verify(a) => a.mongo.work_dir.as_deref(),
+        _ => None,
+    };
+    if !matches!(cli.command, Command::Status(_)) {
+        private_fs::sweep_and_log(&private_fs::temp_dirs(work_dir));
+    }
     // A block of its own: the command, if still running after the grace, is dropped (its
     // children killed, its uploads aborted) before main waits for that clean-up below.
     let result = {
