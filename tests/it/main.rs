@@ -24,4 +24,5 @@ mod restore_mongo;
 mod s3_faults;
 mod schedule_tz;
 mod secret_hygiene;
+mod secrets_at_rest;
 mod soak;
