@@ -5,6 +5,7 @@ mod aws;
 mod catalog;
 mod cleanup;
 mod cli;
+mod cmdline;
 mod commands;
 mod config;
 mod crypto;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
     };
     let provenance = provenance::Provenance::from_matches(&cmd, &matches);
     logging::init(cli.log_format, &cli.log);
+    cmdline::hide_url_passwords(&cmd, &matches);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -214,7 +214,13 @@ fn walk(roots: &[PathBuf]) -> Vec<PathBuf> {
 /// The paths `nobody` can list or enter (directories) or read (files).
 fn readable_by_nobody(paths: &[PathBuf]) -> Vec<String> {
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+        ])
         .arg(
             r#"for p do
   if [ -d "$p" ]; then
@@ -406,16 +412,34 @@ fn wait_spooled(place: &Place, needle: &str) {
     }
 }
 
+/// `--to` carries the password (as typed by someone who did not read the warning).
 #[test]
-fn restore_jobs_spool_is_private() {
+fn restore_jobs_spool_is_private_and_the_password_leaves_the_cmdline() {
     let place = Place::new();
     let (fx, key) = pg_restore_setup(&place);
     let mut run = place.start(restore_jobs(&place, &fx, &key), "restore");
     place.paused(&mut run);
     wait_spooled(&place, PG_DATA);
     place.assert_private("restore --jobs, spool written");
+
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", run.child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let encoded =
+        percent_encoding::utf8_percent_encode(APP_PASSWORD, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    assert!(!cmdline.contains(&encoded), "{cmdline}");
+    let blanked = format!("--to postgresql://app:{}@", "x".repeat(encoded.len()));
+    assert!(cmdline.contains(&blanked), "{cmdline}");
     place.resume();
+    let err = run.err.clone();
     run.wait_success();
+    let stderr = std::fs::read_to_string(err).unwrap();
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("--to holds a password"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(warned[0].contains("set RESTORE_TO instead"), "{stderr}");
     assert_eq!(fx.pg.psql("copy", "select count(*) from t").trim(), "2000");
     assert!(walk(&place.temp_roots()).is_empty(), "all removed");
 }
