@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::common::contract::Contract;
 use crate::common::mongod::*;
 use crate::common::*;
 
@@ -504,4 +505,74 @@ fn sigkill_mid_pg_dump_leaves_no_pg_dump() {
     };
     run.sigkill();
     assert_dies(pid, "pg_dump");
+}
+
+/// `schedule --secret` takes references only: a pasted password (a valid SSM parameter name
+/// too) is refused after one DescribeParameters (metadata only), and nothing is registered;
+/// the name of a parameter that exists is accepted. Every request passes the contract check.
+#[test]
+fn schedule_secret_must_name_an_existing_ssm_parameter() {
+    use crate::ecs::{create_cluster, ecs, schedule, stage};
+    let stage = stage("refonly");
+    let family = format!("backhaul-{stage}");
+    create_cluster(&family);
+    let rec = Contract::start();
+    let pasted = "Sup3rS3cretPassw0rd";
+    let out = schedule(&rec, &stage)
+        .args(["--secret", &format!("PG_DB_PASSWORD={pasted}")])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: --secret PG_DB_PASSWORD=<value> is not the name of an SSM parameter in us-east-1"),
+        "{err}"
+    );
+    assert!(!err.contains(pasted) && out.stdout.is_empty(), "{err}");
+    let families = block_on(
+        ecs()
+            .list_task_definition_families()
+            .family_prefix(&family)
+            .send(),
+    )
+    .unwrap();
+    assert!(families.families().is_empty(), "nothing registered");
+
+    let name = format!("/{stage}/pg-password");
+    let ssm = aws_sdk_ssm::Client::new(&moto().sdk_config());
+    block_on(
+        ssm.put_parameter()
+            .name(&name)
+            .value("not-read-by-backhaul")
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send(),
+    )
+    .unwrap();
+    schedule(&rec, &stage)
+        .args(["--secret", &format!("PG_DB_PASSWORD={name}")])
+        .assert()
+        .success();
+    let td = block_on(
+        ecs()
+            .describe_task_definition()
+            .task_definition(&family)
+            .send(),
+    )
+    .unwrap();
+    let secrets = td.task_definition().unwrap().container_definitions()[0].secrets();
+    assert!(
+        secrets
+            .iter()
+            .any(|s| s.name() == "PG_DB_PASSWORD" && s.value_from() == name),
+        "{secrets:?}"
+    );
+    rec.check(&["ssm:DescribeParameters", "ecs:RegisterTaskDefinition"]);
+    let lookups = rec.bodies("DescribeParameters");
+    assert_eq!(lookups.len(), 2, "{lookups:?}");
+    assert!(
+        rec.bodies("GetParameter").is_empty(),
+        "the value is never read"
+    );
 }
