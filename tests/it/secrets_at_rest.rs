@@ -576,3 +576,42 @@ fn schedule_secret_must_name_an_existing_ssm_parameter() {
         "the value is never read"
     );
 }
+
+/// A killed run's leftover that this user cannot remove (here: a directory root made inside
+/// it) is named by `status`, run as that user.
+#[test]
+fn status_names_leftovers_it_cannot_remove() {
+    let place = Place::new();
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let left = place.path("tmp").join(format!("backhaul-restore-{dead}-1"));
+    std::fs::create_dir(&left).unwrap();
+    std::fs::create_dir(left.join("sub")).unwrap();
+    std::fs::write(left.join("sub/archive.dump"), "x").unwrap();
+    std::os::unix::fs::chown(&left, Some(65534), Some(65534)).unwrap();
+
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin("backhaul"))
+        .args(["status", "--stage", "leftover", "--json"])
+        .env_clear()
+        .envs(base_env())
+        .envs(moto_env())
+        .env("TMPDIR", place.path("tmp"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stale = st["stale_temp_paths"].as_array().expect("stale_temp_paths");
+    assert_eq!(stale.len(), 1, "{st}");
+    assert!(
+        stale[0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}: ", left.display())),
+        "{st}"
+    );
+    assert!(left.join("sub/archive.dump").exists());
+}
