@@ -90,18 +90,32 @@ fn url_password(v: &str) -> Option<&str> {
         .filter(|pw| !pw.is_empty())
 }
 
-/// Warns once per flag typed with a password in its URL, naming its variable, and blanks
-/// the password in our argv. Call after clap has parsed.
-pub fn hide_url_passwords(cmd: &clap::Command, matches: &clap::ArgMatches) {
-    scan(cmd, matches);
+/// Blanks every password typed in a URL in our argv (call after clap has parsed) and returns
+/// one warning per URL flag that carried one, naming its variable. The caller logs them
+/// unless the run ends on a configuration error, which stays the only line.
+pub fn hide_url_passwords(cmd: &clap::Command, matches: &clap::ArgMatches) -> Vec<String> {
+    let mut warnings = Vec::new();
+    scan(cmd, matches, &mut warnings);
     if let Some((name, sub)) = matches.subcommand() {
         if let Some(sub_cmd) = cmd.find_subcommand(name) {
-            scan(sub_cmd, sub);
+            scan(sub_cmd, sub, &mut warnings);
         }
     }
+    warnings
 }
 
-fn scan(cmd: &clap::Command, matches: &clap::ArgMatches) {
+/// A value that is itself a URL (`scheme://…`), not e.g. `--env KEY=postgresql://…`, which
+/// has its own refusal.
+fn is_url(v: &str) -> bool {
+    v.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"+.-".contains(&c))
+    })
+}
+
+fn scan(cmd: &clap::Command, matches: &clap::ArgMatches, warnings: &mut Vec<String>) {
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
         if matches.value_source(id) != Some(ValueSource::CommandLine) {
@@ -110,15 +124,15 @@ fn scan(cmd: &clap::Command, matches: &clap::ArgMatches) {
         let Ok(Some(values)) = matches.try_get_raw(id) else {
             continue;
         };
-        let passwords: Vec<&str> = values
-            .filter_map(|v| v.to_str())
-            .filter_map(url_password)
-            .collect();
-        if passwords.is_empty() {
-            continue;
+        let mut url_flag = false;
+        for v in values.filter_map(|v| v.to_str()) {
+            if let Some(pw) = url_password(v) {
+                raw::blank(pw.as_bytes());
+                url_flag |= is_url(v);
+            }
         }
-        for pw in &passwords {
-            raw::blank(pw.as_bytes());
+        if !url_flag {
+            continue;
         }
         let flag = arg
             .get_long()
@@ -128,9 +142,9 @@ fn scan(cmd: &clap::Command, matches: &clap::ArgMatches) {
             Some(env) => format!("set {} instead", env.to_string_lossy()),
             None => "pass it through the environment instead".to_string(),
         };
-        tracing::warn!(
+        warnings.push(format!(
             "{flag} holds a password, which other local users can read in the process list until backhaul blanks it: {instead}"
-        );
+        ));
     }
 }
 
@@ -157,6 +171,8 @@ mod tests {
         ] {
             assert_eq!(url_password(url), pw, "{url}");
         }
+        assert!(is_url("mongodb+srv://u:p@h/"));
+        assert!(!is_url("DATABASE_URL=postgresql://u:p@h/d"));
     }
 
     /// The test binary's own argv is blanked where /proc shows it.

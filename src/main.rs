@@ -54,15 +54,15 @@ fn main() -> ExitCode {
     };
     let provenance = provenance::Provenance::from_matches(&cmd, &matches);
     logging::init(cli.log_format, &cli.log);
-    cmdline::hide_url_passwords(&cmd, &matches);
+    let url_warnings = cmdline::hide_url_passwords(&cmd, &matches);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(cli, provenance))
+    runtime.block_on(run(cli, provenance, url_warnings))
 }
 
-async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
+async fn run(cli: Cli, provenance: provenance::Provenance, url_warnings: Vec<String>) -> ExitCode {
     let cancel = CancellationToken::new();
     let signal = Arc::new(AtomicI32::new(0));
     tokio::spawn(watch_signals(cancel.clone(), signal.clone()));
@@ -113,6 +113,14 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
         }
     };
     cleanup::finish(Duration::from_secs(5)).await;
+    // Said at the end (the password is blanked from the start), so that a configuration
+    // error stays the only line of a refused run.
+    let refused = matches!(&result, Err(e) if e.chain().any(|c| c.is::<config::ConfigError>()));
+    if !refused {
+        for w in &url_warnings {
+            tracing::warn!("{w}");
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit_code(&e, signal.load(Ordering::SeqCst), &provenance),

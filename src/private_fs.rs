@@ -2,8 +2,11 @@
 //! explicitly at creation and again after it, so neither the umask nor a library default can
 //! make a dump, a spool or a decoded artifact readable by another local user.
 //!
-//! Temp names are `backhaul-<kind>-<pid>-<unique>`: the pid lets a later run tell what a
-//! killed run left behind (see [`sweep`]) from what a live one is still using.
+//! Temp names are `backhaul-<kind>-<pid>-<space>-<unique>`: the pid lets a later run tell
+//! what a killed run left behind (see [`sweep`]) from what a live one is still using. A pid
+//! means something only in its own pid namespace on its own boot, which `<space>` names: a
+//! work dir shared by containers or hosts (EFS) must not lose a live run's files to another
+//! container's sweep.
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io;
@@ -113,7 +116,8 @@ fn unique_create(
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = base.join(format!("{PREFIX}{kind}-{pid}-{n:x}{nanos:08x}"));
+        let space = pid_space();
+        let path = base.join(format!("{PREFIX}{kind}-{pid}-{space}-{n:x}{nanos:08x}"));
         match create(&path) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -133,15 +137,30 @@ pub fn temp_dirs(work_dir: Option<&Path>) -> Vec<PathBuf> {
     dirs
 }
 
-/// The pid in a name made by [`unique_create`].
-fn owner_pid(name: &str) -> Option<i32> {
+/// Where our pids mean something: this boot of this machine (`boot_id`) and our pid namespace,
+/// as 8 hex digits (FNV-1a: stable across backhaul versions, unlike std's hasher).
+fn pid_space() -> &'static str {
+    static SPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SPACE.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let ns = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+        let mut h: u32 = 0x811c_9dc5;
+        for b in boot.trim().bytes().chain(ns.to_string_lossy().bytes()) {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        format!("{h:08x}")
+    })
+}
+
+/// The pid and pid space in a name made by [`unique_create`].
+fn owner(name: &str) -> Option<(i32, &str)> {
     let rest = name.strip_prefix(PREFIX)?;
-    let mut parts = rest.rsplitn(3, '-');
-    let (_unique, pid, kind) = (parts.next()?, parts.next()?, parts.next()?);
-    if kind.is_empty() {
+    let mut parts = rest.rsplitn(4, '-');
+    let (_unique, space, pid, kind) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if kind.is_empty() || space.len() != 8 {
         return None;
     }
-    pid.parse().ok().filter(|p| *p > 0)
+    Some((pid.parse().ok().filter(|p| *p > 0)?, space))
 }
 
 fn alive(pid: i32) -> bool {
@@ -158,8 +177,8 @@ pub struct Swept {
 }
 
 /// Removes the temp paths in `dirs` that a backhaul run of ours left when it was killed:
-/// named by us, owned by our user, and whose pid no longer runs. Paths of live runs (and of
-/// other users) are left alone.
+/// named by us, owned by our user, from our pid space, and whose pid no longer runs. Paths of
+/// live runs, of other users and of other containers or hosts are left alone.
 pub fn sweep(dirs: &[PathBuf]) -> Swept {
     // SAFETY: getuid(2) cannot fail and touches no memory.
     let uid = unsafe { libc::getuid() };
@@ -172,7 +191,12 @@ pub fn sweep(dirs: &[PathBuf]) -> Swept {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(owner_pid) else {
+            let Some(pid) = name
+                .to_str()
+                .and_then(owner)
+                .filter(|(_, space)| *space == pid_space())
+                .map(|(pid, _)| pid)
+            else {
                 continue;
             };
             let path = entry.path();
@@ -262,7 +286,7 @@ mod tests {
         let b = PrivateDir::new_in(base.path(), "x-y").unwrap();
         assert_ne!(a.path(), b.path());
         let name = a.path().file_name().unwrap().to_str().unwrap();
-        assert_eq!(owner_pid(name), Some(std::process::id() as i32));
+        assert_eq!(owner(name), Some((std::process::id() as i32, pid_space())));
         assert!(create_file(&a.path().join("f")).is_ok());
         assert!(create_file(&a.path().join("f")).is_err(), "existing file");
         assert!(create_dir(b.path()).is_err(), "existing dir");
@@ -278,29 +302,45 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        let gone = base.path().join(format!("backhaul-restore-{dead}-1"));
+        let space = pid_space();
+        let gone = base
+            .path()
+            .join(format!("backhaul-restore-{dead}-{space}-1"));
         create_dir(&gone).unwrap();
         create_file(&gone.join("archive.dump")).unwrap();
-        let gone_file = base.path().join(format!("backhaul-verify-{dead}-2"));
+        let gone_file = base
+            .path()
+            .join(format!("backhaul-verify-{dead}-{space}-2"));
         create_file(&gone_file).unwrap();
         let live = PrivateDir::new_in(base.path(), "restore").unwrap();
-        let init = base.path().join("backhaul-restore-1-3");
+        let init = base.path().join(format!("backhaul-restore-1-{space}-3"));
         create_dir(&init).unwrap();
-        let foreign = base.path().join(format!("other-{dead}-1"));
+        // Another container's or host's run: its pid means nothing here.
+        let elsewhere = base
+            .path()
+            .join(format!("backhaul-restore-{dead}-0badf00d-4"));
+        create_dir(&elsewhere).unwrap();
+        let foreign = base.path().join(format!("other-{dead}-{space}-1"));
         create_dir(&foreign).unwrap();
         let swept = sweep(&[base.path().to_path_buf()]);
         let mut removed = swept.removed.clone();
         removed.sort();
         assert_eq!(removed, vec![gone.clone(), gone_file.clone()]);
         assert!(swept.failed.is_empty());
-        assert!(live.path().exists() && init.exists() && foreign.exists());
+        for kept in [live.path(), &init, &elsewhere, &foreign] {
+            assert!(kept.exists(), "{kept:?}");
+        }
     }
 
     #[test]
-    fn owner_pid_parses_only_our_names() {
-        assert_eq!(owner_pid("backhaul-mongo-restore-123-abc"), Some(123));
-        assert_eq!(owner_pid("backhaul-restore-abc"), None);
-        assert_eq!(owner_pid("backhaul-123-abc"), None);
-        assert_eq!(owner_pid("other-x-123-abc"), None);
+    fn owner_parses_only_our_names() {
+        assert_eq!(
+            owner("backhaul-mongo-restore-123-0badf00d-abc"),
+            Some((123, "0badf00d"))
+        );
+        assert_eq!(owner("backhaul-restore-123-abc"), None);
+        assert_eq!(owner("backhaul-restore-abc"), None);
+        assert_eq!(owner("backhaul-123-0badf00d-abc"), None);
+        assert_eq!(owner("other-x-123-0badf00d-abc"), None);
     }
 }

@@ -577,16 +577,20 @@ fn schedule_secret_must_name_an_existing_ssm_parameter() {
     );
 }
 
-/// A killed run's leftover that this user cannot remove (here: a directory root made inside
-/// it) is named by `status`, run as that user.
+/// A killed run's leftover that this user cannot remove (here: handed to `nobody`, with a
+/// directory of root's inside) is named by `status`, run as that user.
 #[test]
 fn status_names_leftovers_it_cannot_remove() {
     let place = Place::new();
-    let mut child = Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
-    let left = place.path("tmp").join(format!("backhaul-restore-{dead}-1"));
-    std::fs::create_dir(&left).unwrap();
+    let (fx, key) = pg_restore_setup(&place);
+    let mut run = place.start(restore_jobs(&place, &fx, &key), "killed");
+    let child = place.paused(&mut run);
+    run.sigkill();
+    assert_dies(child, "pg_restore");
+    let left = walk(&[place.path("tmp")])
+        .into_iter()
+        .find(|p| p.parent() == Some(place.path("tmp").as_path()))
+        .expect("the killed run's spool dir");
     std::fs::create_dir(left.join("sub")).unwrap();
     std::fs::write(left.join("sub/archive.dump"), "x").unwrap();
     std::os::unix::fs::chown(&left, Some(65534), Some(65534)).unwrap();
