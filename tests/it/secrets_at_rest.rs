@@ -68,7 +68,8 @@ marks='{marks}'
 if [ "${{1:-}}" = --version ] || ! mkdir "$marks/once" 2>/dev/null; then exec '{real}' "$@"; fi
 pause() {{
   echo $$ > "$marks/paused.tmp" && mv "$marks/paused.tmp" "$marks/paused"
-  while [ ! -e "$marks/go" ]; do sleep 0.05; done
+  # Gone with the test (it failed): nobody will say go.
+  while [ ! -e "$marks/go" ]; do [ -d "$marks" ] || exit 1; sleep 0.05; done
 }}
 {body}
 "#,
@@ -170,6 +171,16 @@ struct Run {
     child: Child,
     out: PathBuf,
     err: PathBuf,
+}
+
+/// A test that fails mid-run leaves no backhaul behind.
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Run {
