@@ -24,6 +24,10 @@ pub const SCRUBBED_ENV: &[&str] = &[
     "DATABASE_URL",
     "MONGO_CONNECTION_STRING",
     "MONGO_SECRET",
+    // Target URLs, which may carry a password.
+    "RESTORE_TO",
+    "VERIFY_RESTORE_INTO",
+    "BACKUP_VERIFY_INTO",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",

@@ -341,8 +341,15 @@ fn mongo_zip_backup_and_restore_temp_paths_are_private() {
             target.uri(Some(MONGO_USERINFO), "?authSource=admin"),
         );
     let mut run = place.start(cmd, "restore");
-    place.paused(&mut run);
+    let tool = place.paused(&mut run);
     place.assert_private("mongo restore, zip extracted");
+    // The target URL is ours, not the tool's (it gets the connection through its pipe).
+    let environ = std::fs::read(format!("/proc/{tool}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("RESTORE_TO=") && !environ.contains("s3cr"),
+        "{environ}"
+    );
     assert!(
         !place.files_containing(&[MONGO_DATA]).is_empty(),
         "the extracted tree is there"
