@@ -5,6 +5,7 @@ mod aws;
 mod catalog;
 mod cleanup;
 mod cli;
+mod cmdline;
 mod commands;
 mod config;
 mod crypto;
@@ -16,6 +17,7 @@ mod logging;
 mod manifest;
 mod percent;
 mod pipeline;
+mod private_fs;
 mod progress;
 mod provenance;
 mod report;
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&cmd, e),
     };
     let provenance = provenance::Provenance::from_matches(&cmd, &matches);
+    let url_warnings = cmdline::hide_url_passwords(&cmd, &matches);
     if let Err(e) = logging::init(cli.log_format, &cli.log) {
         return config_error(&e, &provenance);
     }
@@ -58,16 +61,27 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(cli, provenance))
+    runtime.block_on(run(cli, provenance, url_warnings))
 }
 
-async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
+async fn run(cli: Cli, provenance: provenance::Provenance, url_warnings: Vec<String>) -> ExitCode {
     let cancel = CancellationToken::new();
     let signal = Arc::new(AtomicI32::new(0));
     tokio::spawn(watch_signals(cancel.clone(), signal.clone()));
     let rt = Runtime {
         cancel: cancel.clone(),
     };
+    // What a killed run left (dumps, spools) goes before this run adds its own; `status`
+    // sweeps itself, to report what it cannot remove.
+    let work_dir = match &cli.command {
+        Command::Backup(a) => a.mongo.work_dir.as_deref(),
+        Command::Restore(a) => a.mongo.work_dir.as_deref(),
+        Command::Verify(a) => a.mongo.work_dir.as_deref(),
+        _ => None,
+    };
+    if !matches!(cli.command, Command::Status(_)) {
+        private_fs::sweep_and_log(&private_fs::temp_dirs(work_dir));
+    }
     // A block of its own: the command, if still running after the grace, is dropped (its
     // children killed, its uploads aborted) before main waits for that clean-up below.
     let result = {
@@ -101,6 +115,14 @@ async fn run(cli: Cli, provenance: provenance::Provenance) -> ExitCode {
         }
     };
     cleanup::finish(Duration::from_secs(5)).await;
+    // Said at the end (the password is blanked from the start), so that a configuration
+    // error stays the only line of a refused run.
+    let refused = matches!(&result, Err(e) if e.chain().any(|c| c.is::<config::ConfigError>()));
+    if !refused {
+        for w in &url_warnings {
+            tracing::warn!("{w}");
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit_code(&e, signal.load(Ordering::SeqCst), &provenance),

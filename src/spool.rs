@@ -55,15 +55,11 @@ pub enum End {
 }
 
 impl Spool {
-    /// Creates (truncates) the file at `path`; the caller chooses a private directory.
+    /// Creates the file at `path` (0600, which must not exist yet) in the caller's private
+    /// directory.
     pub fn create(path: &Path) -> io::Result<Spool> {
         Ok(Spool {
-            file: File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)?,
+            file: crate::private_fs::create_file(path)?,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         })

@@ -20,6 +20,7 @@ pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
     pub events: aws_sdk_eventbridge::Client,
     pub scheduler: aws_sdk_scheduler::Client,
+    pub ssm: aws_sdk_ssm::Client,
     pub region: String,
     conf: aws_config::SdkConfig,
 }
@@ -34,6 +35,7 @@ impl Clients {
             ecs: aws_sdk_ecs::Client::new(&conf),
             events: aws_sdk_eventbridge::Client::new(&conf),
             scheduler: aws_sdk_scheduler::Client::new(&conf),
+            ssm: aws_sdk_ssm::Client::new(&conf),
             region,
             conf,
         })

@@ -256,7 +256,7 @@ pub async fn download_to_file(
     let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
     let file_path = path.to_path_buf();
     let download = tokio::task::spawn_blocking(move || -> anyhow::Result<feed::Fed> {
-        let file = std::fs::File::create(&file_path)
+        let file = crate::private_fs::create_file(&file_path)
             .with_context(|| format!("creating {}", file_path.display()))?;
         Ok(feed::feed(
             src,

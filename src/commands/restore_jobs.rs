@@ -337,10 +337,8 @@ where
 {
     let jobs = opts.jobs.unwrap_or(1).max(1) as usize;
     let verifiable = expect.is_some();
-    // tempfile creates the directory 0700: the dump never becomes readable by other users.
-    let dir = tempfile::Builder::new()
-        .prefix("backhaul-restore-")
-        .tempdir()
+    // The decoded dump is in clear here: the directory is private (see private_fs).
+    let dir = crate::private_fs::PrivateDir::new("restore")
         .context("creating a temp directory for --jobs")?;
     let path = dir.path().join("archive.dump");
     let spool = Arc::new(Spool::create(&path).context("creating the spool file for --jobs")?);
@@ -509,7 +507,8 @@ impl Drop for CloseOnDrop {
 }
 
 fn write_list(path: &Path, ids: &[i32]) -> anyhow::Result<()> {
-    std::fs::write(path, pg_archive::list_file(ids))
+    crate::private_fs::create_file(path)
+        .and_then(|mut f| f.write_all(pg_archive::list_file(ids).as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -34,6 +34,7 @@ use crate::cli::MongoRestoreArgs;
 use crate::config::mongo::MongoConn;
 use crate::config::ConfigError;
 use crate::feed::{Decode, Fed};
+use crate::private_fs;
 use crate::secret::{Redactor, Secret};
 use crate::source::mongo::{self, MongoRestoreOpts, RestoreSource};
 use crate::storage::Storage;
@@ -185,7 +186,7 @@ pub async fn restore_mongo(
     // Whether an entry without a manifest may be restored is the caller's decision
     // ([`crate::catalog::Entry::trust`]).
     let expect = entry.expectation();
-    let dir = mongo::private_dir(&target.work_dir, "backhaul-mongo-restore-")?;
+    let dir = mongo::private_dir(&target.work_dir, "mongo-restore")?;
     let object = dir.path().join(if is_zip {
         "dump.zip"
     } else {
@@ -443,7 +444,7 @@ fn dump_root(tree: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Explicit so a failure to remove the dump is at least logged (drop would swallow it).
-fn drop_dir(dir: tempfile::TempDir) {
+fn drop_dir(dir: crate::private_fs::PrivateDir) {
     let path = dir.path().display().to_string();
     if let Err(e) = dir.close() {
         tracing::warn!(dir = %path, error = %e, "could not remove the restore temp dir");
@@ -456,7 +457,7 @@ pub fn extract_zip(zip: &Path, out: &Path) -> Result<(), MongoRestoreError> {
     let bad = |e: &dyn std::fmt::Display| MongoRestoreError::BadZip(e.to_string());
     let file = std::fs::File::open(zip).map_err(|e| bad(&e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(&e))?;
-    std::fs::create_dir_all(out).map_err(|e| bad(&e))?;
+    private_fs::create_dir_all(out).map_err(|e| bad(&e))?;
     for i in 0..archive.len() {
         let mut f = archive.by_index(i).map_err(|e| bad(&e))?;
         let name = String::from_utf8_lossy(f.name_raw()).into_owned();
@@ -473,18 +474,14 @@ pub fn extract_zip(zip: &Path, out: &Path) -> Result<(), MongoRestoreError> {
             .ok_or_else(|| MongoRestoreError::UnsafeEntry(name.clone()))?;
         let dest = out.join(rel);
         if f.is_dir() {
-            std::fs::create_dir_all(&dest).map_err(|e| bad(&e))?;
+            private_fs::create_dir_all(&dest).map_err(|e| bad(&e))?;
             continue;
         }
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| bad(&e))?;
+            private_fs::create_dir_all(parent).map_err(|e| bad(&e))?;
         }
         // create_new: a second entry with the same name must not overwrite the first.
-        let mut w = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-            .map_err(|e| bad(&format!("{name}: {e}")))?;
+        let mut w = private_fs::create_file(&dest).map_err(|e| bad(&format!("{name}: {e}")))?;
         io::copy(&mut f, &mut w).map_err(|e| bad(&format!("{name}: {e}")))?;
     }
     Ok(())

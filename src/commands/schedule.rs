@@ -60,6 +60,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let clients = Clients::load().await?;
+    check_ssm_names(&clients, &plan.task.secrets).await?;
     if plan.task.log.region.is_empty() {
         plan.task.log.region = clients.region.clone();
     }
@@ -455,6 +456,40 @@ fn resolve_secrets(
         out.insert(k, v);
     }
     Ok(out)
+}
+
+/// A `--secret` value that is not an ARN names an SSM parameter, which must exist: a pasted
+/// password is a valid parameter name too, and would be registered in the task definition
+/// for anyone with ecs:DescribeTaskDefinition to read. Looked up by name (DescribeParameters
+/// returns metadata only: the value is never fetched). Exit 2, nothing registered.
+async fn check_ssm_names(
+    clients: &Clients,
+    secrets: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    use aws_sdk_ssm::types::ParameterStringFilter;
+    for (k, v) in secrets.iter().filter(|(_, v)| !v.starts_with("arn:")) {
+        let filter = ParameterStringFilter::builder()
+            .key("Name")
+            .option("Equals")
+            .values(v)
+            .build()
+            .map_err(|e| anyhow::anyhow!("building AWS request: {e}"))?;
+        let found = clients
+            .ssm
+            .describe_parameters()
+            .parameter_filters(filter)
+            .send()
+            .await
+            .map_err(|e| sdk_err("ssm:DescribeParameters", e))?;
+        if found.parameters().is_empty() {
+            return Err(ConfigError::invalid(
+                "--secret",
+                format!("{k}=<value> is not the name of an SSM parameter in {} (the value is not shown): store the secret in Secrets Manager or SSM and pass its ARN or parameter name", clients.region),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The `valueFrom` forms the ECS agent resolves (ECS developer guide, "Pass sensitive data to

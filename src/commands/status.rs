@@ -42,6 +42,9 @@ struct Status {
     /// Why backups could not be listed; the schedule part of the report is still useful.
     #[serde(skip_serializing_if = "Option::is_none")]
     backups_error: Option<String>,
+    /// Local temp paths a killed run left that this user cannot remove (`path: error`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stale_temp_paths: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -92,8 +95,15 @@ struct TaskStatus {
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let stage = names::scheduled_stage(a.store.stage.clone())?;
+    let work_dir = std::env::var_os("BACKUP_WORK_DIR").map(std::path::PathBuf::from);
+    let stale_temp_paths =
+        crate::private_fs::sweep_and_log(&crate::private_fs::temp_dirs(work_dir.as_deref()))
+            .into_iter()
+            .map(|(p, e)| format!("{}: {e}", p.display()))
+            .collect();
     let c = Clients::load().await?;
     let mut st = Status {
+        stale_temp_paths,
         rule: rule(&c, &stage).await?,
         target: target(&c, &stage).await?,
         task_definition: task(&c, &stage).await?,
@@ -313,6 +323,9 @@ fn text(st: &Status) -> String {
             Some(_) => out += "incomplete uploads: none\n",
             None => {}
         }
+    }
+    for p in &st.stale_temp_paths {
+        out += &format!("cannot remove a killed run's temp path {p}\n");
     }
     out
 }

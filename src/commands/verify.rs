@@ -377,7 +377,8 @@ impl Verifier {
         let is_zip = crypto::inner_extension(&entry.parsed.extension).ends_with(".zip");
         let decode = self.decode(entry)?;
         let checked = tokio::task::spawn_blocking(move || -> Result<Structure, Failure> {
-            let mut file = tempfile::tempfile().map_err(|e| Failure::Transient(e.into()))?;
+            let mut file = crate::private_fs::anonymous_file("verify")
+                .map_err(|e| Failure::Transient(e.into()))?;
             match feed::feed(src, &decode, &mut file, expect.as_ref(), Consumer::Strict) {
                 Ok(_) => {}
                 Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {

@@ -1,11 +1,14 @@
 //! Child-process handling shared by every dump and restore tool.
 //!
 //! Children run in their own process group (a terminal's Ctrl-C reaches only us, and we stop
-//! them in order), are killed if dropped, never inherit our secret-bearing variables, and
-//! have their stderr drained concurrently, redacted, with the last lines kept for errors.
+//! them in order), are killed if dropped, die with backhaul even when it is SIGKILLed (Linux
+//! parent-death signal), create their files private (umask 077), never inherit our
+//! secret-bearing variables, and have their stderr drained concurrently, redacted, with the
+//! last lines kept for errors.
 
 use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -21,6 +24,10 @@ pub const SCRUBBED_ENV: &[&str] = &[
     "DATABASE_URL",
     "MONGO_CONNECTION_STRING",
     "MONGO_SECRET",
+    // Target URLs, which may carry a password.
+    "RESTORE_TO",
+    "VERIFY_RESTORE_INTO",
+    "BACKUP_VERIFY_INTO",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
@@ -67,7 +74,8 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Prepares a command with the hygiene every child gets.
+/// Prepares a command with the hygiene every child gets. Start it with [`ChildProc::spawn`] or
+/// [`output`], never `Command::spawn` directly (see [`spawn`]).
 pub fn command(program: &std::path::Path) -> Command {
     let mut cmd = Command::new(program);
     for var in SCRUBBED_ENV {
@@ -78,7 +86,74 @@ pub fn command(program: &std::path::Path) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec; umask, prctl, getppid and _exit are
+    // async-signal-safe and touch no memory of ours.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A dump tree or a list file the tool writes is for us only.
+            libc::umask(0o077);
+            // SIGKILL when the forking thread ends: every fork happens on the spawner
+            // thread, which lives as long as the process, so this means "when backhaul dies".
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // backhaul died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
     cmd
+}
+
+/// A unit of work for the spawner thread.
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the one thread that forks every child. The parent-death signal fires when the
+/// thread that forked exits, not the process: a child forked on one of tokio's blocking
+/// threads (they end after idling) would be killed mid-dump. This thread never ends.
+fn on_spawner<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("backhaul-spawner".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .expect("starting the spawner thread");
+        Mutex::new(tx)
+    });
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let job: SpawnJob = Box::new(move || {
+        let _ = done_tx.send(f());
+    });
+    sender
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .expect("the spawner thread lives as long as the process");
+    done_rx
+        .recv()
+        .expect("the spawner thread lives as long as the process")
+}
+
+/// Starts `cmd` on the spawner thread (registered with the caller's runtime).
+pub fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+    let rt = tokio::runtime::Handle::current();
+    on_spawner(move || {
+        let _entered = rt.enter();
+        cmd.spawn()
+    })
+}
+
+/// As `Command::output`, forked on the spawner thread: waits and collects stdout and stderr.
+pub async fn output(cmd: Command) -> std::io::Result<std::process::Output> {
+    spawn(cmd)?.wait_with_output().await
 }
 
 pub struct ChildProc {
@@ -97,12 +172,12 @@ impl ChildProc {
     /// kept in full, for tools whose per-item log lines are the only report of what they did.
     pub fn spawn_keeping(
         tool: &str,
-        mut cmd: Command,
+        cmd: Command,
         redactor: Redactor,
         keep: fn(&str) -> bool,
     ) -> Result<ChildProc, ChildError> {
         let path = format!("{:?}", cmd.as_std().get_program());
-        let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
+        let mut child = spawn(cmd).map_err(|source| ChildError::Spawn {
             tool: tool.to_string(),
             path,
             source,

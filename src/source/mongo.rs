@@ -8,13 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tempfile::{NamedTempFile, TempDir};
-
 use crate::config::mongo::MongoConn;
+use crate::private_fs::PrivateDir;
 use crate::secret::Redactor;
 use crate::source::child::{self, ChildError, ChildProc};
 
@@ -34,7 +34,7 @@ pub enum MongoError {
     NoMongorestore,
     #[error("MONGORESTORE_PATH {0} does not exist or is not executable")]
     BadRestorePath(String),
-    #[error("writing the MongoDB tools' private --config file: {0}")]
+    #[error("handing the connection to the MongoDB tools (--config pipe): {0}")]
     ConfigFile(io::Error),
     #[error("cannot create a temp dir in {dir} (BACKUP_WORK_DIR): {source}")]
     WorkDir { dir: String, source: io::Error },
@@ -169,15 +169,12 @@ pub async fn checked_version(path: &Path) -> Result<String, MongoError> {
 }
 
 async fn tool_version(path: &Path) -> Result<String, MongoError> {
-    let out = child::command(path)
-        .arg("--version")
-        .stdout(Stdio::piped())
-        .output()
-        .await
-        .map_err(|e| MongoError::Version {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    let mut cmd = child::command(path);
+    cmd.arg("--version").stdout(Stdio::piped());
+    let out = child::output(cmd).await.map_err(|e| MongoError::Version {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     parse_tool_version(&text).ok_or_else(|| MongoError::Version {
         path: path.display().to_string(),
@@ -199,32 +196,65 @@ fn yaml_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Writes `uri: "…"` to a temp file that only we can read. Keep the returned file alive until
-/// the child has exited: dropping it deletes it.
-pub fn write_config(conn: &MongoConn) -> Result<NamedTempFile, MongoError> {
-    let mut f = tempfile::Builder::new()
-        .prefix("backhaul-mongo-config-")
-        .tempfile()
-        .map_err(MongoError::ConfigFile)?;
-    // tempfile already creates 0600; forcing it guards against a different umask or a future
-    // tempfile default, since mongodump would otherwise read a world-readable password.
-    std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600))
-        .map_err(MongoError::ConfigFile)?;
-    writeln!(f, "uri: {}", yaml_quote(conn.tool_uri.expose())).map_err(MongoError::ConfigFile)?;
-    f.flush().map_err(MongoError::ConfigFile)?;
-    Ok(f)
+/// The tools' `--config` (`uri: "…"`) handed over through a pipe the child reads as
+/// `/dev/fd/N`: the password is never in a file, so nothing a killed run leaves can hold it.
+/// The tools read their config once, at start. Drop it once the child is spawned.
+pub struct ConfigPipe(OwnedFd);
+
+/// A pipe holds this much without a reader; a longer URI would block the write.
+const CONFIG_MAX: usize = 16 << 10;
+
+impl ConfigPipe {
+    pub fn new(conn: &MongoConn) -> Result<ConfigPipe, MongoError> {
+        let text = format!("uri: {}\n", yaml_quote(conn.tool_uri.expose()));
+        if text.len() > CONFIG_MAX {
+            return Err(MongoError::ConfigFile(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the connection string is longer than 16 KiB",
+            )));
+        }
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-int array we own; O_CLOEXEC keeps both ends out of every
+        // other child, and only the child this pipe is attached to gets the read end.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(MongoError::ConfigFile(io::Error::last_os_error()));
+        }
+        // SAFETY: both fds were just created and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut write = std::fs::File::from(write);
+        write
+            .write_all(text.as_bytes())
+            .map_err(MongoError::ConfigFile)?;
+        Ok(ConfigPipe(read))
+    }
+
+    /// Adds `--config /dev/fd/N` to `cmd`, with the read end kept open across its exec.
+    pub fn attach(&self, cmd: &mut tokio::process::Command) {
+        let fd = self.0.as_raw_fd();
+        cmd.arg("--config").arg(format!("/dev/fd/{fd}"));
+        // SAFETY: runs in the forked child before exec and only calls fcntl (async-signal-safe)
+        // on an fd the child inherited; the parent's copy is untouched.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// mongodump with the connection and database set (`None`: everything the URI selects); the
 /// caller adds the output mode.
 fn dump_command(
     tools: &MongoTools,
-    config: &Path,
+    config: &ConfigPipe,
     database: Option<&str>,
     extra_args: &[String],
 ) -> tokio::process::Command {
     let mut cmd = child::command(&tools.mongodump);
-    cmd.arg("--config").arg(config);
+    config.attach(&mut cmd);
     if let Some(db) = database {
         cmd.arg("--db").arg(db);
     }
@@ -251,10 +281,9 @@ pub fn refused_dump_arg(args: &[String], zip_mode: bool, dumps_one_db: bool) -> 
     None
 }
 
-/// A running `mongodump --archive --gzip` and the config file it reads (kept until it exits).
+/// A running `mongodump --archive --gzip`.
 pub struct ArchiveDump {
     pub child: ChildProc,
-    pub config: NamedTempFile,
 }
 
 /// Starts `mongodump --archive --gzip` writing the archive to stdout.
@@ -265,11 +294,11 @@ pub fn spawn_archive(
     extra_args: &[String],
     redactor: Redactor,
 ) -> Result<ArchiveDump, MongoError> {
-    let config = write_config(conn)?;
-    let mut cmd = dump_command(tools, config.path(), database, extra_args);
+    let config = ConfigPipe::new(conn)?;
+    let mut cmd = dump_command(tools, &config, database, extra_args);
     cmd.args(["--archive", "--gzip"]).stdout(Stdio::piped());
     let child = ChildProc::spawn("mongodump", cmd, redactor)?;
-    Ok(ArchiveDump { child, config })
+    Ok(ArchiveDump { child })
 }
 
 /// Fails when `dir`'s file system has less than `min_mib` MiB available: a full disk halfway
@@ -303,22 +332,16 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
 }
 
 /// A temp dir inside `work_dir` that only we can enter (0700): dumps hold the data in clear.
-/// Removed when the `TempDir` drops.
-pub fn private_dir(work_dir: &Path, prefix: &str) -> Result<TempDir, MongoError> {
-    let err = |source| MongoError::WorkDir {
+/// Removed when the `PrivateDir` drops.
+pub fn private_dir(work_dir: &Path, kind: &str) -> Result<PrivateDir, MongoError> {
+    PrivateDir::new_in(work_dir, kind).map_err(|source| MongoError::WorkDir {
         dir: work_dir.display().to_string(),
         source,
-    };
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(work_dir)
-        .map_err(err)?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    Ok(dir)
+    })
 }
 
 /// Runs `mongodump --out <private temp dir>` to completion and returns the dir holding
-/// `<db>/<collection>.bson|.metadata.json`. The dir is removed when the `TempDir` drops
+/// `<db>/<collection>.bson|.metadata.json`. The dir is removed when the `PrivateDir` drops
 /// (success, failure, or the caller's future being cancelled).
 pub async fn dump_to_dir(
     tools: &MongoTools,
@@ -327,15 +350,14 @@ pub async fn dump_to_dir(
     extra_args: &[String],
     work_dir: &Path,
     redactor: Redactor,
-) -> Result<TempDir, MongoError> {
-    let dir = private_dir(work_dir, "backhaul-mongo-")?;
-    let config = write_config(conn)?;
-    let mut cmd = dump_command(tools, config.path(), database, extra_args);
+) -> Result<PrivateDir, MongoError> {
+    let dir = private_dir(work_dir, "mongo")?;
+    let config = ConfigPipe::new(conn)?;
+    let mut cmd = dump_command(tools, &config, database, extra_args);
     cmd.arg("--out").arg(dir.path());
     let child = ChildProc::spawn("mongodump", cmd, redactor)?;
-    let waited = child.wait().await;
     drop(config);
-    waited?;
+    child.wait().await?;
     Ok(dir)
 }
 
@@ -908,8 +930,7 @@ pub fn parse_restore_report(lines: &[String]) -> RestoreReport {
     r
 }
 
-/// Runs mongorestore to completion and returns what it reported. The config file with the URI
-/// is removed once the child has exited, on every path.
+/// Runs mongorestore to completion and returns what it reported.
 pub async fn run_restore(
     mongorestore: &Path,
     conn: &MongoConn,
@@ -917,15 +938,13 @@ pub async fn run_restore(
     opts: &MongoRestoreOpts<'_>,
     redactor: Redactor,
 ) -> Result<RestoreReport, MongoError> {
-    let config = write_config(conn)?;
+    let config = ConfigPipe::new(conn)?;
     let mut cmd = child::command(mongorestore);
-    cmd.arg("--config")
-        .arg(config.path())
-        .args(restore_args(source, opts));
+    config.attach(&mut cmd);
+    cmd.args(restore_args(source, opts));
     let child = ChildProc::spawn_keeping("mongorestore", cmd, redactor, is_restore_report)?;
-    let waited = child.wait_keeping().await;
     drop(config);
-    let (_, kept) = waited?;
+    let (_, kept) = child.wait_keeping().await?;
     Ok(parse_restore_report(&kept))
 }
 

@@ -141,15 +141,12 @@ pub fn parse_tool_version(out: &str) -> Option<(String, u32)> {
 }
 
 async fn tool_version(path: &Path) -> Result<(String, u32), PgError> {
-    let out = child::command(path)
-        .arg("--version")
-        .stdout(Stdio::piped())
-        .output()
-        .await
-        .map_err(|e| PgError::Version {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    let mut cmd = child::command(path);
+    cmd.arg("--version").stdout(Stdio::piped());
+    let out = child::output(cmd).await.map_err(|e| PgError::Version {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     parse_tool_version(&text).ok_or_else(|| PgError::Version {
         path: path.display().to_string(),
@@ -189,11 +186,13 @@ pub async fn psql_query(
     cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]);
     connect_args(&mut cmd, conn, database);
     cmd.stdout(Stdio::piped());
-    let out = cmd.output().await.map_err(|source| ChildError::Spawn {
-        tool: "psql".into(),
-        path: psql.display().to_string(),
-        source,
-    })?;
+    let out = child::output(cmd)
+        .await
+        .map_err(|source| ChildError::Spawn {
+            tool: "psql".into(),
+            path: psql.display().to_string(),
+            source,
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<String> = err

@@ -55,7 +55,12 @@ impl FileStorage {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let target = self.path(key)?;
         let dir = target.parent().expect("key has a parent").to_path_buf();
-        tokio::fs::create_dir_all(&dir)
+        // Backups hold the data in clear (unless encrypted): for this user only, like every
+        // path backhaul creates (see private_fs).
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .await
             .map_err(io("mkdir", key))?;
         let name = target
@@ -67,6 +72,7 @@ impl FileStorage {
         let f = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .await
             .map_err(io("create", key))?;
@@ -402,6 +408,11 @@ mod tests {
         let again = s.put_new(KEY, Bytes::from_static(b"third"), "").await;
         assert!(matches!(again, Err(StorageError::Exists(_))), "{again:?}");
         assert_eq!(&s.get_bytes(KEY).await.unwrap()[..], b"first");
+        // Only this user reads backups (the test's umask may allow more).
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(KEY)), 0o600);
+        assert_eq!(mode(dir.path().join(KEY).parent().unwrap()), 0o700);
         assert_eq!(s.incomplete("").await.unwrap(), vec![], "no temp file left");
         s.put_bytes(KEY, Bytes::from_static(b"replaced"), "")
             .await

@@ -26,5 +26,6 @@ mod restore_mongo;
 mod s3_faults;
 mod schedule_tz;
 mod secret_hygiene;
+mod secrets_at_rest;
 mod soak;
 mod trust;

@@ -238,7 +238,7 @@ pub(super) async fn dump_mongo_archive(
     db: &str,
     upload: &mut dyn Upload,
 ) -> anyhow::Result<(StreamStats, BTreeMap<String, u64>)> {
-    let mongo::ArchiveDump { mut child, config } = mongo::spawn_archive(
+    let mongo::ArchiveDump { mut child } = mongo::spawn_archive(
         tools,
         &s.conn,
         s.conn.dump_database(db),
@@ -258,8 +258,6 @@ pub(super) async fn dump_mongo_archive(
         Ok(stats) => child.wait().await.map(|_| stats).map_err(Into::into),
         Err(e) => Err(stop_after_failed_stream(child, e).await),
     };
-    // The config file holds the password: it goes once mongodump has exited, on every path.
-    drop(config);
     let stats = result?;
     // A stream that is not a whole archive, or an empty one (still a valid archive), fails
     // here, before the upload completes.

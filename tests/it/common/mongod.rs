@@ -196,24 +196,31 @@ pub fn shop_seed(db: &str) -> Value {
 }
 
 /// A wrapper around a real tool that logs each call to `log` (`call <tool>`, `arg <a>` lines,
-/// and `config <path> <mode> <keys…>` for the `--config` file), then runs the tool.
+/// and `config <path> <mode> <file type> <keys…>` for the `--config`), then runs the tool. A
+/// config read from a pipe is handed on through a fresh one, so the tool still reads it.
 pub fn spy(dir: &Path, real: &Path, log: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let name = real.file_name().unwrap().to_string_lossy().into_owned();
     let p = dir.join(&name);
     let script = format!(
-        r#"#!/bin/sh
+        r#"#!/bin/bash
 log='{log}'
 echo "call {name}" >> "$log"
 prev=""
+args=()
 for a in "$@"; do
   echo "arg $a" >> "$log"
   if [ "$prev" = --config ]; then
-    echo "config $a $(stat -c %a "$a") $(cut -d: -f1 "$a" | tr '\n' ' ')" >> "$log"
+    info="$(stat -L -c '%a %F' "$a")"
+    text="$(cat "$a")"
+    echo "config $a $info $(printf '%s\n' "$text" | cut -d: -f1 | tr '\n' ' ')" >> "$log"
+    exec {{fd}}< <(printf '%s\n' "$text")
+    a="/dev/fd/$fd"
   fi
+  args+=("$a")
   prev="$a"
 done
-exec '{real}' "$@"
+exec '{real}' "${{args[@]}}"
 "#,
         log = log.display(),
         real = real.display()
