@@ -486,7 +486,7 @@ pub async fn read_ids(
     redactor: Redactor,
 ) -> Result<BTreeSet<String>, MongoError> {
     let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
-    let ArchiveDump { mut child, config } = spawn_archive(
+    let ArchiveDump { mut child } = spawn_archive(
         tools,
         conn,
         Some(db),
@@ -509,9 +509,7 @@ pub async fn read_ids(
         })?;
         Ok(ids)
     });
-    let waited = child.wait().await;
-    drop(config);
-    waited?;
+    child.wait().await?;
     read.await
         .unwrap_or_else(|_| Err(MongoError::BadArchive("reader panicked".into())))
 }
