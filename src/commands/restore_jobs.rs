@@ -10,8 +10,11 @@
 //!    preflight passed;
 //! 2. the data blocks, by up to N pg_restore processes fed from the spool as blocks arrive: a big
 //!    table streams into its COPY while it downloads, small ones go in batches;
-//! 3. everything else (post-data, sequence values, privileges, matview refreshes) with
-//!    `pg_restore -j N`, once every byte has arrived and matched the manifest's checksum.
+//! 3. everything else of the main pass (post-data, sequence values) with `pg_restore -j N`,
+//!    once every byte has arrived and matched the manifest's checksum; then the privileges and
+//!    matview refreshes (the ACL and post-ACL passes) in one serial pg_restore, because
+//!    `pg_restore -j` runs grants side by side and a grant made by a non-owner can then come
+//!    before the schema grant it needs ([`pg_archive::Plan::privileges`]).
 //!
 //! Each phase is pg_restore on `--use-list`s cut from the archive's own TOC
 //! ([`pg_archive::Plan`]), so the result is what one pg_restore of the whole archive gives; the
@@ -485,6 +488,23 @@ where
             run_phase(target, opts, run, cancel)
                 .await
                 .map_err(|e| pipeline.partial(e))?;
+            if !plan.privileges.is_empty() {
+                // One at a time, in archive order (see `Plan::privileges`).
+                let list = dir.path().join("privileges.list");
+                write_list(&list, &plan.privileges)?;
+                let run = RestoreRun {
+                    label: "pg_restore (privileges)",
+                    file: Some(&path),
+                    list: Some(&list),
+                };
+                let serial = RestoreOpts {
+                    jobs: None,
+                    ..opts.clone()
+                };
+                run_phase(target, &serial, run, cancel)
+                    .await
+                    .map_err(|e| pipeline.partial(e))?;
+            }
             Ok((checked, fed))
         }
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {

@@ -540,8 +540,15 @@ pub struct Plan {
     pub pre: Vec<i32>,
     /// Entries with a data block, in archive order.
     pub blocks: Vec<i32>,
-    /// The rest: post-data, sequence values, ACLs, matview refreshes, event triggers.
+    /// The rest of the main pass: post-data, sequence values.
     pub post: Vec<i32>,
+    /// The ACL and post-ACL passes (grants, default privileges, matview refreshes, event
+    /// triggers), for one pg_restore of their own without `--jobs`: `pg_restore -j` hands ACL
+    /// entries to its workers side by side, and an ACL entry depends only on its object, not on
+    /// the schema's grant. A grant made by a non-owner (`SET SESSION AUTHORIZATION grantor`)
+    /// then fails with "permission denied for schema" whenever it runs before the schema grant
+    /// that lets the grantor in. In archive order, one at a time, as a single pg_restore does.
+    pub privileges: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,7 +577,9 @@ impl Plan {
             }
             if e.has_block() {
                 plan.blocks.push(e.dump_id);
-            } else if current == Section::PreData && restore_pass(e) == Pass::Main {
+            } else if restore_pass(e) != Pass::Main {
+                plan.privileges.push(e.dump_id);
+            } else if current == Section::PreData {
                 plan.pre.push(e.dump_id);
             } else {
                 plan.post.push(e.dump_id);
@@ -741,6 +750,7 @@ mod tests {
         };
         let pre = descs(&plan.pre);
         let post = descs(&plan.post);
+        let privileges = descs(&plan.privileges);
         assert!(pre.contains(&"TABLE".to_string()) && pre.contains(&"BLOB".to_string()));
         assert!(
             !pre.iter().any(|d| d == "ACL"),
@@ -750,17 +760,21 @@ mod tests {
             pre.contains(&"COMMENT".to_string()),
             "a comment follows its table: {pre:?}"
         );
-        for d in [
-            "ACL",
-            "SEQUENCE SET",
-            "INDEX",
-            "FK CONSTRAINT",
-            "MATERIALIZED VIEW DATA",
-        ] {
+        for d in ["SEQUENCE SET", "INDEX", "FK CONSTRAINT"] {
             assert!(post.contains(&d.to_string()), "{d} in {post:?}");
         }
+        for d in ["ACL", "MATERIALIZED VIEW DATA"] {
+            assert!(privileges.contains(&d.to_string()), "{d} in {privileges:?}");
+            assert!(!post.contains(&d.to_string()), "{d} not in {post:?}");
+        }
         assert_eq!(descs(&plan.blocks), ["TABLE DATA", "TABLE DATA", "BLOBS"]);
-        let mut all: Vec<i32> = [plan.pre.clone(), plan.blocks.clone(), plan.post.clone()].concat();
+        let mut all: Vec<i32> = [
+            plan.pre.clone(),
+            plan.blocks.clone(),
+            plan.post.clone(),
+            plan.privileges.clone(),
+        ]
+        .concat();
         all.sort_unstable();
         let mut ids: Vec<i32> = toc.entries.iter().map(|e| e.dump_id).collect();
         ids.sort_unstable();
