@@ -94,7 +94,8 @@ uid=$(run --entrypoint id "$IMAGE" -u)
 "${P[@]}" create --name backhaul-image-test "$IMAGE" >/dev/null
 "${P[@]}" cp backhaul-image-test:/usr/local/bin/backhaul "$WORK/backhaul.image"
 "${P[@]}" rm backhaul-image-test >/dev/null
-if readelf -S "$WORK/backhaul.image" | grep -Eq '\.symtab|\.debug_'; then fail "the image's binary is not stripped"; fi
+sections=$(readelf -S "$WORK/backhaul.image")
+if grep -Eq '\.symtab|\.debug_' <<<"$sections"; then fail "the image's binary is not stripped"; fi
 size=$("${P[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 echo "image: $IMAGE, user $user, binary stripped ($(du -h "$WORK/backhaul.image" | cut -f1)), size $((size / 1000000)) MB" >&2
 
@@ -102,8 +103,11 @@ echo "image: $IMAGE, user $user, binary stripped ($(du -h "$WORK/backhaul.image"
 run "$IMAGE" --version
 run --entrypoint pg_dump "$IMAGE" --version
 run --entrypoint pg_restore "$IMAGE" --version
-run --entrypoint mongodump "$IMAGE" --version | head -1
-run --entrypoint mongorestore "$IMAGE" --version | head -1
+# Read whole, then cut: a pipe into `head` closes early and podman's attach fails (EPIPE).
+for tool in mongodump mongorestore; do
+  v=$(run --entrypoint "$tool" "$IMAGE" --version)
+  echo "${v%%$'\n'*}"
+done
 
 # 6. A real round trip from inside the container: PostgreSQL and moto on the host.
 PGPORT=$(free_port); S3PORT=$(free_port)
