@@ -363,6 +363,35 @@ impl S3Storage {
     fn sse_mode(&self) -> Option<ServerSideEncryption> {
         self.sse.mode.as_deref().map(ServerSideEncryption::from)
     }
+
+    /// PutObject that may replace what is under `key` (put_bytes, put_bytes_locked), with
+    /// the bucket's encryption and the given Object Lock settings.
+    async fn put_plain(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        (mode, until, hold): PutLock,
+        checksum: bool,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_server_side_encryption(self.sse_mode())
+            .set_ssekms_key_id(self.sse.kms_key_id.clone())
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
+            .set_object_lock_legal_hold_status(hold)
+            // S3 requires an integrity header on Object Lock puts.
+            .set_checksum_algorithm(checksum.then_some(ChecksumAlgorithm::Crc32))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| err("put object", key, e))?;
+        Ok(())
+    }
 }
 
 struct S3Upload {
@@ -625,6 +654,13 @@ impl Upload for S3Upload {
     }
 }
 
+/// Object Lock settings of one PutObject: mode, retain-until, legal hold.
+type PutLock = (
+    Option<aws_sdk_s3::types::ObjectLockMode>,
+    Option<aws_sdk_s3::primitives::DateTime>,
+    Option<aws_sdk_s3::types::ObjectLockLegalHoldStatus>,
+);
+
 /// Tries of AbortMultipartUpload when a backup stops (see [`S3Upload::abort`]).
 const ABORT_ATTEMPTS: u64 = 3;
 
@@ -761,22 +797,9 @@ impl Storage for S3Storage {
         body: Bytes,
         content_type: &str,
     ) -> Result<(), StorageError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .set_server_side_encryption(self.sse_mode())
-            .set_ssekms_key_id(self.sse.kms_key_id.clone())
-            .set_object_lock_mode(self.sse.lock_mode())
-            .set_object_lock_retain_until_date(self.sse.lock_until())
-            // S3 requires an integrity header on Object Lock puts.
-            .set_checksum_algorithm(self.sse.lock.as_ref().map(|_| ChecksumAlgorithm::Crc32))
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| err("put object", key, e))?;
-        Ok(())
+        let lock = (self.sse.lock_mode(), self.sse.lock_until(), None);
+        let locking = self.sse.lock.is_some();
+        self.put_plain(key, body, content_type, lock, locking).await
     }
 
     async fn put_bytes_locked(
@@ -798,23 +821,9 @@ impl Storage for S3Storage {
         let hold = lock
             .legal_hold
             .then_some(aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .set_server_side_encryption(self.sse_mode())
-            .set_ssekms_key_id(self.sse.kms_key_id.clone())
-            .set_object_lock_mode(mode)
-            .set_object_lock_retain_until_date(until)
-            .set_object_lock_legal_hold_status(hold)
-            // S3 requires an integrity header on Object Lock puts.
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .body(ByteStream::from(body))
-            .send()
+        // Always with a checksum: the object it replaces may be locked.
+        self.put_plain(key, body, content_type, (mode, until, hold), true)
             .await
-            .map_err(|e| err("put object", key, e))?;
-        Ok(())
     }
 
     async fn put_new(
