@@ -12,20 +12,6 @@ use aws_sdk_s3::types::ObjectLockMode;
 use crate::common::contract::Contract;
 use crate::common::*;
 
-fn locked_bucket(hint: &str) -> String {
-    let name = format!("lock-{hint}-{}", std::process::id());
-    block_on(
-        moto()
-            .s3()
-            .create_bucket()
-            .bucket(&name)
-            .object_lock_enabled_for_bucket(true)
-            .send(),
-    )
-    .unwrap();
-    name
-}
-
 fn put(bucket: &str, key: &str, body: Vec<u8>, lock: bool) {
     let mut req = moto()
         .s3()
@@ -57,7 +43,7 @@ fn manifest(stage: &str, key: &str, ts: &str, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn prune_keeps_locked_pairs_whole_and_reports_them() {
-    let bucket = locked_bucket("prune");
+    let bucket = moto().locked_bucket("prune");
     let stage = "lk";
     // (day, artifact locked, manifest locked)
     let backups = [
@@ -163,7 +149,7 @@ fn backup_lock_days_retains_artifact_and_manifest() {
     pg.create_user("app", "pw");
     pg.create_db("app");
     pg.psql("app", "create table t (i int); insert into t values (1);");
-    let bucket = locked_bucket("backup");
+    let bucket = moto().locked_bucket("backup");
     let rec = Contract::start();
     let mut cmd = rec.backhaul();
     cmd.arg("backup");
@@ -277,7 +263,7 @@ fn backup_lock_days_retains_artifact_and_manifest() {
 /// verdict's version carries the same mode and retain-until date.
 #[test]
 fn verify_keeps_a_locked_manifest_locked() {
-    let bucket = locked_bucket("verify");
+    let bucket = moto().locked_bucket("verify");
     let stage = "lv";
     let ts = "2024-01-01_02h00m00s";
     let key = format!("{stage}/{ts}_PGSQL/backup_{stage}_app_{ts}.dump.zst");

@@ -81,22 +81,6 @@ fn lockless_bucket() -> String {
     moto().bucket("nolock")
 }
 
-fn locked_bucket() -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let name = format!("refuse-lock-{}-{n}", std::process::id());
-    block_on(
-        moto()
-            .s3()
-            .create_bucket()
-            .bucket(&name)
-            .object_lock_enabled_for_bucket(true)
-            .send(),
-    )
-    .unwrap();
-    name
-}
-
 #[test]
 fn destination_is_checked_before_any_dump() {
     let s = Setup::start("refuse");
@@ -170,7 +154,7 @@ fn destination_is_checked_before_any_dump() {
     // Control: the same wrappers log when nothing is wrong, and Object Lock that is there
     // passes the check.
     let mut cmd = s.backup(&endpoint);
-    cmd.env("S3_BUCKET", locked_bucket())
+    cmd.env("S3_BUCKET", moto().locked_bucket("refuse-lock"))
         .env("BACKUP_LOCK_DAYS", "1");
     cmd.assert().success();
     let dumps = s.dumps();

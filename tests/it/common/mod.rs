@@ -429,10 +429,25 @@ impl Moto {
 
     /// A fresh bucket with a unique name.
     pub fn bucket(&self, hint: &str) -> String {
+        self.create_bucket(hint, false)
+    }
+
+    /// A bucket with Object Lock enabled (only possible at creation).
+    pub fn locked_bucket(&self, hint: &str) -> String {
+        self.create_bucket(hint, true)
+    }
+
+    fn create_bucket(&self, hint: &str, object_lock: bool) -> String {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let name = format!("bh-{hint}-{}-{n}", std::process::id());
-        block_on(self.s3().create_bucket().bucket(&name).send()).unwrap();
+        let req = self.s3().create_bucket().bucket(&name);
+        let req = if object_lock {
+            req.object_lock_enabled_for_bucket(true)
+        } else {
+            req
+        };
+        block_on(req.send()).unwrap();
         name
     }
 
