@@ -274,10 +274,13 @@ fn verify_keeps_a_locked_manifest_locked() {
     let head = |k: &str| block_on(moto().s3().head_object().bucket(&bucket).key(k).send()).unwrap();
     let before = head(&mkey);
     // The object is not a zstd stream: verification fails, and that verdict is recorded.
-    backhaul_moto()
+    // Through the contract checker: the verdict's PutObject carries lock fields of its own.
+    let rec = Contract::start();
+    rec.backhaul()
         .args(["verify", &key, "--stage", stage, "--bucket", &bucket])
         .assert()
         .code(1);
+    rec.check(&["s3:PutObject"]);
     let after = head(&mkey);
     assert_ne!(
         after.version_id(),
