@@ -621,36 +621,100 @@ impl Upload for S3Upload {
         // midway (main's shutdown grace ran out on a slow S3), and `Drop` can only hand on an
         // abort whose upload id it still has. Taking the id first forgot the upload then.
         if let Some(id) = self.upload_id.clone() {
-            // Idempotent, and the only cleanup besides the lifecycle rule: tried a few times
-            // whatever the client's own retry setting (a lost answer or one 500 would otherwise
-            // leave the upload behind).
-            let mut attempt = 1;
-            loop {
-                let res = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&self.key)
-                    .upload_id(&id)
-                    .send()
-                    .await;
-                match res {
-                    Ok(_) => break,
-                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => break,
-                    Err(_) if attempt < ABORT_ATTEMPTS => {
-                        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        self.upload_id = None;
-                        return Err(err("abort multipart upload", &self.key, e));
-                    }
-                }
-            }
+            let done = abort_confirmed(&self.client, &self.bucket, &self.key, &id).await;
             self.upload_id = None;
-            tracing::debug!(key = %self.key, upload_id = %id, "multipart upload aborted");
+            done?;
         }
         Ok(())
+    }
+}
+
+/// Rounds of AbortMultipartUpload (each followed by a ListParts check) when a backup stops.
+const ABORT_ROUNDS: u32 = 5;
+
+/// Aborts a multipart upload and makes sure it is gone.
+///
+/// A stopping backup cancels its part uploads on our side, but requests already on the wire
+/// are still being handled by S3. AWS documents that such parts "might or might not succeed",
+/// that an upload may have to be aborted more than once, and that ListParts tells whether it
+/// is gone. moto shows the same hazard another way: an abort that overlaps a part upload fails
+/// with a 500 (its dispose loop iterates the parts while the other request adds one; see
+/// tests/emulator/moto_abort_race.py). So: abort, retried on failure whatever the client's
+/// retry setting; then ListParts; if the upload is still listed, abort again.
+async fn abort_confirmed(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+) -> Result<(), StorageError> {
+    let mut failure = None;
+    for round in 1..=ABORT_ROUNDS {
+        if round > 1 {
+            // 0.2, 0.4, 0.8, 1.6 s: parts still landing have had time to, well inside the
+            // shutdown grace.
+            tokio::time::sleep(Duration::from_millis(100 << (round - 1))).await;
+        }
+        let res = client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await;
+        match res {
+            Ok(_) => failure = None,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => failure = None,
+            Err(e) => {
+                failure = Some(err("abort multipart upload", key, e));
+                continue;
+            }
+        }
+        match upload_state(client, bucket, key, id).await {
+            UploadState::Gone => {
+                tracing::debug!(key = %key, upload_id = %id, round, "multipart upload aborted");
+                return Ok(());
+            }
+            UploadState::Listed => {
+                tracing::debug!(key = %key, upload_id = %id, round, "multipart upload still listed after its abort; aborting again");
+            }
+            // The abort was answered; a check that cannot be read does not undo that.
+            UploadState::Unknown => return Ok(()),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Err(StorageError::backend(
+            "abort multipart upload",
+            key,
+            format!("upload {id} is still listed after {ABORT_ROUNDS} aborts"),
+        )),
+    }
+}
+
+/// What ListParts says of an upload we aborted.
+enum UploadState {
+    Gone,
+    Listed,
+    Unknown,
+}
+
+async fn upload_state(client: &Client, bucket: &str, key: &str, id: &str) -> UploadState {
+    let res = client
+        .list_parts()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(id)
+        .max_parts(1)
+        .send()
+        .await;
+    match res {
+        Ok(_) => UploadState::Listed,
+        // NoSuchUpload (not among ListParts' modelled errors, so matched by status).
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => UploadState::Gone,
+        Err(e) => {
+            tracing::debug!(key = %key, error = %err("list parts", key, e), "cannot check that the upload is gone");
+            UploadState::Unknown
+        }
     }
 }
 
@@ -660,9 +724,6 @@ type PutLock = (
     Option<aws_sdk_s3::primitives::DateTime>,
     Option<aws_sdk_s3::types::ObjectLockLegalHoldStatus>,
 );
-
-/// Tries of AbortMultipartUpload when a backup stops (see [`S3Upload::abort`]).
-const ABORT_ATTEMPTS: u64 = 3;
 
 impl Drop for S3Upload {
     /// Last line of defence (a panic, or a command dropped after the shutdown grace): abort in
@@ -682,13 +743,9 @@ impl Drop for S3Upload {
                 None => id,
             };
             let Some(id) = id else { return };
-            let _ = client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await;
+            if let Err(e) = abort_confirmed(&client, &bucket, &key, &id).await {
+                tracing::warn!(key = %key, error = %e, "could not abort the upload; the bucket's lifecycle rule will remove its parts");
+            }
         });
     }
 }

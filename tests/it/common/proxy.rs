@@ -34,6 +34,11 @@ pub enum Fault {
     /// The first `n` matches reach moto, but its answer is discarded and the connection
     /// closed: the request happened, the client cannot know. Forwarded afterwards.
     DropResponse(usize),
+    /// The first `n` matches are answered `204 No Content` without reaching moto: the client
+    /// is told it worked and nothing changed (as when AWS accepts an abort while a part
+    /// upload is still landing, which "might be necessary to abort multiple times").
+    /// Forwarded afterwards.
+    NotForwarded(usize),
 }
 
 /// Random faults for the requests no rule matches: each one, with probability
@@ -226,6 +231,13 @@ fn serve(st: &State, client: TcpStream) -> io::Result<()> {
                 let _ = fetch(st, &req, method == "HEAD");
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
+            }
+            Some((Fault::NotForwarded(n), seen)) if seen < n => {
+                write!(
+                    client,
+                    "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+                )?;
+                client.flush()?
             }
             Some((Fault::Delay { first, by }, seen)) if seen < first => {
                 std::thread::sleep(by);
