@@ -700,7 +700,8 @@ pub struct ScheduleArgs {
     pub dry_run: bool,
 
     /// Run the schedule in this IANA time zone (Asia/Singapore) with EventBridge Scheduler
-    /// instead of a UTC rule [default: the task's BACKUP_TIMEZONE; UTC keeps the rule].
+    /// instead of a UTC rule, and set the task's BACKUP_TIMEZONE to it so keys follow the same
+    /// zone [default: the task's BACKUP_TIMEZONE; UTC keeps the rule].
     #[arg(long, env = "BACKUP_TIMEZONE")]
     pub timezone: Option<String>,
 
