@@ -24,6 +24,7 @@ mod report;
 mod retention;
 mod schedule_expr;
 mod secret;
+mod short_help;
 mod source;
 mod spool;
 mod storage;
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
@@ -43,10 +44,11 @@ use commands::{Interrupted, Reported, Runtime};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    let cmd = Cli::command();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = short_help::command(&argv);
     let parsed = cmd
         .clone()
-        .try_get_matches()
+        .try_get_matches_from(argv)
         .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
     let (cli, matches) = match parsed {
         Ok(p) => p,
