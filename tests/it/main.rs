@@ -15,6 +15,7 @@ mod ecs;
 mod encryption;
 mod faults;
 mod help;
+mod human;
 mod logs;
 mod mongo_real;
 mod notify;

@@ -279,7 +279,7 @@ fn report(job: &Job, results: &[TargetResult]) -> Tally {
             {
                 // BACKUP_GLOBALS=auto: the databases are what the run is for; say loudly
                 // that the roles were not saved, but do not fail it.
-                let msg = job.redactor.redact(&format!("{:#}", clone_err(e)));
+                let msg = dump::without_query(&job.redactor.redact(&format!("{:#}", clone_err(e))));
                 tracing::warn!(key = %t.key, error = %msg, "cluster globals not saved (BACKUP_GLOBALS=auto: the run goes on; set BACKUP_GLOBALS=on to make this fatal, off to stop trying)");
                 report.status = "skipped";
                 report.error = Some(msg);
