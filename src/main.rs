@@ -2,6 +2,7 @@
 //! its outcome into an exit code (0 ok, 1 failed, 2 bad configuration or usage, 128+N signal).
 
 mod aws;
+mod backup_ref;
 mod catalog;
 mod cleanup;
 mod cli;

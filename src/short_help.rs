@@ -42,7 +42,7 @@ const SHORT: &[(&str, &[&str], &str)] = &[
         &["to", "stage", "bucket", "database", "kind", "clean", "jobs"],
         "Examples:
   backhaul list --stage prod        # the ID column names each backup
-  backhaul restore a1b2c3d4 --stage prod --to postgresql://app@localhost/app_restored",
+  backhaul restore 3f9a1c2e --stage prod --to postgresql://app@localhost/app_restored",
     ),
     (
         "restore-globals",
