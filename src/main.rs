@@ -16,6 +16,7 @@ mod globals;
 mod layout;
 mod logging;
 mod manifest;
+mod output;
 mod percent;
 mod pipeline;
 mod private_fs;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(cli.log_format, &cli.log) {
         return config_error(&e, &provenance);
     }
+    output::init(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -238,6 +238,28 @@ struct Summary<'a> {
     seconds: f64,
 }
 
+impl Summary<'_> {
+    /// A JSON line for machines, a sentence on a terminal (see `crate::output`).
+    fn print(&self) -> anyhow::Result<()> {
+        if crate::output::human() {
+            println!(
+                "{}",
+                crate::output::restore_line(
+                    self.key,
+                    self.database,
+                    self.stored_bytes,
+                    self.raw_bytes,
+                    self.seconds,
+                    self.checksum_verified
+                )
+            );
+        } else {
+            println!("{}", serde_json::to_string(self)?);
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     let store = Store::resolve_for_key(&args.store, &args.key)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
@@ -307,8 +329,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         checksum_verified: entry.manifest.is_some(),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     };
-    println!("{}", serde_json::to_string(&line)?);
-    Ok(())
+    line.print()
 }
 
 /// `restore` into a MongoDB deployment: `--clean` becomes mongorestore's `--drop`.
@@ -365,8 +386,7 @@ async fn run_mongo(
         checksum_verified: entry.manifest.is_some(),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     };
-    println!("{}", serde_json::to_string(&line)?);
-    Ok(())
+    line.print()
 }
 
 /// What a PostgreSQL restore did.

@@ -640,7 +640,14 @@ pub async fn check_and_report(v: &Verifier, entry: &Entry) -> anyhow::Result<boo
     } else {
         tracing::error!(key = %entry.key, error = o.error.as_deref().unwrap_or(""), "verification failed");
     }
-    println!("{}", serde_json::to_string(&line)?);
+    if crate::output::human() {
+        println!(
+            "{}",
+            crate::output::verify_line(line.key, line.kind, line.database, o.ok, line.error)
+        );
+    } else {
+        println!("{}", serde_json::to_string(&line)?);
+    }
     Ok(o.ok)
 }
 

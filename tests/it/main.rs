@@ -29,4 +29,5 @@ mod schedule_tz;
 mod secret_hygiene;
 mod secrets_at_rest;
 mod soak;
+mod terminal;
 mod trust;
