@@ -148,6 +148,12 @@ fn on_a_terminal_backup_list_and_restore_speak_to_a_person() {
     let (code, restore, err) = on_pty(pty_cmd(&f, &["restore", &id]));
     assert_eq!(code, 0, "{restore}\n{err}");
     assert_eq!(f.pg.psql("app_copy", "select count(*) from t"), "2000");
+    let (code, verify, err) = on_pty(pty_cmd(&f, &["verify", &id]));
+    assert_eq!(code, 0, "{verify}\n{err}");
+    assert!(
+        verify.starts_with(&format!("verified {id} postgres app (prod/")),
+        "{verify}"
+    );
     insta::with_settings!({ filters => filters() }, {
         insta::assert_snapshot!("pty_backup", backup);
         insta::assert_snapshot!("pty_list", list);
