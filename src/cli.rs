@@ -189,7 +189,7 @@ pub struct PgToolArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct MongoArgs {
-    /// MongoDB connection string (holds the password: given to mongodump only via a 0600 --config file).
+    /// MongoDB connection string (holds the password: given to mongodump only through a pipe, --config /dev/fd/N, never a file).
     #[arg(long, env = "MONGO_CONNECTION_STRING", hide_env_values = true)]
     pub mongo_uri: Option<String>,
 
