@@ -113,8 +113,13 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     };
     let scheduled =
         st.rule.is_some() || st.zoned_schedule.is_some() || st.task_definition.is_some();
-    // Never scheduled and no bucket to show backups from: nothing to report but that.
-    if !scheduled && non_empty(a.store.bucket.clone()).is_none() && a.store.dest.is_none() {
+    // Never scheduled, no bucket to show backups from and no leftovers here: nothing to
+    // report but that.
+    if !scheduled
+        && non_empty(a.store.bucket.clone()).is_none()
+        && a.store.dest.is_none()
+        && st.stale_temp_paths.is_empty()
+    {
         return Err(super::NotScheduled(st.stage).into());
     }
     st.next_runs = match (&st.zoned_schedule, &st.rule) {

@@ -120,6 +120,12 @@ fn backup(
         !err.contains("Query was") && !err.contains("SELECT"),
         "{err}"
     );
+    if user == "plain" && globals != "off" {
+        assert!(
+            err.contains("password hashes"),
+            "the fallback is said: {err}"
+        );
+    }
     summaries(&a.get_output().stdout)
 }
 

@@ -58,16 +58,16 @@ pub(super) async fn dump_globals(
 /// A pg_dumpall error without the query it quotes ("Query was: SELECT …", hundreds of
 /// bytes of catalog SQL): the reason is what a reader of the warning needs.
 pub(super) fn without_query(msg: &str) -> String {
-    let cut = msg
-        .to_ascii_lowercase()
-        .find("query was:")
-        .unwrap_or(msg.len());
-    let head = msg[..cut].trim_end();
-    let head = head
-        .strip_suffix("pg_dumpall: detail:")
-        .unwrap_or(head)
-        .trim_end_matches([' ', ':', ';', ',', '|', '\n']);
-    head.to_string()
+    const SEPARATORS: [char; 6] = [' ', ':', ';', ',', '|', '\n'];
+    let Some(cut) = msg.to_ascii_lowercase().find("query was:") else {
+        return msg.to_string();
+    };
+    let mut head = msg[..cut].trim_end_matches(SEPARATORS);
+    // The line label before "Query was:" (PostgreSQL 15 says detail, older ones error).
+    for label in ["pg_dumpall: detail", "pg_dumpall: error"] {
+        head = head.strip_suffix(label).unwrap_or(head);
+    }
+    head.trim_end_matches(SEPARATORS).to_string()
 }
 
 pub(super) async fn read_globals(
@@ -295,5 +295,10 @@ mod tests {
             "pg_dumpall failed: exited with exit status: 1: pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid"
         );
         assert_eq!(without_query("boom"), "boom");
+        // PostgreSQL 14 and older label the query line "error".
+        assert_eq!(
+            without_query("pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid; pg_dumpall: error: query was: SELECT 1"),
+            "pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid"
+        );
     }
 }
