@@ -32,8 +32,15 @@ pub enum CatalogError {
     },
     #[error("no backup matches {0}")]
     NotFound(String),
-    #[error("{0} is not a backup key in this layout ([prefix/]<stage>/<ts>_PGSQL|_MONGO/<file>)")]
+    #[error("{0} is not a backup key in this layout ([prefix/]<stage>/<ts>_PGSQL|_MONGO/<file>), an id from `backhaul list`, a key timestamp or `latest`")]
     NotAnArtifact(String),
+    #[error("{reference} matches {} backups: {}; give more of the id, the full key, or --database/--kind", .count, .matches)]
+    Ambiguous {
+        reference: String,
+        count: usize,
+        /// `id key` pairs, comma separated.
+        matches: String,
+    },
 }
 
 /// One artifact, newest first in listings.
@@ -296,7 +303,32 @@ pub async fn resolve(
     key: &str,
     filter: &Filter,
 ) -> Result<Entry, CatalogError> {
-    let (mut e, info) = if key == "latest" {
+    let reference = crate::backup_ref::Reference::parse(key);
+    let (mut e, info) = if reference.needs_listing() {
+        let entries = load(storage, prefix, stage, zone, filter).await?;
+        let found = crate::backup_ref::matching(&entries, &reference, filter);
+        let e = match found[..] {
+            [one] => one.clone(),
+            [] => {
+                return Err(CatalogError::NotFound(format!(
+                    "{key} in stage {stage} ({})",
+                    filter.describe()
+                )))
+            }
+            _ => {
+                return Err(CatalogError::Ambiguous {
+                    reference: key.to_string(),
+                    count: found.len(),
+                    matches: crate::backup_ref::describe(&found),
+                })
+            }
+        };
+        let info = match e.manifest {
+            Some(_) => None,
+            None => storage.head(&e.key).await?,
+        };
+        (e, info)
+    } else if key == "latest" {
         let entries = load(storage, prefix, stage, zone, filter).await?;
         let e = pick(&entries, key, filter)?.clone();
         let info = match e.manifest {

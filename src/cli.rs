@@ -189,7 +189,7 @@ pub struct PgToolArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct MongoArgs {
-    /// MongoDB connection string (holds the password: given to mongodump only via a 0600 --config file).
+    /// MongoDB connection string (holds the password: given to mongodump only through a pipe, --config /dev/fd/N, never a file).
     #[arg(long, env = "MONGO_CONNECTION_STRING", hide_env_values = true)]
     pub mongo_uri: Option<String>,
 
@@ -365,18 +365,19 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Artifact key, or `latest` for the newest backup of --stage/--kind/--database.
+    /// The backup: its id from `backhaul list`, its key, a key timestamp (with --database when
+    /// the run saved several), or `latest` for the newest of --stage/--kind/--database.
     pub key: String,
 
     /// Target: a postgresql:// URL or a mongodb:// URI (password is read from the URL; never shown).
     #[arg(long, env = "RESTORE_TO", hide_env_values = true)]
     pub to: String,
 
-    /// With `latest`: which database's backups to pick from. MongoDB restores go into the database named in the --to URI's path, else into the one dumped.
+    /// With `latest` or a timestamp: which database's backups to pick from. MongoDB restores go into the database named in the --to URI's path, else into the one dumped.
     #[arg(long)]
     pub database: Option<String>,
 
-    /// With `latest`: postgres or mongo.
+    /// With `latest` or a timestamp: postgres or mongo.
     #[arg(long)]
     pub kind: Option<String>,
 
@@ -459,6 +460,8 @@ pub struct RestoreGlobalsArgs {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
+    /// Only this backup: an id (as in the ID column), a key, a key timestamp, or `latest`.
+    pub backup: Option<String>,
     /// Only this kind: postgres or mongo.
     #[arg(long)]
     pub kind: Option<String>,
@@ -478,7 +481,7 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Artifact key or `latest`; omit with --since.
+    /// The backup: an id from `backhaul list`, a key, a key timestamp or `latest`; omit with --since.
     pub key: Option<String>,
     /// Verify every backup newer than this (e.g. 7d, 24h).
     #[arg(long)]
@@ -556,6 +559,9 @@ Environment only (a flag would show the secret in `ps`):
 const RESTORE_EXAMPLES: &str = "Examples:
   backhaul restore latest --stage prod --database app \\
     --to postgresql://app@localhost/app_restored
+  backhaul restore 3f9a1c2e --stage prod --to postgresql://app@localhost/app_restored
+  backhaul restore 2024-03-09_07h05m03s --stage prod --database app \\
+    --to postgresql://app@localhost/app_restored
   backhaul restore --to \"$SCRATCH_URL\" --clean \\
     prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_2024-03-09_07h05m03s.dump.zst
   backhaul restore latest --stage prod --kind mongo --database shop \\
@@ -575,6 +581,7 @@ const RESTORE_GLOBALS_EXAMPLES: &str = "Examples:
 
 const LIST_EXAMPLES: &str = "Examples:
   backhaul list --stage prod
+  backhaul list --stage prod 2024-03-09_07h05m03s    # one run's backups
   backhaul list --stage prod --kind postgres --database app --json";
 
 const VERIFY_EXAMPLES: &str = "Examples:
@@ -700,7 +707,8 @@ pub struct ScheduleArgs {
     pub dry_run: bool,
 
     /// Run the schedule in this IANA time zone (Asia/Singapore) with EventBridge Scheduler
-    /// instead of a UTC rule [default: the task's BACKUP_TIMEZONE; UTC keeps the rule].
+    /// instead of a UTC rule, and set the task's BACKUP_TIMEZONE to it so keys follow the same
+    /// zone [default: the task's BACKUP_TIMEZONE; UTC keeps the rule].
     #[arg(long, env = "BACKUP_TIMEZONE")]
     pub timezone: Option<String>,
 

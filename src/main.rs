@@ -2,6 +2,7 @@
 //! its outcome into an exit code (0 ok, 1 failed, 2 bad configuration or usage, 128+N signal).
 
 mod aws;
+mod backup_ref;
 mod catalog;
 mod cleanup;
 mod cli;
@@ -15,6 +16,7 @@ mod globals;
 mod layout;
 mod logging;
 mod manifest;
+mod output;
 mod percent;
 mod pipeline;
 mod private_fs;
@@ -24,6 +26,7 @@ mod report;
 mod retention;
 mod schedule_expr;
 mod secret;
+mod short_help;
 mod source;
 mod spool;
 mod storage;
@@ -33,7 +36,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
@@ -43,10 +46,11 @@ use commands::{Interrupted, Reported, Runtime};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    let cmd = Cli::command();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = short_help::command(&argv);
     let parsed = cmd
         .clone()
-        .try_get_matches()
+        .try_get_matches_from(argv)
         .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
     let (cli, matches) = match parsed {
         Ok(p) => p,
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(cli.log_format, &cli.log) {
         return config_error(&e, &provenance);
     }
+    output::init(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -177,8 +177,8 @@ impl Store {
         storage: &Arc<dyn Storage>,
         key: &str,
         filter: &crate::catalog::Filter,
-    ) -> Result<crate::catalog::Entry, crate::catalog::CatalogError> {
-        crate::catalog::resolve(
+    ) -> anyhow::Result<crate::catalog::Entry> {
+        match crate::catalog::resolve(
             storage,
             &self.dest.key_prefix(),
             &self.stage,
@@ -187,6 +187,15 @@ impl Store {
             filter,
         )
         .await
+        {
+            // A reference that fits several backups is input to fix: exit 2.
+            Err(e @ crate::catalog::CatalogError::Ambiguous { .. }) => {
+                let text = e.to_string();
+                let message = text.strip_prefix(key).unwrap_or(&text).trim_start();
+                Err(ConfigError::invalid(config::quoted(key), message).into())
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Key prefix of this stage's backups ("[prefix/]stage/").

@@ -8,9 +8,10 @@ use tokio::sync::Semaphore;
 
 use super::common::Store;
 use super::restore::filter;
+use crate::backup_ref;
 use crate::catalog::{self, Entry, Problem};
 use crate::cli::ListArgs;
-use crate::config::ConfigError;
+use crate::config::{non_empty, ConfigError};
 use crate::storage::Storage;
 
 /// HEAD requests in flight for `--locks`.
@@ -19,6 +20,8 @@ const LOCK_LOOKUPS: usize = 8;
 /// One listing row; the JSON form is the stable, scriptable one.
 #[derive(Debug, Serialize)]
 struct Row<'a> {
+    /// The short id `restore`, `verify` and `list` accept (see [`crate::backup_ref`]).
+    id: &'a str,
     key: &'a str,
     timestamp: &'a str,
     time: String,
@@ -39,9 +42,10 @@ struct Row<'a> {
     lock: Option<String>,
 }
 
-fn row<'a>(e: &'a Entry, lock: Option<&str>) -> Row<'a> {
+fn row<'a>(e: &'a Entry, id: &'a str, lock: Option<&str>) -> Row<'a> {
     let m = e.manifest.as_ref();
     Row {
+        id,
         key: &e.key,
         timestamp: &e.parsed.timestamp,
         time: e.parsed.time.to_rfc3339(),
@@ -115,6 +119,10 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         &filter,
     )
     .await?;
+    let entries = match non_empty(args.backup.clone()) {
+        Some(b) => only(entries, &b, &filter, &store.stage)?,
+        None => entries,
+    };
     if entries.is_empty() {
         if let Some(db) = &filter.database {
             return Err(no_such_database(&storage, &store, &filter, db)
@@ -128,20 +136,48 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         None
     };
     let lock_of = |i: usize| locks.as_ref().map(|l| l[i].as_str());
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    let ids = backup_ref::shown(&keys);
     let mut out = String::new();
     if args.json {
         for (i, e) in entries.iter().enumerate() {
-            out.push_str(&serde_json::to_string(&row(e, lock_of(i)))?);
+            out.push_str(&serde_json::to_string(&row(e, &ids[i], lock_of(i)))?);
             out.push('\n');
         }
     } else {
-        out = table(&entries, locks.as_deref());
+        out = table(&entries, &ids, locks.as_deref());
     }
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth a message.
     let _ = stdout.write_all(out.as_bytes());
     Ok(())
+}
+
+/// `list <backup>`: the entries the reference names (several for a run's timestamp); one
+/// that names nothing is an error, like `restore`'s.
+fn only(
+    entries: Vec<Entry>,
+    reference: &str,
+    filter: &catalog::Filter,
+    stage: &str,
+) -> anyhow::Result<Vec<Entry>> {
+    let r = backup_ref::Reference::parse(reference);
+    if let backup_ref::Reference::Other(_) = r {
+        return Err(catalog::CatalogError::NotAnArtifact(reference.to_string()).into());
+    }
+    let keep: Vec<Entry> = backup_ref::matching(&entries, &r, filter)
+        .into_iter()
+        .cloned()
+        .collect();
+    if keep.is_empty() {
+        return Err(catalog::CatalogError::NotFound(format!(
+            "{reference} in stage {stage} ({})",
+            filter.describe()
+        ))
+        .into());
+    }
+    Ok(keep)
 }
 
 /// Each entry's Object Lock, described (`none` when unlocked), in entry order.
@@ -166,8 +202,9 @@ async fn locks(storage: &Arc<dyn Storage>, entries: &[Entry]) -> anyhow::Result<
     Ok(out)
 }
 
-fn table(entries: &[Entry], locks: Option<&[String]>) -> String {
+fn table(entries: &[Entry], ids: &[String], locks: Option<&[String]>) -> String {
     let mut header = vec![
+        "ID",
         "TIMESTAMP",
         "KIND",
         "DATABASE",
@@ -183,8 +220,9 @@ fn table(entries: &[Entry], locks: Option<&[String]>) -> String {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let r = row(e, locks.map(|l| l[i].as_str()));
+            let r = row(e, &ids[i], locks.map(|l| l[i].as_str()));
             let mut cells = vec![
+                r.id.to_string(),
                 r.timestamp.to_string(),
                 r.kind.to_string(),
                 r.database.to_string(),

@@ -100,6 +100,12 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<()> {
     };
     let c = Clients::load().await?;
     let family = rule_name(&stage);
+    // Without a task definition there is no log location to read (and, usually, no cluster):
+    // say the stage was never scheduled rather than pass on an ECS error.
+    let latest = latest_active(&c.ecs, &family).await?;
+    if latest.is_none() && a.task.is_none() {
+        return Err(super::NotScheduled(stage).into());
+    }
     let cluster = cluster(&c, a.cluster.clone(), &stage).await?;
     if let Some(n) = a.runs {
         return runs(&c, &cluster, &family, n as usize, how).await;
@@ -110,11 +116,7 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<()> {
     };
     let td = match task.as_ref().and_then(|t| t.task_definition_arn()) {
         Some(arn) => describe_td(&c, arn).await?,
-        None => latest_active(&c.ecs, &family).await?.with_context(|| {
-            format!(
-                "no active task definition {family}: nothing has been scheduled for stage {stage}"
-            )
-        })?,
+        None => latest.ok_or_else(|| super::NotScheduled(stage.clone()))?,
     };
     let loc = location(&td, &family)?;
     let client = c.logs(&loc.region);

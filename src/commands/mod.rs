@@ -27,6 +27,13 @@ use tokio_util::sync::CancellationToken;
 #[error("{0}")]
 pub struct Reported(pub String);
 
+/// `logs`, `status` and `run-task` on a stage that has no task definition, rule or
+/// time-zone schedule: one line saying so (instead of an ECS error about a missing cluster),
+/// and the command that sets the stage up.
+#[derive(Debug, thiserror::Error)]
+#[error("nothing is scheduled for stage {0}; `backhaul schedule --stage {0} …` (or `--from-stack <stack>`) sets it up, see `backhaul schedule -h`")]
+pub struct NotScheduled(pub String);
+
 /// The run was stopped by a signal; `main` exits with 128 + signal.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]

@@ -49,6 +49,13 @@ pub enum RestoreError {
         "{0} holds the cluster's roles, not a database: apply it with `backhaul restore-globals`"
     )]
     Globals(String),
+    #[error("target database \"{database}\" does not exist: create it first, e.g. `createdb -h {host} -p {port} -U {user} {database}` (a role with CREATEDB), then run the restore again")]
+    NoDatabase {
+        database: String,
+        host: String,
+        port: u16,
+        user: String,
+    },
     #[error("a MongoDB URI cannot be used here: expected a postgresql:// URL")]
     NotPostgres,
     #[error("{key} is a {kind} backup, but the target is a {target} URL: restore it into a {kind} database")]
@@ -102,11 +109,31 @@ impl PgTarget {
             .with_context(|| format!("querying database \"{}\"", self.database))
     }
 
+    /// User relations in the target; a database that does not exist is said as such, with
+    /// how to create it, instead of psql's raw "FATAL: database … does not exist".
     pub async fn user_relations(&self) -> anyhow::Result<u64> {
-        let out = self.query(USER_RELATIONS_SQL).await?;
+        let out = match self.query(USER_RELATIONS_SQL).await {
+            Ok(out) => out,
+            Err(e) if self.missing_database(&e) => {
+                return Err(RestoreError::NoDatabase {
+                    database: self.database.clone(),
+                    host: self.conn.host.clone(),
+                    port: self.conn.port,
+                    user: self.conn.user.clone(),
+                }
+                .into())
+            }
+            Err(e) => return Err(e),
+        };
         out.trim()
             .parse()
             .with_context(|| format!("unexpected count {out:?}"))
+    }
+
+    /// psql's "database \"x\" does not exist" (SQLSTATE 3D000, reported at connect).
+    fn missing_database(&self, e: &anyhow::Error) -> bool {
+        let text = format!("{e:#}");
+        text.contains(&format!("database \"{}\" does not exist", self.database))
     }
 
     /// Exact `count(*)` per user table, `schema.table` → rows: what a restore test reports.
@@ -211,6 +238,28 @@ struct Summary<'a> {
     seconds: f64,
 }
 
+impl Summary<'_> {
+    /// A JSON line for machines, a sentence on a terminal (see `crate::output`).
+    fn print(&self) -> anyhow::Result<()> {
+        if crate::output::human() {
+            println!(
+                "{}",
+                crate::output::restore_line(
+                    self.key,
+                    self.database,
+                    self.stored_bytes,
+                    self.raw_bytes,
+                    self.seconds,
+                    self.checksum_verified
+                )
+            );
+        } else {
+            println!("{}", serde_json::to_string(self)?);
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     let store = Store::resolve_for_key(&args.store, &args.key)?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
@@ -280,8 +329,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         checksum_verified: entry.manifest.is_some(),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     };
-    println!("{}", serde_json::to_string(&line)?);
-    Ok(())
+    line.print()
 }
 
 /// `restore` into a MongoDB deployment: `--clean` becomes mongorestore's `--drop`.
@@ -338,8 +386,7 @@ async fn run_mongo(
         checksum_verified: entry.manifest.is_some(),
         seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     };
-    println!("{}", serde_json::to_string(&line)?);
-    Ok(())
+    line.print()
 }
 
 /// What a PostgreSQL restore did.

@@ -38,9 +38,9 @@ pub async fn run(a: RunTaskArgs) -> anyhow::Result<()> {
     let poll = parse_duration(&a.poll_interval, "BACKHAUL_POLL_INTERVAL")?;
     let c = Clients::load().await?;
     let family = rule_name(&stage);
-    let td = latest_active(&c.ecs, &family).await?.with_context(|| {
-        format!("no active task definition {family}: run `backhaul schedule --stage {stage}` first")
-    })?;
+    let td = latest_active(&c.ecs, &family)
+        .await?
+        .ok_or_else(|| super::NotScheduled(stage.clone()))?;
     let (cluster, network) = placement(&c, &a, &stage).await?;
     let task = start(
         &c,

@@ -52,7 +52,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         None => StackOutputs::default(),
     };
     let mut plan = resolve(&a, &stack)?;
-    let (zoned, tz_warnings) = super::schedule_tz::resolve(&a, &plan, &stack)?;
+    let (zoned, tz_warnings) = super::schedule_tz::resolve(&a, &mut plan, &stack)?;
     preflight::check(&plan.task)?;
     let mut warnings = unreadable_secrets(&plan.task, &stack, a.from_stack.as_deref());
     warnings.extend(tz_warnings);

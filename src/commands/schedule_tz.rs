@@ -4,7 +4,9 @@
 //! `unschedule` removes whichever exists.
 //!
 //! The zone is `--timezone` (or `BACKUP_TIMEZONE` in the shell), else the task's own
-//! `BACKUP_TIMEZONE`, so keys and schedule follow one setting. UTC keeps the rule.
+//! `BACKUP_TIMEZONE`, so keys and schedule follow one setting: a zone from the flag is also
+//! written into the task's environment (a different one already there is refused), so a
+//! schedule at 02:00 Berlin time names its keys in Berlin time too. UTC keeps the rule.
 
 use std::str::FromStr;
 
@@ -38,11 +40,13 @@ fn is_utc(zone: &str) -> bool {
 
 /// Decides the kind of schedule. `Ok((None, warnings))` keeps the rule.
 /// With `--from-stack`, the stack's `DeadLetterQueueArn` applies unless the flag names one.
+/// A zone given with `--timezone` also goes into the task's environment as `BACKUP_TIMEZONE`.
 pub fn resolve(
     a: &ScheduleArgs,
-    plan: &Plan,
+    plan: &mut Plan,
     stack: &StackOutputs,
 ) -> Result<(Option<Zoned>, Vec<String>), ConfigError> {
+    align_task_zone(a.timezone.as_deref(), &mut plan.task.env)?;
     let mut warnings = Vec::new();
     if a.retry_attempts > MAX_RETRY_ATTEMPTS {
         return Err(ConfigError::invalid(
@@ -96,6 +100,44 @@ pub fn resolve(
         }),
         warnings,
     ))
+}
+
+/// Keys and schedule follow one zone: `--timezone Z` sets the task's `BACKUP_TIMEZONE=Z`
+/// unless the task environment (`--env`, `--env-file`) already says the same zone; a
+/// different zone there is refused, naming both. UTC is the keys' default, so it is not
+/// written (an existing task keeps its definition), but a non-UTC task zone still conflicts.
+fn align_task_zone(
+    flag: Option<&str>,
+    env: &mut std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    let Some(zone) = non_empty(flag.map(str::to_string)) else {
+        return Ok(());
+    };
+    match non_empty(env.get("BACKUP_TIMEZONE").cloned()) {
+        Some(task) if same_zone(&task, &zone) => Ok(()),
+        Some(task) => Err(ConfigError::invalid(
+            "--timezone",
+            format!("\"{zone}\" differs from the task's BACKUP_TIMEZONE \"{task}\" (from --env or --env-file): keys and schedule follow one zone, so drop one of them or make them equal"),
+        )),
+        None if is_utc(&zone) => Ok(()),
+        None => {
+            env.insert("BACKUP_TIMEZONE".to_string(), zone);
+            Ok(())
+        }
+    }
+}
+
+/// Equal spellings of one zone: UTC's many names, and IANA names in any case.
+fn same_zone(a: &str, b: &str) -> bool {
+    if is_utc(a) || is_utc(b) {
+        return is_utc(a) && is_utc(b);
+    }
+    let canonical = |z: &str| {
+        chrono_tz::Tz::from_str(z)
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|_| z.to_string())
+    };
+    canonical(a).eq_ignore_ascii_case(&canonical(b))
 }
 
 fn validate_sqs_arn(arn: &str) -> Result<(), ConfigError> {
@@ -371,6 +413,31 @@ mod tests {
             assert!(is_utc(z), "{z}");
         }
         assert!(!is_utc("Europe/London"));
+    }
+
+    #[test]
+    fn flag_zone_goes_into_the_task_env_unless_it_conflicts() {
+        let mut env = std::collections::BTreeMap::new();
+        align_task_zone(Some("Europe/Berlin"), &mut env).unwrap();
+        assert_eq!(env["BACKUP_TIMEZONE"], "Europe/Berlin");
+        align_task_zone(Some("europe/berlin"), &mut env).unwrap();
+        assert_eq!(env["BACKUP_TIMEZONE"], "Europe/Berlin");
+        let e = align_task_zone(Some("Asia/Singapore"), &mut env).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("--timezone ")
+                && text.contains("Asia/Singapore")
+                && text.contains("Europe/Berlin"),
+            "{text}"
+        );
+        let mut env = std::collections::BTreeMap::new();
+        align_task_zone(Some("UTC"), &mut env).unwrap();
+        assert!(env.is_empty(), "UTC is the keys' default: not written");
+        env.insert("BACKUP_TIMEZONE".into(), "Etc/UTC".into());
+        align_task_zone(Some("utc"), &mut env).unwrap();
+        env.insert("BACKUP_TIMEZONE".into(), "+08:00".into());
+        assert!(align_task_zone(Some("UTC"), &mut env).is_err());
+        align_task_zone(None, &mut env).unwrap();
     }
 
     #[test]

@@ -111,6 +111,17 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         stage,
         ..Status::default()
     };
+    let scheduled =
+        st.rule.is_some() || st.zoned_schedule.is_some() || st.task_definition.is_some();
+    // Never scheduled, no bucket to show backups from and no leftovers here: nothing to
+    // report but that.
+    if !scheduled
+        && non_empty(a.store.bucket.clone()).is_none()
+        && a.store.dest.is_none()
+        && st.stale_temp_paths.is_empty()
+    {
+        return Err(super::NotScheduled(st.stage).into());
+    }
     st.next_runs = match (&st.zoned_schedule, &st.rule) {
         (Some(z), _) => {
             crate::commands::schedule_tz::next_runs(z.schedule.as_deref(), z.timezone.as_deref(), 3)

@@ -28,7 +28,7 @@ use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
 use crate::catalog::{self, Entry};
 use crate::cli::VerifyArgs;
-use crate::config::{non_empty, ConfigError};
+use crate::config::{non_empty, quoted, ConfigError};
 use crate::crypto::{self, Identities};
 use crate::feed::{self, Consumer, Decode, Expect, FeedError};
 use crate::layout::Kind;
@@ -640,24 +640,38 @@ pub async fn check_and_report(v: &Verifier, entry: &Entry) -> anyhow::Result<boo
     } else {
         tracing::error!(key = %entry.key, error = o.error.as_deref().unwrap_or(""), "verification failed");
     }
-    println!("{}", serde_json::to_string(&line)?);
+    if crate::output::human() {
+        println!(
+            "{}",
+            crate::output::verify_line(line.key, line.kind, line.database, o.ok, line.error)
+        );
+    } else {
+        println!("{}", serde_json::to_string(&line)?);
+    }
     Ok(o.ok)
 }
 
 pub async fn run(args: VerifyArgs, rt: Runtime) -> anyhow::Result<()> {
+    let key = non_empty(args.key.clone());
+    // What to verify comes first: a bare `verify` is told that, not about a missing bucket.
+    match (&key, non_empty(args.since.clone())) {
+        (None, None) => return Err(ConfigError::invalid(
+            "verify",
+            "needs the backups to check: an id from `backhaul list`, a key, `latest`, or --since <duration> (e.g. `backhaul verify latest --stage prod`)",
+        )
+        .into()),
+        (Some(k), Some(_)) => return Err(ConfigError::invalid(
+            "verify",
+            format!("takes one backup ({}) or --since <duration>, not both", quoted(k)),
+        )
+        .into()),
+        _ => {}
+    }
     let store = Store::resolve_for_key(&args.store, args.key.as_deref().unwrap_or("latest"))?;
     let filter = filter(args.kind.as_deref(), args.database.clone())?;
     let since = non_empty(args.since.clone())
         .map(|s| common::parse_duration(&s, "--since"))
         .transpose()?;
-    let key = non_empty(args.key.clone());
-    if key.is_some() == since.is_some() {
-        return Err(ConfigError::invalid(
-            "KEY",
-            "pass exactly one of: an artifact key, `latest`, or --since <duration>",
-        )
-        .into());
-    }
     // An explicit PG_DUMP_PATH must be right (exit 2); otherwise a missing client only
     // matters once a PostgreSQL artifact comes up.
     let tools = match &args.pg.pg_dump_path {

@@ -183,7 +183,7 @@ fn legacy_dump_without_manifest_restores_and_lists() {
 
     let out = store_cmd(&bucket).arg("list").assert().success();
     let table = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(table.starts_with("TIMESTAMP"), "{table}");
+    assert!(table.starts_with("ID        TIMESTAMP"), "{table}");
     assert!(table.contains("no manifest"), "{table}");
     assert_eq!(table.lines().count(), 3, "{table}");
 }

@@ -109,7 +109,7 @@ pub(crate) fn summary(cmd: &mut assert_cmd::Command) -> serde_json::Value {
     summaries(&out).pop().expect("a JSON summary on stdout")
 }
 
-fn task_definition(family_or_arn: &str) -> TaskDefinition {
+pub(crate) fn task_definition(family_or_arn: &str) -> TaskDefinition {
     block_on(
         ecs()
             .describe_task_definition()

@@ -68,3 +68,37 @@ fn examples_are_copyable() {
         }
     }
 }
+
+fn short_help(args: &[&str]) -> String {
+    let out = backhaul().args(args).arg("-h").assert().success();
+    String::from_utf8(out.get_output().stdout.clone()).unwrap()
+}
+
+/// `-h` fits on a screen: usage, the main options and two examples, pointing at `--help`,
+/// which keeps every option and example.
+#[test]
+fn dash_h_is_the_short_help() {
+    insta::assert_snapshot!("short_help_top", short_help(&[]));
+    insta::assert_snapshot!("short_help_backup", short_help(&["backup"]));
+    insta::assert_snapshot!("short_help_restore", short_help(&["restore"]));
+    for c in COMMANDS {
+        let short = short_help(&[c]);
+        let long = help(&[c]);
+        assert!(short.lines().count() <= 40, "{c} -h:\n{short}");
+        assert!(short.lines().count() < long.lines().count(), "{c}");
+        assert!(short.contains("see more with '--help'"), "{c}: {short}");
+        let examples = short.split("Examples:").nth(1).expect("examples");
+        let commands = examples.lines().filter(|l| l.contains("backhaul ")).count();
+        assert_eq!(commands, 2, "{c}: {short}");
+        for line in short.lines() {
+            assert!(line.chars().count() <= 100, "{c}: {line:?}");
+        }
+        // Everything -h shows, --help shows too.
+        for flag in short.split_whitespace().filter(|w| w.starts_with("--")) {
+            let flag = flag.trim_end_matches(|ch: char| !ch.is_ascii_alphanumeric());
+            assert!(long.contains(flag), "{c}: {flag}");
+        }
+    }
+    assert!(help(&["restore"]).contains("--lock-timeout"));
+    assert!(!short_help(&["restore"]).contains("--lock-timeout"));
+}

@@ -295,3 +295,32 @@ fn run_task_wait_echoes_the_task_log_to_stderr() {
     transition("immediate");
     rec.check(&["ecs:RunTask", "ecs:DescribeTasks", "logs:GetLogEvents"]);
 }
+
+/// A stage never scheduled: `logs` (also `--runs`), `status` and `run-task` say so in one
+/// line and name the command that sets it up, instead of an ECS error about a missing cluster.
+#[test]
+fn a_stage_never_scheduled_is_one_line() {
+    let stage = crate::ecs::stage("never");
+    for args in [
+        vec!["logs"],
+        vec!["logs", "--runs", "3"],
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["run-task"],
+    ] {
+        let out = crate::common::backhaul_moto()
+            .args(&args)
+            .args(["--stage", &stage])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            err.trim(),
+            format!("error: nothing is scheduled for stage {stage}; `backhaul schedule --stage {stage} …` (or `--from-stack <stack>`) sets it up, see `backhaul schedule -h`"),
+            "{args:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

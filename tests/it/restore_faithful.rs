@@ -114,6 +114,18 @@ fn backup(
         .env("STAGE", "prod")
         .env("BACKUP_GLOBALS", globals);
     let a = cmd.assert().success();
+    // Warnings (a role that cannot read password hashes) give the reason, not pg_dumpall's SQL.
+    let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+    assert!(
+        !err.contains("Query was") && !err.contains("SELECT"),
+        "{err}"
+    );
+    if user == "plain" && globals != "off" {
+        assert!(
+            err.contains("password hashes"),
+            "the fallback is said: {err}"
+        );
+    }
     summaries(&a.get_output().stdout)
 }
 

@@ -269,3 +269,87 @@ fn bad_time_zone_settings_exit_2_before_any_aws_call() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+fn task_env(td: &aws_sdk_ecs::types::TaskDefinition) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = td.container_definitions()[0]
+        .environment()
+        .iter()
+        .map(|kv| {
+            (
+                kv.name().unwrap_or_default().to_string(),
+                kv.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    env.sort();
+    env
+}
+
+/// Keys and schedule follow one zone: `--timezone` writes the task's BACKUP_TIMEZONE (the dry
+/// run shows it, the registered task definition has it), and a different zone in the task's
+/// own environment is refused naming both, before anything is sent.
+#[test]
+fn timezone_flag_sets_the_task_env_and_refuses_a_different_one() {
+    let stage = stage("tzenv");
+    let name = format!("backhaul-{stage}");
+    create_cluster(&name);
+    let rec = Contract::start();
+
+    let plan = schedule(&rec, &stage)
+        .args(["--timezone", "Europe/Berlin", "--dry-run"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let plan: serde_json::Value = serde_json::from_slice(&plan).unwrap();
+    let env = &plan["requests"][0]["input"]["containerDefinitions"][0]["environment"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": "BACKUP_TIMEZONE", "value": "Europe/Berlin"})),
+        "{plan}"
+    );
+    assert!(rec.requests().is_empty());
+
+    let s = summary(schedule(&rec, &stage).args(["--timezone", "Europe/Berlin"]));
+    assert_eq!(s["timezone"], "Europe/Berlin");
+    let td = crate::ecs::task_definition(s["task_definition_arn"].as_str().unwrap());
+    let env = task_env(&td);
+    assert!(
+        env.contains(&("BACKUP_TIMEZONE".into(), "Europe/Berlin".into())),
+        "{env:?}"
+    );
+
+    // The same zone in the task's environment: accepted, nothing new registered.
+    let same = summary(schedule(&rec, &stage).args([
+        "--timezone",
+        "Europe/Berlin",
+        "--env",
+        "BACKUP_TIMEZONE=Europe/Berlin",
+    ]));
+    assert_eq!(same["changed"], false, "{same}");
+
+    // A different one: exit 2 naming both, nothing sent.
+    let before = rec.requests().len();
+    let out = schedule(&rec, &stage)
+        .args([
+            "--timezone",
+            "Europe/Berlin",
+            "--env",
+            "BACKUP_TIMEZONE=Asia/Singapore",
+        ])
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(
+        err.contains("Europe/Berlin") && err.contains("Asia/Singapore"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(rec.requests().len(), before, "nothing sent");
+    rec.check(&["scheduler:CreateSchedule", "scheduler:GetSchedule"]);
+}

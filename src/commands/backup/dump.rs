@@ -25,7 +25,7 @@ pub(super) async fn dump_globals(
     let (script, role_passwords) = match read_globals(job, s, tools, &db, true).await {
         Ok(script) => (script, true),
         Err(e) if format!("{e:#}").contains("pg_authid") => {
-            tracing::warn!(error = %job.redactor.redact(&format!("{e:#}")), "the server does not let this role read password hashes: saving the roles without passwords (--no-role-passwords)");
+            tracing::warn!(error = %without_query(&job.redactor.redact(&format!("{e:#}"))), "the server does not let this role read password hashes: saving the roles without passwords (--no-role-passwords)");
             (read_globals(job, s, tools, &db, false).await?, false)
         }
         Err(e) => return Err(e),
@@ -53,6 +53,21 @@ pub(super) async fn dump_globals(
         },
         GlobalsInfo { role_passwords },
     ))
+}
+
+/// A pg_dumpall error without the query it quotes ("Query was: SELECT …", hundreds of
+/// bytes of catalog SQL): the reason is what a reader of the warning needs.
+pub(super) fn without_query(msg: &str) -> String {
+    const SEPARATORS: [char; 6] = [' ', ':', ';', ',', '|', '\n'];
+    let Some(cut) = msg.to_ascii_lowercase().find("query was:") else {
+        return msg.to_string();
+    };
+    let mut head = msg[..cut].trim_end_matches(SEPARATORS);
+    // The line label before "Query was:" (PostgreSQL 15 says detail, older ones error).
+    for label in ["pg_dumpall: detail", "pg_dumpall: error"] {
+        head = head.strip_suffix(label).unwrap_or(head);
+    }
+    head.trim_end_matches(SEPARATORS).to_string()
 }
 
 pub(super) async fn read_globals(
@@ -266,4 +281,24 @@ pub(super) async fn dump_mongo_archive(
         .context("count task panicked")??;
     check_not_empty(s, db, &counts)?;
     Ok((stats, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_query;
+
+    #[test]
+    fn warnings_carry_the_reason_not_the_sql() {
+        let e = "pg_dumpall failed: exited with exit status: 1: pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid; pg_dumpall: detail: Query was: SELECT oid, rolname, rolsuper, rolinherit FROM pg_authid WHERE rolname !~ '^pg_' ORDER BY 2";
+        assert_eq!(
+            without_query(e),
+            "pg_dumpall failed: exited with exit status: 1: pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid"
+        );
+        assert_eq!(without_query("boom"), "boom");
+        // PostgreSQL 14 and older label the query line "error".
+        assert_eq!(
+            without_query("pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid; pg_dumpall: error: query was: SELECT 1"),
+            "pg_dumpall: error: query failed: ERROR:  permission denied for table pg_authid"
+        );
+    }
 }

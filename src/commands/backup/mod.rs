@@ -93,11 +93,24 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     if let Some(n) = &plan.notifier {
         n.start(&job.store.stage).await;
     }
+    let started = std::time::Instant::now();
     let results = run_targets(&job, &plan.targets, plan.parallel).await?;
     let tally = report(&job, &results);
     let mut unverified = 0;
     if let (Some(target), false) = (verify_target, tally.interrupted) {
         unverified = verify_results(&job, target, &results).await?;
+    }
+    if crate::output::human() {
+        print!(
+            "{}",
+            crate::output::backup_summary(
+                &job.store.stage,
+                &tally.reports,
+                started.elapsed().as_secs_f64(),
+                unverified,
+                tally.interrupted
+            )
+        );
     }
     if let Some(n) = &plan.notifier {
         n.finish(
@@ -279,7 +292,7 @@ fn report(job: &Job, results: &[TargetResult]) -> Tally {
             {
                 // BACKUP_GLOBALS=auto: the databases are what the run is for; say loudly
                 // that the roles were not saved, but do not fail it.
-                let msg = job.redactor.redact(&format!("{:#}", clone_err(e)));
+                let msg = dump::without_query(&job.redactor.redact(&format!("{:#}", clone_err(e))));
                 tracing::warn!(key = %t.key, error = %msg, "cluster globals not saved (BACKUP_GLOBALS=auto: the run goes on; set BACKUP_GLOBALS=on to make this fatal, off to stop trying)");
                 report.status = "skipped";
                 report.error = Some(msg);
@@ -293,7 +306,10 @@ fn report(job: &Job, results: &[TargetResult]) -> Tally {
                 report.error = Some(msg);
             }
         }
-        println!("{}", report.to_line());
+        // On a terminal, the closing summary says it all (see `crate::output`).
+        if !crate::output::human() {
+            println!("{}", report.to_line());
+        }
         tally.reports.push(report);
     }
     tally
