@@ -760,6 +760,26 @@ pub struct StatusArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Only check that every database of the stage has a good backup (checksummed, not failed
+    /// verification) younger than the schedule's longest gap plus --grace, or --max-age: exit
+    /// 0 if so, else 1 with one line per overdue or failing database.
+    #[arg(long)]
+    pub check: bool,
+
+    /// With --check: the age a good backup may reach, instead of reading the schedule (no
+    /// AWS scheduling needed, e.g. 26h).
+    #[arg(long, value_name = "DURATION", requires = "check")]
+    pub max_age: Option<String>,
+
+    /// With --check: time allowed beyond the schedule's longest gap (a run's own duration).
+    #[arg(
+        long,
+        env = "ALARM_GRACE",
+        default_value = "2h",
+        value_name = "DURATION"
+    )]
+    pub grace: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -848,4 +868,8 @@ const RUN_TASK_EXAMPLES: &str = "Examples:
 
 const STATUS_EXAMPLES: &str = "Examples:
   backhaul status --stage prod
-  backhaul status --stage prod --bucket acme-backups --json";
+  backhaul status --stage prod --bucket acme-backups --json
+
+  # For a monitor or cron: exit 1 naming each database without a recent good backup:
+  backhaul status --stage prod --check
+  backhaul status --stage dev --dest file:///mnt/efs/backups --check --max-age 26h";

@@ -17,6 +17,7 @@ pub mod run_task;
 pub mod schedule;
 pub mod schedule_tz;
 pub mod status;
+pub mod status_check;
 pub mod verify;
 
 use tokio_util::sync::CancellationToken;

@@ -95,6 +95,9 @@ struct TaskStatus {
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let stage = names::scheduled_stage(a.store.stage.clone())?;
+    if a.check {
+        return super::status_check::run(&a, &stage).await;
+    }
     let work_dir = std::env::var_os("BACKUP_WORK_DIR").map(std::path::PathBuf::from);
     let stale_temp_paths =
         crate::private_fs::sweep_and_log(&crate::private_fs::temp_dirs(work_dir.as_deref()))
@@ -140,6 +143,28 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         print!("{}", text(&st));
     }
     Ok(())
+}
+
+/// The stage's schedule expression and its time zone (`None`: UTC), the Scheduler
+/// schedule's when there is one (it replaces the rule), else the rule's.
+pub async fn schedule_of(
+    c: &Clients,
+    stage: &str,
+) -> anyhow::Result<Option<(String, Option<String>)>> {
+    if let Some(z) = crate::commands::schedule_tz::status(c, stage).await? {
+        if let Some(expr) = z.schedule {
+            return Ok(Some((expr, z.timezone)));
+        }
+    }
+    Ok(rule(c, stage)
+        .await?
+        .and_then(|r| r.schedule)
+        .map(|expr| (expr, None)))
+}
+
+/// The S3_BUCKET of the stage's latest task definition.
+pub async fn scheduled_bucket(c: &Clients, stage: &str) -> anyhow::Result<Option<String>> {
+    Ok(task(c, stage).await?.and_then(|t| t.bucket))
 }
 
 async fn rule(c: &Clients, stage: &str) -> anyhow::Result<Option<RuleStatus>> {

@@ -28,4 +28,5 @@ mod schedule_tz;
 mod secret_hygiene;
 mod secrets_at_rest;
 mod soak;
+mod status_check;
 mod trust;
