@@ -711,11 +711,27 @@ pub struct ScheduleArgs {
     /// Times Scheduler retries a run it could not start (0-185), within an hour of its time.
     #[arg(long, env = "BACKHAUL_SCHEDULE_RETRIES", default_value_t = 3)]
     pub retry_attempts: u32,
+
+    /// SNS topic told when backups stop: creates the CloudWatch alarm backhaul-<stage>-no-backup
+    /// (no successful backup for the schedule's longest gap plus --alarm-grace) and the
+    /// EventBridge rule backhaul-<stage>.failed (a task that fails or cannot start) [default:
+    /// the stack's AlarmTopicArn].
+    #[arg(long, env = "ALARM_TOPIC_ARN")]
+    pub alarm_topic_arn: Option<String>,
+
+    /// Time the no-backup alarm allows beyond the schedule's longest gap (a run's own duration).
+    #[arg(
+        long,
+        env = "ALARM_GRACE",
+        default_value = "2h",
+        value_name = "DURATION"
+    )]
+    pub alarm_grace: String,
 }
 
 #[derive(Args, Debug)]
 pub struct UnscheduleArgs {
-    /// Stage whose rule backhaul-<stage> is removed.
+    /// Stage whose rule backhaul-<stage> (and alarm and failure rule, if any) is removed.
     #[arg(long, env = "STAGE")]
     pub stage: Option<String>,
 

@@ -26,6 +26,9 @@ struct Status {
     /// The EventBridge Scheduler schedule of a stage scheduled in a time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
     zoned_schedule: Option<crate::commands::schedule_tz::ZonedStatus>,
+    /// The no-backup alarm and failure rule `schedule --alarm-topic-arn` created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alarm: Option<crate::commands::alarms::AlarmStatus>,
     /// Next three run times of whichever schedule exists, in its zone (UTC for the rule).
     next_runs: Vec<String>,
     recent_backups: Vec<String>,
@@ -111,6 +114,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         target: target(&c, &stage).await?,
         task_definition: task(&c, &stage).await?,
         zoned_schedule: crate::commands::schedule_tz::status(&c, &stage).await?,
+        alarm: crate::commands::alarms::status(&c, &stage).await?,
         stage,
         ..Status::default()
     };
@@ -296,6 +300,16 @@ fn text(st: &Status) -> String {
     }
     if !st.next_runs.is_empty() {
         out += &format!("next runs: {}\n", st.next_runs.join(", "));
+    }
+    if let Some(a) = &st.alarm {
+        out += &format!(
+            "alarm: {} {} (no successful backup for {} s: {}); failure rule {}\n",
+            a.name,
+            a.state.as_deref().unwrap_or("?"),
+            a.window_seconds.map_or("?".to_string(), |w| w.to_string()),
+            a.reason.as_deref().unwrap_or("no state reason"),
+            a.failure_rule.as_deref().unwrap_or("missing"),
+        );
     }
     if let Some(t) = &st.target {
         out += &format!(

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod alarms;
 mod any_input;
 mod backup_mongo;
 mod backup_pg;
