@@ -780,7 +780,7 @@ pub struct StatusArgs {
     /// Only check that every database of the stage has a good backup (checksummed, not failed
     /// verification) younger than the schedule's longest gap plus --grace, or --max-age: exit
     /// 0 if so, else 1 with one line per overdue or failing database.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json")]
     pub check: bool,
 
     /// With --check: the age a good backup may reach, instead of reading the schedule (no
