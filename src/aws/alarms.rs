@@ -383,6 +383,38 @@ mod tests {
         }
     }
 
+    /// The alarm watches exactly what a run emits: same namespace, metric and dimension set.
+    #[test]
+    fn alarm_metric_is_what_the_runs_emit() {
+        let r = crate::report::ArtifactReport {
+            event: "artifact",
+            status: "ok",
+            stage: "prod".into(),
+            kind: crate::layout::Kind::Postgres,
+            database: "app".into(),
+            key: "prod/k".into(),
+            raw_bytes: None,
+            stored_bytes: None,
+            sha256: None,
+            seconds: 1.0,
+            error: None,
+        };
+        let line: Value = serde_json::from_str(&r.to_line()).unwrap();
+        let emf = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(emf["Namespace"], NAMESPACE);
+        assert!(emf["Dimensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!([DIMENSION])));
+        assert!(emf["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["Name"] == METRIC));
+        assert_eq!(line[METRIC], 1);
+        assert_eq!(line[DIMENSION], "prod");
+    }
+
     #[test]
     fn names_never_collide_with_a_schedule_rule() {
         assert_eq!(alarm_name("prod"), "backhaul-prod-no-backup");
