@@ -719,11 +719,27 @@ pub struct ScheduleArgs {
     /// Times Scheduler retries a run it could not start (0-185), within an hour of its time.
     #[arg(long, env = "BACKHAUL_SCHEDULE_RETRIES", default_value_t = 3)]
     pub retry_attempts: u32,
+
+    /// SNS topic told when backups stop: creates the CloudWatch alarm backhaul-<stage>-no-backup
+    /// (no successful backup for the schedule's longest gap plus --alarm-grace) and the
+    /// EventBridge rule backhaul-<stage>.failed (a task that fails or cannot start) [default:
+    /// the stack's AlarmTopicArn].
+    #[arg(long, env = "ALARM_TOPIC_ARN")]
+    pub alarm_topic_arn: Option<String>,
+
+    /// Time the no-backup alarm allows beyond the schedule's longest gap (a run's own duration).
+    #[arg(
+        long,
+        env = "ALARM_GRACE",
+        default_value = "2h",
+        value_name = "DURATION"
+    )]
+    pub alarm_grace: String,
 }
 
 #[derive(Args, Debug)]
 pub struct UnscheduleArgs {
-    /// Stage whose rule backhaul-<stage> is removed.
+    /// Stage whose rule backhaul-<stage> (and alarm and failure rule, if any) is removed.
     #[arg(long, env = "STAGE")]
     pub stage: Option<String>,
 
@@ -768,6 +784,26 @@ pub struct StatusArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Only check that every database of the stage has a good backup (checksummed, not failed
+    /// verification) younger than the schedule's longest gap plus --grace, or --max-age: exit
+    /// 0 if so, else 1 with one line per overdue or failing database.
+    #[arg(long, conflicts_with = "json")]
+    pub check: bool,
+
+    /// With --check: the age a good backup may reach, instead of reading the schedule (no
+    /// AWS scheduling needed, e.g. 26h).
+    #[arg(long, value_name = "DURATION", requires = "check")]
+    pub max_age: Option<String>,
+
+    /// With --check: time allowed beyond the schedule's longest gap (a run's own duration).
+    #[arg(
+        long,
+        env = "ALARM_GRACE",
+        default_value = "2h",
+        value_name = "DURATION"
+    )]
+    pub grace: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -856,4 +892,8 @@ const RUN_TASK_EXAMPLES: &str = "Examples:
 
 const STATUS_EXAMPLES: &str = "Examples:
   backhaul status --stage prod
-  backhaul status --stage prod --bucket acme-backups --json";
+  backhaul status --stage prod --bucket acme-backups --json
+
+  # For a monitor or cron: exit 1 naming each database without a recent good backup:
+  backhaul status --stage prod --check
+  backhaul status --stage dev --dest file:///mnt/efs/backups --check --max-age 26h";

@@ -24,7 +24,7 @@
 
 mod next;
 
-pub use next::next_runs;
+pub use next::{longest_gap, next_runs};
 
 use std::fmt;
 use std::str::FromStr;

@@ -2,6 +2,7 @@
 //! small pieces of shared AWS plumbing (clients, error text, names). Keeping the builders pure
 //! lets unit tests pin exactly what is sent without a network.
 
+pub mod alarms;
 pub mod ecs;
 pub mod error;
 pub mod events;
@@ -18,6 +19,7 @@ use crate::config::ConfigError;
 /// same configuration chain as S3 so `AWS_ENDPOINT_URL` (moto, LocalStack) applies to all.
 pub struct Clients {
     pub ecs: aws_sdk_ecs::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub events: aws_sdk_eventbridge::Client,
     pub scheduler: aws_sdk_scheduler::Client,
     pub ssm: aws_sdk_ssm::Client,
@@ -33,6 +35,7 @@ impl Clients {
         let region = conf.region().map(|r| r.to_string()).unwrap_or_default();
         Ok(Clients {
             ecs: aws_sdk_ecs::Client::new(&conf),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&conf),
             events: aws_sdk_eventbridge::Client::new(&conf),
             scheduler: aws_sdk_scheduler::Client::new(&conf),
             ssm: aws_sdk_ssm::Client::new(&conf),

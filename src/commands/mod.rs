@@ -1,6 +1,7 @@
 //! One module per subcommand. Commands turn CLI arguments into validated config (exit 2 on
 //! error, before any side effect), then drive sources, the pipeline and storage.
 
+pub mod alarms;
 pub mod backup;
 pub mod common;
 pub mod list;
@@ -17,6 +18,7 @@ pub mod run_task;
 pub mod schedule;
 pub mod schedule_tz;
 pub mod status;
+pub mod status_check;
 pub mod verify;
 
 use tokio_util::sync::CancellationToken;

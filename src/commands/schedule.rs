@@ -41,7 +41,7 @@ pub struct Plan {
 pub struct StackOutputs(pub HashMap<String, String>);
 
 impl StackOutputs {
-    fn get(&self, key: &str) -> Option<String> {
+    pub fn get(&self, key: &str) -> Option<String> {
         non_empty(self.0.get(key).cloned())
     }
 }
@@ -53,9 +53,16 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
     };
     let mut plan = resolve(&a, &stack)?;
     let (zoned, tz_warnings) = super::schedule_tz::resolve(&a, &mut plan, &stack)?;
+    let alarms = super::alarms::resolve(
+        &a,
+        &stack,
+        &plan,
+        zoned.as_ref().map(|z| z.timezone.as_str()),
+    )?;
     preflight::check(&plan.task)?;
     let mut warnings = unreadable_secrets(&plan.task, &stack, a.from_stack.as_deref());
     warnings.extend(tz_warnings);
+    warnings.extend(alarms.as_ref().and_then(|p| p.note.clone()));
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -80,6 +87,19 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                 .expect("requests")
                 .push(super::schedule_tz::rule_dry_run_extra(&plan)),
         }
+        if let Some(p) = &alarms {
+            doc["requests"]
+                .as_array_mut()
+                .expect("requests")
+                .extend(super::alarms::dry_run_requests(p));
+            doc["reads"]
+                .as_array_mut()
+                .expect("reads")
+                .push(json!("cloudwatch:DescribeAlarms"));
+        }
+        if !warnings.is_empty() {
+            doc["warnings"] = json!(warnings);
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -95,6 +115,13 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
             s
         }
     };
+    if let Some(p) = &alarms {
+        let a = super::alarms::apply(&clients, p).await?;
+        if a["alarm_changed"] == json!(true) {
+            summary["changed"] = json!(true);
+        }
+        summary["alarms"] = a;
+    }
     if !warnings.is_empty() {
         summary["warnings"] = json!(warnings);
     }
@@ -886,7 +913,7 @@ pub(crate) async fn remove_targets(
 }
 
 /// PutTargets and RemoveTargets answer 200 with per-target failures; those are errors too.
-fn failed_entries<T: FailedEntry>(operation: &str, entries: &[T]) -> anyhow::Result<()> {
+pub(crate) fn failed_entries<T: FailedEntry>(operation: &str, entries: &[T]) -> anyhow::Result<()> {
     let Some(first) = entries.first() else {
         return Ok(());
     };
@@ -905,7 +932,7 @@ fn failed_entries<T: FailedEntry>(operation: &str, entries: &[T]) -> anyhow::Res
 }
 
 /// The two failed-entry types EventBridge returns share these fields.
-trait FailedEntry {
+pub(crate) trait FailedEntry {
     fn id(&self) -> Option<&str>;
     fn code(&self) -> Option<&str>;
     fn message(&self) -> Option<&str>;
@@ -944,6 +971,7 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
         Err(e) => return Err(sdk_err("events:DeleteRule", e)),
     }
     let removed_schedule = super::schedule_tz::remove_schedule(&c, &stage).await?;
+    let (removed_alarm, removed_failure_rule) = super::alarms::remove(&c, &stage).await?;
     let mut deregistered = Vec::new();
     if a.deregister {
         for arn in active_revisions(&c.ecs, &rule).await? {
@@ -958,7 +986,7 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({"rule": rule, "removed_targets": removed, "removed_schedule": removed_schedule, "deregistered": deregistered})
+        json!({"rule": rule, "removed_targets": removed, "removed_schedule": removed_schedule, "removed_alarm": removed_alarm, "removed_failure_rule": removed_failure_rule, "deregistered": deregistered})
     );
     Ok(())
 }

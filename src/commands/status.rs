@@ -26,6 +26,9 @@ struct Status {
     /// The EventBridge Scheduler schedule of a stage scheduled in a time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
     zoned_schedule: Option<crate::commands::schedule_tz::ZonedStatus>,
+    /// The no-backup alarm and failure rule `schedule --alarm-topic-arn` created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alarm: Option<crate::commands::alarms::AlarmStatus>,
     /// Next three run times of whichever schedule exists, in its zone (UTC for the rule).
     next_runs: Vec<String>,
     recent_backups: Vec<String>,
@@ -95,6 +98,9 @@ struct TaskStatus {
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let stage = names::scheduled_stage(a.store.stage.clone())?;
+    if a.check {
+        return super::status_check::run(&a, &stage).await;
+    }
     let work_dir = std::env::var_os("BACKUP_WORK_DIR").map(std::path::PathBuf::from);
     let stale_temp_paths =
         crate::private_fs::sweep_and_log(&crate::private_fs::temp_dirs(work_dir.as_deref()))
@@ -108,6 +114,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         target: target(&c, &stage).await?,
         task_definition: task(&c, &stage).await?,
         zoned_schedule: crate::commands::schedule_tz::status(&c, &stage).await?,
+        alarm: crate::commands::alarms::status(&c, &stage).await?,
         stage,
         ..Status::default()
     };
@@ -151,6 +158,28 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         print!("{}", text(&st));
     }
     Ok(())
+}
+
+/// The stage's schedule expression and its time zone (`None`: UTC), the Scheduler
+/// schedule's when there is one (it replaces the rule), else the rule's.
+pub async fn schedule_of(
+    c: &Clients,
+    stage: &str,
+) -> anyhow::Result<Option<(String, Option<String>)>> {
+    if let Some(z) = crate::commands::schedule_tz::status(c, stage).await? {
+        if let Some(expr) = z.schedule {
+            return Ok(Some((expr, z.timezone)));
+        }
+    }
+    Ok(rule(c, stage)
+        .await?
+        .and_then(|r| r.schedule)
+        .map(|expr| (expr, None)))
+}
+
+/// The S3_BUCKET of the stage's latest task definition.
+pub async fn scheduled_bucket(c: &Clients, stage: &str) -> anyhow::Result<Option<String>> {
+    Ok(task(c, stage).await?.and_then(|t| t.bucket))
 }
 
 async fn rule(c: &Clients, stage: &str) -> anyhow::Result<Option<RuleStatus>> {
@@ -282,6 +311,16 @@ fn text(st: &Status) -> String {
     }
     if !st.next_runs.is_empty() {
         out += &format!("next runs: {}\n", st.next_runs.join(", "));
+    }
+    if let Some(a) = &st.alarm {
+        out += &format!(
+            "alarm: {} {} (no successful backup for {} s: {}); failure rule {}\n",
+            a.name,
+            a.state.as_deref().unwrap_or("?"),
+            a.window_seconds.map_or("?".to_string(), |w| w.to_string()),
+            a.reason.as_deref().unwrap_or("no state reason"),
+            a.failure_rule.as_deref().unwrap_or("missing"),
+        );
     }
     if let Some(t) = &st.target {
         out += &format!(

@@ -24,6 +24,57 @@ pub fn next_runs<Z: TimeZone>(
     }
 }
 
+/// How far ahead [`longest_gap`] looks: four years and a day, so that a schedule that runs
+/// once a year (or on 29 February) still shows at least two runs.
+const GAP_HORIZON_DAYS: i64 = 4 * 366 + 1;
+/// Runs [`longest_gap`] looks at before it stops early: every-minute schedules reach it within
+/// months, and their gaps repeat long before.
+const GAP_MAX_RUNS: usize = 200_000;
+
+/// The longest time between two consecutive runs after `after`: how long a stage may go
+/// without a backup when every run happens. `None` when the schedule runs fewer than twice in
+/// the next four years. The first run counts from `after`'s next run, not from `after` (a
+/// schedule created just after its daily run is not a day late).
+pub fn longest_gap<Z: TimeZone>(
+    expr: &ScheduleExpr,
+    zone: &Z,
+    after: DateTime<Utc>,
+) -> Option<chrono::Duration> {
+    let c = match expr {
+        ScheduleExpr::Rate { value, unit } => {
+            let secs = i64::from(*value)
+                * match unit {
+                    super::RateUnit::Minutes => 60,
+                    super::RateUnit::Hours => 3_600,
+                    super::RateUnit::Days => 86_400,
+                };
+            return Some(chrono::Duration::seconds(secs));
+        }
+        ScheduleExpr::Cron(c) => c,
+    };
+    let end = after + chrono::Duration::days(GAP_HORIZON_DAYS);
+    let (mut prev, mut seen, mut longest) = (None::<DateTime<Utc>>, 0usize, None);
+    let mut from = after;
+    while seen < GAP_MAX_RUNS && from < end {
+        let chunk = c.next_runs(zone, from, 4_096);
+        let Some(last) = chunk.last() else { break };
+        from = last.with_timezone(&Utc);
+        for t in chunk {
+            let t = t.with_timezone(&Utc);
+            if t > end {
+                break;
+            }
+            if let Some(p) = prev {
+                let gap = t - p;
+                longest = Some(longest.map_or(gap, |l: chrono::Duration| l.max(gap)));
+            }
+            prev = Some(t);
+            seen += 1;
+        }
+    }
+    longest
+}
+
 impl CronExpr {
     pub fn next_runs<Z: TimeZone>(
         &self,
@@ -210,6 +261,30 @@ mod tests {
             .iter()
             .map(|t| t.to_rfc3339())
             .collect()
+    }
+
+    #[test]
+    fn longest_gaps() {
+        let gap = |expr: &str, zone: &str| {
+            let tz: chrono_tz::Tz = zone.parse().unwrap();
+            let after: DateTime<Utc> = "2026-12-03T13:00:00Z".parse().unwrap();
+            longest_gap(&super::super::parse(expr).unwrap(), &tz, after).map(|d| d.num_minutes())
+        };
+        assert_eq!(gap("rate(6 hours)", "UTC"), Some(360));
+        assert_eq!(gap("rate(1 day)", "UTC"), Some(1_440));
+        assert_eq!(gap("cron(0 3 * * ? *)", "UTC"), Some(1_440));
+        // Weekdays only: Friday to Monday.
+        assert_eq!(gap("cron(0 3 ? * MON-FRI *)", "UTC"), Some(3 * 1_440));
+        // Twice a day, unevenly: the longer side counts.
+        assert_eq!(gap("cron(0 3,9 * * ? *)", "UTC"), Some(18 * 60));
+        // Berlin falls back on 2027-10-31: that day is 25 hours long.
+        assert_eq!(gap("cron(0 3 * * ? *)", "Europe/Berlin"), Some(1_500));
+        // Once a month: the longest month.
+        assert_eq!(gap("cron(0 3 1 * ? *)", "UTC"), Some(31 * 1_440));
+        // Every minute stops early and is still right.
+        assert_eq!(gap("cron(* * * * ? *)", "UTC"), Some(1));
+        // A schedule that runs once, then never again.
+        assert_eq!(gap("cron(0 3 1 1 ? 2027)", "UTC"), None);
     }
 
     #[test]

@@ -619,6 +619,123 @@ def _rule_trigger(p, op):
 
 
 @rule(
+    "cloudwatch.alarm-window",
+    "cloudwatch:PutMetricAlarm",
+    "Period is 10, 20, 30 or a multiple of 60; Period x EvaluationPeriods is at most 604800 s (7 days), and at most "
+    "86400 s (1 day) when Period is under 3600; DatapointsToAlarm is at most EvaluationPeriods",
+    "https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricAlarm.html (Period, EvaluationPeriods, DatapointsToAlarm)",
+)
+def _alarm_window(p, op):
+    period, n, m = p.get("Period"), p.get("EvaluationPeriods"), p.get("DatapointsToAlarm")
+    if isinstance(period, int) and period not in (10, 20, 30) and period % 60:
+        yield ["Period"], f"got {period}"
+    if isinstance(period, int) and isinstance(n, int):
+        limit = 86400 if period < 3600 else 604800
+        if period * n > limit:
+            yield ["EvaluationPeriods"], f"{period} x {n} = {period * n} s is over {limit} s"
+    if isinstance(m, int) and isinstance(n, int) and m > n:
+        yield ["DatapointsToAlarm"], f"{m} is more than EvaluationPeriods {n}"
+
+
+@rule(
+    "cloudwatch.alarm-metric",
+    "cloudwatch:PutMetricAlarm",
+    "an alarm names one metric (MetricName and Namespace with exactly one of Statistic and ExtendedStatistic) or "
+    "Metrics, not both; TreatMissingData is breaching, notBreaching, ignore or missing; actions are ARNs",
+    "https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricAlarm.html; "
+    "https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/AlarmThatSendsEmail.html#alarms-and-missing-data",
+)
+def _alarm_metric(p, op):
+    single = any(p.get(k) is not None for k in ("MetricName", "Namespace", "Statistic", "ExtendedStatistic"))
+    if single and p.get("Metrics"):
+        yield ["Metrics"], "given with MetricName/Namespace/Statistic"
+    if not single and not p.get("Metrics"):
+        yield [], "neither MetricName nor Metrics"
+    if single:
+        for k in ("MetricName", "Namespace"):
+            if not p.get(k):
+                yield [k], "missing"
+        if (p.get("Statistic") is None) == (p.get("ExtendedStatistic") is None):
+            yield ["Statistic"], "give exactly one of Statistic and ExtendedStatistic"
+    tmd = p.get("TreatMissingData")
+    if tmd is not None and tmd not in ("breaching", "notBreaching", "ignore", "missing"):
+        yield ["TreatMissingData"], f"got {short(str(tmd))}"
+    for k in ("AlarmActions", "OKActions", "InsufficientDataActions"):
+        for i, a in enumerate(items(p.get(k))):
+            if not isinstance(a, str) or not a.startswith("arn:"):
+                yield [k, i], f"got {short(str(a))}"
+
+
+EVENT_PATTERN_MATCHERS = {"prefix", "suffix", "anything-but", "numeric", "exists", "cidr", "equals-ignore-case", "wildcard"}
+
+
+def _pattern_problems(node: Any, path: list) -> Iterator[tuple[list, str]]:
+    if not isinstance(node, dict) or not node:
+        yield path, "must be a non-empty JSON object"
+        return
+    for k, v in node.items():
+        if k == "$or":
+            if not isinstance(v, list) or len(v) < 2:
+                yield path + [k], "$or needs a list of at least two patterns"
+                continue
+            for i, alt in enumerate(v):
+                yield from _pattern_problems(alt, path + [k, i])
+        elif isinstance(v, dict):
+            yield from _pattern_problems(v, path + [k])
+        elif isinstance(v, list):
+            if not v:
+                yield path + [k], "an empty list matches nothing"
+            for i, m in enumerate(v):
+                if isinstance(m, dict) and (len(m) != 1 or next(iter(m)) not in EVENT_PATTERN_MATCHERS):
+                    yield path + [k, i], f"unknown matcher {short(json.dumps(m))}"
+        else:
+            yield path + [k], f"a leaf must be a list of values or matchers, got {short(json.dumps(v))}"
+
+
+@rule(
+    "events.event-pattern",
+    "events:PutRule,events:TestEventPattern",
+    "EventPattern is a JSON object whose leaves are lists of values or matchers (prefix, suffix, anything-but, numeric, "
+    "exists, cidr, equals-ignore-case, wildcard); $or takes a list of at least two patterns",
+    "https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-event-patterns.html; "
+    "https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-create-pattern-operators.html",
+)
+def _event_pattern(p, op):
+    text = p.get("EventPattern")
+    if not isinstance(text, str):
+        return
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        yield ["EventPattern"], f"not JSON ({e})"
+        return
+    for path, what in _pattern_problems(doc, []):
+        yield ["EventPattern"], f"{'.'.join(str(x) for x in path) or '(top)'}: {what}"
+
+
+@rule(
+    "events.input-transformer",
+    "events:PutTargets",
+    "InputTransformer: InputPathsMap keys are letters, digits, '_' and '-' (not starting with 'aws.'), each value a "
+    "JSON path starting with '$'",
+    "https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_InputTransformer.html; "
+    "https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-transform-target-input.html",
+)
+def _input_transformer(p, op):
+    for i, t in enumerate(items(p.get("Targets"))):
+        it = obj(obj(t).get("InputTransformer"))
+        if not it:
+            continue
+        base = ["Targets", i, "InputTransformer"]
+        paths = obj(it.get("InputPathsMap"))
+        for k, v in paths.items():
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", k) or k.startswith("aws."):
+                yield base + ["InputPathsMap", MapKey(k)], "bad key"
+            if not isinstance(v, str) or not v.startswith("$"):
+                yield base + ["InputPathsMap", MapKey(k)], f"path {short(str(v))} does not start with '$'"
+
+
+@rule(
     "scheduler.timezone",
     "scheduler:CreateSchedule,scheduler:UpdateSchedule",
     "ScheduleExpressionTimezone is an IANA time zone name",

@@ -38,6 +38,20 @@ import wire  # noqa: E402
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/backhaul-task"
 SECRET = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:backhaul/pg-AbCdEf"
+TOPIC = f"arn:aws:sns:us-east-1:{ACCOUNT}:backhaul-alarms"
+ALARM = {
+    "AlarmName": "backhaul-dev-no-backup", "ActionsEnabled": True, "AlarmActions": [TOPIC], "OKActions": [TOPIC],
+    "MetricName": "backup_success", "Namespace": "backhaul", "Statistic": "Sum",
+    "Dimensions": [{"Name": "stage", "Value": "dev"}], "Period": 3600, "EvaluationPeriods": 26, "DatapointsToAlarm": 26,
+    "Threshold": 1.0, "ComparisonOperator": "LessThanThreshold", "TreatMissingData": "breaching",
+}
+FAILED_PATTERN = (
+    '{"source": ["aws.ecs"], "detail-type": ["ECS Task State Change"], "detail": {"lastStatus": ["STOPPED"], '
+    '"group": ["family:backhaul-dev"], "$or": [{"containers": {"exitCode": [{"anything-but": 0}]}}, {"stopCode": ["TaskFailedToStart"]}]}}'
+)
+TOPIC_TARGET = {"Rule": "backhaul-dev.failed", "Targets": [{"Id": "backhaul-alarm-topic", "Arn": TOPIC, "InputTransformer": {
+    "InputPathsMap": {"task": "$.detail.taskArn", "reason": "$.detail.stoppedReason"},
+    "InputTemplate": '"backhaul stage dev: task <task> stopped: <reason>. Its log: backhaul logs --stage dev --task <task>"'}}]}
 
 
 def record(service: str, op: str, params: dict, *, auth: bool = True, checksum: bool = False) -> dict:
@@ -209,6 +223,12 @@ GOOD = [
     ("s3", "CopyObject", {"Bucket": "backups", "Key": "b", "CopySource": "backups/a"}),
     ("s3", "GetObjectTagging", {"Bucket": "backups", "Key": "a"}),
     ("s3", "ListBuckets", {}),
+    ("cloudwatch", "PutMetricAlarm", ALARM),
+    ("cloudwatch", "PutMetricAlarm", dict(ALARM, Period=300, EvaluationPeriods=288, DatapointsToAlarm=288)),
+    ("cloudwatch", "DescribeAlarms", {"AlarmNames": ["backhaul-dev-no-backup"]}),
+    ("cloudwatch", "DeleteAlarms", {"AlarmNames": ["backhaul-dev-no-backup"]}),
+    ("events", "PutRule", {"Name": "backhaul-dev.failed", "EventPattern": FAILED_PATTERN, "State": "ENABLED"}),
+    ("events", "PutTargets", TOPIC_TARGET),
     ("cloudformation", "DescribeStacks", {"StackName": "backhaul"}),
     ("cloudformation", "CreateStack", {"StackName": "backhaul", "TemplateBody": "Resources: {}\n", "Parameters": [{"ParameterKey": "Stage", "ParameterValue": "dev"}], "Capabilities": ["CAPABILITY_NAMED_IAM"], "Tags": [{"Key": "a", "Value": "b"}]}),
     ("iam", "CreateRole", {"RoleName": "backhaul-task", "AssumeRolePolicyDocument": '{"Version": "2012-10-17"}', "Tags": [{"Key": "a", "Value": "b"}]}),
@@ -293,6 +313,18 @@ BAD = [
     ("s3.sizes", "s3", "CompleteMultipartUpload", {"Bucket": "backups", "Key": "k", "UploadId": "u", "MultipartUpload": {"Parts": [{"ETag": "a", "PartNumber": 2}, {"ETag": "b", "PartNumber": 1}]}}),
     ("s3.metadata", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "Body": b"", "Metadata": {"note": "n" * 2100}}),
     ("s3.sse-kms", "s3", "PutObject", {"Bucket": "backups", "Key": "k", "Body": b"", "ServerSideEncryption": "AES256", "SSEKMSKeyId": "arn:aws:kms:us-east-1:123456789012:key/abc"}),
+    ("cloudwatch.alarm-window", "cloudwatch", "PutMetricAlarm", dict(ALARM, Period=90)),
+    ("cloudwatch.alarm-window", "cloudwatch", "PutMetricAlarm", dict(ALARM, Period=300, EvaluationPeriods=289, DatapointsToAlarm=1)),
+    ("cloudwatch.alarm-window", "cloudwatch", "PutMetricAlarm", dict(ALARM, Period=3600, EvaluationPeriods=169, DatapointsToAlarm=1)),
+    ("cloudwatch.alarm-window", "cloudwatch", "PutMetricAlarm", dict(ALARM, DatapointsToAlarm=27)),
+    ("cloudwatch.alarm-metric", "cloudwatch", "PutMetricAlarm", dict(ALARM, TreatMissingData="Breaching")),
+    ("cloudwatch.alarm-metric", "cloudwatch", "PutMetricAlarm", {k: v for k, v in ALARM.items() if k != "Statistic"}),
+    ("cloudwatch.alarm-metric", "cloudwatch", "PutMetricAlarm", dict(ALARM, AlarmActions=["backhaul-alarms"])),
+    ("events.event-pattern", "events", "PutRule", {"Name": "b", "EventPattern": "{nope"}),
+    ("events.event-pattern", "events", "PutRule", {"Name": "b", "EventPattern": '{"source": "aws.ecs"}'}),
+    ("events.event-pattern", "events", "PutRule", {"Name": "b", "EventPattern": '{"detail": {"$or": [{"a": [1]}]}}'}),
+    ("events.event-pattern", "events", "PutRule", {"Name": "b", "EventPattern": '{"detail": {"exitCode": [{"not": 0}]}}'}),
+    ("events.input-transformer", "events", "PutTargets", {"Rule": "r", "Targets": [dict(TOPIC_TARGET["Targets"][0], InputTransformer={"InputPathsMap": {"task": "detail.taskArn"}, "InputTemplate": '"<task>"'})]}),
     # Model checks (botocore's shapes).
     ("model.required", "ecs", "RegisterTaskDefinition", {k: v for k, v in taskdef().items() if k != "family"}),
     ("model.required", "events", "PutTargets", {"Rule": "r", "Targets": [{"Id": "1"}]}),
@@ -514,7 +546,15 @@ def _cbor() -> None:
         "body_b64": base64.b64encode(b"\xa0").decode(),
     }
     rep = run([rec])
-    _assert(list(rep.counts) == ["ecs:ListClusters"] and not rep.violations and rep.warnings, f"{rep.counts} {rep.warnings}")
+    _assert(list(rep.counts) == ["ecs:ListClusters"] and not rep.violations and not rep.warnings, f"{rep.counts} {rep.warnings}")
+    # Decoded, then checked like any other input.
+    rec["target"] = "/service/GraniteServiceVersion20100801/operation/PutMetricAlarm"
+    rec["headers"] = dict(rec["headers"], authorization=rec["headers"]["authorization"].replace("/ecs/", "/monitoring/"))
+    rec["body_b64"] = base64.b64encode(bytes.fromhex("a1") + b"\x66Period" + bytes.fromhex("18 5a")).decode()
+    rep = run([rec])
+    _assert(list(rep.counts) == ["cloudwatch:PutMetricAlarm"] and "cloudwatch.alarm-window" in [v.rule for v in rep.violations], f"{rep.counts} {[v.line() for v in rep.violations]}")
+    rec["body_b64"] = base64.b64encode(b"\xff\x00").decode()
+    _assert("model.body" in [v.rule for v in run([rec]).violations], "a body that is not CBOR")
 
 
 def _unknown_service() -> None:

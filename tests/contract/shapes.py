@@ -28,6 +28,7 @@ import botocore.session
 # its SigV4 credential scope names a service botocore has a model for.
 KNOWN_SERVICES = (
     "ecs",
+    "cloudwatch",
     "events",
     "scheduler",
     "logs",

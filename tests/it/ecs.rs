@@ -590,6 +590,7 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
             .parameters(param("PostgresSecretArn", &secret_arn))
             .parameters(param("KeyPrefix", "teams/shop"))
             .parameters(param("KmsKeyArn", &kms_key))
+            .parameters(param("AlarmEmail", "ops@example.com"))
             .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityNamedIam)
             .send(),
     )
@@ -632,9 +633,17 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         "Region",
         "KeyPrefix",
         "KmsKeyArn",
+        "AlarmTopicArn",
     ] {
         output(k);
     }
+    // The alarm topic, encrypted with its own key (moto does not apply AWS::SNS::TopicPolicy:
+    // cfn-lint judges that one).
+    let topic = output("AlarmTopicArn");
+    let key = py(&format!(
+        "print(client('sns').get_topic_attributes(TopicArn='{topic}')['Attributes'].get('KmsMasterKeyId', ''))"
+    ));
+    assert!(key.starts_with("arn:aws:kms:"), "{key}");
     assert!(!outputs
         .iter()
         .any(|o| o.output_key() == Some("MongoSecretArn")));
@@ -723,12 +732,26 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         Some(output("TaskExecutionRoleArn").as_str())
     );
     assert_eq!(td.task_role_arn(), Some(output("TaskRoleArn").as_str()));
+    // --from-stack picked up AlarmTopicArn: the alarm and the failure rule tell that topic.
+    let cw = aws_sdk_cloudwatch::Client::new(&moto().sdk_config());
+    let alarms = block_on(
+        cw.describe_alarms()
+            .alarm_names(format!("{family}-no-backup"))
+            .send(),
+    )
+    .unwrap();
+    assert_eq!(
+        alarms.metric_alarms()[0].alarm_actions(),
+        std::slice::from_ref(&topic)
+    );
+    assert_eq!(targets(&format!("{family}.failed"))[0].arn(), topic);
     rec.check(&[
         "cloudformation:CreateStack",
         "cloudformation:DescribeStacks",
         "ecs:RegisterTaskDefinition",
         "events:PutRule",
         "events:PutTargets",
+        "cloudwatch:PutMetricAlarm",
     ]);
 }
 

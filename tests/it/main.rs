@@ -4,6 +4,7 @@
 
 mod common;
 
+mod alarms;
 mod any_input;
 mod backup_mongo;
 mod backup_pg;
@@ -29,5 +30,6 @@ mod schedule_tz;
 mod secret_hygiene;
 mod secrets_at_rest;
 mod soak;
+mod status_check;
 mod terminal;
 mod trust;

@@ -162,8 +162,10 @@ fn on_a_terminal_backup_list_and_restore_speak_to_a_person() {
 
     // A failed run on a terminal: the summary names the failure and says FAILED.
     let (code, failed, _) = on_pty({
+        // Each later run has a stage of its own: keys have one-second resolution, and two
+        // runs of one stage in the same second collide (the second fails, by design).
         let mut c = pty_cmd(&f, &["backup"]);
-        c.env("PG_DB_NAME", "app,missing");
+        c.env("PG_DB_NAME", "app,missing").env("STAGE", "failing");
         c
     });
     assert_eq!(code, 1, "{failed}");
@@ -171,16 +173,21 @@ fn on_a_terminal_backup_list_and_restore_speak_to_a_person() {
     assert_eq!(verdict, "FAILED: 1 of 2 backups failed", "{failed}");
 
     // `--log-format json` on a terminal: the machine lines, as in ECS.
-    let (code, json, _) = on_pty(pty_cmd(&f, &["backup", "--log-format", "json"]));
-    assert_eq!(code, 0);
+    let (code, json, _) = on_pty({
+        let mut c = pty_cmd(&f, &["backup", "--log-format", "json"]);
+        c.env("STAGE", "json");
+        c
+    });
+    assert_eq!(code, 0, "{json}");
     assert_eq!(summaries(json.as_bytes()).len(), 2, "{json}");
     // ... and so in ECS (the task metadata variable is set there).
     let (code, ecs, _) = on_pty({
         let mut c = pty_cmd(&f, &["backup"]);
-        c.env("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/x");
+        c.env("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/x")
+            .env("STAGE", "ecs");
         c
     });
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{ecs}");
     let lines = summaries(ecs.as_bytes());
     assert_eq!(lines.len(), 2, "{ecs}");
     assert!(

@@ -1,0 +1,147 @@
+//! `status --check`: exit 0 when every database has a good backup young enough, 1 naming each
+//! that does not (backdated by renaming real backups; failed by a real `verify` of a damaged
+//! object), 2 when it cannot know how old is too old.
+
+use std::path::Path;
+
+use crate::common::{backhaul, backhaul_moto, pg_env, summaries, Fixture};
+
+/// `backhaul` on the file:// store at `dir`, stage prod.
+fn on(dir: &Path) -> assert_cmd::Command {
+    let mut cmd = backhaul();
+    cmd.env("STAGE", "prod")
+        .env("BACKUP_DEST", format!("file://{}", dir.display()));
+    cmd
+}
+
+fn check(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = on(dir)
+        .args(["status", "--check"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+/// Moves the backup at `key` (and its manifest) to the same database `days` days earlier.
+fn backdate(dir: &Path, key: &str, days: i64) -> String {
+    let (stage, rest) = key.split_once('/').unwrap();
+    let ts = &rest[..20];
+    let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%d_%Hh%Mm%Ss").unwrap()
+        - chrono::Duration::days(days);
+    let old = t.format("%Y-%m-%d_%Hh%Mm%Ss").to_string();
+    let new_key = format!("{stage}/{}", rest.replace(ts, &old));
+    std::fs::create_dir_all(dir.join(&new_key).parent().unwrap()).unwrap();
+    for suffix in ["", ".manifest.json"] {
+        std::fs::rename(
+            dir.join(format!("{key}{suffix}")),
+            dir.join(format!("{new_key}{suffix}")),
+        )
+        .unwrap();
+    }
+    new_key
+}
+
+#[test]
+fn fresh_overdue_and_failed_backups() {
+    let fx = Fixture::builder("check")
+        .databases(&[("app", ""), ("audit", "")])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = on(dir.path());
+    cmd.arg("backup");
+    pg_env(&mut cmd, &fx.pg, "app", &fx.password, "app,audit");
+    let out = cmd.assert().success();
+    let keys: Vec<String> = summaries(&out.get_output().stdout)
+        .iter()
+        .map(|l| l["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+
+    // Fresh: exit 0, one ok line per database.
+    let (code, text) = check(dir.path(), &["--max-age", "1h"]);
+    assert_eq!(code, 0, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("ok prod postgres app: last good backup "),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("ok prod postgres audit: last good backup "),
+        "{text}"
+    );
+    assert!(lines[0].ends_with("allowed 1h (--max-age 1h)"), "{text}");
+
+    // audit's only backup is now three days old: overdue, named with its age.
+    backdate(dir.path(), &keys[1], 3);
+    let (code, text) = check(dir.path(), &["--max-age", "1day"]);
+    assert_eq!(code, 1, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("ok prod postgres app: "), "{text}");
+    assert!(
+        lines[1].starts_with("FAIL prod postgres audit: overdue: last good backup ")
+            && lines[1].contains(" (3days ")
+            && lines[1].ends_with("allowed 1day (--max-age 1day)"),
+        "{text}"
+    );
+    // A long enough allowance takes it back.
+    assert_eq!(check(dir.path(), &["--max-age", "4d"]).0, 0);
+
+    // app's newest backup is damaged and a real verify records the failure: failing, although
+    // it is fresh.
+    let object = dir.path().join(&keys[0]);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    on(dir.path())
+        .args(["verify", "latest", "--database", "app"])
+        .assert()
+        .code(1);
+    let (code, text) = check(dir.path(), &["--max-age", "4d"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.lines().next().unwrap().starts_with(&format!(
+            "FAIL prod postgres app: newest backup {} failed verification; no good backup, allowed 4days",
+            keys[0]
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_empty_stage_fails_and_no_allowance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = check(dir.path(), &["--max-age", "26h"]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        text,
+        "FAIL prod: no backups at all, allowed 1day 2h (--max-age 1day 2h)\n"
+    );
+
+    // Not scheduled and no --max-age: nothing says how old is too old.
+    let out = backhaul_moto()
+        .env("STAGE", format!("unscheduled-{}", std::process::id()))
+        .env("BACKUP_DEST", format!("file://{}", dir.path().display()))
+        .args(["status", "--check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: --check needs a schedule") && err.contains("--max-age"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A bad duration is a configuration error too.
+    let out = on(dir.path())
+        .args(["status", "--check", "--max-age", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
