@@ -497,7 +497,7 @@ where
         post_done: HashSet::new(),
         post_busy: HashSet::new(),
         wave: JoinSet::new(),
-        wave_slots: 0,
+        running: std::collections::HashMap::new(),
         waves: 0,
     };
     let result = pipeline
@@ -669,13 +669,12 @@ struct Pipeline {
     t0: Instant,
     /// Data blocks committed.
     committed: HashSet<i32>,
-    /// Post-data entries restored, and those the running wave restores.
+    /// Post-data entries restored, and those running post-data pg_restores restore.
     post_done: HashSet<i32>,
     post_busy: HashSet<i32>,
-    /// The running post-data pg_restore (at most one: see [`Pipeline::start_wave`]), and the
-    /// slots it took.
-    wave: JoinSet<anyhow::Result<()>>,
-    wave_slots: usize,
+    /// Running post-data pg_restores (see [`Pipeline::start_wave`]), by number.
+    wave: JoinSet<anyhow::Result<usize>>,
+    running: std::collections::HashMap<usize, Wave>,
     waves: usize,
 }
 
@@ -771,10 +770,10 @@ impl Pipeline {
             }
             // Post-data only once the whole object matched its checksum: what it builds then
             // comes from verified bytes, on data that committed after the same verdict.
-            if fed.is_some() && self.progress.pre_data && self.wave.is_empty() {
-                self.start_wave(plan, data_done, cancel)?;
+            if fed.is_some() && self.progress.pre_data {
+                while self.start_wave(plan, data_done, cancel)? {}
             }
-            if data_done && self.wave.is_empty() && self.post_done.len() >= plan.post.len() {
+            if data_done && self.running.is_empty() && self.post_done.len() >= plan.post.len() {
                 return Ok(fed.take().expect("checked above"));
             }
             tokio::select! {
@@ -819,11 +818,15 @@ impl Pipeline {
                     }
                 }
                 Some(w) = self.wave.join_next() => {
-                    w.context("post-data task panicked")??;
-                    self.progress.post_done += self.post_busy.len();
-                    self.post_done.extend(self.post_busy.drain());
-                    self.slots += std::mem::take(&mut self.wave_slots);
-                    tracing::debug!(at_ms = self.ms(), wave = self.waves, "post-data pg_restore done");
+                    let n = w.context("post-data task panicked")??;
+                    let w = self.running.remove(&n).expect("every wave is recorded");
+                    for id in &w.entries {
+                        self.post_busy.remove(id);
+                    }
+                    self.progress.post_done += w.entries.len();
+                    self.post_done.extend(w.entries);
+                    self.slots += w.slots;
+                    tracing::debug!(at_ms = self.ms(), wave = n, "post-data pg_restore done");
                 }
                 Some(batch) = self.held.1.recv() => {
                     if !self.gone.remove(&batch) {
@@ -886,27 +889,38 @@ impl Pipeline {
     }
 
     /// Starts a pg_restore for the post-data entries that may run now ([`Plan::ready`]): a
-    /// table's indexes and constraints as soon as its data committed, as `pg_restore -j`
-    /// does, while other tables still load. Only after the verdict (the caller checks), so
+    /// table's indexes and constraints as soon as its data committed, while other tables
+    /// still load, as `pg_restore -j` does. Only after the verdict (the caller checks), so
     /// nothing it builds comes from bytes not verified, and only on data that committed,
     /// which no data could before that same verdict.
     ///
-    /// One at a time, with the slots free now (`pg_restore -j k`; with one slot, one
-    /// transaction): its entries touch only tables whose data committed, which no data
-    /// pg_restore holds, and within it pg_restore keeps conflicting entries apart, as in a
-    /// whole `pg_restore -j`; two at once could each hold a lock the other waits for. While
-    /// blocks wait for a slot, data goes first.
+    /// Returns whether it started one. It takes the slots free now (`pg_restore -j k`; with one slot, one transaction). Its
+    /// entries touch only tables whose data committed, which no data pg_restore holds, and
+    /// none that a running post-data pg_restore touches: two pg_restores never wait for each
+    /// other's locks, so they cannot deadlock. Within one, pg_restore keeps conflicting
+    /// entries apart, as in a whole `pg_restore -j`. While blocks wait for a slot, data goes
+    /// first.
     fn start_wave(
         &mut self,
         plan: &Plan,
         data_done: bool,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         if self.slots == 0 || (!data_done && !self.queue.is_empty()) {
-            return Ok(());
+            return Ok(false);
         }
-        let mut ids = plan.ready(&self.committed, &self.post_done, &self.post_busy);
-        if ids.is_empty() && data_done {
+        let busy_tables: HashSet<i32> = self
+            .running
+            .values()
+            .flat_map(|w| w.tables.iter().copied())
+            .collect();
+        let mut ids = plan.ready(
+            &self.committed,
+            &self.post_done,
+            &self.post_busy,
+            &busy_tables,
+        );
+        if ids.is_empty() && data_done && self.running.is_empty() {
             // Every block committed, so everything left is ready; should a dependency say
             // otherwise, pg_restore orders what is left itself, as it always did.
             ids = plan
@@ -917,23 +931,36 @@ impl Pipeline {
                 .collect();
         }
         if ids.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let k = self.slots.min(ids.len());
         self.slots -= k;
-        self.wave_slots = k;
         self.waves += 1;
-        let list = self.dir.join(format!("post-{}.list", self.waves));
+        let n = self.waves;
+        let list = self.dir.join(format!("post-{n}.list"));
         write_list(&list, &ids)?;
         tracing::debug!(
             at_ms = self.ms(),
-            wave = self.waves,
+            wave = n,
             entries = ids.len(),
             jobs = k,
             data_done,
             "post-data pg_restore starts"
         );
-        self.post_busy.extend(ids);
+        self.post_busy.extend(ids.iter().copied());
+        let tables = ids
+            .iter()
+            .filter_map(|id| plan.needs.get(id))
+            .flat_map(|x| x.blocks.iter().copied())
+            .collect();
+        self.running.insert(
+            n,
+            Wave {
+                entries: ids,
+                slots: k,
+                tables,
+            },
+        );
         let (target, path, cancel) = (self.target.clone(), self.path.clone(), cancel.clone());
         let opts = RestoreOpts {
             jobs: Some(k as u32),
@@ -945,9 +972,9 @@ impl Pipeline {
                 file: Some(&path),
                 list: Some(&list),
             };
-            run_phase(&target, &opts, run, &cancel).await
+            run_phase(&target, &opts, run, &cancel).await.map(|()| n)
         }));
-        Ok(())
+        Ok(true)
     }
 
     fn dispatch(&mut self, now: Instant, flush: bool) {
@@ -1035,6 +1062,14 @@ struct Worker {
     held: mpsc::UnboundedSender<usize>,
     /// When the restore started, for the trace.
     t0: Instant,
+}
+
+/// A running post-data pg_restore.
+struct Wave {
+    entries: Vec<i32>,
+    slots: usize,
+    /// The data blocks (tables) its entries touch.
+    tables: HashSet<i32>,
 }
 
 /// A batch committed.

@@ -597,13 +597,15 @@ fn restore_pass(e: &TocEntry) -> Pass {
 impl Plan {
     /// The post-data entries that may run now, in archive order, given the data blocks
     /// `committed` and the post-data entries `done` and `busy` (running): each has all its
-    /// blocks committed and every post-data entry it depends on done or in this same set
-    /// (one `pg_restore` orders its own entries). None depends on a busy one.
+    /// blocks committed and none of them in `busy_tables` (tables a running pg_restore
+    /// touches), and every post-data entry it depends on done or in this same set (one
+    /// `pg_restore` orders its own entries). None depends on a busy one.
     pub fn ready(
         &self,
         committed: &HashSet<i32>,
         done: &HashSet<i32>,
         busy: &HashSet<i32>,
+        busy_tables: &HashSet<i32>,
     ) -> Vec<i32> {
         let none = Needs::default();
         let needs = |id: &i32| self.needs.get(id).unwrap_or(&none);
@@ -611,7 +613,12 @@ impl Plan {
             .post
             .iter()
             .filter(|id| !done.contains(id) && !busy.contains(id))
-            .filter(|id| needs(id).blocks.iter().all(|b| committed.contains(b)))
+            .filter(|id| {
+                needs(id)
+                    .blocks
+                    .iter()
+                    .all(|b| committed.contains(b) && !busy_tables.contains(b))
+            })
             .copied()
             .collect();
         // Drop what waits on an entry outside the set and not done, until nothing changes.
@@ -910,22 +917,32 @@ mod tests {
         let set = |ids: &[i32]| ids.iter().copied().collect::<HashSet<i32>>();
         let none = HashSet::new();
         // Before any data: only what needs none (the sequence's value).
-        assert_eq!(plan.ready(&none, &none, &none), [seq]);
+        assert_eq!(plan.ready(&none, &none, &none, &none), [seq]);
         // `accounts` committed: its key; the foreign key waits for `moves` too.
-        assert_eq!(plan.ready(&set(&[accounts]), &none, &none), [seq, pkey]);
+        assert_eq!(
+            plan.ready(&set(&[accounts]), &none, &none, &none),
+            [seq, pkey]
+        );
         // `moves` committed: its index; the foreign key also needs the key, not done yet.
-        assert_eq!(plan.ready(&set(&[moves]), &none, &none), [seq, index]);
+        assert_eq!(
+            plan.ready(&set(&[moves]), &none, &none, &none),
+            [seq, index]
+        );
         // Both: everything at once (one pg_restore puts the key before the foreign key).
         let both = set(&[accounts, moves]);
-        let mut all = plan.ready(&both, &none, &none);
+        let mut all = plan.ready(&both, &none, &none, &none);
         all.sort_unstable();
         let mut post = plan.post.clone();
         post.sort_unstable();
         assert_eq!(all, post);
-        // The key running elsewhere: the foreign key waits for it to be done.
+        // The key running elsewhere: the foreign key waits for it to be done; nothing else
+        // on `accounts` runs beside it.
         let busy = set(&[pkey]);
-        assert_eq!(plan.ready(&both, &none, &busy), [seq, index]);
+        assert_eq!(
+            plan.ready(&both, &none, &busy, &set(&[accounts])),
+            [seq, index]
+        );
         let done = set(&[pkey, seq]);
-        assert_eq!(plan.ready(&both, &done, &none), [index, fk]);
+        assert_eq!(plan.ready(&both, &done, &none, &none), [index, fk]);
     }
 }
