@@ -238,7 +238,8 @@ impl Queue {
         self.items.is_empty()
     }
 
-    /// The next batch for one of `free` idle pg_restore slots, if one is worth starting now:
+    /// The next batch for an idle pg_restore slot, sharing work among `free` slots (the caller
+    /// passes N), if one is worth starting now:
     /// the largest complete big block alone; else a fair share of the complete small ones,
     /// once they are many, or have waited [`LINGER`], or nothing more will arrive (`flush`);
     /// else the block still arriving, once it is big or has waited.
@@ -491,6 +492,7 @@ where
         holding: HashSet::new(),
         gone: HashSet::new(),
         max_live: jobs + MAX_HELD,
+        jobs,
         lead_off: false,
         t0,
         committed: HashSet::new(),
@@ -663,6 +665,8 @@ struct Pipeline {
     gone: HashSet<usize>,
     /// pg_restore processes alive at most: loading ones plus those waiting for the verdict.
     max_live: usize,
+    /// N: pg_restore processes at work at once (data and post-data).
+    jobs: usize,
     /// The download's limits were lifted (see [`Pipeline::dispatch`]).
     lead_off: bool,
     /// When the restore started: trace events say how far in they are.
@@ -933,7 +937,11 @@ impl Pipeline {
         if ids.is_empty() {
             return Ok(false);
         }
-        let k = self.slots.min(ids.len());
+        // A share of what is ready, so that a slot freed later finds work too instead of
+        // waiting for one long pg_restore; at least one table's entries together.
+        let share = (ids.len() + self.post_busy.len()).div_ceil(self.jobs);
+        let ids = share_of(plan, &ids, share, &self.post_done);
+        let k = self.slots.min(ids.len().div_ceil(share));
         self.slots -= k;
         self.waves += 1;
         let n = self.waves;
@@ -993,7 +1001,10 @@ impl Pipeline {
         while self.slots > 0 && self.workers.len() < self.max_live {
             let Some(batch) = self
                 .queue
-                .take(self.spool.written(), now, flush, self.slots)
+                // A share of all N, not of the slots free now: a batch taken while another
+                // slot is busy must leave work for that slot once it frees (one batch of
+                // every small table left ran alone for seconds in the 200-table trace).
+                .take(self.spool.written(), now, flush, self.jobs)
             else {
                 return;
             };
@@ -1062,6 +1073,56 @@ struct Worker {
     held: mpsc::UnboundedSender<usize>,
     /// When the restore started, for the trace.
     t0: Instant,
+}
+
+/// The first entries of `ready` (whole tables at a time: every entry touching the same
+/// tables) up to about `share` of them, and none whose post-data dependencies are neither
+/// `done` nor among those taken: a pg_restore of them needs nothing still to come. In
+/// `ready`'s order.
+fn share_of(plan: &Plan, ready: &[i32], share: usize, done: &HashSet<i32>) -> Vec<i32> {
+    let tables = |id: &i32| {
+        plan.needs
+            .get(id)
+            .map(|n| n.blocks.clone())
+            .unwrap_or_default()
+    };
+    let mut groups: Vec<(Vec<i32>, Vec<i32>)> = Vec::new();
+    for id in ready {
+        let t = tables(id);
+        match groups.iter_mut().find(|g| g.0 == t) {
+            Some(g) => g.1.push(*id),
+            None => groups.push((t, vec![*id])),
+        }
+    }
+    let mut taken: Vec<i32> = Vec::new();
+    for (_, group) in groups {
+        if taken.len() >= share {
+            break;
+        }
+        let within: HashSet<i32> = taken.iter().chain(&group).copied().collect();
+        let closed = group.iter().all(|id| {
+            plan.needs.get(id).is_none_or(|n| {
+                n.post
+                    .iter()
+                    .all(|d| done.contains(d) || within.contains(d))
+            })
+        });
+        if closed {
+            taken.extend(group);
+        }
+    }
+    if taken.is_empty() {
+        // Only if dependencies run against archive order: the whole ready set is closed.
+        return ready.to_vec();
+    }
+    // In archive order, which pg_dump made follow the dependencies: a serial pg_restore
+    // runs its list in the list's order.
+    let taken: HashSet<i32> = taken.into_iter().collect();
+    ready
+        .iter()
+        .filter(|id| taken.contains(id))
+        .copied()
+        .collect()
 }
 
 /// A running post-data pg_restore.
@@ -1286,6 +1347,46 @@ mod tests {
         let mut q = complete(&sizes, t0);
         let first = q.take(0, t0, false, 1).unwrap();
         assert_eq!(first.len() as u64, BATCH_BYTES / (BIG / 2));
+    }
+
+    /// Post-data work is cut in shares of whole tables, each needing nothing outside it that
+    /// is not done, so a later free slot finds work of its own.
+    #[test]
+    fn post_data_is_shared_by_whole_tables() {
+        use crate::source::pg_archive::Needs;
+        // Tables (blocks) 1 and 2: keys 11, 12, indexes 21, 22, and a foreign key 31 on table
+        // 2 referencing table 1's key.
+        let needs = |blocks: &[i32], post: &[i32]| Needs {
+            blocks: blocks.to_vec(),
+            post: post.to_vec(),
+        };
+        let plan = Plan {
+            post: vec![11, 12, 21, 22, 31],
+            needs: [
+                (11, needs(&[1], &[])),
+                (12, needs(&[2], &[])),
+                (21, needs(&[1], &[])),
+                (22, needs(&[2], &[])),
+                (31, needs(&[1, 2], &[11])),
+            ]
+            .into_iter()
+            .collect(),
+            ..Plan::default()
+        };
+        let none = HashSet::new();
+        let ready = [11, 12, 21, 22, 31];
+        assert_eq!(share_of(&plan, &ready, 2, &none), [11, 21], "table 1 whole");
+        assert_eq!(share_of(&plan, &ready, 3, &none), [11, 12, 21, 22]);
+        // The foreign key goes with its key, or once the key is done.
+        assert_eq!(share_of(&plan, &ready, 5, &none), ready);
+        assert_eq!(
+            share_of(&plan, &[31], 1, &none),
+            [31],
+            "nothing else is ready"
+        );
+        let done: HashSet<i32> = [11].into_iter().collect();
+        assert_eq!(share_of(&plan, &[12, 31], 1, &done), [12]);
+        assert_eq!(share_of(&plan, &[31, 12], 1, &done), [31]);
     }
 
     #[test]
