@@ -28,7 +28,8 @@
 #   BENCH_SIZES    several sizes, e.g. "650 1300": runs each, adds a peak-RSS flatness table
 #   BENCH_REPEAT   repetitions per case (default 3)
 #   BENCH_BIN      backhaul binary (default target/release/backhaul; not built by this script)
-#   BENCH_S3       moto (default; Python, may be the bottleneck) or s3s (s3s-fs, Rust, faster)
+#   BENCH_S3       moto (default; Python, may be the bottleneck), s3s (s3s-fs, Rust, faster) or
+#                  file (restore cases only: the object in a local directory, the fastest link)
 #   BENCH_RESTORE  1 (default) times the restore cases too; 0 skips them
 #   BENCH_BACKUP   1 (default) times the backup cases; 0 skips them (restore figures only)
 #   BENCH_RESTORE_JOBS  N for the -j / --jobs cases (default: nproc)
@@ -104,7 +105,10 @@ case "$S3KIND" in
       echo "    cargo install s3s-fs@0.14.1 --features binary --locked" >&2
       exit 2
     fi ;;
-  *) die "BENCH_S3 must be moto or s3s, got '$S3KIND'" ;;
+  file) # restore cases only: the object in a local directory, the fastest link there is
+    selected r_download && die "BENCH_S3=file has no S3 server for r_download: leave it out of BENCH_CASES"
+    [ "$BACKUP" = 1 ] && die "BENCH_S3=file times restore cases only: set BENCH_CASES (e.g. restore-jobs) or BENCH_BACKUP=0" ;;
+  *) die "BENCH_S3 must be moto, s3s or file, got '$S3KIND'" ;;
 esac
 case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 mkdir -p "$OUT" || die "cannot create BENCH_OUT=$OUT"
@@ -157,7 +161,11 @@ psql_su -c "create role bench login superuser password 'bench'" >/dev/null
 export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3PORT"
 mkdir -p "$WORK/s3"
-if [ "$S3KIND" = moto ]; then
+if [ "$S3KIND" = file ]; then
+  S3_SHORT=file
+  S3_DESC="none: the object in a local directory (BACKUP_DEST=file://), the fastest link"
+  mkdir -p "$WORK/s3/store"
+elif [ "$S3KIND" = moto ]; then
   S3_SHORT=moto
   S3_DESC="moto_server $("$PY" -c 'import moto; print(moto.__version__)') (Python, in-memory)"
   # moto spools object bodies to temp files; keep them out of the measured TMPDIRs.
@@ -169,17 +177,21 @@ else
   "$S3S_FS" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
     --host 127.0.0.1 --port "$S3PORT" "$WORK/s3/data" >"$WORK/s3.log" 2>&1 &
 fi
-S3_PID=$!
-say "starting S3 server: $S3_DESC on $AWS_ENDPOINT_URL"
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.2; done
-kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3.log" >&2; die "S3 server exited"; }
 BUCKET=backhaul-bench
-"$PY" "$S3UTIL" create-bucket "$BUCKET" || { tail -20 "$WORK/s3.log" >&2; die "could not create bucket on $AWS_ENDPOINT_URL"; }
+if [ "$S3KIND" != file ]; then
+  S3_PID=$!
+  say "starting S3 server: $S3_DESC on $AWS_ENDPOINT_URL"
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.2; done
+  kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3.log" >&2; die "S3 server exited"; }
+  "$PY" "$S3UTIL" create-bucket "$BUCKET" || { tail -20 "$WORK/s3.log" >&2; die "could not create bucket on $AWS_ENDPOINT_URL"; }
+fi
+clear_store() { if [ "$S3KIND" = file ]; then rm -rf "$WORK/s3/store"/*; else "$PY" "$S3UTIL" clear "$BUCKET"; fi; }
 
 # pg_dump (cases 1-3) and backhaul (4-6) connect the same way: TCP, password auth.
 export PGHOST=127.0.0.1 PGPORT PGUSER=bench PGPASSWORD=bench
 export PG_DB_HOST=127.0.0.1 PG_DB_PORT=$PGPORT PG_DB_USER=bench PG_DB_PASSWORD=bench PG_DUMP_PATH="$PG_DUMP"
-export S3_BUCKET=$BUCKET S3_FORCE_PATH_STYLE=true STAGE=bench BACKHAUL_LOG_FORMAT=text
+export STAGE=bench BACKHAUL_LOG_FORMAT=text
+if [ "$S3KIND" = file ]; then export BACKUP_DEST="file://$WORK/s3/store"; else export S3_BUCKET=$BUCKET S3_FORCE_PATH_STYLE=true; fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$WORK/raw.jsonl"; : >"$RAW"
@@ -260,7 +272,7 @@ run_case() { # $1 size, $2 case, $3 rep
   if [ "$name" != floor ] && [ "$rc" -eq 0 ]; then
     obj=$("$PY" "$S3UTIL" object-bytes "$BUCKET" | awk '{print $1}')
   fi
-  "$PY" "$S3UTIL" clear "$BUCKET"
+  clear_store
   local wall user sys rss
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   user=$(tfield "$d/time" "User time (seconds)")
@@ -353,7 +365,7 @@ for size in $SIZES; do
       for c in "${RESTORE_CASES[@]}"; do if selected "$c"; then run_restore_case "$size" "$c" "$rep"; fi; done
     done
     psql_su -c "drop database if exists bench_restore" >/dev/null
-    "$PY" "$S3UTIL" clear "$BUCKET"
+    clear_store
     rm -f "$WORK/restore-src.dump"
   fi
   psql_su -c "drop database $DB" >/dev/null
