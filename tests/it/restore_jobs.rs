@@ -464,3 +464,47 @@ fn a_tables_indexes_are_built_while_a_later_table_still_loads() {
     );
     assert_eq!(plain_dump(pg, "target"), original);
 }
+
+/// A spool budget that is not a size is a setting to fix: exit 2, one line naming where it was
+/// set, nothing touched (AWS points at a closed port: any call would fail differently).
+#[test]
+fn a_bad_spool_budget_exits_2_with_one_line() {
+    for (flag, budget, expected) in [
+        (
+            true,
+            "lots",
+            "error: --spool-budget \"lots\" is not a size: use e.g. 2GiB or 500MiB",
+        ),
+        (
+            false,
+            "1MiB",
+            "error: RESTORE_SPOOL_BUDGET \"1MiB\" is below the minimum of 64 MiB",
+        ),
+    ] {
+        let mut cmd = backhaul();
+        cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("S3_BUCKET", "bkt")
+            .env("STAGE", "prod")
+            .args([
+                "restore",
+                "latest",
+                "--kind",
+                "postgres",
+                "--database",
+                "d",
+                "--jobs",
+                "2",
+                "--to",
+                "postgresql://u@127.0.0.1:9/d",
+            ]);
+        if flag {
+            cmd.args(["--spool-budget", budget]);
+        } else {
+            cmd.env("RESTORE_SPOOL_BUDGET", budget);
+        }
+        let out = cmd.assert().code(2);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines, vec![expected], "{budget}");
+    }
+}
