@@ -28,10 +28,24 @@
 #   BENCH_SIZES    several sizes, e.g. "650 1300": runs each, adds a peak-RSS flatness table
 #   BENCH_REPEAT   repetitions per case (default 3)
 #   BENCH_BIN      backhaul binary (default target/release/backhaul; not built by this script)
-#   BENCH_S3       moto (default; Python, may be the bottleneck) or s3s (s3s-fs, Rust, faster)
+#   BENCH_S3       moto (default; Python, may be the bottleneck), s3s (s3s-fs, Rust, faster) or
+#                  file (restore cases only: the object in a local directory, the fastest link)
 #   BENCH_RESTORE  1 (default) times the restore cases too; 0 skips them
 #   BENCH_BACKUP   1 (default) times the backup cases; 0 skips them (restore figures only)
 #   BENCH_RESTORE_JOBS  N for the -j / --jobs cases (default: nproc)
+#   BENCH_DATASETS what to generate, one or more of: events (default: one wide table with a
+#                  primary key and an index), two (events and a copy of it, events2, with the
+#                  same indexes: two big tables), many (200 tables of mixed sizes, each with a
+#                  primary key and an index; bench/generate-many.sql). BENCH_SIZE_MB is the
+#                  whole database's size in each.
+#   BENCH_CASES    which cases to time (default: all): case names, or the groups backup,
+#                  restore, restore-jobs (r_local_1tx r_local_jobs r_bh_jobs: what the --jobs
+#                  target and its validity check need), e.g.
+#                    BENCH_CASES=restore-jobs BENCH_DATASETS="two many" BENCH_SIZE_MB=600 bash bench/run.sh
+#
+# Validity: a run in which local `pg_restore -j N` is not clearly faster than local `-1`
+# (median above 0.85x) says nothing about what --jobs should reach on this machine; the
+# report then marks the --jobs target INVALID (no verdict) instead of PASS or FAIL.
 #   BENCH_OUT      where <timestamp>.json and <timestamp>.md go (default bench/results, git-ignored)
 #   BACKHAUL_VENV  Python venv with moto and boto3 (default /opt/backhaul-venv, made by scripts/setup.sh)
 # Exit status: 0 when every run completed (targets may still FAIL: read the table), 1 when a run
@@ -49,6 +63,24 @@ VENV="${BACKHAUL_VENV:-/opt/backhaul-venv}"
 RESTORE="${BENCH_RESTORE:-1}"
 BACKUP="${BENCH_BACKUP:-1}"
 RJOBS="${BENCH_RESTORE_JOBS:-$(nproc)}"
+DATASETS="${BENCH_DATASETS:-events}"
+CASES=(floor script pipeline bh_zstd bh_pg bh_none)
+RESTORE_CASES=(r_local_1tx r_local_jobs r_download r_bh_stream r_bh_jobs)
+SELECTED=" "
+for c in ${BENCH_CASES:-backup restore}; do
+  case "$c" in
+    backup) SELECTED+="${CASES[*]} " ;;
+    restore) SELECTED+="${RESTORE_CASES[*]} " ;;
+    restore-jobs) SELECTED+="r_local_1tx r_local_jobs r_bh_jobs " ;;
+    *) [[ " ${CASES[*]} ${RESTORE_CASES[*]} " == *" $c "* ]] || { echo "bench: error: unknown case '$c' in BENCH_CASES (cases: ${CASES[*]} ${RESTORE_CASES[*]}; groups: backup restore restore-jobs)" >&2; exit 1; }
+       SELECTED+="$c " ;;
+  esac
+done
+selected() { [[ "$SELECTED" == *" $1 "* ]]; }
+any_selected() { local c; for c in "$@"; do selected "$c" && return 0; done; return 1; }
+any_selected "${CASES[@]}" || BACKUP=0
+any_selected "${RESTORE_CASES[@]}" || RESTORE=0
+for d in $DATASETS; do case "$d" in events|two|many) ;; *) echo "bench: error: BENCH_DATASETS: unknown dataset '$d' (events, two, many)" >&2; exit 1 ;; esac; done
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 say() { echo "== $*" >&2; }
@@ -73,7 +105,10 @@ case "$S3KIND" in
       echo "    cargo install s3s-fs@0.14.1 --features binary --locked" >&2
       exit 2
     fi ;;
-  *) die "BENCH_S3 must be moto or s3s, got '$S3KIND'" ;;
+  file) # restore cases only: the object in a local directory, the fastest link there is
+    selected r_download && die "BENCH_S3=file has no S3 server for r_download: leave it out of BENCH_CASES"
+    [ "$BACKUP" = 1 ] && die "BENCH_S3=file times restore cases only: set BENCH_CASES (e.g. restore-jobs) or BENCH_BACKUP=0" ;;
+  *) die "BENCH_S3 must be moto, s3s or file, got '$S3KIND'" ;;
 esac
 case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 mkdir -p "$OUT" || die "cannot create BENCH_OUT=$OUT"
@@ -126,7 +161,11 @@ psql_su -c "create role bench login superuser password 'bench'" >/dev/null
 export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3PORT"
 mkdir -p "$WORK/s3"
-if [ "$S3KIND" = moto ]; then
+if [ "$S3KIND" = file ]; then
+  S3_SHORT=file
+  S3_DESC="none: the object in a local directory (BACKUP_DEST=file://), the fastest link"
+  mkdir -p "$WORK/s3/store"
+elif [ "$S3KIND" = moto ]; then
   S3_SHORT=moto
   S3_DESC="moto_server $("$PY" -c 'import moto; print(moto.__version__)') (Python, in-memory)"
   # moto spools object bodies to temp files; keep them out of the measured TMPDIRs.
@@ -138,35 +177,50 @@ else
   "$S3S_FS" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
     --host 127.0.0.1 --port "$S3PORT" "$WORK/s3/data" >"$WORK/s3.log" 2>&1 &
 fi
-S3_PID=$!
-say "starting S3 server: $S3_DESC on $AWS_ENDPOINT_URL"
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.2; done
-kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3.log" >&2; die "S3 server exited"; }
 BUCKET=backhaul-bench
-"$PY" "$S3UTIL" create-bucket "$BUCKET" || { tail -20 "$WORK/s3.log" >&2; die "could not create bucket on $AWS_ENDPOINT_URL"; }
+if [ "$S3KIND" != file ]; then
+  S3_PID=$!
+  say "starting S3 server: $S3_DESC on $AWS_ENDPOINT_URL"
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3PORT") 2>/dev/null && break; sleep 0.2; done
+  kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3.log" >&2; die "S3 server exited"; }
+  "$PY" "$S3UTIL" create-bucket "$BUCKET" || { tail -20 "$WORK/s3.log" >&2; die "could not create bucket on $AWS_ENDPOINT_URL"; }
+fi
+clear_store() { if [ "$S3KIND" = file ]; then rm -rf "$WORK/s3/store"/*; else "$PY" "$S3UTIL" clear "$BUCKET"; fi; }
 
 # pg_dump (cases 1-3) and backhaul (4-6) connect the same way: TCP, password auth.
 export PGHOST=127.0.0.1 PGPORT PGUSER=bench PGPASSWORD=bench
 export PG_DB_HOST=127.0.0.1 PG_DB_PORT=$PGPORT PG_DB_USER=bench PG_DB_PASSWORD=bench PG_DUMP_PATH="$PG_DUMP"
-export S3_BUCKET=$BUCKET S3_FORCE_PATH_STYLE=true STAGE=bench BACKHAUL_LOG_FORMAT=text
+export STAGE=bench BACKHAUL_LOG_FORMAT=text
+if [ "$S3KIND" = file ]; then export BACKUP_DEST="file://$WORK/s3/store"; else export S3_BUCKET=$BUCKET S3_FORCE_PATH_STYLE=true; fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$WORK/raw.jsonl"; : >"$RAW"
 SIZES_JSON="$WORK/sizes.jsonl"; : >"$SIZES_JSON"
 FAILED=0
 
-make_db() { # $1 = size in MB; sets DB, DB_BYTES, ROWS
-  local size=$1 base bpr sample=50000
-  DB="bench_$size"
+gen_dataset() { # $1 dataset, $2 rows (events: rows of events; two: of each table; many: shared by the 200 tables)
+  case "$1" in
+    events) psql_su -d "$DB" -v n="$2" -f "$ROOT/bench/generate.sql" >/dev/null ;;
+    two) psql_su -d "$DB" -v n="$2" -f "$ROOT/bench/generate.sql" >/dev/null
+         psql_su -d "$DB" -c "drop table if exists events2" -c "create table events2 as select * from events" \
+           -c "alter table events2 add primary key (id)" \
+           -c "create index events2_account_created on events2 (account_id, created_at)" >/dev/null ;;
+    many) psql_su -d "$DB" -v n="$2" -f "$ROOT/bench/generate-many.sql" >/dev/null ;;
+  esac
+}
+
+make_db() { # $1 = size in MB, $2 = dataset; sets DB, DB_BYTES, ROWS
+  local size=$1 dataset=$2 base bpr sample=50000
+  DB="bench_${dataset}_$size"
   psql_su -c "drop database if exists $DB" -c "create database $DB owner bench" >/dev/null
   base=$(psql_su -At -d "$DB" -c "select pg_database_size(current_database())")
-  # Measure bytes per row (table + toast + indexes) on a sample, then size the real table.
-  psql_su -d "$DB" -v n=$sample -f "$ROOT/bench/generate.sql" >/dev/null
-  bpr=$(psql_su -At -d "$DB" -c "select pg_total_relation_size('events')::float8 / $sample")
+  # Measure bytes per row (tables + toast + indexes) on a sample, then size the real data.
+  gen_dataset "$dataset" $sample
+  bpr=$(psql_su -At -d "$DB" -c "select (pg_database_size(current_database()) - $base)::float8 / $sample")
   ROWS=$(awk -v s="$size" -v b="$base" -v r="$bpr" 'BEGIN { n = (s * 1048576 - b) / r; if (n < 1000) n = 1000; printf "%d", n }')
-  say "generating ~$size MB: $ROWS rows in events (~$(printf '%.0f' "$bpr") bytes/row with indexes)"
+  say "generating ~$size MB of dataset $dataset: $ROWS rows (~$(printf '%.0f' "$bpr") bytes/row with indexes)"
   local t0=$SECONDS
-  psql_su -d "$DB" -v n="$ROWS" -f "$ROOT/bench/generate.sql" >/dev/null
+  gen_dataset "$dataset" "$ROWS"
   psql_su -d "$DB" -c "vacuum analyze" -c "checkpoint" >/dev/null
   DB_BYTES=$(psql_su -At -d "$DB" -c "select pg_database_size(current_database())")
   say "database $DB: $(awk -v b="$DB_BYTES" 'BEGIN{printf "%.1f MiB", b/1048576}') (pg_database_size), generated in $((SECONDS - t0))s"
@@ -218,7 +272,7 @@ run_case() { # $1 size, $2 case, $3 rep
   if [ "$name" != floor ] && [ "$rc" -eq 0 ]; then
     obj=$("$PY" "$S3UTIL" object-bytes "$BUCKET" | awk '{print $1}')
   fi
-  "$PY" "$S3UTIL" clear "$BUCKET"
+  clear_store
   local wall user sys rss
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   user=$(tfield "$d/time" "User time (seconds)")
@@ -229,8 +283,8 @@ run_case() { # $1 size, $2 case, $3 rep
     echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
     tail -15 "$d/stderr" | sed 's/^/    /' >&2
   fi
-  printf '{"size_mb":%s,"case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s}\n' \
-    "$size" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" >>"$RAW"
+  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s}\n' \
+    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" >>"$RAW"
   printf '   %-9s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B, object %s B%s\n' "$name" "$rep" "$wall" \
     "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" "${obj/null/-}" \
     "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
@@ -245,7 +299,9 @@ prepare_restore() {
   env PG_COMPRESSION=zstd PG_DB_NAME="$DB" BACKUP_GLOBALS=off "$BIN" backup >"$WORK/restore-bk.json" 2>"$WORK/restore-bk.log" \
     || { tail -15 "$WORK/restore-bk.log" >&2; die "backup for the restore cases failed"; }
   RKEY=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["key"])' "$WORK/restore-bk.json")
-  "$PY" "$S3UTIL" upload-file "$BUCKET" "bench/restore/$DB.dump" "$WORK/restore-src.dump"
+  if selected r_download; then
+    "$PY" "$S3UTIL" upload-file "$BUCKET" "bench/restore/$DB.dump" "$WORK/restore-src.dump"
+  fi
 }
 
 run_restore_case() { # $1 size, $2 case, $3 rep
@@ -281,39 +337,39 @@ run_restore_case() { # $1 size, $2 case, $3 rep
     echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
     tail -15 "$d/stderr" | sed 's/^/    /' >&2
   fi
-  printf '{"size_mb":%s,"case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":null}\n' \
-    "$size" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" >>"$RAW"
+  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":null}\n' \
+    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" >>"$RAW"
   printf '   %-12s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B%s\n' "$name" "$rep" "$wall" \
     "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" \
     "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
   rm -rf "$d"
 }
 
-CASES=(floor script pipeline bh_zstd bh_pg bh_none)
-RESTORE_CASES=(r_local_1tx r_local_jobs r_download r_bh_stream r_bh_jobs)
+for DATASET in $DATASETS; do
 for size in $SIZES; do
-  make_db "$size"
-  printf '{"requested_mb":%s,"db":"%s","db_bytes":%s,"rows":%s}\n' "$size" "$DB" "$DB_BYTES" "$ROWS" >>"$SIZES_JSON"
+  make_db "$size" "$DATASET"
+  printf '{"requested_mb":%s,"dataset":"%s","db":"%s","db_bytes":%s,"rows":%s}\n' "$size" "$DATASET" "$DB" "$DB_BYTES" "$ROWS" >>"$SIZES_JSON"
   say "warm-up: one untimed pg_dump"
   "$PG_DUMP" -Fc -Z0 -d "$DB" >/dev/null
   if [ "$BACKUP" = 1 ]; then
     for rep in $(seq "$REPEAT"); do
-      say "~$size MB, repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
-      for c in "${CASES[@]}"; do run_case "$size" "$c" "$rep"; done
+      say "~$size MB ($DATASET), repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
+      for c in "${CASES[@]}"; do if selected "$c"; then run_case "$size" "$c" "$rep"; fi; done
     done
   fi
   if [ "$RESTORE" = 1 ]; then
     say "restore cases: preparing the archive (local file, backhaul artifact, plain object)"
     prepare_restore
     for rep in $(seq "$REPEAT"); do
-      say "~$size MB, restore repetition $rep/$REPEAT (jobs=$RJOBS; cases interleaved)"
-      for c in "${RESTORE_CASES[@]}"; do run_restore_case "$size" "$c" "$rep"; done
+      say "~$size MB ($DATASET), restore repetition $rep/$REPEAT (jobs=$RJOBS; cases interleaved)"
+      for c in "${RESTORE_CASES[@]}"; do if selected "$c"; then run_restore_case "$size" "$c" "$rep"; fi; done
     done
     psql_su -c "drop database if exists bench_restore" >/dev/null
-    "$PY" "$S3UTIL" clear "$BUCKET"
+    clear_store
     rm -f "$WORK/restore-src.dump"
   fi
   psql_su -c "drop database $DB" >/dev/null
+done
 done
 
 # Machine and tool info, then the report.
@@ -339,7 +395,7 @@ meta = {
     "backhaul_bin": """$BIN""",
     "backhaul_version": """$("$BIN" --version 2>/dev/null | head -1 || echo unknown)""",
   },
-  "settings": {"sizes_mb": "$SIZES".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "backup": "$BACKUP" == "1", "restore_jobs": $RJOBS},
+  "settings": {"sizes_mb": "$SIZES".split(), "datasets": "$DATASETS".split(), "cases": "$SELECTED".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "backup": "$BACKUP" == "1", "restore_jobs": $RJOBS},
   "sizes": [json.loads(l) for l in open("$SIZES_JSON") if l.strip()],
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)

@@ -389,6 +389,10 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub jobs: Option<u32>,
 
+    /// With --jobs: most disk the spool of downloaded, not yet restored data may hold (e.g. 2GiB, 500MiB); the download waits when it is full. Default: half the space free in the temp directory.
+    #[arg(long, env = "RESTORE_SPOOL_BUDGET", value_name = "SIZE")]
+    pub spool_budget: Option<String>,
+
     /// Give up when a lock the restore needs is held by another session for longer than this
     /// (e.g. 30s, 5m; 0 waits forever); while it waits, the log names the relation and the
     /// session holding it.

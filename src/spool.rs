@@ -10,11 +10,21 @@
 //!
 //! Bytes a reader has consumed for good are given back ([`Spool::copy_to`] with `release`):
 //! their pages are punched out of the file, so the file holds only what is downloaded and not
-//! yet restored. And when running ahead can serve nobody (the last table is arriving and its
-//! own reader is the only one left), [`Spool::limit_lead`] makes the writer wait for readers
-//! instead: the download then runs at the restore's pace through a few MiB of page cache,
-//! instead of writing the rest of the table to disk first. New page cache is not free: on this
-//! project's VMs, memory touched for the first time costs up to ~3 s per GB.
+//! yet restored. Two limits can make the writer wait for readers:
+//!
+//! - a **budget** ([`Spool::set_budget`]): at most this many bytes held that readers have not
+//!   given back, so the spool never outgrows the disk it was sized for;
+//! - a **pace** ([`Spool::pace_from`]): when running ahead can serve nobody (the last table is
+//!   arriving and only its own reader will read what comes), the writer stays at most a few
+//!   MiB ahead of what was given back *from that offset on*. Bytes of earlier tables that
+//!   other readers are still loading do not count: a pace counting them made the last table's
+//!   download, and so its pg_restore, wait until the table before it had nearly finished
+//!   loading, which serialised two big tables (issue 34). The download then runs at the
+//!   restore's pace through a few MiB of page cache, instead of writing the rest of the table
+//!   to disk first. New page cache is not free: on this project's VMs, memory touched for the
+//!   first time costs up to ~3 s per GB.
+//!
+//! How long the writer waited on each limit is kept ([`Spool::waits`]), for the trace.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,6 +32,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// How much a reader copies per step.
 const READ_PIECE: usize = 256 << 10;
@@ -39,11 +50,52 @@ struct State {
     written: u64,
     /// Bytes given back by readers (punched out of the file).
     released: u64,
-    /// The writer waits while more than this many written bytes are not given back.
-    lead: Option<u64>,
+    /// The writer waits while this many written bytes are not given back.
+    budget: Option<u64>,
+    /// See [`Spool::pace_from`].
+    pace: Option<Pace>,
+    /// Bytes given back at or after the pace's offset.
+    released_paced: u64,
+    waits: Waits,
     ends: HashMap<i32, u64>,
     /// `Some` once the writer is done: `Err` carries why it stopped early.
     closed: Option<Result<(), String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    from: u64,
+    lead: u64,
+}
+
+/// How long the writer waited on each limit, in total.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Waits {
+    pub budget: Duration,
+    pub pace: Duration,
+}
+
+impl State {
+    /// Which limit the writer must wait on now, if any.
+    fn limited(&self) -> Option<Limit> {
+        if self
+            .budget
+            .is_some_and(|b| self.written - self.released >= b)
+        {
+            return Some(Limit::Budget);
+        }
+        let paced = self.pace.is_some_and(|p| {
+            let ahead = self.written.saturating_sub(p.from);
+            ahead.saturating_sub(self.released_paced) >= p.lead
+        });
+        paced.then_some(Limit::Pace)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Budget,
+    Pace,
 }
 
 /// Where a reader stops.
@@ -81,11 +133,17 @@ impl Spool {
     pub fn append(&self, data: &[u8], ends: &[(i32, u64)]) -> io::Result<()> {
         let at = {
             let mut s = self.lock();
-            while s.lead.is_some_and(|l| s.written - s.released >= l) {
+            while let Some(limit) = s.limited() {
                 if let Some(Err(why)) = &s.closed {
                     return Err(io::Error::other(why.clone()));
                 }
+                let since = Instant::now();
                 s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                let waited = since.elapsed();
+                match limit {
+                    Limit::Budget => s.waits.budget += waited,
+                    Limit::Pace => s.waits.pace += waited,
+                }
             }
             s.written
         };
@@ -98,12 +156,35 @@ impl Spool {
         Ok(())
     }
 
-    /// From now on the writer keeps at most `lead` bytes that readers have not given back
-    /// (`None`: no limit). Only safe once every byte still to come has a reader that gives
-    /// back what it reads, or will have one without the writer's help.
-    pub fn limit_lead(&self, lead: Option<u64>) {
-        self.lock().lead = lead;
+    /// From now on the writer holds at most `budget` bytes that readers have not given back
+    /// (`None`: no limit). Only safe while every byte held has a reader that gives back what
+    /// it reads, or will have one without the writer's help.
+    pub fn set_budget(&self, budget: Option<u64>) {
+        self.lock().budget = budget;
         self.changed.notify_all();
+    }
+
+    /// From now on the writer stays at most `lead` bytes ahead of what readers gave back of
+    /// the bytes from `from` on (`None`: no pace). Bytes before `from` do not count. The same
+    /// rule as [`Spool::set_budget`]: the range from `from` on must have, or get without the
+    /// writer's help, a reader that gives back what it reads.
+    pub fn pace_from(&self, pace: Option<(u64, u64)>) {
+        let mut s = self.lock();
+        s.pace = pace.map(|(from, lead)| Pace { from, lead });
+        s.released_paced = 0;
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// How long the writer has waited on each limit so far.
+    pub fn waits(&self) -> Waits {
+        self.lock().waits
+    }
+
+    /// Bytes written and not given back.
+    pub fn held(&self) -> u64 {
+        let s = self.lock();
+        s.written - s.released
     }
 
     /// Punches `[start, end)` out of the file (whole pages inside it); no reader may need it.
@@ -123,7 +204,12 @@ impl Spool {
                 );
             }
         }
-        self.lock().released += end - start;
+        let mut s = self.lock();
+        s.released += end - start;
+        if s.pace.is_some_and(|p| start >= p.from) {
+            s.released_paced += end - start;
+        }
+        drop(s);
         self.changed.notify_all();
     }
 
@@ -329,7 +415,7 @@ mod tests {
     fn a_lead_limit_paces_the_writer_to_a_releasing_reader() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
-        spool.limit_lead(Some(1 << 20));
+        spool.pace_from(Some((0, 1 << 20)));
         let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 249) as u8).collect();
         let writer = {
             let (spool, data) = (spool.clone(), data.clone());
@@ -359,5 +445,74 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(dir.path().join("s")).unwrap().blocks() * 512;
         assert!(allocated < 8 << 20, "{allocated} bytes still on disk");
+    }
+
+    /// Issue 34: the pace for the last table counts only that table's bytes. A table before it
+    /// still waiting in the spool (its pg_restore loading it, slowly) must not hold the
+    /// download back, or the last table's pg_restore waits for the one before it.
+    #[test]
+    fn a_pace_ignores_the_backlog_of_earlier_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
+        // 8 MiB of an earlier table that no one reads yet.
+        spool.append(&vec![1u8; 8 << 20], &[(1, 8 << 20)]).unwrap();
+        spool.pace_from(Some((8 << 20, 1 << 20)));
+        let last: Vec<u8> = (0..6_000_000u32).map(|i| (i % 241) as u8).collect();
+        let writer = {
+            let (spool, last) = (spool.clone(), last.clone());
+            std::thread::spawn(move || {
+                let pieces: Vec<&[u8]> = last.chunks(128 << 10).collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    let end = (8 << 20) + last.len() as u64;
+                    let ends = if i + 1 == pieces.len() {
+                        vec![(2, end)]
+                    } else {
+                        vec![]
+                    };
+                    spool.append(piece, &ends).unwrap();
+                }
+            })
+        };
+        let mut out = Vec::new();
+        spool
+            .copy_to(8 << 20, End::Mark(2), &mut out, true)
+            .unwrap();
+        writer.join().unwrap();
+        assert_eq!(out, last);
+        // The earlier table is all still there for its reader.
+        let mut first = Vec::new();
+        spool.copy_to(0, End::Mark(1), &mut first, true).unwrap();
+        assert_eq!(first.len(), 8 << 20);
+    }
+
+    /// A budget bounds what the spool holds: the writer waits for readers to give back.
+    #[test]
+    fn a_budget_bounds_what_the_spool_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
+        spool.set_budget(Some(2 << 20));
+        let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 239) as u8).collect();
+        let writer = {
+            let (spool, data) = (spool.clone(), data.clone());
+            std::thread::spawn(move || {
+                let mut most = 0;
+                let pieces: Vec<&[u8]> = data.chunks(128 << 10).collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    let ends = if i + 1 == pieces.len() {
+                        vec![(1, data.len() as u64)]
+                    } else {
+                        vec![]
+                    };
+                    spool.append(piece, &ends).unwrap();
+                    most = most.max(spool.held());
+                }
+                most
+            })
+        };
+        let mut out = Vec::new();
+        spool.copy_to(0, End::Mark(1), &mut out, true).unwrap();
+        let most = writer.join().unwrap();
+        assert_eq!(out, data);
+        assert!(most <= (2 << 20) + (128 << 10), "{most}");
     }
 }

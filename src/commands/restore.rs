@@ -266,6 +266,12 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     if args.jobs == Some(0) {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
+    let spool_budget = args
+        .spool_budget
+        .as_deref()
+        .map(restore_jobs::parse_budget)
+        .transpose()
+        .map_err(|why| ConfigError::invalid("--spool-budget", why))?;
     let identities = load_identities(args.identity.as_deref())?;
     check_target_scheme(&args.to, "RESTORE_TO")?;
     let lock_timeout = parse_lock_timeout(&args.lock_timeout)?;
@@ -313,7 +319,15 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
         no_acl: args.privileges.no_acl,
     };
     let restoring = restore_pg(
-        &storage, &entry, decode, &target, args.clean, args.jobs, privileges, &rt.cancel,
+        &storage,
+        &entry,
+        decode,
+        &target,
+        args.clean,
+        args.jobs,
+        spool_budget,
+        privileges,
+        &rt.cancel,
     );
     let fed = lock_wait::watch(&target, lock_timeout, restoring)
         .await?
@@ -408,6 +422,7 @@ pub async fn restore_pg(
     target: &PgTarget,
     clean: bool,
     jobs: Option<u32>,
+    spool_budget: Option<u64>,
     privileges: Privileges,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Restored> {
@@ -417,6 +432,7 @@ pub async fn restore_pg(
     let opts = RestoreOpts {
         clean,
         jobs,
+        spool_budget,
         no_owner: privileges.no_owner,
         no_acl: privileges.no_acl,
     };

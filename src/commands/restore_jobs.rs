@@ -10,8 +10,11 @@
 //!    preflight passed;
 //! 2. the data blocks, by up to N pg_restore processes fed from the spool as blocks arrive: a big
 //!    table streams into its COPY while it downloads, small ones go in batches;
-//! 3. everything else of the main pass (post-data, sequence values) with `pg_restore -j N`,
-//!    once every byte has arrived and matched the manifest's checksum; then the privileges and
+//! 3. everything else of the main pass (indexes, constraints, sequence values), once every
+//!    byte has arrived and matched the manifest's checksum: each entry as soon as the data of
+//!    the tables it depends on committed, while other tables still load, as `pg_restore -j`
+//!    does ([`Plan::ready`], [`Pipeline::start_wave`]); what is left once all data is in with
+//!    `pg_restore -j N`; then the privileges and
 //!    matview refreshes (the ACL and post-ACL passes) in one serial pg_restore, because
 //!    `pg_restore -j` runs grants side by side and a grant made by a non-owner can then come
 //!    before the schema grant it needs ([`pg_archive::Plan::privileges`]).
@@ -28,6 +31,15 @@
 //! last bytes a pg_restore cannot finish its last COPY, so it cannot commit; on a damaged
 //! object it is stopped and its transaction rolls back. A pg_restore that is only waiting
 //! for the verdict gives its slot back, so the others go on loading as the object arrives.
+//!
+//! The download is held back by two limits only ([`crate::spool`]): the spool's budget
+//! (`--spool-budget`, default half the free disk), and, once the last table arrives, that
+//! table's own pg_restore (running ahead of it serves nobody). The second used to count every
+//! byte not yet restored, so the last table's download, and its pg_restore, waited for the
+//! table before it to finish loading: two big tables loaded one after the other (issue 34).
+//!
+//! With `BACKHAUL_LOG=backhaul=debug` the log traces the schedule: when each block arrives,
+//! when each pg_restore starts, is fed, commits, how long the download waited on each limit.
 //!
 //! `--clean`, and archives [`pg_archive`] does not read, restore after the download instead.
 
@@ -59,7 +71,8 @@ const BIG: u64 = 4 << 20;
 /// small tables must not start a pg_restore per table.
 const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_ENTRIES: usize = 1000;
-/// How far the download may run ahead of the last table's pg_restore.
+/// How far the download may run ahead of the last table's pg_restore (see
+/// [`Spool::pace_from`]): only that table's bytes count, never an earlier table's backlog.
 const LAST_BLOCK_LEAD: u64 = 32 << 20;
 /// How long a block waits for others to share a pg_restore with.
 const LINGER: Duration = Duration::from_millis(200);
@@ -225,7 +238,8 @@ impl Queue {
         self.items.is_empty()
     }
 
-    /// The next batch for one of `free` idle pg_restore slots, if one is worth starting now:
+    /// The next batch for an idle pg_restore slot, sharing work among `free` slots (the caller
+    /// passes N), if one is worth starting now:
     /// the largest complete big block alone; else a fair share of the complete small ones,
     /// once they are many, or have waited [`LINGER`], or nothing more will arrive (`flush`);
     /// else the block still arriving, once it is big or has waited.
@@ -284,8 +298,11 @@ struct Progress {
     /// The tables (and large-object sets) whose data committed, as the TOC names them.
     committed: Vec<String>,
     blocks: usize,
-    /// Phase 3 started.
+    /// Every table's data committed; what is left is post-data and privileges.
     post_data: bool,
+    /// Post-data entries (indexes, constraints, ...) created, of how many.
+    post_done: usize,
+    post_total: usize,
     /// The object has a manifest: what committed was checked against its SHA-256 first.
     checked: bool,
 }
@@ -315,8 +332,16 @@ impl Progress {
         } else {
             "no manifest: not verified"
         };
+        let post = if self.post_done == 0 {
+            "no indexes, constraints or privileges yet".to_string()
+        } else {
+            format!(
+                "{} of {} indexes, constraints and other post-data entries of committed tables created, no privileges yet",
+                self.post_done, self.post_total
+            )
+        };
         format!(
-            "definitions created, data of {n} of {} tables and large-object sets committed ({verified}): {names}; no indexes, constraints or privileges yet",
+            "definitions created, data of {n} of {} tables and large-object sets committed ({verified}): {names}; {post}",
             self.blocks
         )
     }
@@ -340,6 +365,7 @@ where
 {
     let jobs = opts.jobs.unwrap_or(1).max(1) as usize;
     let verifiable = expect.is_some();
+    let t0 = Instant::now();
     // The decoded dump is in clear here: the directory is private (see private_fs).
     let dir = crate::private_fs::PrivateDir::new("restore")
         .context("creating a temp directory for --jobs")?;
@@ -403,6 +429,8 @@ where
     let toc = match (toc, unreadable) {
         (Some(t), _) => t,
         (None, why) => {
+            // The whole file is needed now.
+            spool.set_budget(None);
             if let Some(why) = why {
                 tracing::info!(key, reason = %why, "restoring after the download (the archive cannot be split while it streams)");
             }
@@ -424,6 +452,12 @@ where
     };
 
     let plan = Plan::of(&toc);
+    // The head is never given back (every run reads it): the budget is for what follows.
+    let budget = opts
+        .spool_budget
+        .unwrap_or_else(|| default_budget(dir.path()));
+    tracing::debug!(budget, head = toc.data_start, "spool budget");
+    spool.set_budget(Some(toc.data_start.saturating_add(budget)));
     let mut pipeline = Pipeline {
         target: target.clone(),
         opts: RestoreOpts {
@@ -450,6 +484,7 @@ where
         batches: 0,
         progress: Progress {
             blocks: plan.blocks.len(),
+            post_total: plan.post.len(),
             checked: verifiable,
             ..Progress::default()
         },
@@ -457,7 +492,15 @@ where
         holding: HashSet::new(),
         gone: HashSet::new(),
         max_live: jobs + MAX_HELD,
+        jobs,
         lead_off: false,
+        t0,
+        committed: HashSet::new(),
+        post_done: HashSet::new(),
+        post_busy: HashSet::new(),
+        wave: JoinSet::new(),
+        running: std::collections::HashMap::new(),
+        waves: 0,
     };
     let result = pipeline
         .run(
@@ -472,22 +515,11 @@ where
         .await;
     match result {
         Ok(fed) => {
-            tracing::info!(
-                blocks = plan.blocks.len(),
-                batches = pipeline.batches,
-                "data restored; restoring post-data and privileges"
+            tracing::debug!(
+                at_ms = pipeline.ms(),
+                waves = pipeline.waves,
+                "post-data done"
             );
-            pipeline.progress.post_data = true;
-            let list = dir.path().join("post.list");
-            write_list(&list, &plan.post)?;
-            let run = RestoreRun {
-                label: "pg_restore (post-data and privileges)",
-                file: Some(&path),
-                list: Some(&list),
-            };
-            run_phase(target, opts, run, cancel)
-                .await
-                .map_err(|e| pipeline.partial(e))?;
             if !plan.privileges.is_empty() {
                 // One at a time, in archive order (see `Plan::privileges`).
                 let list = dir.path().join("privileges.list");
@@ -504,6 +536,7 @@ where
                 run_phase(target, &serial, run, cancel)
                     .await
                     .map_err(|e| pipeline.partial(e))?;
+                tracing::debug!(at_ms = pipeline.ms(), "privileges done");
             }
             Ok((checked, fed))
         }
@@ -515,6 +548,57 @@ where
         }
         Err(e) => Err(pipeline.partial(e)),
     }
+}
+
+/// The spool's budget without `--spool-budget`: half the space free for the temp directory,
+/// which the restore's target (often on the same disk) and everything else there share.
+/// Whatever the budget, nothing waits for ever: the download waits only for pg_restores that
+/// are reading and giving back (see [`Pipeline::dispatch`] for when they cannot).
+fn default_budget(dir: &Path) -> u64 {
+    match crate::private_fs::free_bytes(dir) {
+        Ok(free) => (free / 2).max(MIN_BUDGET),
+        Err(e) => {
+            tracing::debug!(error = %e, "free space unknown: the spool has no budget");
+            u64::MAX
+        }
+    }
+}
+
+/// The smallest budget: a budget only slows the download, but below a few big blocks it
+/// would make every table wait for the one before it.
+const MIN_BUDGET: u64 = 64 << 20;
+
+/// `--spool-budget`: bytes, or a number with KiB, MiB, GiB or TiB (KB, MB, GB, TB and K, M,
+/// G, T are read the same, as powers of 1024).
+pub fn parse_budget(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a size: use e.g. 2GiB or 500MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "\"{s}\" has an unknown unit: use KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("\"{s}\" is too large"))?;
+    if bytes < MIN_BUDGET {
+        return Err(format!(
+            "\"{s}\" is below the minimum of {} MiB",
+            MIN_BUDGET >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Closes the spool with an error when the restore ends for any reason, so no reader waits.
@@ -581,11 +665,36 @@ struct Pipeline {
     gone: HashSet<usize>,
     /// pg_restore processes alive at most: loading ones plus those waiting for the verdict.
     max_live: usize,
-    /// The download's lead limit was lifted (see [`Pipeline::dispatch`]).
+    /// N: pg_restore processes at work at once (data and post-data).
+    jobs: usize,
+    /// The download's limits were lifted (see [`Pipeline::dispatch`]).
     lead_off: bool,
+    /// When the restore started: trace events say how far in they are.
+    t0: Instant,
+    /// Data blocks committed.
+    committed: HashSet<i32>,
+    /// Post-data entries restored, and those running post-data pg_restores restore.
+    post_done: HashSet<i32>,
+    post_busy: HashSet<i32>,
+    /// Running post-data pg_restores (see [`Pipeline::start_wave`]), by number.
+    wave: JoinSet<anyhow::Result<usize>>,
+    running: std::collections::HashMap<usize, Wave>,
+    waves: usize,
 }
 
 impl Pipeline {
+    /// Milliseconds since the restore started, for the trace.
+    fn ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    fn label(&self, id: i32) -> String {
+        self.labels
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("entry {id}"))
+    }
+
     /// What the target holds after a stop midway, and the ways out.
     fn partial_note(&self) -> String {
         format!(
@@ -640,11 +749,11 @@ impl Pipeline {
             if self.progress.pre_data {
                 self.dispatch(now, fed.is_some());
             }
-            if fed.is_some()
+            let data_done = fed.is_some()
                 && self.progress.pre_data
                 && self.queue.is_empty()
-                && self.workers.is_empty()
-            {
+                && self.workers.is_empty();
+            if data_done && !self.progress.post_data {
                 let missing: Vec<String> = toc
                     .entries
                     .iter()
@@ -656,6 +765,19 @@ impl Pipeline {
                 if !missing.is_empty() {
                     anyhow::bail!("the archive has no data for {}", missing.join(", "));
                 }
+                self.progress.post_data = true;
+                tracing::info!(
+                    blocks = plan.blocks.len(),
+                    batches = self.batches,
+                    "data restored; restoring post-data and privileges"
+                );
+            }
+            // Post-data only once the whole object matched its checksum: what it builds then
+            // comes from verified bytes, on data that committed after the same verdict.
+            if fed.is_some() && self.progress.pre_data {
+                while self.start_wave(plan, data_done, cancel)? {}
+            }
+            if data_done && self.running.is_empty() && self.post_done.len() >= plan.post.len() {
                 return Ok(fed.take().expect("checked above"));
             }
             tokio::select! {
@@ -663,6 +785,7 @@ impl Pipeline {
                     r?;
                     self.progress.pre_data = true;
                     tracing::info!(entries = plan.pre.len(), "definitions restored (pre-data)");
+                    tracing::debug!(at_ms = self.ms(), downloaded = self.spool.written(), "pre-data done");
                 }
                 a = arrivals.recv(), if !closed => match a {
                     Some(a) => self.arrive(a, toc)?,
@@ -674,17 +797,40 @@ impl Pipeline {
                     while let Ok(a) = arrivals.try_recv() {
                         self.arrive(a, toc)?;
                     }
+                    let waits = self.spool.waits();
+                    tracing::debug!(
+                        at_ms = self.ms(),
+                        bytes = f.raw_bytes,
+                        waited_on_budget_ms = waits.budget.as_millis() as u64,
+                        waited_on_pace_ms = waits.pace.as_millis() as u64,
+                        spool_held = self.spool.held(),
+                        live = self.workers.len(),
+                        queued = self.queue.items.len(),
+                        "download verified"
+                    );
                     fed = Some(f);
                 }
                 Some(done) = self.workers.join_next() => {
                     let done = done.context("restore worker panicked")??;
                     self.progress.committed.extend(done.labels);
+                    self.committed.extend(done.ids);
                     if !self.holding.remove(&done.batch) {
                         self.slots += 1;
                         if done.held {
                             self.gone.insert(done.batch);
                         }
                     }
+                }
+                Some(w) = self.wave.join_next() => {
+                    let n = w.context("post-data task panicked")??;
+                    let w = self.running.remove(&n).expect("every wave is recorded");
+                    for id in &w.entries {
+                        self.post_busy.remove(id);
+                    }
+                    self.progress.post_done += w.entries.len();
+                    self.post_done.extend(w.entries);
+                    self.slots += w.slots;
+                    tracing::debug!(at_ms = self.ms(), wave = n, "post-data pg_restore done");
                 }
                 Some(batch) = self.held.1.recv() => {
                     if !self.gone.remove(&batch) {
@@ -716,32 +862,149 @@ impl Pipeline {
                         "damaged archive: an unexpected data block for {what} at byte {at}"
                     );
                 }
+                tracing::debug!(
+                    at_ms = self.ms(),
+                    block = id,
+                    offset = at,
+                    table = %self.label(id),
+                    "block starts arriving"
+                );
                 self.queue.started(id, at, Instant::now());
-                if self.seen.len() == self.expected.len() {
+                if self.seen.len() == self.expected.len() && !self.lead_off {
                     // The last table is arriving: running ahead of its own pg_restore serves
-                    // nobody, so the download takes its pace (see crate::spool).
-                    // The head is never given back (every run reads it).
-                    if !self.lead_off {
-                        self.spool.limit_lead(Some(self.head_len + LAST_BLOCK_LEAD));
-                    }
+                    // nobody, so the download takes its pace (see crate::spool). Only this
+                    // table's bytes count: earlier ones still loading from the spool must not
+                    // hold it back.
+                    self.spool.pace_from(Some((at, LAST_BLOCK_LEAD)));
                 }
             }
-            Arrival::End { id, end } => self.queue.ended(id, end),
+            Arrival::End { id, end } => {
+                tracing::debug!(
+                    at_ms = self.ms(),
+                    block = id,
+                    end,
+                    spool_held = self.spool.held(),
+                    "block arrived"
+                );
+                self.queue.ended(id, end)
+            }
         }
         Ok(())
+    }
+
+    /// Starts a pg_restore for the post-data entries that may run now ([`Plan::ready`]): a
+    /// table's indexes and constraints as soon as its data committed, while other tables
+    /// still load, as `pg_restore -j` does. Only after the verdict (the caller checks), so
+    /// nothing it builds comes from bytes not verified, and only on data that committed,
+    /// which no data could before that same verdict.
+    ///
+    /// Returns whether it started one. It takes the slots free now (`pg_restore -j k`; with one slot, one transaction). Its
+    /// entries touch only tables whose data committed, which no data pg_restore holds, and
+    /// none that a running post-data pg_restore touches: two pg_restores never wait for each
+    /// other's locks, so they cannot deadlock. Within one, pg_restore keeps conflicting
+    /// entries apart, as in a whole `pg_restore -j`. While blocks wait for a slot, data goes
+    /// first.
+    fn start_wave(
+        &mut self,
+        plan: &Plan,
+        data_done: bool,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        if self.slots == 0 || (!data_done && !self.queue.is_empty()) {
+            return Ok(false);
+        }
+        let busy_tables: HashSet<i32> = self
+            .running
+            .values()
+            .flat_map(|w| w.tables.iter().copied())
+            .collect();
+        let mut ids = plan.ready(
+            &self.committed,
+            &self.post_done,
+            &self.post_busy,
+            &busy_tables,
+        );
+        if ids.is_empty() && data_done && self.running.is_empty() {
+            // Every block committed, so everything left is ready; should a dependency say
+            // otherwise, pg_restore orders what is left itself, as it always did.
+            ids = plan
+                .post
+                .iter()
+                .filter(|id| !self.post_done.contains(id))
+                .copied()
+                .collect();
+        }
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        // A share of what is ready, so that a slot freed later finds work too instead of
+        // waiting for one long pg_restore; at least one table's entries together.
+        let share = (ids.len() + self.post_busy.len()).div_ceil(self.jobs);
+        let ids = share_of(plan, &ids, share, &self.post_done);
+        let k = self.slots.min(ids.len().div_ceil(share));
+        self.slots -= k;
+        self.waves += 1;
+        let n = self.waves;
+        let list = self.dir.join(format!("post-{n}.list"));
+        write_list(&list, &ids)?;
+        tracing::debug!(
+            at_ms = self.ms(),
+            wave = n,
+            entries = ids.len(),
+            jobs = k,
+            data_done,
+            "post-data pg_restore starts"
+        );
+        self.post_busy.extend(ids.iter().copied());
+        let tables = ids
+            .iter()
+            .filter_map(|id| plan.needs.get(id))
+            .flat_map(|x| x.blocks.iter().copied())
+            .collect();
+        self.running.insert(
+            n,
+            Wave {
+                entries: ids,
+                slots: k,
+                tables,
+            },
+        );
+        let (target, path, cancel) = (self.target.clone(), self.path.clone(), cancel.clone());
+        let opts = RestoreOpts {
+            jobs: Some(k as u32),
+            ..self.opts.clone()
+        };
+        self.wave.spawn(crate::cleanup::tracked(async move {
+            let run = RestoreRun {
+                label: "pg_restore (post-data)",
+                file: Some(&path),
+                list: Some(&list),
+            };
+            run_phase(&target, &opts, run, &cancel).await.map(|()| n)
+        }));
+        Ok(true)
     }
 
     fn dispatch(&mut self, now: Instant, flush: bool) {
         if self.workers.len() >= self.max_live && !self.queue.is_empty() && !self.lead_off {
             // Blocks wait for a pg_restore that only the verdict frees: the download must not
-            // wait for them (see Spool::limit_lead).
-            self.spool.limit_lead(None);
+            // wait for them (see Spool::set_budget): the rest goes to disk, however much.
+            tracing::debug!(
+                at_ms = self.ms(),
+                live = self.workers.len(),
+                "every pg_restore slot waits for the verdict: the spool's limits are lifted"
+            );
+            self.spool.pace_from(None);
+            self.spool.set_budget(None);
             self.lead_off = true;
         }
         while self.slots > 0 && self.workers.len() < self.max_live {
             let Some(batch) = self
                 .queue
-                .take(self.spool.written(), now, flush, self.slots)
+                // A share of all N, not of the slots free now: a batch taken while another
+                // slot is busy must leave work for that slot once it frees (one batch of
+                // every small table left ran alone for seconds in the 200-table trace).
+                .take(self.spool.written(), now, flush, self.jobs)
             else {
                 return;
             };
@@ -776,7 +1039,19 @@ impl Pipeline {
                     .collect(),
                 batch: self.batches,
                 held: self.held.0.clone(),
+                t0: self.t0,
             };
+            tracing::debug!(
+                at_ms = self.ms(),
+                batch = self.batches,
+                first = %worker.labels.first().map(String::as_str).unwrap_or(""),
+                entries = worker.labels.len(),
+                streaming,
+                downloaded = self.spool.written(),
+                spool_held = self.spool.held(),
+                live = self.workers.len() + 1,
+                "data pg_restore starts"
+            );
             self.workers.spawn(crate::cleanup::tracked(worker.run()));
         }
     }
@@ -796,11 +1071,73 @@ struct Worker {
     /// This batch's number, for its "held" report.
     batch: usize,
     held: mpsc::UnboundedSender<usize>,
+    /// When the restore started, for the trace.
+    t0: Instant,
+}
+
+/// The first entries of `ready` (whole tables at a time: every entry touching the same
+/// tables) up to about `share` of them, and none whose post-data dependencies are neither
+/// `done` nor among those taken: a pg_restore of them needs nothing still to come. In
+/// `ready`'s order.
+fn share_of(plan: &Plan, ready: &[i32], share: usize, done: &HashSet<i32>) -> Vec<i32> {
+    let tables = |id: &i32| {
+        plan.needs
+            .get(id)
+            .map(|n| n.blocks.clone())
+            .unwrap_or_default()
+    };
+    let mut groups: Vec<(Vec<i32>, Vec<i32>)> = Vec::new();
+    for id in ready {
+        let t = tables(id);
+        match groups.iter_mut().find(|g| g.0 == t) {
+            Some(g) => g.1.push(*id),
+            None => groups.push((t, vec![*id])),
+        }
+    }
+    let mut taken: Vec<i32> = Vec::new();
+    for (_, group) in groups {
+        if taken.len() >= share {
+            break;
+        }
+        let within: HashSet<i32> = taken.iter().chain(&group).copied().collect();
+        let closed = group.iter().all(|id| {
+            plan.needs.get(id).is_none_or(|n| {
+                n.post
+                    .iter()
+                    .all(|d| done.contains(d) || within.contains(d))
+            })
+        });
+        if closed {
+            taken.extend(group);
+        }
+    }
+    if taken.is_empty() {
+        // Only if dependencies run against archive order: the whole ready set is closed.
+        return ready.to_vec();
+    }
+    // In archive order, which pg_dump made follow the dependencies: a serial pg_restore
+    // runs its list in the list's order.
+    let taken: HashSet<i32> = taken.into_iter().collect();
+    ready
+        .iter()
+        .filter(|id| taken.contains(id))
+        .copied()
+        .collect()
+}
+
+/// A running post-data pg_restore.
+struct Wave {
+    entries: Vec<i32>,
+    slots: usize,
+    /// The data blocks (tables) its entries touch.
+    tables: HashSet<i32>,
 }
 
 /// A batch committed.
 struct Done {
     batch: usize,
+    /// The data blocks it committed.
+    ids: Vec<i32>,
     labels: Vec<String>,
     /// It reported waiting for the verdict (its slot was given back then).
     held: bool,
@@ -856,7 +1193,7 @@ impl Worker {
         )?;
         let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
         let (spool, head_len, blocks) = (self.spool, self.head_len, self.blocks);
-        let (held, batch) = (self.held, self.batch);
+        let (held, batch, t0) = (self.held, self.batch, self.t0);
         let feeder = tokio::task::spawn_blocking(move || {
             let mut out = Tail {
                 inner: stdin,
@@ -875,6 +1212,11 @@ impl Worker {
                 // sees the end of its input.
                 return (Err(e), Some(out.inner), false);
             }
+            tracing::debug!(
+                at_ms = t0.elapsed().as_millis() as u64,
+                batch,
+                "data pg_restore fed all but its withheld tail; waits for the verdict"
+            );
             let _ = held.send(batch);
             match spool.wait_closed() {
                 Ok(()) => match out.release() {
@@ -906,8 +1248,14 @@ impl Worker {
                 return Err(anyhow::Error::from(e).context(label));
             }
         }
+        tracing::debug!(
+            at_ms = t0.elapsed().as_millis() as u64,
+            batch,
+            "data pg_restore committed"
+        );
         Ok(Done {
             batch,
+            ids,
             labels: self.labels,
             held: reported,
         })
@@ -1001,6 +1349,57 @@ mod tests {
         assert_eq!(first.len() as u64, BATCH_BYTES / (BIG / 2));
     }
 
+    /// Post-data work is cut in shares of whole tables, each needing nothing outside it that
+    /// is not done, so a later free slot finds work of its own.
+    #[test]
+    fn post_data_is_shared_by_whole_tables() {
+        use crate::source::pg_archive::Needs;
+        // Tables (blocks) 1 and 2: keys 11, 12, indexes 21, 22, and a foreign key 31 on table
+        // 2 referencing table 1's key.
+        let needs = |blocks: &[i32], post: &[i32]| Needs {
+            blocks: blocks.to_vec(),
+            post: post.to_vec(),
+        };
+        let plan = Plan {
+            post: vec![11, 12, 21, 22, 31],
+            needs: [
+                (11, needs(&[1], &[])),
+                (12, needs(&[2], &[])),
+                (21, needs(&[1], &[])),
+                (22, needs(&[2], &[])),
+                (31, needs(&[1, 2], &[11])),
+            ]
+            .into_iter()
+            .collect(),
+            ..Plan::default()
+        };
+        let none = HashSet::new();
+        let ready = [11, 12, 21, 22, 31];
+        assert_eq!(share_of(&plan, &ready, 2, &none), [11, 21], "table 1 whole");
+        assert_eq!(share_of(&plan, &ready, 3, &none), [11, 12, 21, 22]);
+        // The foreign key goes with its key, or once the key is done.
+        assert_eq!(share_of(&plan, &ready, 5, &none), ready);
+        assert_eq!(
+            share_of(&plan, &[31], 1, &none),
+            [31],
+            "nothing else is ready"
+        );
+        let done: HashSet<i32> = [11].into_iter().collect();
+        assert_eq!(share_of(&plan, &[12, 31], 1, &done), [12]);
+        assert_eq!(share_of(&plan, &[31, 12], 1, &done), [31]);
+    }
+
+    #[test]
+    fn spool_budgets_read_as_sizes() {
+        assert_eq!(parse_budget("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_budget("500 MiB"), Ok(500 << 20));
+        assert_eq!(parse_budget("1t"), Ok(1 << 40));
+        assert_eq!(parse_budget(&(MIN_BUDGET).to_string()), Ok(MIN_BUDGET));
+        for bad in ["", "lots", "2 GB/s", "-1GiB", "1MiB", "99999999999TiB"] {
+            assert!(parse_budget(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn progress_says_what_is_in_the_target() {
         let mut p = Progress {
@@ -1008,6 +1407,8 @@ mod tests {
             committed: vec![],
             blocks: 5,
             post_data: false,
+            post_done: 0,
+            post_total: 9,
             checked: true,
         };
         assert!(
@@ -1023,6 +1424,13 @@ mod tests {
             "{d}"
         );
         assert!(d.ends_with("TABLE DATA public a, TABLE DATA public b; no indexes, constraints or privileges yet"), "{d}");
+        // Indexes of committed tables, built while others loaded.
+        p.post_done = 3;
+        let d = p.describe();
+        assert!(
+            d.ends_with("; 3 of 9 indexes, constraints and other post-data entries of committed tables created, no privileges yet"),
+            "{d}"
+        );
         p.post_data = true;
         assert!(
             p.describe().contains("privileges incomplete"),

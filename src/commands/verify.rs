@@ -180,6 +180,7 @@ impl Verifier {
                 target,
                 true,
                 None,
+                None,
                 self.privileges,
                 &self.cancel,
             )

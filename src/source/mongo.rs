@@ -304,7 +304,7 @@ pub fn spawn_archive(
 /// Fails when `dir`'s file system has less than `min_mib` MiB available: a full disk halfway
 /// through mongodump is a slow, confusing failure; this one is immediate and names the fix.
 pub fn check_free_space(dir: &Path, min_mib: u64) -> Result<(), MongoError> {
-    let free = free_bytes(dir).map_err(|source| MongoError::WorkDir {
+    let free = crate::private_fs::free_bytes(dir).map_err(|source| MongoError::WorkDir {
         dir: dir.display().to_string(),
         source,
     })?;
@@ -317,18 +317,6 @@ pub fn check_free_space(dir: &Path, min_mib: u64) -> Result<(), MongoError> {
         });
     }
     Ok(())
-}
-
-fn free_bytes(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// A temp dir inside `work_dir` that only we can enter (0700): dumps hold the data in clear.

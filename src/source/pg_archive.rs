@@ -19,6 +19,8 @@
 //! (PostgreSQL 9.0) to 1.16 (PostgreSQL 17) are read; anything else is reported as such and
 //! the caller falls back to a plain download.
 
+use std::collections::{HashMap, HashSet};
+
 /// Data block types (`pg_backup_archiver.h`).
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
@@ -62,6 +64,9 @@ pub struct TocEntry {
     pub owner: Option<String>,
     pub section: Section,
     pub data: DataState,
+    /// The entries this one depends on (their dump IDs), as pg_dump recorded them: what
+    /// `pg_restore -j` schedules by.
+    pub deps: Vec<i32>,
 }
 
 impl TocEntry {
@@ -362,7 +367,13 @@ fn read_entry(r: &mut Reader, minor: u8, off_size: usize) -> Result<TocEntry, Sh
     }
     let owner = r.string()?;
     r.string()?; // withOids
-    while r.string()?.is_some() {} // dependencies
+    let mut deps = Vec::new();
+    while let Some(d) = r.string()? {
+        // A dependency that is not a number names nothing pg_restore could wait for either.
+        if let Ok(id) = d.trim().parse::<i32>() {
+            deps.push(id);
+        }
+    }
     let flag = r.byte()?;
     let raw = r.bytes(off_size)?;
     let offset = raw
@@ -384,6 +395,7 @@ fn read_entry(r: &mut Reader, minor: u8, off_size: usize) -> Result<TocEntry, Sh
         owner,
         section,
         data,
+        deps,
     })
 }
 
@@ -549,6 +561,21 @@ pub struct Plan {
     /// then fails with "permission denied for schema" whenever it runs before the schema grant
     /// that lets the grantor in. In archive order, one at a time, as a single pg_restore does.
     pub privileges: Vec<i32>,
+    /// What each entry of `post` waits for (see [`Plan::ready`]).
+    pub needs: HashMap<i32, Needs>,
+}
+
+/// What a post-data entry waits for before it may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Data blocks that must have committed: those of every table it depends on. pg_dump
+    /// makes an index or constraint depend on its table's definition, not its data, and
+    /// `pg_restore -j` moves such a dependency to the table's data
+    /// (`repoint_table_dependencies`); so does this.
+    pub blocks: Vec<i32>,
+    /// Other post-data entries that must be done first (or run in the same pg_restore, which
+    /// orders them itself).
+    pub post: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -568,6 +595,58 @@ fn restore_pass(e: &TocEntry) -> Pass {
 }
 
 impl Plan {
+    /// The post-data entries that may run now, in archive order, given the data blocks
+    /// `committed` and the post-data entries `done` and `busy` (running): each has all its
+    /// blocks committed and none of them in `busy_tables` (tables a running pg_restore
+    /// touches), and every post-data entry it depends on done or in this same set (one
+    /// `pg_restore` orders its own entries). None depends on a busy one.
+    pub fn ready(
+        &self,
+        committed: &HashSet<i32>,
+        done: &HashSet<i32>,
+        busy: &HashSet<i32>,
+        busy_tables: &HashSet<i32>,
+    ) -> Vec<i32> {
+        let none = Needs::default();
+        let needs = |id: &i32| self.needs.get(id).unwrap_or(&none);
+        let mut set: HashSet<i32> = self
+            .post
+            .iter()
+            .filter(|id| !done.contains(id) && !busy.contains(id))
+            .filter(|id| {
+                needs(id)
+                    .blocks
+                    .iter()
+                    .all(|b| committed.contains(b) && !busy_tables.contains(b))
+            })
+            .copied()
+            .collect();
+        // Drop what waits on an entry outside the set and not done, until nothing changes.
+        loop {
+            let out: Vec<i32> = set
+                .iter()
+                .filter(|id| {
+                    needs(id)
+                        .post
+                        .iter()
+                        .any(|d| !done.contains(d) && !set.contains(d))
+                })
+                .copied()
+                .collect();
+            if out.is_empty() {
+                break;
+            }
+            for id in out {
+                set.remove(&id);
+            }
+        }
+        self.post
+            .iter()
+            .filter(|id| set.contains(id))
+            .copied()
+            .collect()
+    }
+
     pub fn of(toc: &Toc) -> Plan {
         let mut plan = Plan::default();
         let mut current = Section::PreData;
@@ -584,6 +663,30 @@ impl Plan {
             } else {
                 plan.post.push(e.dump_id);
             }
+        }
+        // A table's data block depends on the table's definition.
+        let blocks: HashSet<i32> = plan.blocks.iter().copied().collect();
+        let mut of_table: HashMap<i32, Vec<i32>> = HashMap::new();
+        for e in toc.entries.iter().filter(|e| blocks.contains(&e.dump_id)) {
+            for d in &e.deps {
+                of_table.entry(*d).or_default().push(e.dump_id);
+            }
+        }
+        let post: HashSet<i32> = plan.post.iter().copied().collect();
+        for e in toc.entries.iter().filter(|e| post.contains(&e.dump_id)) {
+            let mut n = Needs::default();
+            for d in &e.deps {
+                if blocks.contains(d) {
+                    n.blocks.push(*d);
+                }
+                n.blocks.extend(of_table.get(d).into_iter().flatten());
+                if post.contains(d) {
+                    n.post.push(*d);
+                }
+            }
+            n.blocks.sort_unstable();
+            n.blocks.dedup();
+            plan.needs.insert(e.dump_id, n);
         }
         plan
     }
@@ -780,5 +883,66 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(all, ids, "every entry in exactly one run");
         assert_eq!(list_file(&[3, 12]), "3;\n12;\n");
+    }
+
+    /// pg_restore -j's rule, as [`Plan::ready`] follows it: an index or constraint waits for
+    /// its table's data (not only its definition), a foreign key for both tables' data and
+    /// the referenced key, and nothing waits for a table it does not depend on.
+    #[test]
+    fn post_data_waits_for_its_tables_data_and_nothing_else() {
+        let ev = scan(&[ARCHIVE]).unwrap();
+        let toc = toc_of(&ev);
+        let plan = Plan::of(toc);
+        let id = |desc: &str, tag: &str| {
+            toc.entries
+                .iter()
+                .find(|e| e.desc == desc && e.tag == tag)
+                .unwrap_or_else(|| panic!("{desc} {tag}"))
+                .dump_id
+        };
+        let accounts = id("TABLE DATA", "accounts");
+        let moves = id("TABLE DATA", "moves");
+        let pkey = id("CONSTRAINT", "accounts accounts_pkey");
+        let index = id("INDEX", "moves_account");
+        let fk = id("FK CONSTRAINT", "moves moves_account_fkey");
+        let seq = id("SEQUENCE SET", "ticket");
+        assert_eq!(plan.needs[&pkey].blocks, [accounts]);
+        assert_eq!(plan.needs[&index].blocks, [moves]);
+        assert_eq!(plan.needs[&fk].blocks, [accounts, moves]);
+        assert!(
+            plan.needs[&fk].post.contains(&pkey),
+            "{:?}",
+            plan.needs[&fk]
+        );
+        let set = |ids: &[i32]| ids.iter().copied().collect::<HashSet<i32>>();
+        let none = HashSet::new();
+        // Before any data: only what needs none (the sequence's value).
+        assert_eq!(plan.ready(&none, &none, &none, &none), [seq]);
+        // `accounts` committed: its key; the foreign key waits for `moves` too.
+        assert_eq!(
+            plan.ready(&set(&[accounts]), &none, &none, &none),
+            [seq, pkey]
+        );
+        // `moves` committed: its index; the foreign key also needs the key, not done yet.
+        assert_eq!(
+            plan.ready(&set(&[moves]), &none, &none, &none),
+            [seq, index]
+        );
+        // Both: everything at once (one pg_restore puts the key before the foreign key).
+        let both = set(&[accounts, moves]);
+        let mut all = plan.ready(&both, &none, &none, &none);
+        all.sort_unstable();
+        let mut post = plan.post.clone();
+        post.sort_unstable();
+        assert_eq!(all, post);
+        // The key running elsewhere: the foreign key waits for it to be done; nothing else
+        // on `accounts` runs beside it.
+        let busy = set(&[pkey]);
+        assert_eq!(
+            plan.ready(&both, &none, &busy, &set(&[accounts])),
+            [seq, index]
+        );
+        let done = set(&[pkey, seq]);
+        assert_eq!(plan.ready(&both, &done, &none, &none), [index, fk]);
     }
 }

@@ -419,6 +419,8 @@ pub async fn psql_script(
 pub struct RestoreOpts {
     pub clean: bool,
     pub jobs: Option<u32>,
+    /// `restore --jobs`: the spool's budget in bytes (`None`: sized to the free disk).
+    pub spool_budget: Option<u64>,
     /// `--no-owner`: objects belong to the restoring role (opt-in; the default keeps owners).
     pub no_owner: bool,
     /// `--no-acl`: grants and default privileges are not restored (opt-in).

@@ -276,6 +276,17 @@ fn a_damaged_table_never_commits_while_the_rest_downloads() {
         "0",
         "{err}"
     );
+    // Nor anything post-data builds on a committed table (issue 34 starts a table's indexes
+    // once its data committed, which only a verified object allows): `a_orders` has no key.
+    assert_eq!(
+        pg.psql(
+            "target",
+            "select count(*) from pg_indexes where schemaname = 'public'"
+        )
+        .trim(),
+        "0",
+        "{err}"
+    );
 }
 
 /// Ctrl-C (or ECS's SIGTERM) in the middle of a parallel restore: every pg_restore stops,
@@ -367,4 +378,133 @@ fn an_interrupted_parallel_restore_leaves_no_process_and_no_file() {
         0,
         "temp files left"
     );
+}
+
+/// Issue 34: a table's indexes and constraints start once its data committed, while another
+/// table still loads, as `pg_restore -j` does (they used to wait for every table's data).
+/// Here the later table's COPY is held at its first row by an advisory lock the test holds
+/// (its column's domain check takes the lock), so it cannot commit until the test lets go:
+/// the earlier table's primary key must appear meanwhile, and the result is still the
+/// original.
+#[test]
+fn a_tables_indexes_are_built_while_a_later_table_still_loads() {
+    let fx = Fixture::builder("jobs-early-index")
+        .databases(&[(
+            "gatedb",
+            "create function gate(v int) returns boolean language plpgsql
+               as $$ begin perform pg_advisory_xact_lock_shared(42); return v is not null; end $$;
+             create domain gated as int check (gate(value));
+             create table a_big (id int primary key, payload text);
+             insert into a_big select g, md5(g::text) || md5((g * 7)::text)
+               from generate_series(1, 80000) g;
+             create table b_gated (id gated, note text);
+             insert into b_gated select g, 'n' || g from generate_series(1, 1000) g;",
+        )])
+        .start();
+    let pg = &fx.pg;
+    let original = plain_dump(pg, "gatedb");
+    let out = fx
+        .backup("gatedb")
+        .env("PG_COMPRESSION", "zstd")
+        .assert()
+        .success();
+    let key = artifact_key(&out.get_output().stdout);
+    pg.create_db("target");
+
+    // Hold the gate: a session of our own in the target database.
+    let mut holder = std::process::Command::new(pg.bin.join("psql"))
+        .args(["-X", "-q", "-U", "postgres", "-h"])
+        .arg(pg.sock())
+        .args(["-p", &pg.port.to_string(), "-d", "target"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gate = holder.stdin.take().unwrap();
+    use std::io::Write as _;
+    writeln!(gate, "select pg_advisory_lock(42);").unwrap();
+    let held = "select count(*) from pg_locks where locktype = 'advisory' and granted";
+    let wait_for = |what: &str, sql: &str, want: &str| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while pg.psql("target", sql) != want {
+            assert!(std::time::Instant::now() < until, "never saw {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("the gate held", held, "1");
+
+    let mut cmd = fx.cmd();
+    cmd.args([
+        "restore",
+        &key,
+        "--jobs",
+        "2",
+        "--lock-timeout",
+        "0",
+        "--to",
+        &fx.url("target"),
+    ]);
+    let restore = std::thread::spawn(move || cmd.output().unwrap());
+    // `a_big`'s key is built while `b_gated`'s data cannot commit.
+    wait_for(
+        "a_big's primary key",
+        "select count(*) from pg_indexes where tablename = 'a_big'",
+        "1",
+    );
+    assert_eq!(pg.psql("target", "select count(*) from b_gated"), "0");
+    assert_eq!(pg.psql("target", "select count(*) from a_big"), "80000");
+    writeln!(gate, "select pg_advisory_unlock(42);").unwrap();
+    drop(gate);
+    let out = restore.join().unwrap();
+    let _ = holder.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(plain_dump(pg, "target"), original);
+}
+
+/// A spool budget that is not a size is a setting to fix: exit 2, one line naming where it was
+/// set, nothing touched (AWS points at a closed port: any call would fail differently).
+#[test]
+fn a_bad_spool_budget_exits_2_with_one_line() {
+    for (flag, budget, expected) in [
+        (
+            true,
+            "lots",
+            "error: --spool-budget \"lots\" is not a size: use e.g. 2GiB or 500MiB",
+        ),
+        (
+            false,
+            "1MiB",
+            "error: RESTORE_SPOOL_BUDGET \"1MiB\" is below the minimum of 64 MiB",
+        ),
+    ] {
+        let mut cmd = backhaul();
+        cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("S3_BUCKET", "bkt")
+            .env("STAGE", "prod")
+            .args([
+                "restore",
+                "latest",
+                "--kind",
+                "postgres",
+                "--database",
+                "d",
+                "--jobs",
+                "2",
+                "--to",
+                "postgresql://u@127.0.0.1:9/d",
+            ]);
+        if flag {
+            cmd.args(["--spool-budget", budget]);
+        } else {
+            cmd.env("RESTORE_SPOOL_BUDGET", budget);
+        }
+        let out = cmd.assert().code(2);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines, vec![expected], "{budget}");
+    }
 }
