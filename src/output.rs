@@ -133,7 +133,10 @@ pub fn backup_summary(
         ratio(Some(raw), Some(stored)),
         duration(elapsed)
     ));
-    let failed = reports.len() - ok.len();
+    // A skipped artifact (cluster roles under BACKUP_GLOBALS=auto) is warned about but does
+    // not fail the run: the verdict agrees with the exit code.
+    let failed = reports.iter().filter(|r| r.status == "failed").count();
+    let skipped = reports.iter().filter(|r| r.status == "skipped").count();
     let verdict = if interrupted {
         format!(
             "INTERRUPTED: {} of {} backups finished",
@@ -146,6 +149,12 @@ pub fn backup_summary(
             v.push_str(&format!(", {unverified} failed verification"));
         }
         v
+    } else if skipped > 0 {
+        format!(
+            "OK: {} of {} backups succeeded ({skipped} skipped: see its warning)",
+            ok.len(),
+            reports.len()
+        )
     } else {
         format!("OK: {} of {} backups succeeded", ok.len(), reports.len())
     };
@@ -252,5 +261,19 @@ mod tests {
             "total: 1.0 KiB stored from 4.0 KiB (4.0x) in 2.0s"
         );
         assert_eq!(lines[5], "FAILED: 1 of 2 backups failed");
+
+        // Cluster roles skipped (BACKUP_GLOBALS=auto) exit 0: the verdict says OK too.
+        let s = backup_summary(
+            "prod",
+            &[r("app", "ok"), r("globals", "skipped")],
+            2.0,
+            0,
+            false,
+        );
+        assert_eq!(
+            s.lines().last().unwrap(),
+            "OK: 1 of 2 backups succeeded (1 skipped: see its warning)",
+            "{s}"
+        );
     }
 }

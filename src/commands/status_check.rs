@@ -137,7 +137,14 @@ pub fn verdicts(entries: &[Entry], now: DateTime<Utc>, allowance: &Allowance) ->
         .map(|((kind, db), es)| {
             let name = format!("{} {kind} {db}", es[0].parsed.stage);
             let last_ok = es.iter().find(|e| good(e)).map(|e| {
-                let at = e.parsed.time.with_timezone(&Utc);
+                // When the backup finished, from its manifest (a good backup has one): the
+                // key's time is local to the zone the run used (`BACKUP_TIMEZONE` in the
+                // task), which this command need not share.
+                let at = e
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.finished_at)
+                    .unwrap_or_else(|| e.parsed.time.with_timezone(&Utc));
                 (at, now - at)
             });
             let last = match last_ok {
@@ -197,11 +204,12 @@ mod tests {
     fn entry(db: &str, ts: &str, manifest: bool, verified: Option<bool>) -> Entry {
         let key = format!("prod/{ts}_PGSQL/backup_prod_{db}_{ts}.dump.zst");
         let parsed = crate::layout::parse_key("", &key, &Zone::from_str("UTC").unwrap()).unwrap();
+        let finished = parsed.time.with_timezone(&Utc).to_rfc3339();
         let m = manifest.then(|| {
             let mut v = serde_json::json!({
                 "format": 1, "tool": "backhaul", "tool_version": "0", "kind": "postgres",
                 "stage": "prod", "database": db, "key": key, "timestamp": ts, "timezone": "UTC",
-                "started_at": NOW, "finished_at": NOW, "compression": "zstd", "raw_bytes": 1,
+                "started_at": finished, "finished_at": finished, "compression": "zstd", "raw_bytes": 1,
                 "stored_bytes": 1, "sha256": "00", "parts": 1,
                 "source": {"dump_tool": "pg_dump", "dump_tool_version": "15", "host": "db"}
             });
@@ -220,6 +228,21 @@ mod tests {
             last_modified: None,
             written_by_backhaul: true,
         }
+    }
+
+    /// A run in Tokyo time wrote a key 9 h "ahead" of UTC: read as UTC it looks fresh. The age
+    /// is when the backup finished (the manifest), whatever zone the key is in.
+    #[test]
+    fn age_comes_from_the_manifest_not_the_keys_zone() {
+        let mut tokyo = entry("app", "2026-12-06_05h00m00s", true, None);
+        // Finished 30 h before NOW: overdue against 26 h, though the key says 1 h ago.
+        tokyo.manifest.as_mut().unwrap().finished_at =
+            DateTime::parse_from_rfc3339("2026-12-05T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc);
+        let v = check(&[tokyo]);
+        assert!(!v[0].ok, "{v:?}");
+        assert!(v[0].line.contains("overdue"), "{v:?}");
     }
 
     fn check(entries: &[Entry]) -> Vec<Verdict> {

@@ -672,6 +672,17 @@ impl Plan {
                 of_table.entry(*d).or_default().push(e.dump_id);
             }
         }
+        // Tables without a data block of their own: a partitioned table's rows are in its
+        // partitions, whose COPYs a constraint on the parent (a foreign key recurses into
+        // every partition) would wait on, or deadlock with. Which partitions a parent has is
+        // not in its dependencies, so such an entry waits for all data, as it did before
+        // post-data started early.
+        let blockless: HashSet<i32> = toc
+            .entries
+            .iter()
+            .filter(|e| e.desc == "TABLE" && !of_table.contains_key(&e.dump_id))
+            .map(|e| e.dump_id)
+            .collect();
         let post: HashSet<i32> = plan.post.iter().copied().collect();
         for e in toc.entries.iter().filter(|e| post.contains(&e.dump_id)) {
             let mut n = Needs::default();
@@ -680,6 +691,9 @@ impl Plan {
                     n.blocks.push(*d);
                 }
                 n.blocks.extend(of_table.get(d).into_iter().flatten());
+                if blockless.contains(d) {
+                    n.blocks.extend(&plan.blocks);
+                }
                 if post.contains(d) {
                     n.post.push(*d);
                 }
@@ -888,6 +902,42 @@ mod tests {
     /// pg_restore -j's rule, as [`Plan::ready`] follows it: an index or constraint waits for
     /// its table's data (not only its definition), a foreign key for both tables' data and
     /// the referenced key, and nothing waits for a table it does not depend on.
+    /// A foreign key on a partitioned table (no data block: its rows are in the partitions)
+    /// waits for every table's data; an index on a partition waits for that partition only.
+    #[test]
+    fn post_data_on_a_table_without_data_waits_for_all_data() {
+        let entry =
+            |dump_id: i32, desc: &str, section: Section, data: DataState, deps: &[i32]| TocEntry {
+                dump_id,
+                had_dumper: data != DataState::NoData,
+                tag: format!("e{dump_id}"),
+                desc: desc.into(),
+                namespace: Some("public".into()),
+                owner: Some("app".into()),
+                section,
+                data,
+                deps: deps.to_vec(),
+            };
+        use DataState::{NoData, NotSet};
+        use Section::{Data, PostData, PreData};
+        let toc = Toc {
+            version: (1, 14, 0),
+            data_start: 0,
+            entries: vec![
+                entry(1, "TABLE", PreData, NoData, &[]), // partitioned parent
+                entry(2, "TABLE", PreData, NoData, &[1]), // its partition
+                entry(3, "TABLE", PreData, NoData, &[]), // a plain table
+                entry(4, "TABLE DATA", Data, NotSet, &[2]),
+                entry(5, "TABLE DATA", Data, NotSet, &[3]),
+                entry(6, "INDEX", PostData, NoData, &[2]),
+                entry(7, "FK CONSTRAINT", PostData, NoData, &[1, 3]),
+            ],
+        };
+        let plan = Plan::of(&toc);
+        assert_eq!(plan.needs[&6].blocks, [4]);
+        assert_eq!(plan.needs[&7].blocks, [4, 5]);
+    }
+
     #[test]
     fn post_data_waits_for_its_tables_data_and_nothing_else() {
         let ev = scan(&[ARCHIVE]).unwrap();

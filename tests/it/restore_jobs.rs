@@ -503,3 +503,51 @@ fn a_bad_spool_budget_exits_2_with_one_line() {
         assert_eq!(lines, vec![expected], "{budget}");
     }
 }
+
+/// A partitioned table has no data block of its own: its rows are in its partitions. A
+/// foreign key on it (which PostgreSQL adds to every partition) and its partitioned index run
+/// only once every table's data committed, and the result is what one pg_restore gives.
+#[test]
+fn partitioned_tables_restore_in_parallel_as_the_original() {
+    const SQL: &str = r#"
+create table customers (id int primary key, name text);
+insert into customers select g, 'c' || g from generate_series(1, 2000) g;
+create table orders (id bigint, customer int, at date not null, total numeric)
+  partition by range (at);
+create table orders_2023 partition of orders for values from ('2023-01-01') to ('2024-01-01');
+create table orders_2024 partition of orders for values from ('2024-01-01') to ('2025-01-01');
+insert into orders select g, 1 + g % 2000, date '2023-01-01' + (g % 700), g * 1.5
+  from generate_series(1, 60000) g;
+alter table orders add primary key (id, at);
+create index orders_customer on orders (customer);
+alter table orders add constraint orders_customer_fkey foreign key (customer) references customers(id);
+"#;
+    let fx = Fixture::builder("jobsparts")
+        .databases(&[("parts", SQL)])
+        .start();
+    let pg = &fx.pg;
+    let original = plain_dump(pg, "parts");
+    assert!(
+        original.contains("ATTACH PARTITION public.orders_2024"),
+        "{original}"
+    );
+    let out = fx.backup("parts").assert().success();
+    let key = artifact_key(&out.get_output().stdout);
+    pg.create_db("parts_copy");
+    fx.cmd()
+        .args([
+            "restore",
+            &key,
+            "--jobs",
+            "2",
+            "--to",
+            &fx.url("parts_copy"),
+        ])
+        .assert()
+        .success();
+    assert_eq!(plain_dump(pg, "parts_copy"), original);
+    assert_eq!(
+        pg.psql("parts_copy", "select count(*) from orders_2024"),
+        pg.psql("parts", "select count(*) from orders_2024")
+    );
+}

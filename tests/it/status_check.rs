@@ -35,13 +35,25 @@ fn backdate(dir: &Path, key: &str, days: i64) -> String {
     let old = t.format("%Y-%m-%d_%Hh%Mm%Ss").to_string();
     let new_key = format!("{stage}/{}", rest.replace(ts, &old));
     std::fs::create_dir_all(dir.join(&new_key).parent().unwrap()).unwrap();
-    for suffix in ["", ".manifest.json"] {
-        std::fs::rename(
-            dir.join(format!("{key}{suffix}")),
-            dir.join(format!("{new_key}{suffix}")),
-        )
-        .unwrap();
+    std::fs::rename(dir.join(key), dir.join(&new_key)).unwrap();
+    // The manifest moves with it, its times shifted the same (status --check reads the age
+    // from `finished_at`).
+    let manifest = dir.join(format!("{key}.manifest.json"));
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    for field in ["started_at", "finished_at"] {
+        let t = chrono::DateTime::parse_from_rfc3339(m[field].as_str().unwrap()).unwrap()
+            - chrono::Duration::days(days);
+        m[field] = serde_json::Value::String(t.to_rfc3339());
     }
+    m["key"] = serde_json::Value::String(new_key.clone());
+    m["timestamp"] = serde_json::Value::String(old.clone());
+    std::fs::write(
+        dir.join(format!("{new_key}.manifest.json")),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(manifest).unwrap();
     new_key
 }
 
