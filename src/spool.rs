@@ -411,30 +411,38 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
+    /// Appends `data` on a thread of its own in 128 KiB pieces, the last one marking `mark`
+    /// at `base + data.len()`; returns the most the spool held after an append.
+    fn write_in_pieces(
+        spool: &Arc<Spool>,
+        data: &[u8],
+        base: u64,
+        mark: i32,
+    ) -> std::thread::JoinHandle<u64> {
+        let (spool, data) = (spool.clone(), data.to_vec());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            let pieces: Vec<&[u8]> = data.chunks(128 << 10).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let ends = if i + 1 == pieces.len() {
+                    vec![(mark, base + data.len() as u64)]
+                } else {
+                    vec![]
+                };
+                spool.append(piece, &ends).unwrap();
+                most = most.max(spool.held());
+            }
+            most
+        })
+    }
+
     #[test]
     fn a_lead_limit_paces_the_writer_to_a_releasing_reader() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
         spool.pace_from(Some((0, 1 << 20)));
         let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 249) as u8).collect();
-        let writer = {
-            let (spool, data) = (spool.clone(), data.clone());
-            std::thread::spawn(move || {
-                let mut most = 0;
-                let pieces: Vec<&[u8]> = data.chunks(128 << 10).collect();
-                for (i, piece) in pieces.iter().enumerate() {
-                    let ends = if i + 1 == pieces.len() {
-                        vec![(1, data.len() as u64)]
-                    } else {
-                        vec![]
-                    };
-                    spool.append(piece, &ends).unwrap();
-                    let s = spool.lock();
-                    most = most.max(s.written - s.released);
-                }
-                most
-            })
-        };
+        let writer = write_in_pieces(&spool, &data, 0, 1);
         let mut out = Vec::new();
         spool.copy_to(0, End::Mark(1), &mut out, true).unwrap();
         let most = writer.join().unwrap();
@@ -458,21 +466,7 @@ mod tests {
         spool.append(&vec![1u8; 8 << 20], &[(1, 8 << 20)]).unwrap();
         spool.pace_from(Some((8 << 20, 1 << 20)));
         let last: Vec<u8> = (0..6_000_000u32).map(|i| (i % 241) as u8).collect();
-        let writer = {
-            let (spool, last) = (spool.clone(), last.clone());
-            std::thread::spawn(move || {
-                let pieces: Vec<&[u8]> = last.chunks(128 << 10).collect();
-                for (i, piece) in pieces.iter().enumerate() {
-                    let end = (8 << 20) + last.len() as u64;
-                    let ends = if i + 1 == pieces.len() {
-                        vec![(2, end)]
-                    } else {
-                        vec![]
-                    };
-                    spool.append(piece, &ends).unwrap();
-                }
-            })
-        };
+        let writer = write_in_pieces(&spool, &last, 8 << 20, 2);
         let mut out = Vec::new();
         spool
             .copy_to(8 << 20, End::Mark(2), &mut out, true)
@@ -492,23 +486,7 @@ mod tests {
         let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
         spool.set_budget(Some(2 << 20));
         let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 239) as u8).collect();
-        let writer = {
-            let (spool, data) = (spool.clone(), data.clone());
-            std::thread::spawn(move || {
-                let mut most = 0;
-                let pieces: Vec<&[u8]> = data.chunks(128 << 10).collect();
-                for (i, piece) in pieces.iter().enumerate() {
-                    let ends = if i + 1 == pieces.len() {
-                        vec![(1, data.len() as u64)]
-                    } else {
-                        vec![]
-                    };
-                    spool.append(piece, &ends).unwrap();
-                    most = most.max(spool.held());
-                }
-                most
-            })
-        };
+        let writer = write_in_pieces(&spool, &data, 0, 1);
         let mut out = Vec::new();
         spool.copy_to(0, End::Mark(1), &mut out, true).unwrap();
         let most = writer.join().unwrap();

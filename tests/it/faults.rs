@@ -222,6 +222,15 @@ fn signal_through(
     hint: &str,
     rules: Vec<Rule>,
 ) -> (std::process::ExitStatus, FaultProxy, String, String) {
+    signal_through_when(hint, rules, |bucket| moto().multipart_uploads(bucket) > 0)
+}
+
+/// [`signal_through`], the SIGTERM sent once `ready(bucket)` holds.
+fn signal_through_when(
+    hint: &str,
+    rules: Vec<Rule>,
+    ready: impl Fn(&str) -> bool,
+) -> (std::process::ExitStatus, FaultProxy, String, String) {
     let pg = cluster();
     let bucket = moto().bucket(hint);
     let pid_file = pg.dir.path().join("dump.pid");
@@ -237,8 +246,8 @@ fn signal_through(
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while moto().multipart_uploads(&bucket) == 0 {
-        assert!(Instant::now() < deadline, "no multipart upload was created");
+    while !ready(&bucket) {
+        assert!(Instant::now() < deadline, "never ready for the signal");
         std::thread::sleep(Duration::from_millis(50));
     }
     unsafe {
@@ -256,38 +265,16 @@ fn signal_through(
 /// left the upload behind in exactly this case.
 #[test]
 fn abort_cut_short_by_the_shutdown_grace_is_handed_on() {
-    let pg = cluster();
-    let bucket = moto().bucket("slowabort");
-    let pid_file = pg.dir.path().join("dump.pid");
-    let log = pg.dir.path().join("backhaul.log");
     // Longer than the grace: without the hand-on, the upload is still there when backhaul exits.
     let stalled = Fault::Delay {
         first: 1,
         by: Duration::from_secs(90),
     };
-    let proxy = FaultProxy::start(
-        &moto().endpoint,
+    let (status, proxy, bucket, stderr) = signal_through_when(
+        "slowabort",
         vec![Rule::new("DELETE", "uploadId", stalled)],
+        |bucket| moto().multipart_parts(bucket) > 0,
     );
-    let mut child = backhaul_std()
-        .envs(hanging_env(&pg, &bucket, &pid_file))
-        .env("AWS_ENDPOINT_URL", proxy.endpoint())
-        .env("BACKHAUL_LOG", "backhaul=debug")
-        .arg("backup")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while moto().multipart_parts(&bucket) == 0 {
-        assert!(Instant::now() < deadline, "no part was ever uploaded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().unwrap();
-    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
     assert_eq!(
         proxy.hits(0),
