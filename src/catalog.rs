@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Zone;
 use crate::layout::{self, Kind, ParsedKey};
-use crate::manifest::Manifest;
+use crate::manifest::{self, Manifest};
 use crate::storage::{Storage, StorageError};
 
 /// Manifests fetched at once: enough to hide request latency on a big stage, few enough not
@@ -30,6 +30,10 @@ pub enum CatalogError {
         key: String,
         source: serde_json::Error,
     },
+    /// A manifest this version cannot vouch for: a newer format, or one whose shape does not
+    /// fit its key (a directory dump's file list on a single-file key, or none on a directory).
+    #[error("manifest {key}: {why}")]
+    UnsupportedManifest { key: String, why: String },
     #[error("no backup matches {0}")]
     NotFound(String),
     #[error("{0} is not a backup key in this layout ([prefix/]<stage>/<ts>_PGSQL|_MONGO/<file>), an id from `backhaul list`, a key timestamp or `latest`")]
@@ -246,6 +250,7 @@ fn unreadable(e: CatalogError) -> String {
         CatalogError::BadManifest { source, .. } => {
             format!("not valid JSON for a manifest: {source}")
         }
+        CatalogError::UnsupportedManifest { why, .. } => why,
         other => other.to_string(),
     }
 }
@@ -255,16 +260,52 @@ pub async fn fetch_manifest(
     storage: &Arc<dyn Storage>,
     key: &str,
 ) -> Result<Option<Manifest>, CatalogError> {
-    match storage.get_bytes(key).await {
-        Ok(b) => Manifest::from_slice(&b)
-            .map(Some)
-            .map_err(|source| CatalogError::BadManifest {
-                key: key.to_string(),
-                source,
-            }),
-        Err(StorageError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
+    let m = match storage.get_bytes(key).await {
+        Ok(b) => Manifest::from_slice(&b).map_err(|source| CatalogError::BadManifest {
+            key: key.to_string(),
+            source,
+        })?,
+        Err(StorageError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let directory_key = key
+        .strip_suffix(layout::MANIFEST_SUFFIX)
+        .and_then(layout::dir_folder)
+        .is_some();
+    shape_fits(&m, directory_key).map_err(|why| CatalogError::UnsupportedManifest {
+        key: key.to_string(),
+        why,
+    })?;
+    Ok(Some(m))
+}
+
+/// A manifest is read only when this version knows its format and its shape fits its key: a
+/// reader that guessed could restore a directory dump's TOC as if it were the whole backup.
+fn shape_fits(m: &Manifest, directory_key: bool) -> Result<(), String> {
+    let want = if directory_key {
+        manifest::FORMAT_DIRECTORY
+    } else {
+        manifest::FORMAT
+    };
+    if m.format > manifest::FORMAT_DIRECTORY {
+        return Err(format!(
+            "format {} was written by a newer backhaul: upgrade to read it",
+            m.format
+        ));
     }
+    if m.format != want || m.directory.is_some() != directory_key {
+        return Err(format!(
+            "format {} with{} a file list does not fit a {} key",
+            m.format,
+            if m.directory.is_some() { "" } else { "out" },
+            if directory_key {
+                "directory dump's"
+            } else {
+                "single-file backup's"
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Finds `key`, or the newest entry matching the filter for `latest`.

@@ -10,6 +10,19 @@
 //! `[prefix/]<stage>/<ts>_PGSQL/globals_<stage>_<ts>.sql[.zst]`.
 //! with `<ts>` formatted `%Y-%m-%d_%Hh%Mm%Ss` in the configured zone. Every artifact has a
 //! `<key>.manifest.json` beside it.
+//!
+//! A parallel dump (`backup --jobs N`, pg_dump's directory format) is one artifact made of
+//! several objects under one folder:
+//!
+//! ```text
+//! [prefix/]<stage>/<ts>_PGSQL/backup_<stage>_<db>_<ts>.pgdir/toc.dat.zst[.age]        the artifact key
+//! [prefix/]<stage>/<ts>_PGSQL/backup_<stage>_<db>_<ts>.pgdir/toc.dat.zst[.age].manifest.json
+//! [prefix/]<stage>/<ts>_PGSQL/backup_<stage>_<db>_<ts>.pgdir/<run_id>/<file>.zst[.age] each data file
+//! ```
+//! The key has four path components, so a backhaul from before directory dumps never reads one
+//! as a backup (its `parse_key` wants three): it cannot half-restore or prune one. The data
+//! files sit under the writing run's id, so two runs in the same second never share an object;
+//! only the artifact key can collide, and that create is conditional.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime};
 use serde::{Deserialize, Serialize};
@@ -18,6 +31,10 @@ use crate::config::Zone;
 
 pub const TS_FORMAT: &str = "%Y-%m-%d_%Hh%Mm%Ss";
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Ends the folder of a directory-format (parallel) PostgreSQL dump.
+pub const DIR_SUFFIX: &str = ".pgdir";
+/// The object that stands for a directory dump: its `toc.dat`, compressed like the rest.
+pub const DIR_ENTRY: &str = "toc.dat";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +90,45 @@ pub fn artifact_key(
     }
 }
 
+#[allow(dead_code)] // used by `backup --jobs` (issue 32), landing in stages
+/// Key of a directory dump's artifact (its TOC). `extension` is the stored objects' suffix after
+/// the raw file name (".zst", ".zst.age").
+pub fn dir_artifact_key(prefix: &str, stage: &str, db: &str, ts: &str, extension: &str) -> String {
+    let dir = artifact_key(prefix, stage, Kind::Postgres, db, ts, DIR_SUFFIX);
+    format!("{dir}/{DIR_ENTRY}{extension}")
+}
+
+/// The folder (with its trailing `/`) that holds every object of the directory dump whose
+/// artifact key is `entry_key`; `None` when the key is not a directory dump's.
+pub fn dir_folder(entry_key: &str) -> Option<&str> {
+    let (folder, file) = entry_key.rsplit_once('/')?;
+    (folder.ends_with(DIR_SUFFIX) && file.starts_with(DIR_ENTRY))
+        .then(|| &entry_key[..folder.len() + 1])
+}
+
+#[allow(dead_code)] // used by `backup --jobs` (issue 32), landing in stages
+/// Key of one data file of a directory dump (`name` as pg_dump wrote it: "3051.dat",
+/// "blobs_3060.toc", "blob_16411.dat"), written by run `run_id`.
+pub fn dir_file_key(entry_key: &str, run_id: &str, name: &str, extension: &str) -> Option<String> {
+    Some(format!(
+        "{}{run_id}/{name}{extension}",
+        dir_folder(entry_key)?
+    ))
+}
+
+/// The time of the run a key belongs to, from its `<ts>_PGSQL` / `<ts>_MONGO` folder: also for
+/// keys that are not artifacts (a directory dump's data files, a leftover upload), which
+/// `parse_key` does not read.
+pub fn run_time(prefix: &str, key: &str, zone: &Zone) -> Option<DateTime<FixedOffset>> {
+    let mut parts = key.strip_prefix(prefix)?.split('/');
+    let (_stage, dir) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    let ts = dir
+        .strip_suffix(Kind::Postgres.dir_suffix())
+        .or_else(|| dir.strip_suffix(Kind::Mongo.dir_suffix()))?;
+    zone.local_to_instant(NaiveDateTime::parse_from_str(ts, TS_FORMAT).ok()?)
+}
+
 /// Stands for the database of a globals artifact: roles belong to the cluster, and no
 /// database name can clash with it in a key (ours are `backup_<stage>_<db>_<ts>`).
 pub const GLOBALS: &str = "(globals)";
@@ -103,6 +159,10 @@ pub struct ParsedKey {
     pub extension: String,
     /// The run's cluster globals (roles), not a database dump; `database` is [`GLOBALS`].
     pub globals: bool,
+    /// A directory-format (parallel) dump: the key is its TOC object and the manifest lists
+    /// its other objects. `extension` is then ".pgdir/toc.dat.zst[.age]".
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
 }
 
 /// Reads a key back. Returns `None` for anything that is not an artifact in our layout (manifests,
@@ -113,10 +173,20 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
         return None;
     }
     let mut parts = rest.split('/');
-    let (stage, dir, file) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
+    let (stage, dir, mut file) = (parts.next()?, parts.next()?, parts.next()?);
+    // A directory dump: `<file>.pgdir/toc.dat<ext>` reads as the file `<file>.pgdir/toc.dat<ext>`.
+    let dir_entry = match parts.next() {
+        None => None,
+        Some(entry) if file.ends_with(DIR_SUFFIX) && entry.starts_with(DIR_ENTRY) => {
+            let tail = &entry[DIR_ENTRY.len()..];
+            if parts.next().is_some() || !(tail.is_empty() || tail.starts_with('.')) {
+                return None;
+            }
+            file = &rest[rest.len() - entry.len() - 1 - file.len()..];
+            Some(entry)
+        }
+        Some(_) => return None,
+    };
     let (ts, kind) = if let Some(ts) = dir.strip_suffix("_PGSQL") {
         (ts, Kind::Postgres)
     } else if let Some(ts) = dir.strip_suffix("_MONGO") {
@@ -128,15 +198,19 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
     let time = zone.local_to_instant(naive)?;
     if kind == Kind::Postgres {
         if let Some(rest) = file.strip_prefix(&format!("globals_{stage}_{ts}")) {
-            return rest.starts_with('.').then(|| ParsedKey {
-                stage: stage.to_string(),
-                kind,
-                database: GLOBALS.to_string(),
-                timestamp: ts.to_string(),
-                time,
-                extension: rest.to_string(),
-                globals: true,
-            });
+            return rest
+                .starts_with('.')
+                .then(|| ParsedKey {
+                    stage: stage.to_string(),
+                    kind,
+                    database: GLOBALS.to_string(),
+                    timestamp: ts.to_string(),
+                    time,
+                    extension: rest.to_string(),
+                    globals: true,
+                    directory: false,
+                })
+                .filter(|_| dir_entry.is_none());
         }
     }
     let body = match kind {
@@ -150,6 +224,10 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
     if database.is_empty() || !extension.starts_with('.') {
         return None;
     }
+    let directory = dir_entry.is_some();
+    if directory != (kind == Kind::Postgres && extension.starts_with(&format!("{DIR_SUFFIX}/"))) {
+        return None;
+    }
     Some(ParsedKey {
         stage: stage.to_string(),
         kind,
@@ -158,6 +236,7 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
         time,
         extension: extension.to_string(),
         globals: false,
+        directory,
     })
 }
 
@@ -253,9 +332,67 @@ mod tests {
             "prod/2024-13-09_07h05m03s_PGSQL/backup_prod_a_2024-13-09_07h05m03s.dump",
             "prod/2024-03-09_07h05m03s_PGSQL/other_2024-03-09_07h05m03s.dump",
             "prod/2024-03-09_07h05m03s_PGSQL/sub/backup_prod_a_2024-03-09_07h05m03s.dump",
+            // A directory dump's data files, and its folder's other shapes, are not artifacts.
+            "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_a_2024-03-09_07h05m03s.pgdir/r1/3051.dat.zst",
+            "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_a_2024-03-09_07h05m03s.pgdir/toc.datx",
+            "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_a_2024-03-09_07h05m03s.dump/toc.dat.zst",
+            "prod/2024-03-09_07h05m03s_PGSQL/backup_prod_a_2024-03-09_07h05m03s.pgdir",
+            "prod/2024-03-09_07h05m03s_MONGO/a_2024-03-09_07h05m03s.pgdir/toc.dat.zst",
+            "prod/2024-03-09_07h05m03s_PGSQL/globals_prod_2024-03-09_07h05m03s.pgdir/toc.dat.zst",
         ] {
             assert!(parse_key("", other, &zone).is_none(), "{other}");
         }
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn directory_dump_keys_parse_back_and_name_their_files() {
+        let zone: Zone = "UTC".parse().unwrap();
+        let ts = "2024-03-09_07h05m03s";
+        let key = dir_artifact_key("p/", "prod", "app_db", ts, ".zst.age");
+        assert_eq!(
+            key,
+            "p/prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_db_2024-03-09_07h05m03s.pgdir/toc.dat.zst.age"
+        );
+        let k = parse_key("p/", &key, &zone).unwrap();
+        assert_eq!(
+            (
+                k.database.as_str(),
+                k.extension.as_str(),
+                k.directory,
+                k.globals
+            ),
+            ("app_db", ".pgdir/toc.dat.zst.age", true, false)
+        );
+        assert_eq!(
+            dir_file_key(&key, "r1", "3051.dat", ".zst.age").unwrap(),
+            "p/prod/2024-03-09_07h05m03s_PGSQL/backup_prod_app_db_2024-03-09_07h05m03s.pgdir/r1/3051.dat.zst.age"
+        );
+        let single = artifact_key("p/", "prod", Kind::Postgres, "app_db", ts, ".dump.zst");
+        assert!(!parse_key("p/", &single, &zone).unwrap().directory);
+        assert_eq!(dir_folder(&single), None);
+        // A database whose name ends in ".pgdir" still has a single-file backup.
+        let odd = artifact_key("", "s", Kind::Postgres, "x.pgdir", ts, ".dump");
+        assert_eq!(parse_key("", &odd, &zone).unwrap().database, "x.pgdir");
+    }
+
+    #[test]
+    fn run_time_reads_any_key_under_a_run() {
+        let zone: Zone = "UTC".parse().unwrap();
+        let file = "p/prod/2024-03-09_07h05m03s_PGSQL/backup_prod_a_2024-03-09_07h05m03s.pgdir/r1/3051.dat.zst";
+        assert_eq!(
+            run_time("p/", file, &zone).unwrap().to_rfc3339(),
+            "2024-03-09T07:05:03+00:00"
+        );
+        assert_eq!(run_time("p/", "p/prod/notes.txt", &zone), None);
+        assert_eq!(
+            run_time("p/", "p/prod/2024-03-09_07h05m03s_PGSQL", &zone),
+            None
+        );
     }
 }
 

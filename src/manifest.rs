@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::layout::Kind;
 
 pub const FORMAT: u32 = 1;
+/// A directory-format (parallel, `backup --jobs N`) dump: the manifest also lists its data files.
+/// A reader that does not know a format refuses the manifest rather than guess.
+pub const FORMAT_DIRECTORY: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -50,6 +53,54 @@ pub struct Manifest {
     /// Cluster globals artifacts (`pg_dumpall --globals-only`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub globals: Option<GlobalsInfo>,
+    /// Format 2 only: the data files of a directory dump. The top-level `sha256`,
+    /// `stored_bytes`, `parts`, `etag` and `version_id` keep describing the object at `key`
+    /// (its `toc.dat`), so every check that reads them stays right for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<Directory>,
+}
+
+/// Everything of a directory dump beyond its `toc.dat` object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Directory {
+    /// pg_dump's `--jobs`.
+    pub jobs: u32,
+    /// Bytes pg_dump wrote, all files including `toc.dat`.
+    pub raw_bytes: u64,
+    /// Bytes stored, all objects including the TOC's.
+    pub stored_bytes: u64,
+    /// Every object of the backup except the TOC's and the manifest.
+    pub objects: Vec<StoredObject>,
+    /// Every file pg_dump wrote except `toc.dat`, in the order it closed them.
+    pub files: Vec<DumpFile>,
+}
+
+/// One stored object of a directory dump, as S3 reported it on creation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub parts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// One file of a directory dump. Each file is its own compressed (and, when encrypted, its own
+/// age) stream, stored at `[offset, offset + stored_bytes)` of `object`, so a reader can
+/// verify a file on its own: before the table it holds may commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DumpFile {
+    /// As pg_dump named it: "3051.dat", "blobs_3060.toc", "blob_16411.dat".
+    pub name: String,
+    /// Key of the object that holds it (one of [`Directory::objects`]).
+    pub object: String,
+    pub offset: u64,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -302,13 +302,9 @@ pub async fn abort_incomplete(
     let prefix = store.dest.key_prefix();
     let mut old = Vec::new();
     for u in storage.incomplete(&store.stage_prefix()).await? {
-        let started = layout::parse_key(&prefix, &u.key, &store.zone)
-            .map(|p| p.time)
-            .or_else(|| {
-                // A manifest or a foreign name: its run's directory still says when it began.
-                let artifact = u.key.strip_suffix(layout::MANIFEST_SUFFIX)?;
-                layout::parse_key(&prefix, artifact, &store.zone).map(|p| p.time)
-            });
+        // A manifest, a directory dump's data file or a foreign name: its run's folder still
+        // says when the run began.
+        let started = layout::run_time(&prefix, &u.key, &store.zone);
         let by_server = u.initiated.is_some_and(|t| t < cutoff);
         let by_key = started.is_some_and(|t| t < cutoff);
         if by_server && by_key {

@@ -72,6 +72,7 @@ pub(super) async fn run_target(job: &Job, t: &Target) -> Result<Manifest, Target
         verification: None,
         contents,
         globals,
+        directory: None,
     };
     if let Err(e) = job
         .storage
