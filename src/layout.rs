@@ -225,7 +225,7 @@ pub fn parse_key(prefix: &str, key: &str, zone: &Zone) -> Option<ParsedKey> {
         return None;
     }
     let directory = dir_entry.is_some();
-    if directory != (kind == Kind::Postgres && extension.starts_with(&format!("{DIR_SUFFIX}/"))) {
+    if directory != (kind == Kind::Postgres && extension.starts_with(DIR_SUFFIX)) {
         return None;
     }
     Some(ParsedKey {
