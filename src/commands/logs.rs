@@ -230,7 +230,7 @@ async fn cluster(c: &Clients, flag: Option<String>, stage: &str) -> anyhow::Resu
         .map(|(cluster, _)| cluster);
     let from_schedule = match from_rule {
         Some(found) => Some(found),
-        None => crate::commands::schedule_tz::status(c, stage)
+        None => crate::commands::schedule::scheduler::status(c, stage)
             .await?
             .and_then(|z| z.network)
             .map(|(cluster, _)| cluster),

@@ -1,7 +1,6 @@
 //! One module per subcommand. Commands turn CLI arguments into validated config (exit 2 on
 //! error, before any side effect), then drive sources, the pipeline and storage.
 
-pub mod alarms;
 pub mod backup;
 pub mod common;
 pub mod list;
@@ -16,9 +15,7 @@ pub mod restore_jobs;
 pub mod restore_mongo;
 pub mod run_task;
 pub mod schedule;
-pub mod schedule_tz;
 pub mod status;
-pub mod status_check;
 pub mod verify;
 
 use tokio_util::sync::CancellationToken;

@@ -81,7 +81,7 @@ async fn placement(c: &Clients, a: &RunTaskArgs, stage: &str) -> anyhow::Result<
     // A stage scheduled in a time zone has a Scheduler schedule instead of a rule.
     let from_rule = match from_rule {
         Some(r) => Some(r),
-        None => crate::commands::schedule_tz::status(c, stage)
+        None => crate::commands::schedule::scheduler::status(c, stage)
             .await?
             .and_then(|z| z.network),
     };

@@ -57,7 +57,7 @@ pub async fn run(a: &StatusArgs, stage: &str) -> anyhow::Result<()> {
         },
         None => {
             let c = Clients::load().await?;
-            let scheduled = super::status::schedule_of(&c, stage).await?;
+            let scheduled = super::schedule_of(&c, stage).await?;
             let Some((expr, zone)) = scheduled else {
                 return Err(ConfigError::invalid(
                     "--check",
@@ -66,7 +66,7 @@ pub async fn run(a: &StatusArgs, stage: &str) -> anyhow::Result<()> {
                 .into());
             };
             if non_empty(store_args.bucket.clone()).is_none() && store_args.dest.is_none() {
-                store_args.bucket = super::status::scheduled_bucket(&c, stage).await?;
+                store_args.bucket = super::scheduled_bucket(&c, stage).await?;
             }
             from_schedule(&expr, zone.as_deref(), grace).ok_or_else(|| {
                 ConfigError::invalid(

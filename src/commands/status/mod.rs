@@ -1,6 +1,8 @@
 //! `backhaul status`: what is scheduled for a stage and what it last produced. Shows variable
 //! names only: values in a task definition may be sensitive even when they should not be.
 
+pub mod check;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -25,10 +27,10 @@ struct Status {
     bucket: Option<String>,
     /// The EventBridge Scheduler schedule of a stage scheduled in a time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
-    zoned_schedule: Option<crate::commands::schedule_tz::ZonedStatus>,
+    zoned_schedule: Option<crate::commands::schedule::scheduler::ZonedStatus>,
     /// The no-backup alarm and failure rule `schedule --alarm-topic-arn` created.
     #[serde(skip_serializing_if = "Option::is_none")]
-    alarm: Option<crate::commands::alarms::AlarmStatus>,
+    alarm: Option<crate::commands::schedule::alarms::AlarmStatus>,
     /// Next three run times of whichever schedule exists, in its zone (UTC for the rule).
     next_runs: Vec<String>,
     recent_backups: Vec<String>,
@@ -99,7 +101,7 @@ struct TaskStatus {
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let stage = names::scheduled_stage(a.store.stage.clone())?;
     if a.check {
-        return super::status_check::run(&a, &stage).await;
+        return check::run(&a, &stage).await;
     }
     let work_dir = std::env::var_os("BACKUP_WORK_DIR").map(std::path::PathBuf::from);
     let stale_temp_paths =
@@ -113,8 +115,8 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         rule: rule(&c, &stage).await?,
         target: target(&c, &stage).await?,
         task_definition: task(&c, &stage).await?,
-        zoned_schedule: crate::commands::schedule_tz::status(&c, &stage).await?,
-        alarm: crate::commands::alarms::status(&c, &stage).await?,
+        zoned_schedule: crate::commands::schedule::scheduler::status(&c, &stage).await?,
+        alarm: crate::commands::schedule::alarms::status(&c, &stage).await?,
         stage,
         ..Status::default()
     };
@@ -127,13 +129,17 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         && a.store.dest.is_none()
         && st.stale_temp_paths.is_empty()
     {
-        return Err(super::NotScheduled(st.stage).into());
+        return Err(crate::commands::NotScheduled(st.stage).into());
     }
     st.next_runs = match (&st.zoned_schedule, &st.rule) {
-        (Some(z), _) => {
-            crate::commands::schedule_tz::next_runs(z.schedule.as_deref(), z.timezone.as_deref(), 3)
+        (Some(z), _) => crate::commands::schedule::scheduler::next_runs(
+            z.schedule.as_deref(),
+            z.timezone.as_deref(),
+            3,
+        ),
+        (None, Some(r)) => {
+            crate::commands::schedule::scheduler::next_runs(r.schedule.as_deref(), None, 3)
         }
-        (None, Some(r)) => crate::commands::schedule_tz::next_runs(r.schedule.as_deref(), None, 3),
         (None, None) => Vec::new(),
     };
     let bucket = non_empty(a.store.bucket.clone())
@@ -166,7 +172,7 @@ pub async fn schedule_of(
     c: &Clients,
     stage: &str,
 ) -> anyhow::Result<Option<(String, Option<String>)>> {
-    if let Some(z) = crate::commands::schedule_tz::status(c, stage).await? {
+    if let Some(z) = crate::commands::schedule::scheduler::status(c, stage).await? {
         if let Some(expr) = z.schedule {
             return Ok(Some((expr, z.timezone)));
         }

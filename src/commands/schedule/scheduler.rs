@@ -14,9 +14,7 @@ use aws_sdk_scheduler::types::ScheduleState;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::schedule::{
-    cluster_arn, ensure_task_definition, remove_targets, target_ids, Plan, StackOutputs,
-};
+use super::{cluster_arn, ensure_task_definition, remove_targets, target_ids, Plan, StackOutputs};
 use crate::aws::events::{Network, TargetSpec};
 use crate::aws::scheduler::{self, ScheduleSpec, MAX_RETRY_ATTEMPTS};
 use crate::aws::{build_err, names, sdk_err, Clients};

@@ -5,6 +5,9 @@
 //! leaves a half-updated schedule. Re-running with the same settings changes nothing: the
 //! latest revision is reused when it already matches.
 
+pub mod alarms;
+pub mod scheduler;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -12,11 +15,11 @@ use anyhow::Context;
 use aws_sdk_ecs::types::{TaskDefinition, TaskDefinitionStatus};
 use serde_json::json;
 
-use super::preflight;
 use crate::aws::ecs::{family_of, revision_of, LogSpec, TaskSpec, EPHEMERAL_STORAGE_GIB};
 use crate::aws::events::{rule_name, Network, RuleSpec, TargetSpec, TARGET_ID};
 use crate::aws::{build_err, names, sdk_err, Clients};
 use crate::cli::{ScheduleArgs, UnscheduleArgs};
+use crate::commands::preflight;
 use crate::config::{non_empty, ConfigError};
 
 /// Schedule used when neither the flag nor the stack gives one: daily, 03:00 UTC.
@@ -52,8 +55,8 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         None => StackOutputs::default(),
     };
     let mut plan = resolve(&a, &stack)?;
-    let (zoned, tz_warnings) = super::schedule_tz::resolve(&a, &mut plan, &stack)?;
-    let alarms = super::alarms::resolve(
+    let (zoned, tz_warnings) = scheduler::resolve(&a, &mut plan, &stack)?;
+    let alarms = alarms::resolve(
         &a,
         &stack,
         &plan,
@@ -75,7 +78,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         let mut doc = dry_run_json(&plan);
         match &zoned {
             Some(z) => {
-                doc = super::schedule_tz::dry_run_json(
+                doc = scheduler::dry_run_json(
                     &plan,
                     z,
                     plan.task.to_json(),
@@ -85,13 +88,13 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
             None => doc["requests"]
                 .as_array_mut()
                 .expect("requests")
-                .push(super::schedule_tz::rule_dry_run_extra(&plan)),
+                .push(scheduler::rule_dry_run_extra(&plan)),
         }
         if let Some(p) = &alarms {
             doc["requests"]
                 .as_array_mut()
                 .expect("requests")
-                .extend(super::alarms::dry_run_requests(p));
+                .extend(alarms::dry_run_requests(p));
             doc["reads"]
                 .as_array_mut()
                 .expect("reads")
@@ -104,11 +107,11 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut summary = match &zoned {
-        Some(z) => super::schedule_tz::apply(&clients, &plan, z).await?,
+        Some(z) => scheduler::apply(&clients, &plan, z).await?,
         None => {
             let mut s = apply(&clients, &plan).await?;
             // Moving from a time-zone schedule: the rule is in place, the old one goes.
-            if super::schedule_tz::remove_schedule(&clients, &plan.task.stage).await? {
+            if scheduler::remove_schedule(&clients, &plan.task.stage).await? {
                 s["removed_schedule"] = json!(true);
                 s["changed"] = json!(true);
             }
@@ -116,7 +119,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
         }
     };
     if let Some(p) = &alarms {
-        let a = super::alarms::apply(&clients, p).await?;
+        let a = alarms::apply(&clients, p).await?;
         if a["alarm_changed"] == json!(true) {
             summary["changed"] = json!(true);
         }
@@ -970,8 +973,8 @@ pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
                 .is_some_and(|s| s.is_resource_not_found_exception()) => {}
         Err(e) => return Err(sdk_err("events:DeleteRule", e)),
     }
-    let removed_schedule = super::schedule_tz::remove_schedule(&c, &stage).await?;
-    let (removed_alarm, removed_failure_rule) = super::alarms::remove(&c, &stage).await?;
+    let removed_schedule = scheduler::remove_schedule(&c, &stage).await?;
+    let (removed_alarm, removed_failure_rule) = alarms::remove(&c, &stage).await?;
     let mut deregistered = Vec::new();
     if a.deregister {
         for arn in active_revisions(&c.ecs, &rule).await? {

@@ -5,12 +5,12 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::schedule::{Plan, StackOutputs};
+use super::{Plan, StackOutputs};
 use crate::aws::alarms::{failure_rule_name, window, AlarmSpec, FailureRuleSpec, TOPIC_TARGET_ID};
 use crate::aws::{build_err, names, sdk_err, Clients};
 use crate::cli::ScheduleArgs;
 use crate::commands::common::parse_duration;
-use crate::commands::status_check::from_schedule;
+use crate::commands::status::check::from_schedule;
 use crate::config::{non_empty, ConfigError};
 
 /// Everything `schedule` creates for alarms, validated.
@@ -125,13 +125,13 @@ pub async fn apply(c: &Clients, p: &AlarmPlan) -> anyhow::Result<Value> {
         .send()
         .await
         .map_err(|e| sdk_err("events:PutTargets", e))?;
-    super::schedule::failed_entries("events:PutTargets", out.failed_entries())?;
-    let others: Vec<String> = super::schedule::target_ids(c, &p.rule.name)
+    super::failed_entries("events:PutTargets", out.failed_entries())?;
+    let others: Vec<String> = super::target_ids(c, &p.rule.name)
         .await?
         .into_iter()
         .filter(|id| id != TOPIC_TARGET_ID)
         .collect();
-    super::schedule::remove_targets(c, &p.rule.name, others).await?;
+    super::remove_targets(c, &p.rule.name, others).await?;
     Ok(json!({
         "alarm": p.alarm.name,
         "alarm_window_seconds": p.alarm.window.seconds(),
@@ -192,8 +192,8 @@ pub async fn remove(c: &Clients, stage: &str) -> anyhow::Result<(bool, bool)> {
         Err(e) => return Err(sdk_err("events:DescribeRule", e)),
     };
     if had_rule {
-        let ids = super::schedule::target_ids(c, &rule).await?;
-        super::schedule::remove_targets(c, &rule, ids).await?;
+        let ids = super::target_ids(c, &rule).await?;
+        super::remove_targets(c, &rule, ids).await?;
         c.events
             .delete_rule()
             .name(&rule)
