@@ -7,10 +7,14 @@
 //! prefix of 4 or more is accepted, and a prefix that fits several backups is refused with
 //! the list of them.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Entry, Filter, Problem};
+use crate::catalog::{self, Entry, Filter, Problem};
+use crate::config::Zone;
 use crate::layout::TS_FORMAT;
+use crate::storage::Storage;
 
 /// Characters `list` shows of an id.
 pub const SHORT: usize = 8;
@@ -110,6 +114,72 @@ pub fn describe(matches: &[&Entry]) -> String {
         .map(|(id, k)| format!("{id} {k}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Resolves `key|latest` to one entry. An explicit key is looked up directly (it may belong
+/// to another stage than the one configured); `latest` lists the stage. An entry without a
+/// readable manifest also says whether backhaul wrote its object (see [`Entry::trust`]).
+pub async fn resolve(
+    storage: &Arc<dyn Storage>,
+    prefix: &str,
+    stage: &str,
+    zone: &Zone,
+    key: &str,
+    filter: &Filter,
+) -> Result<Entry, catalog::CatalogError> {
+    let reference = Reference::parse(key);
+    let (mut e, info) = if reference.needs_listing() {
+        let entries = catalog::load(storage, prefix, stage, zone, filter).await?;
+        let found = matching(&entries, &reference, filter);
+        let e = match found[..] {
+            [one] => one.clone(),
+            [] => {
+                return Err(catalog::CatalogError::NotFound(format!(
+                    "{key} in stage {stage} ({})",
+                    filter.describe()
+                )))
+            }
+            _ => {
+                return Err(catalog::CatalogError::Ambiguous {
+                    reference: key.to_string(),
+                    count: found.len(),
+                    matches: describe(&found),
+                })
+            }
+        };
+        let info = match e.manifest {
+            Some(_) => None,
+            None => storage.head(&e.key).await?,
+        };
+        (e, info)
+    } else if key == "latest" {
+        let entries = catalog::load(storage, prefix, stage, zone, filter).await?;
+        let e = catalog::pick(&entries, key, filter)?.clone();
+        let info = match e.manifest {
+            Some(_) => None,
+            None => storage.head(&e.key).await?,
+        };
+        (e, info)
+    } else {
+        let parsed = crate::layout::parse_key(prefix, key, zone)
+            .ok_or_else(|| catalog::CatalogError::NotAnArtifact(key.to_string()))?;
+        let info = storage
+            .head(key)
+            .await?
+            .ok_or_else(|| catalog::CatalogError::NotFound(key.to_string()))?;
+        let mut e = catalog::entry(key.to_string(), parsed, info.size, info.last_modified);
+        match catalog::fetch_manifest(storage, &crate::layout::manifest_key(key)).await {
+            Ok(m) => e.manifest = m,
+            Err(err) => {
+                e.problem = Some(catalog::Problem::ManifestUnreadable(catalog::unreadable(
+                    err,
+                )))
+            }
+        }
+        (e, Some(info))
+    };
+    e.written_by_backhaul = info.is_some_and(|i| i.written_by_backhaul);
+    Ok(e)
 }
 
 #[cfg(test)]

@@ -232,7 +232,12 @@ pub async fn load(
     Ok(out)
 }
 
-fn entry(key: String, parsed: ParsedKey, size: u64, last_modified: Option<DateTime<Utc>>) -> Entry {
+pub(crate) fn entry(
+    key: String,
+    parsed: ParsedKey,
+    size: u64,
+    last_modified: Option<DateTime<Utc>>,
+) -> Entry {
     Entry {
         key,
         parsed,
@@ -245,7 +250,7 @@ fn entry(key: String, parsed: ParsedKey, size: u64, last_modified: Option<DateTi
 }
 
 /// Why a manifest could not be read, without repeating its key (the row names it).
-fn unreadable(e: CatalogError) -> String {
+pub(crate) fn unreadable(e: CatalogError) -> String {
     match e {
         CatalogError::BadManifest { source, .. } => {
             format!("not valid JSON for a manifest: {source}")
@@ -331,68 +336,6 @@ pub fn pick<'a>(
             .find(|e| e.key == key && e.problem != Some(Problem::ObjectMissing))
             .ok_or_else(|| CatalogError::NotFound(key.to_string()))
     }
-}
-
-/// Resolves `key|latest` to one entry. An explicit key is looked up directly (it may belong
-/// to another stage than the one configured); `latest` lists the stage. An entry without a
-/// readable manifest also says whether backhaul wrote its object (see [`Entry::trust`]).
-pub async fn resolve(
-    storage: &Arc<dyn Storage>,
-    prefix: &str,
-    stage: &str,
-    zone: &Zone,
-    key: &str,
-    filter: &Filter,
-) -> Result<Entry, CatalogError> {
-    let reference = crate::backup_ref::Reference::parse(key);
-    let (mut e, info) = if reference.needs_listing() {
-        let entries = load(storage, prefix, stage, zone, filter).await?;
-        let found = crate::backup_ref::matching(&entries, &reference, filter);
-        let e = match found[..] {
-            [one] => one.clone(),
-            [] => {
-                return Err(CatalogError::NotFound(format!(
-                    "{key} in stage {stage} ({})",
-                    filter.describe()
-                )))
-            }
-            _ => {
-                return Err(CatalogError::Ambiguous {
-                    reference: key.to_string(),
-                    count: found.len(),
-                    matches: crate::backup_ref::describe(&found),
-                })
-            }
-        };
-        let info = match e.manifest {
-            Some(_) => None,
-            None => storage.head(&e.key).await?,
-        };
-        (e, info)
-    } else if key == "latest" {
-        let entries = load(storage, prefix, stage, zone, filter).await?;
-        let e = pick(&entries, key, filter)?.clone();
-        let info = match e.manifest {
-            Some(_) => None,
-            None => storage.head(&e.key).await?,
-        };
-        (e, info)
-    } else {
-        let parsed = layout::parse_key(prefix, key, zone)
-            .ok_or_else(|| CatalogError::NotAnArtifact(key.to_string()))?;
-        let info = storage
-            .head(key)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(key.to_string()))?;
-        let mut e = entry(key.to_string(), parsed, info.size, info.last_modified);
-        match fetch_manifest(storage, &layout::manifest_key(key)).await {
-            Ok(m) => e.manifest = m,
-            Err(err) => e.problem = Some(Problem::ManifestUnreadable(unreadable(err))),
-        }
-        (e, Some(info))
-    };
-    e.written_by_backhaul = info.is_some_and(|i| i.written_by_backhaul);
-    Ok(e)
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ impl Store {
         key: &str,
         filter: &crate::catalog::Filter,
     ) -> anyhow::Result<crate::catalog::Entry> {
-        match crate::catalog::resolve(
+        match crate::backup_ref::resolve(
             storage,
             &self.dest.key_prefix(),
             &self.stage,

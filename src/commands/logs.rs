@@ -85,7 +85,7 @@ impl Tail {
 }
 
 pub async fn run(a: LogsArgs) -> anyhow::Result<()> {
-    let stage = names::scheduled_stage(a.stage.clone())?;
+    let stage = crate::config::scheduled_stage(a.stage.clone())?;
     let poll = parse_duration(&a.poll_interval, "BACKHAUL_POLL_INTERVAL")?;
     if let Some(t) = &a.task {
         if task_id(t).is_empty() {

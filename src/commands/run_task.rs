@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::aws::ecs::{task_id, CONTAINER};
 use crate::aws::events::{network_of, rule_name, Network, TARGET_ID};
 use crate::aws::logs::LogLocation;
-use crate::aws::{build_err, names, sdk_err, Clients};
+use crate::aws::{build_err, sdk_err, Clients};
 use crate::cli::RunTaskArgs;
 use crate::commands::common::parse_duration;
 use crate::commands::logs::{echo, Tail};
@@ -29,7 +29,7 @@ pub struct TaskFailed {
 }
 
 pub async fn run(a: RunTaskArgs) -> anyhow::Result<()> {
-    let stage = names::scheduled_stage(a.stage.clone())?;
+    let stage = crate::config::scheduled_stage(a.stage.clone())?;
     let env = a
         .env
         .iter()

@@ -197,6 +197,15 @@ pub fn validate_bucket(b: &str, var: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The stage named by `--stage`/`STAGE` for a command that creates or reads ECS and
+/// EventBridge resources: present, well-formed and short enough for every derived name.
+pub fn scheduled_stage(stage: Option<String>) -> Result<String, ConfigError> {
+    let stage = non_empty(stage)
+        .ok_or_else(|| ConfigError::missing("--stage", "name the stage (e.g. --stage prod)"))?;
+    validate_stage(&stage, "--stage")?;
+    Ok(stage)
+}
+
 /// Stage names end up in object keys, task-definition families and rule names. One rule for
 /// every command, the same as `schedule`'s and the stack's (infra/backhaul.yaml): a stage
 /// that backs up must also be one that can be scheduled, listed and pruned.
@@ -359,6 +368,30 @@ impl FromStr for PgCompression {
                 format!("\"{other}\" is not one of zstd (default, .dump.zst), pg (pg_dump's own compression, .dump) or none"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use crate::aws::names::MAX_STAGE;
+
+    #[test]
+    fn longest_stage_fits_every_name() {
+        let stage = "a".repeat(MAX_STAGE);
+        assert!(validate_stage(&stage, "--stage").is_ok());
+        let e = validate_stage(&format!("{stage}b"), "--stage").unwrap_err();
+        assert_eq!(e.to_string(), format!("--stage \"{stage}b\" is 56 characters: a stage has at most 55, so that the rule name backhaul-<stage> fits EventBridge's 64"));
+    }
+
+    #[test]
+    fn missing_and_malformed() {
+        assert_eq!(
+            scheduled_stage(Some(" ".into())).unwrap_err().to_string(),
+            "--stage is not set: name the stage (e.g. --stage prod)"
+        );
+        assert!(scheduled_stage(Some("Prod".into())).is_err());
+        assert_eq!(scheduled_stage(Some("prod".into())).unwrap(), "prod");
     }
 }
 

@@ -158,7 +158,8 @@ pub async fn read_stack(name: &str) -> anyhow::Result<StackOutputs> {
 /// Turns flags (winning) and stack outputs into a plan. Pure apart from reading --env-file.
 /// The log region is left empty when unknown; the caller fills it from the SDK.
 pub fn resolve(a: &ScheduleArgs, stack: &StackOutputs) -> Result<Plan, ConfigError> {
-    let stage = names::scheduled_stage(non_empty(a.stage.clone()).or_else(|| stack.get("Stage")))?;
+    let stage =
+        crate::config::scheduled_stage(non_empty(a.stage.clone()).or_else(|| stack.get("Stage")))?;
     let raw_schedule = non_empty(a.schedule.clone())
         .or_else(|| stack.get("ScheduleExpression"))
         .unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
@@ -960,7 +961,7 @@ failed_entry!(aws_sdk_eventbridge::types::PutTargetsResultEntry);
 failed_entry!(aws_sdk_eventbridge::types::RemoveTargetsResultEntry);
 
 pub async fn unschedule(a: UnscheduleArgs) -> anyhow::Result<()> {
-    let stage = names::scheduled_stage(a.stage.clone())?;
+    let stage = crate::config::scheduled_stage(a.stage.clone())?;
     let c = Clients::load().await?;
     let rule = rule_name(&stage);
     let ids = target_ids(&c, &rule).await?;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::aws::ecs::CONTAINER;
 use crate::aws::events::{network_of, rule_name, TARGET_ID};
-use crate::aws::{names, sdk_err, Clients};
+use crate::aws::{sdk_err, Clients};
 use crate::cli::StatusArgs;
 use crate::commands::common::Store;
 use crate::config::non_empty;
@@ -99,7 +99,7 @@ struct TaskStatus {
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
-    let stage = names::scheduled_stage(a.store.stage.clone())?;
+    let stage = crate::config::scheduled_stage(a.store.stage.clone())?;
     if a.check {
         return check::run(&a, &stage).await;
     }
