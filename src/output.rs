@@ -40,7 +40,18 @@ pub fn id(key: &str) -> String {
 
 /// Binary units, one decimal: what `ls -lh` users expect.
 pub fn size(n: u64) -> String {
-    crate::commands::list::human(n)
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// `0.4s`, `12.3s`, `4m 05s`, `1h 02m`.
@@ -201,6 +212,15 @@ pub fn verify_line(key: &str, kind: &str, database: &str, ok: bool, error: Optio
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_are_human() {
+        use super::size;
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+    }
+
     use super::*;
     use crate::layout::Kind;
 

@@ -226,7 +226,7 @@ fn table(entries: &[Entry], ids: &[String], locks: Option<&[String]>) -> String 
                 r.timestamp.to_string(),
                 r.kind.to_string(),
                 r.database.to_string(),
-                human(r.size),
+                crate::output::size(r.size),
                 r.compression.unwrap_or("-").to_string(),
                 r.sha256
                     .map(|s| s.chars().take(12).collect())
@@ -258,33 +258,4 @@ fn table(entries: &[Entry], ids: &[String], locks: Option<&[String]>) -> String 
         line(r);
     }
     out
-}
-
-/// Binary units, one decimal: what `ls -lh` users expect.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human;
-
-    #[test]
-    fn sizes_are_human() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(5 << 30), "5.0 GiB");
-    }
 }
