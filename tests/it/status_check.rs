@@ -157,3 +157,74 @@ fn an_empty_stage_fails_and_no_allowance_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A scheduled stage checked with nothing but its name: the backups are read where its task
+/// writes them (bucket, prefix and zone from the task definition), not at the bucket's root.
+/// Reading the task's bucket without its `BACKUP_PREFIX` found nothing and called a healthy
+/// stage overdue.
+#[test]
+fn a_scheduled_stage_is_checked_where_its_task_writes() {
+    use crate::common::contract::Contract;
+    use crate::ecs::{create_cluster, py, schedule, stage};
+
+    let stage = stage("chkpfx");
+    create_cluster(&format!("backhaul-{stage}"));
+    py("client('s3').create_bucket(Bucket='acme')");
+    let rec = Contract::start();
+    let out = schedule(&rec, &stage)
+        .args([
+            "--env",
+            "BACKUP_PREFIX=teams/shop",
+            "--timezone",
+            "Asia/Tokyo",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let fx = Fixture::builder("chkpfx").databases(&[("app", "")]).start();
+    let mut cmd = backhaul_moto();
+    cmd.env("STAGE", &stage)
+        .env("S3_BUCKET", "acme")
+        .env("BACKUP_PREFIX", "teams/shop")
+        .env("BACKUP_TIMEZONE", "Asia/Tokyo")
+        .arg("backup");
+    pg_env(&mut cmd, &fx.pg, "app", &fx.password, "app");
+    let key = summaries(&cmd.assert().success().get_output().stdout)[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with(&format!("teams/shop/{stage}/")), "{key}");
+
+    let status = |args: &[&str]| {
+        let out = backhaul_moto()
+            .env("STAGE", &stage)
+            .env_remove("S3_BUCKET")
+            .env_remove("BACKUP_PREFIX")
+            .env_remove("BACKUP_TIMEZONE")
+            .arg("status")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, text, err) = status(&["--check"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.starts_with(&format!("ok {stage} postgres app: last good backup ")),
+        "{text}"
+    );
+    let (code, text, err) = status(&["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(st["bucket"], "acme", "{st}");
+    assert_eq!(st["recent_backups"][0], key.as_str(), "{st}");
+}

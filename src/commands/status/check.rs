@@ -15,7 +15,7 @@ use crate::catalog::{self, Entry};
 use crate::cli::StatusArgs;
 use crate::commands::common::{parse_duration, Store};
 use crate::commands::Reported;
-use crate::config::{non_empty, ConfigError};
+use crate::config::ConfigError;
 
 /// How old the newest good backup of a database may be, and where that came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,9 +65,7 @@ pub async fn run(a: &StatusArgs, stage: &str) -> anyhow::Result<()> {
                 )
                 .into());
             };
-            if non_empty(store_args.bucket.clone()).is_none() && store_args.dest.is_none() {
-                store_args.bucket = super::scheduled_bucket(&c, stage).await?;
-            }
+            store_args = super::scheduled_store(&c, stage, &store_args).await?;
             from_schedule(&expr, zone.as_deref(), grace).ok_or_else(|| {
                 ConfigError::invalid(
                     "--check",

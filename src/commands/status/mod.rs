@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::aws::ecs::CONTAINER;
 use crate::aws::events::{network_of, rule_name, TARGET_ID};
 use crate::aws::{sdk_err, Clients};
-use crate::cli::StatusArgs;
+use crate::cli::{StatusArgs, StoreArgs};
 use crate::commands::common::Store;
 use crate::config::non_empty;
 use crate::layout::MANIFEST_SUFFIX;
@@ -94,8 +94,33 @@ struct TaskStatus {
     image: Option<String>,
     env_names: Vec<String>,
     secret_names: Vec<String>,
+    /// The task's S3_BUCKET, BACKUP_PREFIX and BACKUP_TIMEZONE: where its backups are.
     #[serde(skip)]
-    bucket: Option<String>,
+    store_env: std::collections::BTreeMap<String, String>,
+}
+
+/// The settings that place a task's backups; the rest of its environment is not read.
+const STORE_ENV: [&str; 3] = ["S3_BUCKET", "BACKUP_PREFIX", "BACKUP_TIMEZONE"];
+
+/// The store to read a stage's backups from. One the command names (`--bucket`/`S3_BUCKET`,
+/// `--dest`) is used as given; otherwise the stage's task's: its bucket, and its prefix and
+/// time zone where the command sets none. Reading the task's bucket with the command's empty
+/// prefix would find no backups, and an overdue check would say so of a healthy stage.
+fn with_task_store(user: &StoreArgs, task: Option<&TaskStatus>) -> StoreArgs {
+    let mut store = user.clone();
+    let Some(task) = task else { return store };
+    if non_empty(store.bucket.clone()).is_some() || store.dest.is_some() {
+        return store;
+    }
+    let env = |k: &str| task.store_env.get(k).cloned();
+    store.bucket = env("S3_BUCKET");
+    if non_empty(store.prefix.clone()).is_none() {
+        store.prefix = env("BACKUP_PREFIX");
+    }
+    if store.timezone == "UTC" {
+        store.timezone = env("BACKUP_TIMEZONE").unwrap_or(store.timezone);
+    }
+    store
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
@@ -142,11 +167,9 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         }
         (None, None) => Vec::new(),
     };
-    let bucket = non_empty(a.store.bucket.clone())
-        .or_else(|| st.task_definition.as_ref().and_then(|t| t.bucket.clone()));
-    if bucket.is_some() || a.store.dest.is_some() {
-        let mut store = a.store.clone();
-        store.bucket = bucket.clone();
+    let store = with_task_store(&a.store, st.task_definition.as_ref());
+    let bucket = non_empty(store.bucket.clone());
+    if bucket.is_some() || store.dest.is_some() {
         match recent(&store).await {
             Ok((keys, incomplete, locked, problems)) => {
                 st.recent_backups = keys;
@@ -183,9 +206,13 @@ pub async fn schedule_of(
         .map(|expr| (expr, None)))
 }
 
-/// The S3_BUCKET of the stage's latest task definition.
-pub async fn scheduled_bucket(c: &Clients, stage: &str) -> anyhow::Result<Option<String>> {
-    Ok(task(c, stage).await?.and_then(|t| t.bucket))
+/// The store of the stage's backups: the command's, else its latest task definition's.
+pub async fn scheduled_store(
+    c: &Clients,
+    stage: &str,
+    user: &StoreArgs,
+) -> anyhow::Result<StoreArgs> {
+    Ok(with_task_store(user, task(c, stage).await?.as_ref()))
 }
 
 async fn rule(c: &Clients, stage: &str) -> anyhow::Result<Option<RuleStatus>> {
@@ -243,10 +270,12 @@ async fn task(c: &Clients, stage: &str) -> anyhow::Result<Option<TaskStatus>> {
         secret_names: container
             .map(|c| c.secrets().iter().map(|s| s.name().to_string()).collect())
             .unwrap_or_default(),
-        bucket: env
+        store_env: env
             .iter()
-            .find(|kv| kv.name() == Some("S3_BUCKET"))
-            .and_then(|kv| kv.value().map(str::to_string)),
+            .filter_map(|kv| Some((kv.name()?, kv.value()?)))
+            .filter(|(k, _)| STORE_ENV.contains(k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }))
 }
 
