@@ -111,7 +111,19 @@ pub async fn run(a: LogsArgs) -> anyhow::Result<()> {
         return runs(&c, &cluster, &family, n as usize, how).await;
     }
     let task = match &a.task {
-        Some(t) => describe(&c, &cluster, std::slice::from_ref(t)).await?.pop(),
+        Some(t) => match describe(&c, &cluster, std::slice::from_ref(t)).await {
+            Ok(mut found) => found.pop(),
+            // No task definition and no cluster of that name: nothing of this stage exists
+            // to read logs from; say so rather than pass on ECS's error about a cluster.
+            Err(e)
+                if latest.is_none()
+                    && e.downcast_ref::<crate::aws::error::AwsError>()
+                        .is_some_and(|e| e.code == "ClusterNotFoundException") =>
+            {
+                return Err(super::NotScheduled(stage).into())
+            }
+            Err(e) => return Err(e),
+        },
         None => newest_task(&c, &cluster, &family).await?,
     };
     let td = match task.as_ref().and_then(|t| t.task_definition_arn()) {

@@ -304,6 +304,7 @@ fn a_stage_never_scheduled_is_one_line() {
     for args in [
         vec!["logs"],
         vec!["logs", "--runs", "3"],
+        vec!["logs", "--task", "0123456789abcdef0123456789abcdef"],
         vec!["status"],
         vec!["status", "--json"],
         vec!["run-task"],
