@@ -644,6 +644,33 @@ fn from_stack_deploys_infra_and_schedules_from_its_outputs() {
         "print(client('sns').get_topic_attributes(TopicArn='{topic}')['Attributes'].get('KmsMasterKeyId', ''))"
     ));
     assert!(key.starts_with("arn:aws:kms:"), "{key}");
+    // Only this stage's alarm may use the key through CloudWatch (EventBridge's requests
+    // carry no source keys, so its statement cannot be narrowed that way).
+    let policy: serde_json::Value = serde_json::from_str(&py(&format!(
+        "p = client('kms').get_key_policy(KeyId='{key}', PolicyName='default')['Policy']\n\
+         print(p if isinstance(p, str) else json.dumps(p))"
+    )))
+    .unwrap();
+    let statement = |sid: &str| {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == sid)
+            .unwrap_or_else(|| panic!("{sid} missing: {policy}"))
+            .clone()
+    };
+    let cw = statement("NoBackupAlarmEncrypts");
+    assert_eq!(
+        cw["Condition"]["StringEquals"]["aws:SourceAccount"], "123456789012",
+        "{cw}"
+    );
+    assert_eq!(
+        cw["Condition"]["ArnLike"]["aws:SourceArn"],
+        format!("arn:aws:cloudwatch:us-east-1:123456789012:alarm:backhaul-{stage}-no-backup"),
+        "{cw}"
+    );
+    assert!(statement("TaskFailedRuleEncrypts")["Condition"].is_null());
     assert!(!outputs
         .iter()
         .any(|o| o.output_key() == Some("MongoSecretArn")));
