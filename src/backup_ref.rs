@@ -186,6 +186,41 @@ pub async fn resolve(
 mod tests {
     use super::*;
 
+    /// A backup whose object is gone (its manifest left) is never what an id, a timestamp or
+    /// `latest` picks: restoring it could only fail, and an older live one may fit instead.
+    #[test]
+    fn entries_without_their_object_never_match() {
+        let zone = Zone::default();
+        let at = |ts: &str, db: &str, missing: bool| {
+            let key = format!("prod/{ts}_PGSQL/backup_prod_{db}_{ts}.dump.zst");
+            let parsed = crate::layout::parse_key("", &key, &zone).unwrap();
+            let mut e = catalog::entry(key, parsed, 1, None);
+            e.problem = missing.then_some(Problem::ObjectMissing);
+            e
+        };
+        // Newest first, as the catalog lists them.
+        let entries = [
+            at("2024-03-10_07h05m03s", "app", true),
+            at("2024-03-09_07h05m03s", "app", false),
+        ];
+        let (gone, live) = (&entries[0], &entries[1]);
+        let any = Filter::default();
+        let id = |e: &Entry| Reference::parse(&full(&e.key)[..SHORT]);
+        let keys = |found: Vec<&Entry>| found.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        assert!(matching(&entries, &id(gone), &any).is_empty());
+        assert_eq!(
+            keys(matching(&entries, &id(live), &any)),
+            vec![live.key.clone()]
+        );
+        let ts = Reference::parse(&gone.parsed.timestamp);
+        assert!(matching(&entries, &ts, &any).is_empty());
+        assert_eq!(
+            keys(matching(&entries, &Reference::Latest, &any)),
+            vec![live.key.clone()]
+        );
+        assert!(matching(&entries, &Reference::Key(gone.key.clone()), &any).is_empty());
+    }
+
     #[test]
     fn references_are_classified() {
         assert_eq!(Reference::parse("latest"), Reference::Latest);
