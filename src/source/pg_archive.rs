@@ -771,7 +771,6 @@ pub fn list_file(ids: &[i32]) -> String {
 
 /// A directory-format dump's `toc.dat`, read and turned into the head of a custom archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // restore of directory dumps, next commit
 pub struct DirToc {
     /// The entries, as a custom archive's would read (`data_start` is the head's length).
     pub toc: Toc,
@@ -787,7 +786,6 @@ pub struct DirToc {
 /// Reads a directory dump's `toc.dat` (pg_dump `-Fd -Z0`; `pg_backup_directory.c`). It is a
 /// custom archive's header and TOC with two differences: the format byte, and each entry's
 /// tail, which names its data file instead of giving a flag and an offset.
-#[allow(dead_code)] // restore of directory dumps, next commit
 pub fn read_dir_toc(toc_dat: &[u8]) -> Result<DirToc, ArchiveError> {
     if toc_dat.len() > MAX_HEAD {
         return Err(ArchiveError::TooLarge);
@@ -839,7 +837,6 @@ pub fn read_dir_toc(toc_dat: &[u8]) -> Result<DirToc, ArchiveError> {
 
 /// A name pg_dump gives a file of its directory ("3051.dat", "blobs_3060.toc",
 /// "blob_16411.dat"): nothing that could leave the directory or hide in it.
-#[allow(dead_code)] // restore of directory dumps, next commit
 pub fn plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name != "toc.dat"
@@ -851,7 +848,6 @@ pub fn plain_file_name(name: &str) -> bool {
 
 /// A directory dump's large-object list (`blobs.toc`, `blobs_<id>.toc`): one
 /// `<oid> <file name>` line per large object, in the order they were dumped.
-#[allow(dead_code)] // restore of directory dumps, next commit
 pub fn read_blobs_toc(text: &[u8]) -> Result<Vec<(u32, String)>, ArchiveError> {
     let text = std::str::from_utf8(text).map_err(|_| ArchiveError::Damaged {
         at: 0,
@@ -877,17 +873,14 @@ pub fn read_blobs_toc(text: &[u8]) -> Result<Vec<(u32, String)>, ArchiveError> {
 /// `write`), and the terminator only when told ([`BlockWriter::end`]). pg_restore ends a
 /// table's COPY, or a large object, on that terminator and nowhere else; input that stops
 /// before it is a truncated archive, which pg_restore refuses.
-#[allow(dead_code)] // restore of directory dumps, next commit
 pub struct BlockWriter<W: std::io::Write> {
     out: W,
     int_size: usize,
 }
 
 /// pg_dump's own chunk size is 4 KiB to 1 MiB; pg_restore allocates what a chunk says.
-#[allow(dead_code)] // restore of directory dumps, next commit
 const MAX_CHUNK: usize = 1 << 20;
 
-#[allow(dead_code)] // restore of directory dumps, next commit
 impl<W: std::io::Write> BlockWriter<W> {
     pub fn new(out: W, int_size: usize) -> BlockWriter<W> {
         BlockWriter { out, int_size }
@@ -1161,6 +1154,81 @@ mod tests {
             Some(Event::BlockEnd { end, .. }) => assert_eq!(*end, all.len() as u64),
             e => panic!("{e:?}"),
         }
+    }
+
+    /// The newest installed pg_restore (PostgreSQL is installed wherever the tests run).
+    fn pg_restore() -> std::path::PathBuf {
+        let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL client tools under /usr/lib/postgresql")
+            .flatten()
+            .filter_map(|e| {
+                let bin = e.path().join("bin/pg_restore");
+                Some((e.file_name().to_str()?.parse().ok()?, bin))
+            })
+            .filter(|(_, p)| p.exists())
+            .collect();
+        found.sort();
+        found.pop().expect("a pg_restore").1
+    }
+
+    /// pg_restore's output for `args`, the archive on stdin when `stdin` is given.
+    fn run_pg_restore(args: &[&str], stdin: Option<&[u8]>) -> String {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(pg_restore())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.unwrap_or_default().to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Without the random `\restrict` key pg_restore puts in every script.
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// What pg_restore itself makes of the directory and of its transcoding: the same
+    /// entries (`--list`, header comments aside) and the same restore script, data and large
+    /// objects included.
+    #[test]
+    fn pg_restore_reads_the_transcoding_as_it_reads_the_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/source/testdata/archive_dir");
+        let dir = dir.to_str().unwrap();
+        let d = read_dir_toc(&dir_file("toc.dat")).unwrap();
+        let entries = |list: String| {
+            list.lines()
+                .filter(|l| !l.starts_with(';') && !l.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let listed = entries(run_pg_restore(&["--list", dir], None));
+        assert!(listed.len() > 10, "{listed:?}");
+        assert_eq!(
+            entries(run_pg_restore(&["--list"], Some(&d.custom_head))),
+            listed
+        );
+        let script = run_pg_restore(&["-f", "-", dir], None);
+        assert!(script.contains("COPY public.moves"), "{script}");
+        assert!(script.contains("lo_open('7001'"), "{script}");
+        let transcoded = run_pg_restore(&["-f", "-"], Some(&transcode(&d)));
+        assert!(transcoded == script, "the scripts differ");
     }
 
     #[test]
