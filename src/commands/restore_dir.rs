@@ -30,7 +30,7 @@ use crate::feed::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::manifest::{Directory, DumpFile};
 use crate::source::pg_archive::{self, BlockWriter, DirToc};
 use crate::source::postgres::{self as pg, RestoreOpts};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{ObjectInfo, Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -200,43 +200,46 @@ async fn check_present(
     key: &str,
     files: &[&DumpFile],
 ) -> anyhow::Result<()> {
-    let gate = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut set = tokio::task::JoinSet::new();
-    for f in files {
-        let (storage, gate) = (storage.clone(), gate.clone());
-        let (object, name) = (f.object.clone(), f.name.clone());
-        set.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            let found = storage.head(&object).await;
-            (object, name, found)
-        });
-    }
-    let mut missing: Option<(String, String)> = None;
-    while let Some(done) = set.join_next().await {
-        let (object, name, found) = done.context("object check panicked")?;
-        match found? {
-            Some(_) => {}
-            None => {
-                // The first in file order, so the same loss always reads the same.
-                let better = match &missing {
-                    Some((_, n)) => name_order(&name) < name_order(n.as_str()),
-                    None => true,
-                };
-                if better {
-                    missing = Some((object, name));
-                }
-            }
-        }
-    }
+    let keys = files.iter().map(|f| f.object.clone()).collect();
+    let found = head_all(storage, keys).await?;
+    // The first in file order, so the same loss always reads the same.
+    let missing = files
+        .iter()
+        .filter(|f| found.get(&f.object).is_some_and(Option::is_none))
+        .min_by(|a, b| name_order(&a.name).cmp(&name_order(&b.name)));
     match missing {
-        Some((object, name)) => Err(DirError::ObjectMissing {
+        Some(f) => Err(DirError::ObjectMissing {
             key: key.to_string(),
-            name,
-            object,
+            name: f.name.clone(),
+            object: f.object.clone(),
         }
         .into()),
         None => Ok(()),
     }
+}
+
+/// HEAD of each key, 16 at a time: `None` for an object that is not there.
+pub async fn head_all(
+    storage: &Arc<dyn Storage>,
+    keys: Vec<String>,
+) -> Result<HashMap<String, Option<ObjectInfo>>, StorageError> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    for key in keys {
+        let (storage, gate) = (storage.clone(), gate.clone());
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let found = storage.head(&key).await;
+            (key, found)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(done) = set.join_next().await {
+        let (key, found) =
+            done.map_err(|e| StorageError::backend("HeadObject", "", e.to_string()))?;
+        out.insert(key, found?);
+    }
+    Ok(out)
 }
 
 fn name_order(name: &str) -> (u64, &str) {

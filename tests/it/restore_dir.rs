@@ -344,6 +344,23 @@ fn an_encrypted_directory_dump_restores_with_the_identity() {
         .assert()
         .success();
     assert_eq!(plain_dump(pg, "decrypted"), plain_dump(pg, "dirdb"));
+
+    // verify: without the identity the stored bytes of every file are still checked.
+    let a = fx.cmd().args(["verify", &dump.key]).assert().success();
+    let line = &summaries(&a.get_output().stdout)[0];
+    assert_eq!(line["details"]["checksum"], "ok", "{line}");
+    assert_eq!(
+        line["details"]["structure"], "skipped (encrypted, no --identity)",
+        "{line}"
+    );
+    let a = fx
+        .cmd()
+        .args(["verify", &dump.key, "--identity"])
+        .arg(&file)
+        .assert()
+        .success();
+    let line = &summaries(&a.get_output().stdout)[0];
+    assert_eq!(line["details"]["structure"], "ok", "{line}");
 }
 
 /// kill -9 of backhaul while a table's data streams in: pg_restore's input ends inside a data
@@ -405,4 +422,66 @@ fn kill9_mid_restore_commits_nothing() {
     }
     assert_eq!(sessions(), "0", "a pg_restore outlived backhaul");
     assert_eq!(relations(pg, "killed"), "0");
+}
+
+/// verify: every object (ETag), every file's SHA-256, the TOC through `pg_restore --list`, and
+/// with `--restore-into` the one-transaction restore. A lost or damaged file fails it, named.
+#[test]
+fn verify_checks_every_file_of_a_directory_dump() {
+    let fx = fixture("dir-verify");
+    let pg = &fx.pg;
+    let dump = dir_backup(&fx, "dirdb", None);
+    pg.create_db("scratch");
+    let a = fx
+        .cmd()
+        .args(["verify", &dump.key, "--restore-into", &fx.url("scratch")])
+        .assert()
+        .success();
+    let line = &summaries(&a.get_output().stdout)[0];
+    let d = &line["details"];
+    assert_eq!(line["status"], "ok", "{line}");
+    assert_eq!(d["checksum"], "ok", "{line}");
+    assert_eq!(d["structure"], "ok", "{line}");
+    assert_eq!(d["files"], dump.objects.len(), "{line}");
+    assert_eq!(d["stored_objects"], dump.objects.len(), "{line}");
+    assert_eq!(d["restore"], "ok", "{line}");
+    assert_eq!(plain_dump(pg, "scratch"), plain_dump(pg, "dirdb"));
+    // The verdict went into the manifest, which still lists every file.
+    let man = fx.manifest(&dump.key);
+    assert_eq!(man["verification"]["ok"], true);
+    assert_eq!(
+        man["directory"]["files"].as_array().unwrap().len(),
+        dump.objects.len() - 1
+    );
+
+    // A flipped byte in one file: a checksum mismatch naming it.
+    let big = dump.big_table();
+    let object = &dump.objects[&big];
+    let good = moto().get(&fx.bucket, object);
+    let mut bad = good.clone();
+    bad[10] ^= 1;
+    moto().put(&fx.bucket, object, bad);
+    let a = fx
+        .cmd()
+        .args(["verify", &dump.key])
+        .assert()
+        .failure()
+        .code(1);
+    let text = output(&a);
+    assert!(text.contains("checksum mismatch"), "{text}");
+    assert!(text.contains(&big), "{text}");
+
+    // A lost file: "object missing", naming it.
+    delete(&fx.bucket, object);
+    let a = fx
+        .cmd()
+        .args(["verify", &dump.key])
+        .assert()
+        .failure()
+        .code(1);
+    let text = output(&a);
+    assert!(
+        text.contains(&format!("object missing: {object}")),
+        "{text}"
+    );
 }
