@@ -11,10 +11,11 @@
 //! alone commits, on unverified bytes; a damaged file stops the restore with pg_restore's input
 //! still open (killed mid-COPY: rolled back).
 //!
-//! Without `--jobs` (this module) the whole archive goes to one `pg_restore
-//! --single-transaction`: nothing commits unless every file verified.
+//! Without `--jobs` the whole archive goes to one `pg_restore --single-transaction`: nothing
+//! commits unless every file verified. With `--jobs N` ([`parallel`]) each data pg_restore is
+//! its own transaction, committing only tables whose files all verified.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -378,8 +379,9 @@ fn storage_io(e: StorageError) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Restores a directory dump in one transaction (see the module doc). Preflights as a
-/// single-file restore does: the roles the TOC names must exist in the target.
+/// Restores a directory dump: in one transaction (see the module doc), or with `--jobs N` in
+/// phases as `pg_restore -j` runs them (see [`parallel`]). Preflights as a single-file
+/// restore does: the roles the TOC names must exist in the target.
 pub async fn restore(
     storage: &Arc<dyn Storage>,
     entry: &Entry,
@@ -391,85 +393,325 @@ pub async fn restore(
 ) -> anyhow::Result<Restored> {
     let backup = Arc::new(open(storage, entry, decode).await?);
     let entries = pg_contents::preflight_head(&backup.dir.custom_head, target, privileges).await?;
-    if opts.jobs.is_some_and(|j| j > 1) {
-        tracing::info!(key = %entry.key, "restoring a directory dump in one transaction (--jobs is not supported for it yet)");
-    }
-    let opts = RestoreOpts {
-        jobs: None,
-        ..opts.clone()
-    };
-    let mut child = pg::spawn_restore(
-        &target.tools,
-        &target.conn,
-        &target.database,
-        &opts,
-        pg::RestoreRun::stdin(),
-        target.redactor.clone(),
-    )?;
-    let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
-    // Interrupted: the feed must stop reading too, not fetch the rest of the files.
-    let abandoned = feed::Abandoned::default();
-    let watch = abandoned.watch();
-    let rt = tokio::runtime::Handle::current();
-    let (b, s) = (backup.clone(), storage.clone());
-    let task = tokio::task::spawn_blocking(move || {
-        let mut out = BlockWriter::new(stdin, b.dir.int_size);
-        let r = feed_all(&b, &s, &rt, &watch, &mut out);
-        // The pipe goes back to the caller: it stays open until pg_restore is killed on
-        // failure, or pg_restore would see a clean end of input.
-        (r, out)
-    });
-    let (res, out) = tokio::select! {
-        j = task => j.context("restore task panicked")?,
-        _ = cancel.cancelled() => {
-            let _ = child.terminate().await;
-            return Err(Interrupted.into());
+    let jobs = opts.jobs.unwrap_or(1).max(1) as usize;
+    if jobs > 1 && !opts.clean {
+        parallel(&backup, storage, target, opts, jobs, cancel).await?;
+    } else {
+        if jobs > 1 {
+            tracing::info!(key = %entry.key, "--clean drops everything first, which only one whole pg_restore can do: restoring in one transaction");
         }
-    };
-    match res {
-        Ok(()) => {
-            drop(out);
-            tokio::select! {
-                r = child.wait() => { r?; }
-                _ = cancel.cancelled() => return Err(Interrupted.into()),
+        let one = RestoreOpts {
+            jobs: None,
+            ..opts.clone()
+        };
+        let run = FeedRun {
+            backup: backup.clone(),
+            storage: storage.clone(),
+            target: target.clone(),
+            opts: one,
+            ids: backup.block_ids(),
+            list: None,
+            label: "pg_restore",
+        };
+        run.run(cancel).await.map_err(|e| {
+            if e.downcast_ref::<FileFailed>().is_some() {
+                e.context("restore stopped; nothing was committed")
+            } else {
+                e
             }
-            Ok(Restored {
-                fed: backup.totals(),
-                entries,
-            })
-        }
-        Err(e) if e.is_sink() => {
-            drop(out);
-            child.wait().await?;
-            Err(e.into())
-        }
-        Err(e) => {
-            let _ = child.terminate().await;
-            drop(out);
-            Err(anyhow::Error::from(e).context("restore stopped; nothing was committed"))
+        })?;
+    }
+    Ok(Restored {
+        fed: backup.totals(),
+        entries,
+    })
+}
+
+/// One pg_restore in one transaction, fed the archive's head and the blocks of `ids` (in TOC
+/// order) on stdin: with `list`, only those entries; without, the whole archive.
+struct FeedRun {
+    backup: Arc<DirBackup>,
+    storage: Arc<dyn Storage>,
+    target: PgTarget,
+    opts: RestoreOpts,
+    ids: Vec<i32>,
+    list: Option<std::path::PathBuf>,
+    label: &'static str,
+}
+
+impl FeedRun {
+    /// A file that fails its check is a [`FileFailed`] error: pg_restore was killed with its
+    /// input open, so its transaction rolled back.
+    async fn run(self, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let mut child = pg::spawn_restore(
+            &self.target.tools,
+            &self.target.conn,
+            &self.target.database,
+            &self.opts,
+            pg::RestoreRun {
+                label: self.label,
+                file: None,
+                list: self.list.as_deref(),
+            },
+            self.target.redactor.clone(),
+        )?;
+        let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
+        // Interrupted: the feed must stop reading too, not fetch the rest of the files.
+        let abandoned = feed::Abandoned::default();
+        let watch = abandoned.watch();
+        let rt = tokio::runtime::Handle::current();
+        let (b, s, ids) = (self.backup.clone(), self.storage.clone(), self.ids);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut out = BlockWriter::new(stdin, b.dir.int_size);
+            let r = feed_blocks(&b, &s, &rt, &watch, &ids, &mut out);
+            // The pipe goes back to the caller: it stays open until pg_restore is killed on
+            // failure, or pg_restore would see a clean end of input.
+            (r, out)
+        });
+        let (res, out) = tokio::select! {
+            j = task => j.context("restore task panicked")?,
+            _ = cancel.cancelled() => {
+                let _ = child.terminate().await;
+                return Err(Interrupted.into());
+            }
+        };
+        match res {
+            Ok(()) => {
+                drop(out);
+                tokio::select! {
+                    r = child.wait() => { r?; }
+                    _ = cancel.cancelled() => return Err(Interrupted.into()),
+                }
+                Ok(())
+            }
+            Err(e) if e.is_sink() => {
+                // pg_restore stopped reading: its exit status and stderr are the real cause.
+                drop(out);
+                child.wait().await?;
+                Err(e.into())
+            }
+            Err(e) => {
+                let _ = child.terminate().await;
+                drop(out);
+                Err(e.into())
+            }
         }
     }
 }
 
-fn feed_all<W: Write>(
+fn feed_blocks<W: Write>(
     b: &DirBackup,
     storage: &Arc<dyn Storage>,
     rt: &tokio::runtime::Handle,
     abandoned: &feed::AbandonWatch,
+    ids: &[i32],
     out: &mut BlockWriter<W>,
 ) -> Result<(), FileFailed> {
     out.get_mut()
         .write_all(&b.dir.custom_head)
         .map_err(|e| FileFailed {
-            name: "toc.dat".into(),
+            name: crate::layout::DIR_ENTRY.into(),
             object: b.key.clone(),
             source: FeedError::Sink(e),
         })?;
-    let mut done = BTreeMap::new();
-    for id in b.block_ids() {
-        let fed = b.feed_block(storage, rt, abandoned, id, out)?;
-        done.insert(id, fed.raw_bytes);
+    for id in ids {
+        b.feed_block(storage, rt, abandoned, *id, out)?;
     }
-    tracing::debug!(blocks = done.len(), "every data file fed and verified");
+    Ok(())
+}
+
+/// A block this big (raw bytes) gets a pg_restore of its own; smaller ones share one, up to
+/// [`BATCH_BYTES`] or [`BATCH_ENTRIES`]: a database of many small tables must not start a
+/// pg_restore per table.
+const BIG: u64 = 4 << 20;
+const BATCH_BYTES: u64 = 64 << 20;
+const BATCH_ENTRIES: usize = 1000;
+
+/// The data blocks in batches for the data pg_restores, largest first (as `pg_restore -j`
+/// orders them; the manifest knows every file's size up front): each big block alone, the
+/// small ones in TOC order, shared among `jobs`.
+fn batches(b: &DirBackup, jobs: usize) -> Vec<(u64, Vec<i32>)> {
+    let size = |id: i32| -> u64 {
+        let file = &b.dir.files[&id];
+        let own = b.files.get(file).map_or(0, |f| f.raw_bytes);
+        let los: u64 = b
+            .blobs
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, n)| b.files.get(n))
+            .map(|f| f.raw_bytes)
+            .sum();
+        own + los
+    };
+    let mut out: Vec<(u64, Vec<i32>)> = Vec::new();
+    let mut small = Vec::new();
+    for id in b.block_ids() {
+        let n = size(id);
+        if n >= BIG {
+            out.push((n, vec![id]));
+        } else {
+            small.push((id, n));
+        }
+    }
+    let share = small.len().div_ceil(jobs.max(1)).clamp(1, BATCH_ENTRIES);
+    let mut batch: (u64, Vec<i32>) = (0, Vec::new());
+    for (id, n) in small {
+        if batch.1.len() >= share || batch.0 + n > BATCH_BYTES && !batch.1.is_empty() {
+            out.push(std::mem::take(&mut batch));
+        }
+        batch.0 += n;
+        batch.1.push(id);
+    }
+    if !batch.1.is_empty() {
+        out.push(batch);
+    }
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
+    out
+}
+
+/// `restore --jobs N` of a directory dump, in the phases `pg_restore -j` runs: the definitions
+/// (pre-data) in one transaction; then the data, N pg_restores at a time, each fed its tables'
+/// blocks straight from their objects (no spool: every file is its own GET) in a transaction
+/// that can only end once each of its files matched its own SHA-256; then post-data with
+/// `pg_restore -j N` and the privileges in one serial run, both from the TOC alone (a private
+/// `head.dump`). Like `pg_restore -j` it is not one transaction: a failure midway leaves the
+/// definitions and the batches that committed, all of them verified, and the error says which.
+async fn parallel(
+    backup: &Arc<DirBackup>,
+    storage: &Arc<dyn Storage>,
+    target: &PgTarget,
+    opts: &RestoreOpts,
+    jobs: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    use super::restore_jobs::{run_phase, write_list};
+    // Holds only the TOC (no data): the private directory keeps it to this user all the same.
+    let dir = crate::private_fs::PrivateDir::new("restore")
+        .context("creating a temp directory for --jobs")?;
+    let head = dir.path().join("head.dump");
+    crate::private_fs::create_file(&head)
+        .and_then(|mut f| f.write_all(&backup.dir.custom_head))
+        .with_context(|| format!("writing {}", head.display()))?;
+    let plan = pg_archive::Plan::of(&backup.dir.toc);
+    let serial = RestoreOpts {
+        jobs: None,
+        ..opts.clone()
+    };
+    let list = |name: &str, ids: &[i32]| -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.path().join(name);
+        write_list(&path, ids)?;
+        Ok(path)
+    };
+    let pre = list("pre.list", &plan.pre)?;
+    let run = pg::RestoreRun {
+        label: "pg_restore (pre-data)",
+        file: Some(&head),
+        list: Some(&pre),
+    };
+    run_phase(target, &serial, run, cancel).await?;
+    tracing::info!(entries = plan.pre.len(), "definitions restored (pre-data)");
+
+    let labels: HashMap<i32, String> = backup
+        .dir
+        .toc
+        .entries
+        .iter()
+        .map(|e| (e.dump_id, e.label()))
+        .collect();
+    let mut committed: Vec<String> = Vec::new();
+    let total = plan.blocks.len();
+    let partial = |committed: &[String], e: anyhow::Error, what: &str| {
+        let names = if committed.is_empty() {
+            "none".to_string()
+        } else {
+            committed.join(", ")
+        };
+        e.context(format!(
+            "restore stopped: database \"{}\" is partly restored (definitions created; data of {} of {total} tables and large-object sets committed, each verified against its own SHA-256 first: {names}; {what}); drop and recreate it, or restore again with --clean",
+            target.database,
+            committed.len(),
+        ))
+    };
+    let mut pending = batches(backup, jobs).into_iter();
+    let mut workers = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    loop {
+        while workers.len() < jobs {
+            let Some((bytes, ids)) = pending.next() else {
+                break;
+            };
+            n += 1;
+            let run = FeedRun {
+                backup: backup.clone(),
+                storage: storage.clone(),
+                target: target.clone(),
+                opts: serial.clone(),
+                list: Some(list(&format!("data-{n}.list"), &ids)?),
+                ids: ids.clone(),
+                label: "pg_restore (data)",
+            };
+            tracing::info!(entries = ids.len(), raw_bytes = bytes, "restoring data");
+            let cancel = cancel.clone();
+            workers.spawn(async move { run.run(&cancel).await.map(|()| ids) });
+        }
+        let Some(done) = workers.join_next().await else {
+            break;
+        };
+        match done.context("restore worker panicked")? {
+            Ok(ids) => committed.extend(ids.iter().map(|id| labels[id].clone())),
+            Err(e) => {
+                // The others stop too (their pg_restores are killed, uncommitted work rolls
+                // back); what already committed stays.
+                workers.shutdown().await;
+                if e.downcast_ref::<Interrupted>().is_some() {
+                    return Err(e);
+                }
+                return Err(partial(
+                    &committed,
+                    e,
+                    "no indexes, constraints or privileges",
+                ));
+            }
+        }
+    }
+    tracing::info!(
+        blocks = total,
+        batches = n,
+        "data restored; restoring post-data and privileges"
+    );
+    if !plan.post.is_empty() {
+        let post = list("post.list", &plan.post)?;
+        let parallel = RestoreOpts {
+            jobs: Some(jobs as u32),
+            ..opts.clone()
+        };
+        let run = pg::RestoreRun {
+            label: "pg_restore (post-data)",
+            file: Some(&head),
+            list: Some(&post),
+        };
+        run_phase(target, &parallel, run, cancel)
+            .await
+            .map_err(|e| {
+                partial(
+                    &committed,
+                    e,
+                    "indexes, constraints and privileges incomplete",
+                )
+            })?;
+    }
+    if !plan.privileges.is_empty() {
+        // One at a time, in archive order (see `Plan::privileges`).
+        let privileges = list("privileges.list", &plan.privileges)?;
+        let run = pg::RestoreRun {
+            label: "pg_restore (privileges)",
+            file: Some(&head),
+            list: Some(&privileges),
+        };
+        run_phase(target, &serial, run, cancel)
+            .await
+            .map_err(|e| partial(&committed, e, "privileges incomplete"))?;
+    }
     Ok(())
 }

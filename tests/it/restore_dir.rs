@@ -227,6 +227,10 @@ fn a_directory_dump_restores_identical_with_and_without_jobs() {
             cmd.args(["--jobs", j]);
         }
         let a = cmd.assert().success();
+        let stderr = String::from_utf8_lossy(&a.get_output().stderr).to_string();
+        // With --jobs: the data in several pg_restores (the big table alone).
+        let data_runs = stderr.matches("\"restoring data\"").count();
+        assert_eq!(data_runs >= 2, jobs.is_some(), "{stderr}");
         let line = &summaries(&a.get_output().stdout)[0];
         assert_eq!(line["checksum_verified"], true, "{line}");
         assert_eq!(line["key"], dump.key.as_str());
@@ -484,4 +488,71 @@ fn verify_checks_every_file_of_a_directory_dump() {
         text.contains(&format!("object missing: {object}")),
         "{text}"
     );
+}
+
+/// `--jobs 2` and a damaged file: the table it holds never commits; only tables whose own
+/// files verified did, and the error names them.
+#[test]
+fn with_jobs_only_verified_tables_commit() {
+    let fx = fixture("dir-jobs-damaged");
+    let pg = &fx.pg;
+    let dump = dir_backup(&fx, "dirdb", None);
+    let big = dump.big_table();
+    let object = &dump.objects[&big];
+    let mut bytes = moto().get(&fx.bucket, object);
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0x5a;
+    // About 8 s for the damaged file, the largest (its pg_restore starts first): the small
+    // tables, loaded by the other pg_restore meanwhile, are in long before its verdict.
+    let slow = FaultProxy::start(
+        &moto().endpoint,
+        vec![Rule::new(
+            "GET",
+            "GetObject",
+            Fault::Throttle {
+                bytes_per_sec: bytes.len() / 8,
+            },
+        )],
+    );
+    moto().put(&fx.bucket, object, bytes);
+
+    pg.create_db("partial");
+    let a = fx
+        .cmd()
+        .env("AWS_ENDPOINT_URL", slow.endpoint())
+        .args([
+            "restore",
+            &dump.key,
+            "--jobs",
+            "2",
+            "--to",
+            &fx.url("partial"),
+        ])
+        .assert()
+        .failure()
+        .code(1);
+    let text = output(&a);
+    assert!(text.contains("checksum mismatch"), "{text}");
+    assert!(text.contains(&big), "names the file {big}: {text}");
+    assert!(text.contains("partly restored"), "{text}");
+    assert_eq!(pg.psql("partial", "select count(*) from events"), "0");
+    // Committed: exactly the tables the message names, each whole.
+    let named = text
+        .split("verified against its own SHA-256 first: ")
+        .nth(1)
+        .and_then(|t| t.split("; ").next())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(named.contains("TABLE DATA public.small_"), "{text}");
+    for i in 1..=30 {
+        let rows = pg.psql("partial", &format!("select count(*) from small_{i}"));
+        let listed = named
+            .split(", ")
+            .any(|n| n == format!("TABLE DATA public.small_{i}"));
+        let want = if listed {
+            (i * 3).to_string()
+        } else {
+            "0".into()
+        };
+        assert_eq!(rows, want, "small_{i}: {named}");
+    }
 }
