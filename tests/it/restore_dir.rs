@@ -218,6 +218,11 @@ fn a_directory_dump_restores_identical_with_and_without_jobs() {
     let dump = dir_backup(&fx, "dirdb", None);
     assert!(dump.raw.contains_key("blobs.toc"), "{:?}", dump.raw);
     assert!(dump.raw.values().any(|n| *n > 8 << 20), "a file over 8 MiB");
+    // One backup, however many objects.
+    let a = fx.cmd().args(["list", "--json"]).assert().success();
+    let listed = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    assert_eq!(listed.matches(&dump.key).count(), 1, "{listed}");
+    assert!(!listed.contains("testrun/"), "{listed}");
 
     for (db, jobs) in [("one_tx", None), ("jobs2", Some("2"))] {
         pg.create_db(db);
@@ -367,10 +372,13 @@ fn an_encrypted_directory_dump_restores_with_the_identity() {
     assert_eq!(line["details"]["structure"], "ok", "{line}");
 }
 
-/// kill -9 of backhaul while a table's data streams in: pg_restore's input ends inside a data
-/// block, which it refuses, and the one transaction rolls back. Nothing is left.
+/// kill -9 of backhaul while a table's data streams in, without and with `--jobs`:
+/// pg_restore's input ends inside a data block, which it refuses, and its transaction rolls
+/// back: nothing of that table is left. With `--jobs`, the TOC it writes for post-data is
+/// private (0600 in a 0700 directory) and the next run sweeps what the killed one left.
 #[test]
-fn kill9_mid_restore_commits_nothing() {
+fn kill9_mid_restore_commits_nothing_partial() {
+    use std::os::unix::fs::PermissionsExt as _;
     let fx = fixture("dir-kill9");
     let pg = &fx.pg;
     let dump = dir_backup(&fx, "dirdb", None);
@@ -388,44 +396,86 @@ fn kill9_mid_restore_commits_nothing() {
             },
         )],
     );
-    pg.create_db("killed");
-    let mut child = backhaul_std()
-        .env("AWS_ENDPOINT_URL", slow.endpoint())
-        .env("S3_BUCKET", &fx.bucket)
-        .env("STAGE", "prod")
-        .args(["restore", &dump.key, "--to", &fx.url("killed")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // The big table's COPY is running.
-    let copying = || {
-        pg.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where datname = 'killed' and query like 'COPY public.events%'",
-        )
-    };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while copying() != "1" {
-        assert!(std::time::Instant::now() < until, "the COPY never started");
-        assert!(child.try_wait().unwrap().is_none(), "backhaul ended early");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for (db, jobs) in [("killed", None), ("killed_jobs", Some("2"))] {
+        pg.create_db(db);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = backhaul_std();
+        cmd.env("AWS_ENDPOINT_URL", slow.endpoint())
+            .env("S3_BUCKET", &fx.bucket)
+            .env("STAGE", "prod")
+            .env("TMPDIR", tmp.path())
+            .args(["restore", &dump.key, "--to", &fx.url(db)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(j) = jobs {
+            cmd.args(["--jobs", j]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // The big table's COPY is running.
+        let copying = || {
+            pg.psql(
+                "postgres",
+                &format!("select count(*) from pg_stat_activity where datname = '{db}' and query like 'COPY public.events%'"),
+            )
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while copying() != "1" {
+            assert!(
+                std::time::Instant::now() < until,
+                "{db}: the COPY never started"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{db}: backhaul ended early"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if jobs.is_some() {
+            let dirs: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert_eq!(dirs.len(), 1, "{dirs:?}");
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dirs[0]), 0o700);
+            let files: Vec<_> = std::fs::read_dir(&dirs[0])
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert!(files.iter().any(|f| f.ends_with("head.dump")), "{files:?}");
+            for f in &files {
+                assert_eq!(mode(f), 0o600, "{f:?}");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let sessions = || {
+            pg.psql(
+                "postgres",
+                &format!("select count(*) from pg_stat_activity where datname = '{db}'"),
+            )
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sessions() != "0" && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(sessions(), "0", "{db}: a pg_restore outlived backhaul");
+        match jobs {
+            // One transaction: nothing at all.
+            None => assert_eq!(relations(pg, db), "0"),
+            // The definitions committed first; the table being loaded did not.
+            Some(_) => assert_eq!(pg.psql(db, "select count(*) from events"), "0"),
+        }
+        // The next run sweeps what the killed one left.
+        store_cmd(&fx.bucket)
+            .env("TMPDIR", tmp.path())
+            .arg("list")
+            .assert()
+            .success();
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "{db}");
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let sessions = || {
-        pg.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where datname = 'killed'",
-        )
-    };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sessions() != "0" && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(sessions(), "0", "a pg_restore outlived backhaul");
-    assert_eq!(relations(pg, "killed"), "0");
 }
 
 /// verify: every object (ETag), every file's SHA-256, the TOC through `pg_restore --list`, and
