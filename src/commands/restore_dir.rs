@@ -285,10 +285,9 @@ impl DirBackup {
     /// Writes the data block of entry `id` to `out`: each of its files fetched, verified
     /// against its own SHA-256 and size before the block's (or the large object's) last bytes
     /// and terminator go out. Blocking: call it on a blocking thread.
-    pub fn feed_block<W: Write>(
+    fn feed_block<W: Write>(
         &self,
-        storage: &Arc<dyn Storage>,
-        rt: &tokio::runtime::Handle,
+        fetch: &mut Fetcher,
         abandoned: &feed::AbandonWatch,
         id: i32,
         out: &mut BlockWriter<W>,
@@ -317,7 +316,7 @@ impl DirBackup {
                 out.begin_blobs(id).map_err(|e| sink(e, file))?;
                 for (oid, name) in list {
                     out.begin_lo(*oid).map_err(|e| sink(e, name))?;
-                    add(self.feed_file(storage, rt, abandoned, name, out)?);
+                    add(self.feed_file(fetch, abandoned, name, out)?);
                     out.end_lo().map_err(|e| sink(e, name))?;
                 }
                 // The list itself was verified when the backup was opened.
@@ -329,7 +328,7 @@ impl DirBackup {
             }
             None => {
                 out.begin_data(id).map_err(|e| sink(e, file))?;
-                add(self.feed_file(storage, rt, abandoned, file, out)?);
+                add(self.feed_file(fetch, abandoned, file, out)?);
             }
         }
         out.end().map_err(|e| sink(e, file))?;
@@ -338,8 +337,7 @@ impl DirBackup {
 
     fn feed_file<W: Write>(
         &self,
-        storage: &Arc<dyn Storage>,
-        rt: &tokio::runtime::Handle,
+        fetch: &mut Fetcher,
         abandoned: &feed::AbandonWatch,
         name: &str,
         out: &mut BlockWriter<W>,
@@ -350,10 +348,10 @@ impl DirBackup {
             object: f.object.clone(),
             source,
         };
-        let reader = rt
-            .block_on(storage.get(&f.object))
+        let reader = fetch
+            .open(&f.object)
             .map_err(|e| failed(FeedError::Read(storage_io(e))))?;
-        let src = abandoned.reader(SyncIoBridge::new_with_handle(reader, rt.clone()));
+        let src = abandoned.reader(SyncIoBridge::new_with_handle(reader, fetch.rt.clone()));
         feed::feed(
             src,
             &self.decode,
@@ -362,6 +360,23 @@ impl DirBackup {
             Consumer::Strict,
         )
         .map_err(failed)
+    }
+
+    /// The objects the blocks of `ids` are read from, in the order they are read, with their
+    /// stored sizes.
+    fn objects_of(&self, ids: &[i32]) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for id in ids {
+            let names: Vec<&String> = match self.blobs.get(id) {
+                Some(list) => list.iter().map(|(_, n)| n).collect(),
+                None => vec![&self.dir.files[id]],
+            };
+            for n in names {
+                let f = &self.files[n];
+                out.push((f.object.clone(), f.stored_bytes));
+            }
+        }
+        out
     }
 
     /// What the whole backup amounts to, for the summary line: the manifest's totals and the
@@ -514,10 +529,79 @@ fn feed_blocks<W: Write>(
             object: b.key.clone(),
             source: FeedError::Sink(e),
         })?;
+    let mut fetch = Fetcher::new(storage.clone(), rt.clone(), b.objects_of(ids));
     for id in ids {
-        b.feed_block(storage, rt, abandoned, *id, out)?;
+        b.feed_block(&mut fetch, abandoned, *id, out)?;
     }
     Ok(())
+}
+
+/// Small files read one after another would each wait for a GET's round trip (a directory
+/// dump has one object per large object): the next few are requested while one is read, as
+/// long as only small files stand between (a response left unread for long could time out).
+struct Fetcher {
+    storage: Arc<dyn Storage>,
+    rt: tokio::runtime::Handle,
+    /// Objects still to request, in reading order, with their sizes.
+    plan: std::collections::VecDeque<(String, u64)>,
+    ahead: std::collections::VecDeque<(String, u64, tokio::task::JoinHandle<GetResult>)>,
+}
+
+type GetResult = Result<crate::storage::Reader, StorageError>;
+
+/// Requests in flight beyond the one being read.
+const AHEAD: usize = 4;
+/// Only files smaller than this are read ahead of.
+const SMALL_FILE: u64 = 1 << 20;
+
+impl Fetcher {
+    fn new(
+        storage: Arc<dyn Storage>,
+        rt: tokio::runtime::Handle,
+        plan: Vec<(String, u64)>,
+    ) -> Fetcher {
+        Fetcher {
+            storage,
+            rt,
+            plan: plan.into(),
+            ahead: Default::default(),
+        }
+    }
+
+    fn request(&mut self) {
+        if let Some((key, size)) = self.plan.pop_front() {
+            let storage = self.storage.clone();
+            let k = key.clone();
+            let h = self.rt.spawn(async move { storage.get(&k).await });
+            self.ahead.push_back((key, size, h));
+        }
+    }
+
+    /// The reader of `key`, which must be the next in the plan.
+    fn open(&mut self, key: &str) -> GetResult {
+        if self.ahead.is_empty() {
+            self.request();
+        }
+        let (k, size, h) = self.ahead.pop_front().expect("requested above");
+        if k != key {
+            // Not the planned order: no read-ahead from here on.
+            self.plan.clear();
+            self.ahead.clear();
+            return self.rt.block_on(self.storage.get(key));
+        }
+        // Read ahead only while everything between is small.
+        if size < SMALL_FILE {
+            while self.ahead.len() < AHEAD
+                && self.ahead.iter().all(|(_, s, _)| *s < SMALL_FILE)
+                && !self.plan.is_empty()
+            {
+                self.request();
+            }
+        }
+        self.rt
+            .block_on(h)
+            .map_err(|e| StorageError::backend("GetObject", key, e.to_string()))?
+    }
 }
 
 /// A block this big (raw bytes) gets a pg_restore of its own; smaller ones share one, up to

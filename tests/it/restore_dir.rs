@@ -10,7 +10,7 @@ use std::process::Command;
 use crate::common::proxy::{Fault, FaultProxy, Rule};
 use crate::common::*;
 
-/// Many tables (one big), large objects (one over 8 MiB), two owners, grants, a foreign key,
+/// Many tables (one big), large objects (one over 8 MiB, 40 small ones), two owners, grants, a foreign key,
 /// sequences, a view.
 const DIR_SQL: &str = r#"
 create role dir_owner nologin;
@@ -36,6 +36,7 @@ create view kinds as select kind, count(*) from events group by kind;
 select lo_from_bytea(9001, 'large object one');
 select lo_from_bytea(9002, convert_to(repeat(md5('big'), 300000), 'UTF8'));
 alter large object 9002 owner to dir_owner;
+select lo_from_bytea(10000 + g, convert_to(repeat('lo' || g, g), 'UTF8')) from generate_series(1, 40) g;
 "#;
 
 fn fixture(hint: &str) -> Fixture {
