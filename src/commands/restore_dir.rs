@@ -15,7 +15,7 @@
 //! commits unless every file verified. With `--jobs N` ([`parallel`]) each data pg_restore is
 //! its own transaction, committing only tables whose files all verified.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -657,8 +657,9 @@ fn batches(b: &DirBackup, jobs: usize) -> Vec<(u64, Vec<i32>)> {
 /// `restore --jobs N` of a directory dump, in the phases `pg_restore -j` runs: the definitions
 /// (pre-data) in one transaction; then the data, N pg_restores at a time, each fed its tables'
 /// blocks straight from their objects (no spool: every file is its own GET) in a transaction
-/// that can only end once each of its files matched its own SHA-256; then post-data with
-/// `pg_restore -j N` and the privileges in one serial run, both from the TOC alone (a private
+/// that can only end once each of its files matched its own SHA-256; each table's post-data
+/// (indexes, constraints) as soon as its data committed, the rest with `pg_restore -j N` once
+/// all data is in, and the privileges in one serial run, all from the TOC alone (a private
 /// `head.dump`). Like `pg_restore -j` it is not one transaction: a failure midway leaves the
 /// definitions and the batches that committed, all of them verified, and the error says which.
 async fn parallel(
@@ -717,14 +718,27 @@ async fn parallel(
             committed.len(),
         ))
     };
-    let mut pending = batches(backup, jobs).into_iter();
+    let mut pending: std::collections::VecDeque<_> = batches(backup, jobs).into();
     let mut workers = tokio::task::JoinSet::new();
-    let mut n = 0usize;
+    let mut waves = tokio::task::JoinSet::new();
+    // Post-data pg_restores running: their entries, the tables they touch, their slots.
+    let mut running: HashMap<usize, (Vec<i32>, HashSet<i32>, usize)> = HashMap::new();
+    let (mut done_ids, mut post_done, mut post_busy) =
+        (HashSet::new(), HashSet::new(), HashSet::new());
+    let (mut slots, mut n, mut w) = (jobs, 0usize, 0usize);
+    let stop = |e: anyhow::Error, committed: &[String], what: &str| {
+        if e.downcast_ref::<Interrupted>().is_some() {
+            e
+        } else {
+            partial(committed, e, what)
+        }
+    };
     loop {
-        while workers.len() < jobs {
-            let Some((bytes, ids)) = pending.next() else {
+        while slots > 0 {
+            let Some((bytes, ids)) = pending.pop_front() else {
                 break;
             };
+            slots -= 1;
             n += 1;
             let run = FeedRun {
                 backup: backup.clone(),
@@ -739,52 +753,100 @@ async fn parallel(
             let cancel = cancel.clone();
             workers.spawn(async move { run.run(&cancel).await.map(|()| ids) });
         }
-        let Some(done) = workers.join_next().await else {
+        // A table's indexes and constraints as soon as its data committed, while other
+        // tables still load, as `pg_restore -j` does; data goes first while it waits for a
+        // slot. Entries touch only committed tables that no other post-data run touches, so
+        // no two pg_restores wait on each other's locks (see `Plan::ready`).
+        while slots > 0 && pending.is_empty() {
+            let busy: HashSet<i32> = running.values().flat_map(|r| r.1.iter().copied()).collect();
+            let data_done = workers.is_empty();
+            let mut ids = plan.ready(&done_ids, &post_done, &post_busy, &busy);
+            if ids.is_empty() && data_done && running.is_empty() {
+                // Everything left is ready; should a dependency say otherwise, pg_restore
+                // orders what is left itself.
+                ids = plan
+                    .post
+                    .iter()
+                    .filter(|id| !post_done.contains(*id))
+                    .copied()
+                    .collect();
+            }
+            if ids.is_empty() {
+                break;
+            }
+            let k = if data_done { slots } else { 1 };
+            slots -= k;
+            w += 1;
+            let tables = ids
+                .iter()
+                .filter_map(|id| plan.needs.get(id))
+                .flat_map(|x| x.blocks.iter().copied())
+                .collect();
+            post_busy.extend(ids.iter().copied());
+            let path = list(&format!("post-{w}.list"), &ids)?;
+            running.insert(w, (ids, tables, k));
+            let (target, head, cancel) = (target.clone(), head.clone(), cancel.clone());
+            let opts = RestoreOpts {
+                jobs: Some(k as u32),
+                ..opts.clone()
+            };
+            waves.spawn(async move {
+                let run = pg::RestoreRun {
+                    label: "pg_restore (post-data)",
+                    file: Some(&head),
+                    list: Some(&path),
+                };
+                run_phase(&target, &opts, run, &cancel).await.map(|()| w)
+            });
+        }
+        if workers.is_empty() && waves.is_empty() {
+            if post_done.len() < plan.post.len() {
+                anyhow::bail!("internal error: post-data entries left that nothing can run");
+            }
             break;
-        };
-        match done.context("restore worker panicked")? {
-            Ok(ids) => committed.extend(ids.iter().map(|id| labels[id].clone())),
-            Err(e) => {
-                // The others stop too (their pg_restores are killed, uncommitted work rolls
-                // back); what already committed stays.
-                workers.shutdown().await;
-                if e.downcast_ref::<Interrupted>().is_some() {
-                    return Err(e);
+        }
+        tokio::select! {
+            Some(d) = workers.join_next() => {
+                slots += 1;
+                match d.context("restore worker panicked")? {
+                    Ok(ids) => {
+                        committed.extend(ids.iter().map(|id| labels[id].clone()));
+                        done_ids.extend(ids);
+                    }
+                    Err(e) => {
+                        // The others stop too (their pg_restores are killed, uncommitted work
+                        // rolls back); what already committed stays.
+                        workers.shutdown().await;
+                        waves.shutdown().await;
+                        return Err(stop(e, &committed, "no privileges; indexes and constraints of committed tables may be partly created"));
+                    }
                 }
-                return Err(partial(
-                    &committed,
-                    e,
-                    "no indexes, constraints or privileges",
-                ));
+            }
+            Some(r) = waves.join_next() => {
+                match r.context("post-data task panicked")? {
+                    Ok(w) => {
+                        let (ids, _, k) = running.remove(&w).expect("every wave is recorded");
+                        slots += k;
+                        for id in &ids {
+                            post_busy.remove(id);
+                        }
+                        post_done.extend(ids);
+                    }
+                    Err(e) => {
+                        workers.shutdown().await;
+                        waves.shutdown().await;
+                        return Err(stop(e, &committed, "indexes, constraints and privileges incomplete"));
+                    }
+                }
             }
         }
     }
     tracing::info!(
         blocks = total,
         batches = n,
-        "data restored; restoring post-data and privileges"
+        post_data_runs = w,
+        "data and post-data restored; restoring privileges"
     );
-    if !plan.post.is_empty() {
-        let post = list("post.list", &plan.post)?;
-        let parallel = RestoreOpts {
-            jobs: Some(jobs as u32),
-            ..opts.clone()
-        };
-        let run = pg::RestoreRun {
-            label: "pg_restore (post-data)",
-            file: Some(&head),
-            list: Some(&post),
-        };
-        run_phase(target, &parallel, run, cancel)
-            .await
-            .map_err(|e| {
-                partial(
-                    &committed,
-                    e,
-                    "indexes, constraints and privileges incomplete",
-                )
-            })?;
-    }
     if !plan.privileges.is_empty() {
         // One at a time, in archive order (see `Plan::privileges`).
         let privileges = list("privileges.list", &plan.privileges)?;
