@@ -707,10 +707,12 @@ async fn parallel(
     let mut committed: Vec<String> = Vec::new();
     let total = plan.blocks.len();
     let partial = |committed: &[String], e: anyhow::Error, what: &str| {
-        let names = if committed.is_empty() {
-            "none".to_string()
-        } else {
-            committed.join(", ")
+        // Named in full up to a point; the rest counted.
+        const NAMED: usize = 40;
+        let names = match committed.len() {
+            0 => "none".to_string(),
+            n if n <= NAMED => committed.join(", "),
+            n => format!("{} and {} more", committed[..NAMED].join(", "), n - NAMED),
         };
         e.context(format!(
             "restore stopped: database \"{}\" is partly restored (definitions created; data of {} of {total} tables and large-object sets committed, each verified against its own SHA-256 first: {names}; {what}); drop and recreate it, or restore again with --clean",

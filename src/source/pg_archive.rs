@@ -323,8 +323,8 @@ fn read_head(r: &mut Reader, mut dir: Option<&mut DirLayout>) -> Result<Toc, Sho
         return Err(r.damaged(format!("integer size {int_size}, offset size {off_size}")));
     }
     r.int_size = int_size;
-    // The format byte: 1 for a custom archive; a directory's toc.dat says 3 (pg_dump's
-    // directory format writes it so, whatever pg_backup.h's enum says).
+    // The format byte: 1 (archCustom) for a custom archive; a directory's toc.dat says 3
+    // (archTar: pg_backup_directory.c's _CloseArchive writes it so, the layout being tar's).
     let format_at = r.at;
     let want = if dir.is_some() { 3 } else { 1 };
     if r.byte()? != want {
