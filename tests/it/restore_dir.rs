@@ -291,16 +291,19 @@ fn a_missing_object_or_manifest_is_refused_before_the_target_is_touched() {
         .clone();
     let kept = moto().get(&fx.bucket, &lost);
     delete(&fx.bucket, &lost);
-    let a = fx
-        .cmd()
-        .args(["restore", &dump.key, "--to", &fx.url("target")])
-        .assert()
-        .failure()
-        .code(1);
-    let text = output(&a);
-    assert!(text.contains("object missing"), "{text}");
-    assert!(text.contains(&lost), "{text}");
-    assert_eq!(relations(pg, "target"), "0");
+    for jobs in [&[][..], &["--jobs", "2"][..]] {
+        let a = fx
+            .cmd()
+            .args(["restore", &dump.key, "--to", &fx.url("target")])
+            .args(jobs)
+            .assert()
+            .failure()
+            .code(1);
+        let text = output(&a);
+        assert!(text.contains("object missing"), "{text}");
+        assert!(text.contains(&lost), "{text}");
+        assert_eq!(relations(pg, "target"), "0");
+    }
     moto().put(&fx.bucket, &lost, kept);
 
     // Without its manifest there is no file list and no checksum: never restored, not even
