@@ -539,9 +539,9 @@ fn feed_blocks<W: Write>(
 /// Small files read one after another would each wait for a GET's round trip (a directory
 /// dump has one object per large object): the next few are requested while one is read, as
 /// long as only small files stand between (a response left unread for long could time out).
-struct Fetcher {
+pub(crate) struct Fetcher {
     storage: Arc<dyn Storage>,
-    rt: tokio::runtime::Handle,
+    pub rt: tokio::runtime::Handle,
     /// Objects still to request, in reading order, with their sizes.
     plan: std::collections::VecDeque<(String, u64)>,
     ahead: std::collections::VecDeque<(String, u64, tokio::task::JoinHandle<GetResult>)>,
@@ -555,7 +555,7 @@ const AHEAD: usize = 4;
 const SMALL_FILE: u64 = 1 << 20;
 
 impl Fetcher {
-    fn new(
+    pub fn new(
         storage: Arc<dyn Storage>,
         rt: tokio::runtime::Handle,
         plan: Vec<(String, u64)>,
@@ -577,8 +577,8 @@ impl Fetcher {
         }
     }
 
-    /// The reader of `key`, which must be the next in the plan.
-    fn open(&mut self, key: &str) -> GetResult {
+    /// The reader of `key`, the next in the plan (anything else is read without read-ahead).
+    pub fn open(&mut self, key: &str) -> GetResult {
         if self.ahead.is_empty() {
             self.request();
         }

@@ -654,11 +654,13 @@ impl Verifier {
         );
         let checked = tokio::task::spawn_blocking(move || {
             let mut kept = HashMap::new();
+            let plan = todo.iter().map(|(_, o, x)| (o.clone(), x.size)).collect();
+            let mut fetch = restore_dir::Fetcher::new(storage, rt.clone(), plan);
             for (name, object, expect) in todo {
                 let keep = name == crate::layout::DIR_ENTRY
                     || (name.starts_with("blobs") && name.ends_with(".toc"));
-                let reader = rt
-                    .block_on(storage.get(&object))
+                let reader = fetch
+                    .open(&object)
                     .map_err(|e| Failure::Transient(e.into()))?;
                 let src = SyncIoBridge::new_with_handle(reader, rt.clone());
                 let mut out = Vec::new();
