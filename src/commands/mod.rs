@@ -12,6 +12,7 @@ mod preflight;
 pub mod prune;
 pub mod restore;
 pub mod restore_dir;
+pub mod restore_dir_jobs;
 pub mod restore_globals;
 pub mod restore_jobs;
 pub mod restore_mongo;
