@@ -171,13 +171,16 @@ fn layout_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-/// A small object read whole, verified, decoded.
+/// A small object (a TOC, a large-object list) read whole, verified, decoded.
 async fn fetch_whole(
     storage: &Arc<dyn Storage>,
     key: &str,
     decode: &Decode,
     expect: Expect,
 ) -> anyhow::Result<(Vec<u8>, Fed)> {
+    if expect.size > pg_archive::MAX_HEAD as u64 {
+        return Err(pg_archive::ArchiveError::TooLarge.into());
+    }
     let stored = storage.get_bytes(key).await?;
     let decode = decode.clone();
     tokio::task::spawn_blocking(move || {
