@@ -222,6 +222,26 @@ impl Abandoned {
     }
 }
 
+impl Abandoned {
+    /// The flag, for a thread that opens several sources one after another.
+    pub fn watch(&self) -> AbandonWatch {
+        AbandonWatch(self.0.clone())
+    }
+}
+
+/// A view of [`Abandoned`]'s flag that does not set it when dropped.
+#[derive(Clone)]
+pub struct AbandonWatch(Arc<std::sync::atomic::AtomicBool>);
+
+impl AbandonWatch {
+    pub fn reader<R: std::io::Read>(&self, inner: R) -> UnlessAbandoned<R> {
+        UnlessAbandoned {
+            inner,
+            abandoned: self.0.clone(),
+        }
+    }
+}
+
 impl Drop for Abandoned {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);

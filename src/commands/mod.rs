@@ -10,6 +10,8 @@ pub mod pg_contents;
 mod preflight;
 pub mod prune;
 pub mod restore;
+pub mod restore_dir;
+pub mod restore_dir_jobs;
 pub mod restore_globals;
 pub mod restore_jobs;
 pub mod restore_mongo;

@@ -70,6 +70,47 @@ pub async fn archive_entries(
     Ok(pg_toc::parse(&script?))
 }
 
+/// The schema script of an archive's head held in memory (a directory dump's TOC made into a
+/// custom archive's head, see [`crate::source::pg_archive::read_dir_toc`]).
+pub async fn head_entries(
+    head: &[u8],
+    tools: &PgTools,
+    redactor: Redactor,
+) -> anyhow::Result<Vec<Entry>> {
+    use std::io::Write as _;
+    let mut child = pg::spawn_schema_script(tools, redactor)?;
+    let mut stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
+    let head = head.to_vec();
+    let feeding = tokio::task::spawn_blocking(move || match stdin.write_all(&head) {
+        // pg_restore read what it needed and exited.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    });
+    let script = read_script(&mut child).await;
+    let fed = feeding.await.context("writing the archive's head")?;
+    child
+        .wait()
+        .await
+        .context("reading the table of contents")?;
+    fed.context("writing the archive's head")?;
+    Ok(pg_toc::parse(&script?))
+}
+
+/// [`preflight`] for an archive's head held in memory.
+pub async fn preflight_head(
+    head: &[u8],
+    target: &PgTarget,
+    privileges: Privileges,
+) -> anyhow::Result<Vec<Entry>> {
+    let (entries, existing) = tokio::join!(
+        head_entries(head, &target.tools, target.redactor.clone()),
+        existing_roles(target)
+    );
+    let entries = entries?;
+    check_roles(&entries, privileges, &existing?)?;
+    Ok(entries)
+}
+
 /// Reads an archive's TOC from a copy of the head of a stream that goes elsewhere (a backup
 /// on its way to storage): pg_dump writes the TOC first even into a pipe, so `pg_restore`
 /// fed the first bytes prints the schema script and exits. No second read of the object,

@@ -436,6 +436,12 @@ pub async fn restore_pg(
         no_owner: privileges.no_owner,
         no_acl: privileges.no_acl,
     };
+    if entry.parsed.directory {
+        return super::restore_dir::restore(
+            storage, entry, decode, target, &opts, privileges, cancel,
+        )
+        .await;
+    }
     let preflight = pg_contents::preflight(storage, &entry.key, decode.clone(), target, privileges);
     let (entries, fed) = match jobs {
         // The download starts beside the preflight; the target waits for the preflight.

@@ -610,13 +610,13 @@ impl Drop for CloseOnDrop {
     }
 }
 
-fn write_list(path: &Path, ids: &[i32]) -> anyhow::Result<()> {
+pub(crate) fn write_list(path: &Path, ids: &[i32]) -> anyhow::Result<()> {
     crate::private_fs::create_file(path)
         .and_then(|mut f| f.write_all(pg_archive::list_file(ids).as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
 }
 
-async fn run_phase(
+pub(crate) async fn run_phase(
     target: &PgTarget,
     opts: &RestoreOpts,
     run: RestoreRun<'_>,

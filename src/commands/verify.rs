@@ -12,6 +12,7 @@
 //! ciphertext), which counts as a pass with `structure: "skipped (encrypted, no --identity)"`:
 //! it proves the object is complete and intact, which is what a key-less verifier can know.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, Store};
 use super::pg_contents::{self, Privileges};
 use super::restore::{self, filter, is_mongo_url, PgTarget};
+use super::restore_dir;
 use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
 use crate::catalog::{self, Entry};
@@ -97,6 +99,9 @@ impl Verifier {
             Err(e @ Failure::Transient(_)) => Err(e),
             identity => {
                 let content = match entry.parsed.kind {
+                    Kind::Postgres if entry.parsed.directory => {
+                        self.verify_pg_dir(entry, sealed, &mut details).await
+                    }
                     _ if sealed => self.verify_sealed(entry, &mut details).await,
                     Kind::Mongo => self.verify_mongo(entry, &mut details).await,
                     Kind::Postgres if entry.parsed.globals => {
@@ -171,6 +176,17 @@ impl Verifier {
                 json!("skipped: --restore-into is not a postgresql:// URL"),
             );
         }
+        self.restore_pg_into(entry, restore_decode, details).await
+    }
+
+    /// With `--restore-into postgresql://…`: restores with `--clean` and compares what the
+    /// database then holds with the manifest's record of the archive.
+    async fn restore_pg_into(
+        &self,
+        entry: &Entry,
+        restore_decode: Decode,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
         if let Some(target) = &self.restore_into {
             details.insert("restored_into".into(), json!(target.database));
             let restored = match restore::restore_pg(
@@ -548,6 +564,224 @@ impl Verifier {
             ));
         }
         Ok(())
+    }
+}
+
+impl Verifier {
+    /// A directory dump (`backup --jobs`): every object there and the one the manifest
+    /// describes (ETag), every file's stored bytes against its own SHA-256 and size (decoded to
+    /// the end when an identity allows, which also checks each zstd frame), the TOC readable
+    /// and naming only files the manifest lists, and `pg_restore --list` of its transcoding.
+    async fn verify_pg_dir(
+        &self,
+        entry: &Entry,
+        sealed: bool,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let toc_expect = require_manifest(entry, details)?;
+        let Some(dir) = entry.manifest.as_ref().and_then(|m| m.directory.clone()) else {
+            return Err(Failure::Artifact(
+                "a directory dump's manifest without its file list".into(),
+            ));
+        };
+        let keys = dir.objects.iter().map(|o| o.key.clone()).collect();
+        let heads = restore_dir::head_all(&self.storage, keys)
+            .await
+            .map_err(|e| Failure::Transient(e.into()))?;
+        let mut replaced = None;
+        for o in &dir.objects {
+            match &heads[&o.key] {
+                None => {
+                    details.insert("stored_objects".into(), json!("missing"));
+                    return Err(Failure::Artifact(format!("object missing: {}", o.key)));
+                }
+                Some(info)
+                    if replaced.is_none()
+                        && (o.etag.is_some() && info.etag != o.etag
+                            || o.version_id.is_some() && info.version_id != o.version_id) =>
+                {
+                    replaced = Some(format!(
+                        "{} is not the object its manifest describes: ETag {}, manifest says {}",
+                        o.key,
+                        info.etag.as_deref().unwrap_or("none"),
+                        o.etag.as_deref().unwrap_or("none"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        // Reported after the checksums, as for a single-file backup: a content failure is the
+        // more specific verdict.
+        let replaced = match replaced {
+            Some(msg) => {
+                details.insert("stored_objects".into(), json!("mismatch"));
+                Err(Failure::Artifact(msg))
+            }
+            None => {
+                details.insert("stored_objects".into(), json!(dir.objects.len() + 1));
+                Ok(())
+            }
+        };
+        let decode = if sealed {
+            Decode::identity()
+        } else {
+            self.decode(entry)?
+        };
+        // toc.dat first, then every file; the TOC and the large-object lists are kept.
+        let mut todo = vec![(
+            crate::layout::DIR_ENTRY.to_string(),
+            entry.key.clone(),
+            toc_expect,
+        )];
+        todo.extend(dir.files.iter().map(|f| {
+            let expect = Expect {
+                sha256: f.sha256.clone(),
+                size: f.stored_bytes,
+            };
+            (f.name.clone(), f.object.clone(), expect)
+        }));
+        if let Some(f) = dir.files.iter().find(|f| f.offset != 0) {
+            return Err(Failure::Transient(anyhow::anyhow!(
+                "{} is stored packed with other files: packed files need a newer backhaul",
+                f.name
+            )));
+        }
+        let restore_decode = decode.clone();
+        let (storage, rt, files) = (
+            self.storage.clone(),
+            tokio::runtime::Handle::current(),
+            todo.len(),
+        );
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut kept = HashMap::new();
+            let plan = todo.iter().map(|(_, o, x)| (o.clone(), x.size)).collect();
+            let mut fetch = restore_dir::Fetcher::new(storage, rt.clone(), plan);
+            for (name, object, expect) in todo {
+                let keep = name == crate::layout::DIR_ENTRY
+                    || (name.starts_with("blobs") && name.ends_with(".toc"));
+                let reader = fetch
+                    .open(&object)
+                    .map_err(|e| Failure::Transient(e.into()))?;
+                let src = SyncIoBridge::new_with_handle(reader, rt.clone());
+                let mut out = Vec::new();
+                let fed = if keep {
+                    feed::feed(src, &decode, &mut out, Some(&expect), Consumer::Strict)
+                } else {
+                    feed::feed(
+                        src,
+                        &decode,
+                        std::io::sink(),
+                        Some(&expect),
+                        Consumer::Strict,
+                    )
+                };
+                match fed {
+                    Ok(_) => {}
+                    Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
+                        return Err(Failure::Mismatch(format!("{name} ({object}): {e}")))
+                    }
+                    Err(e @ FeedError::Decode(_)) => {
+                        return Err(Failure::Artifact(format!("{name} ({object}): {e}")))
+                    }
+                    Err(e) => return Err(Failure::Transient(e.into())),
+                }
+                if keep {
+                    kept.insert(name, out);
+                }
+            }
+            Ok(kept)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.into()))?;
+        let kept = match checked {
+            Err(Failure::Mismatch(msg)) => {
+                details.insert("checksum".into(), json!("mismatch"));
+                return Err(Failure::Artifact(msg));
+            }
+            Err(Failure::Artifact(msg)) => {
+                details.insert("checksum".into(), json!("ok"));
+                details.insert("structure".into(), json!("failed"));
+                return Err(Failure::Artifact(msg));
+            }
+            Err(e) => return Err(e),
+            Ok(kept) => kept,
+        };
+        details.insert("checksum".into(), json!("ok"));
+        details.insert("files".into(), json!(files));
+        replaced?;
+        if sealed {
+            details.insert(
+                "structure".into(),
+                json!("skipped (encrypted, no --identity)"),
+            );
+            if self.restore_into.is_some() {
+                details.insert("restore".into(), json!("skipped"));
+                return Err(Failure::Transient(
+                    crypto::missing_identity(&entry.key).into(),
+                ));
+            }
+            return Ok(());
+        }
+        if let Err(msg) = self.dir_structure(&dir, &kept).await? {
+            details.insert("structure".into(), json!("failed"));
+            return Err(Failure::Artifact(msg));
+        }
+        details.insert("structure".into(), json!("ok"));
+        self.restore_pg_into(entry, restore_decode, details).await
+    }
+
+    /// The TOC reads, names only listed files (large-object lists too), and `pg_restore
+    /// --list` reads its transcoding. `Ok(Err(why))` is the artifact's fault.
+    async fn dir_structure(
+        &self,
+        dir: &crate::manifest::Directory,
+        kept: &HashMap<String, Vec<u8>>,
+    ) -> Result<Result<(), String>, Failure> {
+        use crate::source::pg_archive;
+        let listed: std::collections::HashSet<&str> =
+            dir.files.iter().map(|f| f.name.as_str()).collect();
+        let toc = match pg_archive::read_dir_toc(&kept[crate::layout::DIR_ENTRY]) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(format!("toc.dat: {e}"))),
+        };
+        for (id, name) in &toc.files {
+            if !listed.contains(name.as_str()) {
+                return Ok(Err(format!(
+                    "the manifest does not list {name}, the file of TOC entry {id}"
+                )));
+            }
+            if let Some(list) = kept.get(name) {
+                let los = match pg_archive::read_blobs_toc(list) {
+                    Ok(l) => l,
+                    Err(e) => return Ok(Err(format!("{name}: {e}"))),
+                };
+                if let Some((_, lo)) = los.iter().find(|(_, lo)| !listed.contains(lo.as_str())) {
+                    return Ok(Err(format!(
+                        "the manifest does not list {lo}, named in {name}"
+                    )));
+                }
+            }
+        }
+        let tools = self.tools.as_ref().ok_or_else(|| {
+            Failure::Transient(anyhow::anyhow!(
+                "no pg_restore found: install the PostgreSQL client or set PG_DUMP_PATH"
+            ))
+        })?;
+        let mut child = pg::spawn_list(tools, self.redactor.clone())
+            .map_err(|e| Failure::Transient(e.into()))?;
+        let mut stdin = child
+            .take_stdin_file()
+            .ok_or_else(|| Failure::Transient(anyhow::anyhow!("pg_restore --list has no stdin")))?;
+        let head = toc.custom_head;
+        let writing = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&head);
+        });
+        let listed = child.wait().await;
+        let _ = writing.await;
+        Ok(listed
+            .map(|_| ())
+            .map_err(|e| format!("pg_restore --list of its table of contents: {e}")))
     }
 }
 

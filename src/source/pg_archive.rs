@@ -104,6 +104,12 @@ pub enum ArchiveError {
     Damaged { at: u64, what: String },
     #[error("archive ends inside {0}")]
     Truncated(&'static str),
+    #[error("not a pg_dump directory-format toc.dat")]
+    NotDirectory,
+    #[error("directory dump compressed by pg_dump: backhaul reads only dumps taken with -Z0")]
+    CompressedDirectory,
+    #[error("data file name {0:?} of a directory dump is not one pg_dump writes")]
+    FileName(String),
 }
 
 /// What the scanner found, in stream order.
@@ -218,7 +224,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Toc, usize)>, ArchiveError> {
         at: 0,
         int_size: 4,
     };
-    match read_head(&mut r) {
+    match read_head(&mut r, None) {
         Ok(toc) => Ok(Some((toc, r.int_size))),
         Err(Short::More) => Ok(None),
         Err(Short::Bad(e)) => Err(e),
@@ -293,7 +299,17 @@ fn decode_int(b: &[u8]) -> i64 {
     }
 }
 
-fn read_head(r: &mut Reader) -> Result<Toc, Short> {
+/// Where a directory TOC differs from a custom one, noted while it is read.
+#[derive(Default)]
+struct DirLayout {
+    /// Position of the format byte.
+    format_at: usize,
+    off_size: usize,
+    /// Each entry's tail (its file name): start and end, and the name ("" for no data).
+    tails: Vec<(usize, usize, String)>,
+}
+
+fn read_head(r: &mut Reader, mut dir: Option<&mut DirLayout>) -> Result<Toc, Short> {
     if r.bytes(5)? != b"PGDMP" {
         return Err(ArchiveError::NotCustom.into());
     }
@@ -307,14 +323,29 @@ fn read_head(r: &mut Reader) -> Result<Toc, Short> {
         return Err(r.damaged(format!("integer size {int_size}, offset size {off_size}")));
     }
     r.int_size = int_size;
-    // archCustom is 1 in pg_backup.h's ArchiveFormat.
-    if r.byte()? != 1 {
-        return Err(ArchiveError::NotCustom.into());
+    // The format byte: 1 (archCustom) for a custom archive; a directory's toc.dat says 3
+    // (archTar: pg_backup_directory.c's _CloseArchive writes it so, the layout being tar's).
+    let format_at = r.at;
+    let want = if dir.is_some() { 3 } else { 1 };
+    if r.byte()? != want {
+        return Err(match dir {
+            Some(_) => ArchiveError::NotDirectory,
+            None => ArchiveError::NotCustom,
+        }
+        .into());
     }
-    if version.1 >= 15 {
-        r.byte()?; // compression algorithm
+    let compressed = if version.1 >= 15 {
+        i64::from(r.byte()?) // compression algorithm
     } else {
-        r.int()?; // compression level
+        r.int()? // compression level
+    };
+    if let Some(d) = dir.as_deref_mut() {
+        // Its data files would be gzip (or lz4, zstd) files of their own, not raw COPY data.
+        if compressed != 0 {
+            return Err(ArchiveError::CompressedDirectory.into());
+        }
+        d.format_at = format_at;
+        d.off_size = off_size;
     }
     for _ in 0..7 {
         r.int()?; // creation date, struct tm
@@ -328,7 +359,7 @@ fn read_head(r: &mut Reader) -> Result<Toc, Short> {
     }
     let mut entries = Vec::with_capacity((count as usize).min(1 << 16));
     for _ in 0..count {
-        entries.push(read_entry(r, version.1, off_size)?);
+        entries.push(read_entry(r, version.1, off_size, dir.as_deref_mut())?);
     }
     Ok(Toc {
         version,
@@ -337,7 +368,12 @@ fn read_head(r: &mut Reader) -> Result<Toc, Short> {
     })
 }
 
-fn read_entry(r: &mut Reader, minor: u8, off_size: usize) -> Result<TocEntry, Short> {
+fn read_entry(
+    r: &mut Reader,
+    minor: u8,
+    off_size: usize,
+    dir: Option<&mut DirLayout>,
+) -> Result<TocEntry, Short> {
     let dump_id = r.int()?;
     if dump_id <= 0 || dump_id > i64::from(i32::MAX) {
         return Err(r.damaged(format!("entry ID {dump_id}")));
@@ -373,6 +409,28 @@ fn read_entry(r: &mut Reader, minor: u8, off_size: usize) -> Result<TocEntry, Sh
         if let Ok(id) = d.trim().parse::<i32>() {
             deps.push(id);
         }
+    }
+    if let Some(d) = dir {
+        // `_WriteExtraToc` of pg_backup_directory.c: the data file's name, or "".
+        let start = r.at;
+        let name = r.string()?.unwrap_or_default();
+        let data = if name.is_empty() {
+            DataState::NoData
+        } else {
+            DataState::NotSet
+        };
+        d.tails.push((start, r.at, name));
+        return Ok(TocEntry {
+            dump_id: dump_id as i32,
+            had_dumper,
+            tag,
+            desc,
+            namespace,
+            owner,
+            section,
+            data,
+            deps,
+        });
     }
     let flag = r.byte()?;
     let raw = r.bytes(off_size)?;
@@ -711,6 +769,182 @@ pub fn list_file(ids: &[i32]) -> String {
     ids.iter().map(|id| format!("{id};\n")).collect()
 }
 
+/// A directory-format dump's `toc.dat`, read and turned into the head of a custom archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirToc {
+    /// The entries, as a custom archive's would read (`data_start` is the head's length).
+    pub toc: Toc,
+    /// Each entry with data: the file pg_dump wrote it into ("3051.dat", "blobs.toc").
+    pub files: std::collections::BTreeMap<i32, String>,
+    /// Header and TOC of a custom archive with the same entries, every data offset "not set":
+    /// followed by the data blocks in TOC order it is an archive pg_restore reads from a pipe.
+    pub custom_head: Vec<u8>,
+    /// The archive's integer size, for [`BlockWriter`].
+    pub int_size: usize,
+}
+
+/// Reads a directory dump's `toc.dat` (pg_dump `-Fd -Z0`; `pg_backup_directory.c`). It is a
+/// custom archive's header and TOC with two differences: the format byte, and each entry's
+/// tail, which names its data file instead of giving a flag and an offset.
+pub fn read_dir_toc(toc_dat: &[u8]) -> Result<DirToc, ArchiveError> {
+    if toc_dat.len() > MAX_HEAD {
+        return Err(ArchiveError::TooLarge);
+    }
+    let mut r = Reader {
+        buf: toc_dat,
+        at: 0,
+        int_size: 4,
+    };
+    let mut dir = DirLayout::default();
+    let mut toc = match read_head(&mut r, Some(&mut dir)) {
+        Ok(t) => t,
+        Err(Short::More) => return Err(ArchiveError::Truncated("the table of contents")),
+        Err(Short::Bad(e)) => return Err(e),
+    };
+    if r.at != toc_dat.len() {
+        return Err(ArchiveError::Damaged {
+            at: r.at as u64,
+            what: format!("{} bytes after the TOC", toc_dat.len() - r.at),
+        });
+    }
+    let mut head = Vec::with_capacity(toc_dat.len() + toc.entries.len() * 8);
+    head.extend_from_slice(&toc_dat[..dir.format_at]);
+    head.push(1);
+    let mut at = dir.format_at + 1;
+    let mut files = std::collections::BTreeMap::new();
+    for (entry, (start, end, name)) in toc.entries.iter().zip(&dir.tails) {
+        head.extend_from_slice(&toc_dat[at..*start]);
+        if name.is_empty() {
+            head.push(OFFSET_NO_DATA);
+        } else {
+            if !plain_file_name(name) {
+                return Err(ArchiveError::FileName(name.clone()));
+            }
+            head.push(OFFSET_POS_NOT_SET);
+            files.insert(entry.dump_id, name.clone());
+        }
+        head.extend(std::iter::repeat_n(0u8, dir.off_size));
+        at = *end;
+    }
+    toc.data_start = head.len() as u64;
+    Ok(DirToc {
+        toc,
+        files,
+        custom_head: head,
+        int_size: r.int_size,
+    })
+}
+
+/// A name pg_dump gives a file of its directory ("3051.dat", "blobs_3060.toc",
+/// "blob_16411.dat"): nothing that could leave the directory or hide in it.
+pub fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "toc.dat"
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// A directory dump's large-object list (`blobs.toc`, `blobs_<id>.toc`): one
+/// `<oid> <file name>` line per large object, in the order they were dumped.
+pub fn read_blobs_toc(text: &[u8]) -> Result<Vec<(u32, String)>, ArchiveError> {
+    let text = std::str::from_utf8(text).map_err(|_| ArchiveError::Damaged {
+        at: 0,
+        what: "large-object list is not text".into(),
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let bad = || ArchiveError::Damaged {
+            at: n as u64,
+            what: format!("large-object list line {:?}", line),
+        };
+        let (oid, name) = line.split_once(' ').ok_or_else(bad)?;
+        let oid: u32 = oid.parse().map_err(|_| bad())?;
+        if !plain_file_name(name) {
+            return Err(ArchiveError::FileName(name.to_string()));
+        }
+        out.push((oid, name.to_string()));
+    }
+    Ok(out)
+}
+
+/// Writes custom-format data blocks: a block header, the data as length-framed chunks (one per
+/// `write`), and the terminator only when told ([`BlockWriter::end`]). pg_restore ends a
+/// table's COPY, or a large object, on that terminator and nowhere else; input that stops
+/// before it is a truncated archive, which pg_restore refuses.
+pub struct BlockWriter<W: std::io::Write> {
+    out: W,
+    int_size: usize,
+}
+
+/// pg_dump's own chunk size is 4 KiB to 1 MiB; pg_restore allocates what a chunk says.
+const MAX_CHUNK: usize = 1 << 20;
+
+impl<W: std::io::Write> BlockWriter<W> {
+    pub fn new(out: W, int_size: usize) -> BlockWriter<W> {
+        BlockWriter { out, int_size }
+    }
+
+    fn int(&mut self, v: i64) -> std::io::Result<()> {
+        let mut b = [0u8; 9];
+        b[0] = u8::from(v < 0);
+        let m = v.unsigned_abs();
+        for (i, x) in b[1..=self.int_size].iter_mut().enumerate() {
+            *x = (m >> (8 * i)) as u8;
+        }
+        self.out.write_all(&b[..=self.int_size])
+    }
+
+    /// A table's data (`BLK_DATA`).
+    pub fn begin_data(&mut self, dump_id: i32) -> std::io::Result<()> {
+        self.out.write_all(&[BLK_DATA])?;
+        self.int(i64::from(dump_id))
+    }
+
+    /// A BLOBS entry's large objects (`BLK_BLOBS`): each in [`Self::begin_lo`] ..
+    /// [`Self::end_lo`], then [`Self::end`].
+    pub fn begin_blobs(&mut self, dump_id: i32) -> std::io::Result<()> {
+        self.out.write_all(&[BLK_BLOBS])?;
+        self.int(i64::from(dump_id))
+    }
+
+    pub fn begin_lo(&mut self, oid: u32) -> std::io::Result<()> {
+        self.int(i64::from(oid))
+    }
+
+    /// Ends a large object (a zero-length chunk).
+    pub fn end_lo(&mut self) -> std::io::Result<()> {
+        self.int(0)
+    }
+
+    /// Ends the block.
+    pub fn end(&mut self) -> std::io::Result<()> {
+        self.int(0)?;
+        self.out.flush()
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for BlockWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        // An empty chunk would read as the terminator.
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let n = data.len().min(MAX_CHUNK);
+        self.int(n as i64)?;
+        self.out.write_all(&data[..n])?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -852,6 +1086,183 @@ mod tests {
         let mut newer = ARCHIVE.to_vec();
         newer[6] = 17;
         assert_eq!(scan(&[&newer]).unwrap_err(), ArchiveError::Version(1, 17));
+    }
+
+    /// `pg_dump -Fd -Z0` of the same database (testdata/archive.sql), PostgreSQL 15.
+    fn dir_file(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/source/testdata/archive_dir");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// The whole directory as one custom archive: head, then every block in TOC order.
+    fn transcode(d: &DirToc) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut w = BlockWriter::new(d.custom_head.clone(), d.int_size);
+        for e in d.toc.entries.iter().filter(|e| e.has_block()) {
+            let file = &d.files[&e.dump_id];
+            if e.desc == "BLOBS" {
+                w.begin_blobs(e.dump_id).unwrap();
+                for (oid, name) in read_blobs_toc(&dir_file(file)).unwrap() {
+                    w.begin_lo(oid).unwrap();
+                    w.write_all(&dir_file(&name)).unwrap();
+                    w.end_lo().unwrap();
+                }
+            } else {
+                w.begin_data(e.dump_id).unwrap();
+                // In small pieces: each becomes a chunk of its own.
+                for piece in dir_file(file).chunks(1000) {
+                    w.write_all(piece).unwrap();
+                }
+            }
+            w.end().unwrap();
+        }
+        std::mem::take(w.get_mut())
+    }
+
+    #[test]
+    fn a_directory_toc_becomes_a_custom_archive() {
+        let d = read_dir_toc(&dir_file("toc.dat")).unwrap();
+        // The head parses as a custom archive's, to the same entries.
+        let (head_toc, _) = parse_head(&d.custom_head).unwrap().unwrap();
+        assert_eq!(head_toc, d.toc);
+        assert_eq!(d.toc.data_start, d.custom_head.len() as u64);
+        let names: Vec<&str> = d.files.values().map(String::as_str).collect();
+        assert!(names.contains(&"blobs.toc"), "{names:?}");
+        assert_eq!(names.len(), 3, "{names:?}");
+        // Same entries as the custom archive pg_dump wrote of the same schema.
+        let piped = scan(&[ARCHIVE]).unwrap();
+        let shape = |t: &Toc| {
+            t.entries
+                .iter()
+                .map(|e| (e.desc.clone(), e.tag.clone(), e.has_block()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shape(&d.toc), shape(toc_of(&piped)));
+        // Transcoded whole, it scans: every block in TOC order, ending with the archive.
+        let all = transcode(&d);
+        let ev = scan(&[&all]).unwrap();
+        let starts: Vec<i32> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::BlockStart { dump_id, .. } => Some(*dump_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, Plan::of(&d.toc).blocks);
+        match ev.last() {
+            Some(Event::BlockEnd { end, .. }) => assert_eq!(*end, all.len() as u64),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    /// The newest installed pg_restore (PostgreSQL is installed wherever the tests run).
+    fn pg_restore() -> std::path::PathBuf {
+        let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL client tools under /usr/lib/postgresql")
+            .flatten()
+            .filter_map(|e| {
+                let bin = e.path().join("bin/pg_restore");
+                Some((e.file_name().to_str()?.parse().ok()?, bin))
+            })
+            .filter(|(_, p)| p.exists())
+            .collect();
+        found.sort();
+        found.pop().expect("a pg_restore").1
+    }
+
+    /// pg_restore's output for `args`, the archive on stdin when `stdin` is given.
+    fn run_pg_restore(args: &[&str], stdin: Option<&[u8]>) -> String {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(pg_restore())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.unwrap_or_default().to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Without the random `\restrict` key pg_restore puts in every script.
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// What pg_restore itself makes of the directory and of its transcoding: the same
+    /// entries (`--list`, header comments aside) and the same restore script, data and large
+    /// objects included.
+    #[test]
+    fn pg_restore_reads_the_transcoding_as_it_reads_the_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/source/testdata/archive_dir");
+        let dir = dir.to_str().unwrap();
+        let d = read_dir_toc(&dir_file("toc.dat")).unwrap();
+        let entries = |list: String| {
+            list.lines()
+                .filter(|l| !l.starts_with(';') && !l.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let listed = entries(run_pg_restore(&["--list", dir], None));
+        assert!(listed.len() > 10, "{listed:?}");
+        assert_eq!(
+            entries(run_pg_restore(&["--list"], Some(&d.custom_head))),
+            listed
+        );
+        let script = run_pg_restore(&["-f", "-", dir], None);
+        assert!(script.contains("COPY public.moves"), "{script}");
+        assert!(script.contains("lo_open('7001'"), "{script}");
+        let transcoded = run_pg_restore(&["-f", "-"], Some(&transcode(&d)));
+        assert!(transcoded == script, "the scripts differ");
+    }
+
+    #[test]
+    fn directory_tocs_refuse_what_they_cannot_be() {
+        assert_eq!(
+            read_dir_toc(ARCHIVE).unwrap_err(),
+            ArchiveError::NotDirectory
+        );
+        let toc = dir_file("toc.dat");
+        assert_eq!(
+            read_dir_toc(&toc[..toc.len() - 2]).unwrap_err(),
+            ArchiveError::Truncated("the table of contents")
+        );
+        let mut gz = toc.clone();
+        gz[12] = 6; // PostgreSQL 15's compression level int (1.14): -Z6
+        assert_eq!(
+            read_dir_toc(&gz).unwrap_err(),
+            ArchiveError::CompressedDirectory
+        );
+        assert_eq!(
+            read_blobs_toc(b"7001 blob_7001.dat\n12 blob_12.dat\n").unwrap(),
+            [
+                (7001, "blob_7001.dat".to_string()),
+                (12, "blob_12.dat".to_string())
+            ]
+        );
+        for bad in [
+            &b"7001 ../x\n"[..],
+            b"x blob.dat\n",
+            b"7001\n",
+            b"1 toc.dat\n",
+        ] {
+            assert!(read_blobs_toc(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod mongo_real;
 mod notify;
 mod object_lock;
 mod refuse;
+mod restore_dir;
 mod restore_faithful;
 mod restore_jobs;
 mod restore_mongo;
