@@ -11,7 +11,7 @@
 //! * tablespaces are left out (their locations are directories on the source's server) and
 //!   reported, to be created by hand.
 //!
-//! Pure text in, text out; the command in [`crate::commands::restore_globals`] runs it.
+//! Pure text in, text out; the command in [`crate::commands::restore::globals`] runs it.
 
 use crate::source::sql_lex::{self, Token};
 

@@ -94,7 +94,7 @@ async fn run(cli: Cli, provenance: provenance::Provenance, url_warnings: Vec<Str
             match cli.command {
                 Command::Backup(a) => commands::backup::run(a, rt).await,
                 Command::Restore(a) => commands::restore::run(a, rt).await,
-                Command::RestoreGlobals(a) => commands::restore_globals::run(a).await,
+                Command::RestoreGlobals(a) => commands::restore::globals::run(a).await,
                 Command::List(a) => commands::list::run(a).await,
                 Command::Verify(a) => commands::verify::run(a, rt).await,
                 Command::Prune(a) => commands::prune::run(a).await,

@@ -7,10 +7,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::common::Store;
-use super::restore::filter;
 use crate::backup_ref;
 use crate::catalog::{self, Entry, Problem};
 use crate::cli::ListArgs;
+use crate::commands::restore::filter;
 use crate::config::{non_empty, ConfigError};
 use crate::storage::Storage;
 

@@ -4,17 +4,10 @@
 pub mod backup;
 pub mod common;
 pub mod list;
-mod lock_wait;
 pub mod logs;
-pub mod pg_contents;
 mod preflight;
 pub mod prune;
 pub mod restore;
-pub mod restore_dir;
-pub mod restore_dir_jobs;
-pub mod restore_globals;
-pub mod restore_jobs;
-pub mod restore_mongo;
 pub mod run_task;
 pub mod schedule;
 pub mod status;

@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::common::{self, Store};
-use super::restore::filter;
 use crate::catalog::{self, Entry, Filter, Problem};
 use crate::cli::{KeepArgs, PruneArgs};
+use crate::commands::restore::filter;
 use crate::config::{non_empty, ConfigError};
 use crate::layout::{self, Kind};
 use crate::retention::{self, Item, Policy};

@@ -23,13 +23,13 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
-use super::pg_contents::{self, Privileges};
-use super::restore::{self, filter, is_mongo_url, PgTarget};
-use super::restore_dir;
-use super::restore_mongo::{self, check_gzip, MongoTarget};
 use super::{Reported, Runtime};
 use crate::catalog::{self, Entry};
 use crate::cli::VerifyArgs;
+use crate::commands::restore::contents::{self, Privileges};
+use crate::commands::restore::dir;
+use crate::commands::restore::mongo::{self, check_gzip, MongoTarget};
+use crate::commands::restore::{self, filter, is_mongo_url, PgTarget};
 use crate::config::{non_empty, quoted, ConfigError};
 use crate::crypto::{self, Identities};
 use crate::feed::{self, Consumer, Decode, Expect, FeedError};
@@ -203,7 +203,7 @@ impl Verifier {
             .await
             {
                 Ok(r) => r,
-                Err(e) if e.downcast_ref::<pg_contents::MissingRoles>().is_some() => {
+                Err(e) if e.downcast_ref::<contents::MissingRoles>().is_some() => {
                     // A scratch cluster without the roles says nothing about the artifact.
                     details.insert("restore".into(), json!("skipped: missing roles"));
                     return Err(Failure::Transient(e));
@@ -235,12 +235,12 @@ impl Verifier {
     ) -> Result<(), Failure> {
         let expected = match entry.manifest.as_ref().and_then(|m| m.contents.clone()) {
             Some(c) => c,
-            None => pg_contents::contents(archive, &target.tools),
+            None => contents::contents(archive, &target.tools),
         };
-        let live = pg_contents::live_entries(target)
+        let live = contents::live_entries(target)
             .await
             .map_err(Failure::Transient)?;
-        let got = pg_contents::contents(&live, &target.tools);
+        let got = contents::contents(&live, &target.tools);
         let diffs = crate::source::pg_toc::compare(
             &expected,
             &got,
@@ -458,7 +458,7 @@ impl Verifier {
             "restored_into".into(),
             json!(target.database_for(&entry.parsed.database)),
         );
-        match restore_mongo::restore_mongo(
+        match mongo::restore_mongo(
             &self.storage,
             entry,
             target,
@@ -487,9 +487,9 @@ impl Verifier {
                     .as_ref()
                     .and_then(|m| m.source.collections.as_ref());
                 if let Some(recorded) = recorded {
-                    let recorded = restore_mongo::real_names(recorded, &done.restored);
+                    let recorded = mongo::real_names(recorded, &done.restored);
                     let differ =
-                        restore_mongo::count_differences(&recorded, &done.restored, "manifest");
+                        mongo::count_differences(&recorded, &done.restored, "manifest");
                     if !differ.is_empty() {
                         details.insert("restore".into(), json!("count mismatch"));
                         return Err(Failure::Artifact(format!(
@@ -585,7 +585,7 @@ impl Verifier {
             ));
         };
         let keys = dir.objects.iter().map(|o| o.key.clone()).collect();
-        let heads = restore_dir::head_all(&self.storage, keys)
+        let heads = dir::head_all(&self.storage, keys)
             .await
             .map_err(|e| Failure::Transient(e.into()))?;
         let mut replaced = None;
@@ -655,7 +655,7 @@ impl Verifier {
         let checked = tokio::task::spawn_blocking(move || {
             let mut kept = HashMap::new();
             let plan = todo.iter().map(|(_, o, x)| (o.clone(), x.size)).collect();
-            let mut fetch = restore_dir::Fetcher::new(storage, rt.clone(), plan);
+            let mut fetch = dir::Fetcher::new(storage, rt.clone(), plan);
             for (name, object, expect) in todo {
                 let keep = name == crate::layout::DIR_ENTRY
                     || (name.starts_with("blobs") && name.ends_with(".toc"));

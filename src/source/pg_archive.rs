@@ -2,7 +2,7 @@
 //! first, then where each data block starts and ends.
 //!
 //! `restore --jobs` uses this to hand every table's data to its own pg_restore while the object
-//! is still downloading (see [`crate::commands::restore_jobs`]). pg_restore cannot do that
+//! is still downloading (see [`crate::commands::restore::jobs`]). pg_restore cannot do that
 //! itself: parallel restore needs a seekable file, and an archive pg_dump wrote into a pipe
 //! (every backhaul backup) has no data offsets in its TOC, so it would have to wait for the
 //! whole object. The format is pg_dump's own (`pg_backup_archiver.c`, `pg_backup_custom.c`):

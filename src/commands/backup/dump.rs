@@ -115,14 +115,14 @@ pub(super) async fn dump_postgres(
     )?;
     let stdout = child.take_stdout().context("pg_dump has no stdout")?;
     // The manifest's summary of the archive comes from a copy of the stream's head.
-    let (tap, side) = match pg_contents::TocTap::start(tools, job.redactor.clone()) {
+    let (tap, side) = match contents::TocTap::start(tools, job.redactor.clone()) {
         Ok((tap, side)) => (Some(tap), Some(side)),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the archive's table of contents: the manifest will have no contents summary");
             (None, None)
         }
     };
-    let stdout = pg_contents::HeadTee::new(stdout, side);
+    let stdout = contents::HeadTee::new(stdout, side);
     let codec = match s.compression {
         PgCompression::Zstd => Codec::Zstd {
             level: s.level,

@@ -19,12 +19,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
-use super::pg_contents::{self, Privileges};
-use super::restore::PgTarget;
 use super::verify::{self, Verifier};
 use super::{Interrupted, Reported, Runtime};
 use crate::catalog::{Entry, Filter};
 use crate::cli::{BackupArgs, Only};
+use crate::commands::restore::contents::{self, Privileges};
+use crate::commands::restore::PgTarget;
 use crate::config::mongo::{MongoConn, MongoFormat};
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError, PgCompression};

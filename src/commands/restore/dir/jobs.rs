@@ -2,7 +2,7 @@
 //! runs: the definitions (pre-data) in one transaction; the data by N pg_restores, each fed its
 //! tables' blocks straight from their objects (no spool: every file is its own GET) in a
 //! transaction that can only end once each of its files matched its own SHA-256 (see
-//! [`super::restore_dir`]); each table's indexes and constraints as soon as its data committed;
+//! [`crate::commands::restore::dir`]); each table's indexes and constraints as soon as its data committed;
 //! the privileges last, serially. Post-data and privileges read the TOC alone, from a private
 //! `head.dump`. Like `pg_restore -j` it is not one transaction: a failure midway leaves the
 //! definitions and the batches that committed, all of them verified, and the error says which.
@@ -14,10 +14,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use super::restore::PgTarget;
-use super::restore_dir::{DirBackup, FeedRun};
-use super::restore_jobs::{run_phase, write_list};
-use super::Interrupted;
+use crate::commands::restore::dir::{DirBackup, FeedRun};
+use crate::commands::restore::jobs::{run_phase, write_list};
+use crate::commands::restore::PgTarget;
+use crate::commands::Interrupted;
 use crate::source::pg_archive;
 use crate::source::postgres::{self as pg, RestoreOpts};
 use crate::storage::Storage;

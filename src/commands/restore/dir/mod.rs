@@ -12,8 +12,10 @@
 //! still open (killed mid-COPY: rolled back).
 //!
 //! Without `--jobs` the whole archive goes to one `pg_restore --single-transaction`: nothing
-//! commits unless every file verified. With `--jobs N` ([`super::restore_dir_jobs`]) each data
+//! commits unless every file verified. With `--jobs N` ([`crate::commands::restore::dir::jobs`]) each data
 //! pg_restore is its own transaction, committing only tables whose files all verified.
+
+pub mod jobs;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,10 +25,10 @@ use anyhow::Context as _;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
-use super::pg_contents::{self, Privileges};
-use super::restore::{PgTarget, Restored};
-use super::Interrupted;
 use crate::catalog::Entry;
+use crate::commands::restore::contents::{self, Privileges};
+use crate::commands::restore::{PgTarget, Restored};
+use crate::commands::Interrupted;
 use crate::feed::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::manifest::{Directory, DumpFile};
 use crate::source::pg_archive::{self, BlockWriter, DirToc};
@@ -415,7 +417,7 @@ fn storage_io(e: StorageError) -> std::io::Error {
 }
 
 /// Restores a directory dump: in one transaction (see the module doc), or with `--jobs N` in
-/// phases as `pg_restore -j` runs them (see [`super::restore_dir_jobs`]). Preflights as a single-file
+/// phases as `pg_restore -j` runs them (see [`crate::commands::restore::dir::jobs`]). Preflights as a single-file
 /// restore does: the roles the TOC names must exist in the target.
 pub async fn restore(
     storage: &Arc<dyn Storage>,
@@ -427,10 +429,10 @@ pub async fn restore(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Restored> {
     let backup = Arc::new(open(storage, entry, decode).await?);
-    let entries = pg_contents::preflight_head(&backup.dir.custom_head, target, privileges).await?;
+    let entries = contents::preflight_head(&backup.dir.custom_head, target, privileges).await?;
     let jobs = opts.jobs.unwrap_or(1).max(1) as usize;
     if jobs > 1 && !opts.clean {
-        super::restore_dir_jobs::restore(&backup, storage, target, opts, jobs, cancel).await?;
+        jobs::restore(&backup, storage, target, opts, jobs, cancel).await?;
     } else {
         if jobs > 1 {
             tracing::info!(key = %entry.key, "--clean drops everything first, which only one whole pg_restore can do: restoring in one transaction");

@@ -55,8 +55,8 @@ use tokio::task::JoinSet;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
-use super::restore::PgTarget;
-use super::Interrupted;
+use crate::commands::restore::PgTarget;
+use crate::commands::Interrupted;
 use crate::feed::{self, Consumer, Decode, Expect, Fed};
 use crate::source::pg_archive::{self, ArchiveError, Event, Plan, Scanner, Toc};
 use crate::source::postgres::{self as pg, RestoreOpts, RestoreRun};

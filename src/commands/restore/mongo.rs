@@ -28,9 +28,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use super::Interrupted;
 use crate::catalog::Entry;
 use crate::cli::MongoRestoreArgs;
+use crate::commands::Interrupted;
 use crate::config::mongo::MongoConn;
 use crate::config::ConfigError;
 use crate::feed::{Decode, Fed};
@@ -192,12 +192,14 @@ pub async fn restore_mongo(
     } else {
         "dump.archive.gz"
     });
-    let fed = super::common::download_to_file(storage, &entry.key, decode, expect, &object, cancel)
-        .await
-        .map_err(|e| match e.downcast::<Interrupted>() {
-            Ok(i) => i.into(),
-            Err(e) => e.context("restore stopped before mongorestore ran; nothing was restored"),
-        })?;
+    let fed = crate::commands::common::download_to_file(
+        storage, &entry.key, decode, expect, &object, cancel,
+    )
+    .await
+    .map_err(|e| match e.downcast::<Interrupted>() {
+        Ok(i) => i.into(),
+        Err(e) => e.context("restore stopped before mongorestore ran; nothing was restored"),
+    })?;
     let (object_path, tree) = (object.clone(), dir.path().join("dump"));
     let (source_dir, documents, auth_ids) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::io::SyncIoBridge;
 
-use super::restore::PgTarget;
+use crate::commands::restore::PgTarget;
 use crate::feed::{self, Decode};
 use crate::secret::Redactor;
 use crate::source::child::ChildProc;

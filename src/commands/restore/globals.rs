@@ -10,10 +10,10 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio_util::io::SyncIoBridge;
 
-use super::common::Store;
-use super::restore::{self, PgTarget};
 use crate::catalog::{self, CatalogError, Entry, Filter};
 use crate::cli::RestoreGlobalsArgs;
+use crate::commands::common::Store;
+use crate::commands::restore::{self, PgTarget};
 use crate::config::ConfigError;
 use crate::feed::{self, Consumer, Decode};
 use crate::globals;

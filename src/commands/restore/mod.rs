@@ -1,15 +1,22 @@
 //! `backhaul restore`: one artifact into a PostgreSQL database (MongoDB artifacts: see
-//! [`super::restore_mongo`]).
+//! [`mongo`]).
 //!
 //! Streaming by default (object → checks → decompress → `pg_restore --single-transaction`),
 //! with the archive's tail withheld until the checksum matched (see [`crate::feed`]), so a
 //! damaged object commits nothing. `--jobs N` runs parallel pg_restores while the object
-//! downloads (see [`super::restore_jobs`]).
+//! downloads (see [`jobs`]).
 //!
 //! Owners and privileges are restored as they were (pg_restore's defaults); `--no-owner` and
 //! `--no-acl` are opt-ins for restoring as another, non-superuser role. Before the target is
 //! touched, every role the archive names is checked against the target cluster
-//! ([`super::pg_contents::preflight`]).
+//! ([`contents::preflight`]).
+
+pub mod contents;
+pub mod dir;
+pub mod globals;
+pub mod jobs;
+mod lock_wait;
+pub mod mongo;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,10 +29,6 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
-use super::lock_wait;
-use super::pg_contents::{self, Privileges};
-use super::restore_jobs;
-use super::restore_mongo::{self, MongoTarget};
 use super::{Interrupted, Runtime};
 use crate::catalog::{Entry, Filter};
 use crate::cli::RestoreArgs;
@@ -37,6 +40,8 @@ use crate::layout::Kind;
 use crate::secret::Redactor;
 use crate::source::postgres::{self as pg, PgTools, RestoreOpts};
 use crate::storage::Storage;
+use contents::Privileges;
+use mongo::MongoTarget;
 
 /// Counts what a restore would collide with: user tables, views, sequences.
 const USER_RELATIONS_SQL: &str = "select count(*) from pg_class c join pg_namespace n on n.oid=c.relnamespace where c.relkind in ('r','p','v','m','S') and n.nspname not in ('pg_catalog','information_schema') and n.nspname not like 'pg_toast%'";
@@ -269,7 +274,7 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     let spool_budget = args
         .spool_budget
         .as_deref()
-        .map(restore_jobs::parse_budget)
+        .map(jobs::parse_budget)
         .transpose()
         .map_err(|why| ConfigError::invalid("--spool-budget", why))?;
     let identities = load_identities(args.identity.as_deref())?;
@@ -380,7 +385,7 @@ async fn run_mongo(
     tracing::info!(key = %entry.key, database = %database, clean = args.clean, "restore starting");
     let started = Instant::now();
     // mongorestore's stderr is already redacted with the target's secrets (see ChildProc).
-    let done = restore_mongo::restore_mongo(
+    let done = mongo::restore_mongo(
         &storage,
         &entry,
         &target,
@@ -437,16 +442,13 @@ pub async fn restore_pg(
         no_acl: privileges.no_acl,
     };
     if entry.parsed.directory {
-        return super::restore_dir::restore(
-            storage, entry, decode, target, &opts, privileges, cancel,
-        )
-        .await;
+        return dir::restore(storage, entry, decode, target, &opts, privileges, cancel).await;
     }
-    let preflight = pg_contents::preflight(storage, &entry.key, decode.clone(), target, privileges);
+    let preflight = contents::preflight(storage, &entry.key, decode.clone(), target, privileges);
     let (entries, fed) = match jobs {
         // The download starts beside the preflight; the target waits for the preflight.
         Some(j) if j > 1 => {
-            restore_jobs::restore(
+            jobs::restore(
                 storage, &entry.key, decode, expect, target, &opts, preflight, cancel,
             )
             .await?

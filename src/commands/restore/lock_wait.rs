@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::restore::PgTarget;
+use crate::commands::restore::PgTarget;
 
 /// How often the server is asked; also the resolution of the timeout.
 const POLL: Duration = Duration::from_secs(2);
