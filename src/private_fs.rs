@@ -256,6 +256,25 @@ pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Gives the whole pages inside `[start, end)` of `file` back to the file system (the size
+/// stays). Best effort: a file system without hole punching just keeps the bytes.
+pub fn punch(file: &File, start: u64, end: u64) {
+    const PAGE: u64 = 4096;
+    let (from, to) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+    if to > from {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate(2) on a file we own; no memory is passed.
+        unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                from as libc::off_t,
+                (to - from) as libc::off_t,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

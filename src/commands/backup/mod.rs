@@ -4,6 +4,7 @@
 //! plan for `--dry-run`; then run targets, each streaming into a two-phase upload that is
 //! finished only when the dump tool exited 0, and aborted otherwise.
 
+mod dir;
 mod dump;
 mod plan;
 mod target;
