@@ -367,7 +367,62 @@ pub async fn abort_incomplete(
         }
     }
     tracing::info!(aborted = old.len(), dry_run, "incomplete uploads");
+    let orphans = orphan_dir_files(storage, store, cutoff).await?;
+    for o in &orphans {
+        println!(
+            "delete {} (file of a parallel backup that never completed, written {})",
+            o.key,
+            o.last_modified.map(|t| t.to_rfc3339()).unwrap_or_default()
+        );
+    }
+    if !dry_run && !orphans.is_empty() {
+        let keys: Vec<String> = orphans.iter().map(|o| o.key.clone()).collect();
+        storage.delete(&keys).await?;
+    }
+    tracing::info!(
+        deleted = orphans.len(),
+        dry_run,
+        "files of unfinished parallel backups"
+    );
     Ok(old)
+}
+
+/// Objects a parallel (`--jobs`) backup completed before it was killed: under a `.pgdir/`
+/// folder that holds neither an entry (TOC) nor its manifest, and older than `cutoff` by both
+/// clocks (the run's folder timestamp and the object's own), so a running backup's files are
+/// never taken. A folder with an entry or a manifest belongs to a backup: `prune` deletes it
+/// whole with that backup.
+async fn orphan_dir_files(
+    storage: &Arc<dyn Storage>,
+    store: &Store,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<crate::storage::ObjectInfo>> {
+    let prefix = store.dest.key_prefix();
+    let folder_of = |key: &str| {
+        key.find(&format!("{}/", layout::DIR_SUFFIX))
+            .map(|i| key[..i + layout::DIR_SUFFIX.len() + 1].to_string())
+    };
+    let objects = storage.list(&store.stage_prefix()).await?;
+    let owned: std::collections::HashSet<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let key = o
+                .key
+                .strip_suffix(layout::MANIFEST_SUFFIX)
+                .unwrap_or(&o.key);
+            layout::parse_key(&prefix, key, &store.zone)
+                .filter(|p| p.directory)
+                .and_then(|_| layout::dir_folder(key).map(str::to_string))
+        })
+        .collect();
+    Ok(objects
+        .into_iter()
+        .filter(|o| {
+            folder_of(&o.key).is_some_and(|f| !owned.contains(&f))
+                && layout::run_time(&prefix, &o.key, &store.zone).is_some_and(|t| t < cutoff)
+                && o.last_modified.is_some_and(|t| t < cutoff)
+        })
+        .collect())
 }
 
 pub async fn run(args: PruneArgs) -> anyhow::Result<()> {

@@ -2,11 +2,13 @@
 //! and streamed into its own object (compressed, [sealed], hashed) as it grows.
 //!
 //! Storage: the entry key holds `toc.dat`; every other file is its own object under the run's
-//! id in the backup's `.pgdir/` folder (see `crate::layout`). Every object is a multipart
-//! upload left open until pg_dump exited 0 and every file was read to its end: only then are
-//! the data objects completed, then the entry (create-only: the same collision rule as a
-//! single-file backup), then the manifest. Until then a kill leaves only open uploads (which
-//! `prune --abort-incomplete-older-than` removes); a failure or a signal stops pg_dump's whole
+//! id in the backup's `.pgdir/` folder (see `crate::layout`). Uploads of more than one part
+//! stay open until pg_dump exited 0 and every file was read to its end: only then are they
+//! completed, then the entry (create-only: the same collision rule as a single-file backup),
+//! then the manifest. One-part files are completed as soon as they are read (held open, each
+//! would sit in memory until the end). Nothing is a backup before its entry and manifest: a
+//! kill leaves open uploads and data objects in a folder without an entry, both of which
+//! `prune --abort-incomplete-older-than` removes; a failure or a signal stops pg_dump's whole
 //! process group, aborts every upload, deletes what this run completed and removes the spool.
 //!
 //! Local disk is bounded by `BACKUP_SPOOL_BUDGET`: above it pg_dump's process group is paused
@@ -34,6 +36,13 @@ struct Streamed {
     stats: StreamStats,
 }
 
+/// What a follower gives back: its upload still open, or (a file of one part, which the
+/// upload would otherwise hold in memory until the end) already completed.
+enum Followed {
+    Open(Streamed),
+    Done(Finished),
+}
+
 /// One object this run completed.
 struct Finished {
     file: Streamed,
@@ -48,6 +57,13 @@ struct Outcome {
 }
 
 impl Outcome {
+    fn add(&mut self, f: Followed) {
+        match f {
+            Followed::Open(s) => self.streamed.push(s),
+            Followed::Done(f) => self.finished.push(f),
+        }
+    }
+
     /// Aborts every open upload and deletes every object this run completed: all under its
     /// own run id, or the entry it created itself.
     async fn discard(mut self, job: &Job) {
@@ -236,7 +252,7 @@ struct Run<'a> {
     /// Every file seen, with its "closed by pg_dump" flag.
     files: HashMap<String, Arc<AtomicBool>>,
     toc_closed: bool,
-    tasks: JoinSet<anyhow::Result<Streamed>>,
+    tasks: JoinSet<anyhow::Result<Followed>>,
     slots: Arc<Semaphore>,
     progress: Progress,
     budget: Budget,
@@ -261,7 +277,7 @@ impl Run<'_> {
             self.tasks.abort_all();
             while let Some(joined) = self.tasks.join_next().await {
                 if let Ok(Ok(done)) = joined {
-                    self.out.streamed.push(done);
+                    self.out.add(done);
                 }
             }
         }
@@ -354,11 +370,11 @@ impl Run<'_> {
 
     fn joined(
         &mut self,
-        joined: Result<anyhow::Result<Streamed>, tokio::task::JoinError>,
+        joined: Result<anyhow::Result<Followed>, tokio::task::JoinError>,
     ) -> anyhow::Result<()> {
         match joined {
             Ok(Ok(done)) => {
-                self.out.streamed.push(done);
+                self.out.add(done);
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -456,16 +472,31 @@ impl Run<'_> {
                 Some(r) => r.encrypting(inner),
                 None => inner,
             };
-            match pipeline::stream(storage, upload.as_mut(), producer, progress).await {
-                Ok(stats) => Ok(Streamed {
-                    name,
-                    key,
-                    upload,
-                    stats,
-                }),
+            let one_part = storage.part_size(0) as u64;
+            let stats = match pipeline::stream(storage, upload.as_mut(), producer, progress).await {
+                Ok(stats) => stats,
                 Err(e) => {
                     abort_upload(upload.as_mut(), &key).await;
-                    Err(anyhow::Error::from(e).context(format!("streaming {name}")))
+                    return Err(anyhow::Error::from(e).context(format!("streaming {name}")));
+                }
+            };
+            let mut file = Streamed {
+                name,
+                key,
+                upload,
+                stats,
+            };
+            // A one-part file waits in memory for its completion: complete it now (a data
+            // object under this run's id, deleted if the run fails), so memory does not grow
+            // with the number of small tables. The TOC is the entry: completed last.
+            if file.name == layout::DIR_ENTRY || file.stats.stored_bytes > one_part {
+                return Ok(Followed::Open(file));
+            }
+            match file.upload.finish().await {
+                Ok(stored) => Ok(Followed::Done(Finished { file, stored })),
+                Err(e) => {
+                    abort_upload(file.upload.as_mut(), &file.key).await;
+                    Err(anyhow::Error::from(e).context(format!("completing {}", file.key)))
                 }
             }
         }));
@@ -511,22 +542,23 @@ async fn complete(
         .position(|f| f.name == layout::DIR_ENTRY)
         .context("no toc.dat was streamed")?;
     let toc = out.streamed.remove(toc_at);
-    let files: Vec<DumpFile> = out
-        .streamed
-        .iter()
-        .map(|f| DumpFile {
-            name: f.name.clone(),
-            object: f.key.clone(),
-            offset: 0,
-            stored_bytes: f.stats.stored_bytes,
-            raw_bytes: f.stats.raw_bytes,
-            sha256: f.stats.sha256.clone(),
-        })
-        .collect();
-    let raw_bytes = toc.stats.raw_bytes + files.iter().map(|f| f.raw_bytes).sum::<u64>();
-    let stored_bytes = toc.stats.stored_bytes + files.iter().map(|f| f.stored_bytes).sum::<u64>();
     out.streamed.push(toc);
     finish_data(out).await?;
+    let files: Vec<DumpFile> = out
+        .finished
+        .iter()
+        .map(|f| DumpFile {
+            name: f.file.name.clone(),
+            object: f.file.key.clone(),
+            offset: 0,
+            stored_bytes: f.file.stats.stored_bytes,
+            raw_bytes: f.file.stats.raw_bytes,
+            sha256: f.file.stats.sha256.clone(),
+        })
+        .collect();
+    let toc = out.streamed.last().expect("the toc is what is left");
+    let raw_bytes = toc.stats.raw_bytes + files.iter().map(|f| f.raw_bytes).sum::<u64>();
+    let stored_bytes = toc.stats.stored_bytes + files.iter().map(|f| f.stored_bytes).sum::<u64>();
     // The entry last of the objects: create-only, so of two runs in the same second one wins
     // and the other discards everything of its own.
     let mut toc = out.streamed.pop().expect("the toc is what is left");
