@@ -74,14 +74,20 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Rebuilds pg_dump's directory from a backup's objects: every object decompressed under the
-/// name the manifest gives it, each checked against the manifest's size and SHA-256 first.
-fn rebuild(bucket: &str, key: &str, m: &serde_json::Value, into: &Path) {
+/// Rebuilds pg_dump's directory from a backup's objects: every object decoded (`decode`) under
+/// the name the manifest gives it, each checked against the manifest's size and SHA-256 first.
+fn rebuild_with(
+    bucket: &str,
+    key: &str,
+    m: &serde_json::Value,
+    into: &Path,
+    decode: impl Fn(&[u8]) -> Vec<u8>,
+) {
     std::fs::create_dir(into).unwrap();
     let toc = moto().get(bucket, key);
     assert_eq!(sha256_hex(&toc), m["sha256"].as_str().unwrap());
     assert_eq!(toc.len() as u64, m["stored_bytes"].as_u64().unwrap());
-    std::fs::write(into.join("toc.dat"), zstd::decode_all(&toc[..]).unwrap()).unwrap();
+    std::fs::write(into.join("toc.dat"), decode(&toc)).unwrap();
     for f in m["directory"]["files"].as_array().unwrap() {
         let object = moto().get(bucket, f["object"].as_str().unwrap());
         assert_eq!(f["offset"], 0);
@@ -91,10 +97,14 @@ fn rebuild(bucket: &str, key: &str, m: &serde_json::Value, into: &Path) {
             "{f}"
         );
         assert_eq!(sha256_hex(&object), f["sha256"].as_str().unwrap(), "{f}");
-        let raw = zstd::decode_all(&object[..]).unwrap();
+        let raw = decode(&object);
         assert_eq!(raw.len() as u64, f["raw_bytes"].as_u64().unwrap(), "{f}");
         std::fs::write(into.join(f["name"].as_str().unwrap()), raw).unwrap();
     }
+}
+
+fn rebuild(bucket: &str, key: &str, m: &serde_json::Value, into: &Path) {
+    rebuild_with(bucket, key, m, into, |b| zstd::decode_all(b).unwrap());
 }
 
 fn pg_restore(pg: &Pg, args: &[&str], dir: &Path) -> std::process::Output {
@@ -219,6 +229,49 @@ create table b (id int primary key, a_id int references a(id));
 insert into b select g, g from generate_series(1, 100) g;
 select lo_from_bytea(7001, 'lo');
 "#;
+
+#[test]
+fn encrypted_uncompressed_jobs_backup_is_one_age_stream_per_file() {
+    let fx = jobs_fixture("jobsage", SMALL_SQL);
+    let pg = &fx.pg;
+    let id = age::x25519::Identity::generate();
+    let out = fx
+        .backup("jobdb")
+        .env("PG_JOBS", "2")
+        .env("PG_COMPRESSION", "none")
+        .env("BACKUP_ENCRYPT_TO", id.to_public().to_string())
+        .assert()
+        .success();
+    let line = &summaries(&out.get_output().stdout)[0];
+    let key = artifact_key(&out.get_output().stdout);
+    assert!(key.ends_with(".pgdir/toc.dat.age"), "{key}");
+    let m = fx.manifest(&key);
+    assert_eq!(m["compression"], "none");
+    assert!(m["encryption"].is_object(), "{m}");
+    assert_eq!(line["stored_bytes"], m["directory"]["stored_bytes"]);
+    for f in m["directory"]["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        assert!(
+            f["object"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{name}.age")),
+            "{f}"
+        );
+    }
+    let rebuilt = pg.dir.path().join("age.dir");
+    rebuild_with(&fx.bucket, &key, &m, &rebuilt, |b| {
+        age::decrypt(&id, b).unwrap()
+    });
+    pg.create_db("copy");
+    let restored = pg_restore(pg, &["--exit-on-error", "-d", "copy"], &rebuilt);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(plain_dump(pg, "copy"), plain_dump(pg, "jobdb"));
+}
 
 fn jobs_backup(fx: &Fixture) -> String {
     let out = fx.backup("jobdb").env("PG_JOBS", "2").assert().success();
@@ -527,7 +580,20 @@ fn pooler_hosts_and_what_jobs_cannot_go_with_are_refused_before_anything_runs() 
         let err = run(&[], &[arg]);
         assert!(err.contains("--pg-dump-arg"), "{arg}: {err}");
     }
+    let err = run(
+        &[("BACKUP_VERIFY_INTO", "postgresql://x@127.0.0.1/scratch")],
+        &[],
+    );
+    assert!(err.contains("BACKUP_VERIFY_INTO"), "{err}");
     assert!(!calls.exists(), "pg_dump never ran");
+    // A spool directory that cannot be used: found before any dump starts.
+    let err = run(&[("BACKUP_WORK_DIR", "/nonexistent/spool")], &[]);
+    assert!(err.contains("BACKUP_WORK_DIR"), "{err}");
+    let err = run(&[("BACKUP_SPOOL_BUDGET", "1000000TiB")], &[]);
+    assert!(
+        err.contains("BACKUP_WORK_DIR") && err.contains("MiB free"),
+        "{err}"
+    );
     assert_eq!(moto().keys(&bucket), Vec::<String>::new());
     assert_eq!(moto().multipart_uploads(&bucket), 0);
 }

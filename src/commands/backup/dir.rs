@@ -86,6 +86,44 @@ fn upload_slots(jobs: u32) -> usize {
     2 * jobs as usize + 2
 }
 
+/// Room a spool needs beyond its budget: pg_dump writes on between two looks at the spool.
+const SPOOL_SLACK: u64 = 64 << 20;
+
+/// Before any target runs (exit 2): the spool's file system must have room for the budget and
+/// give punched ranges back, or the disk would hold whole files, not the budget.
+pub(super) fn check_spool(s: &PgSettings) -> Result<(), ConfigError> {
+    let dir = &s.spool_parent;
+    let at = |e: std::io::Error| {
+        ConfigError::invalid(
+            "BACKUP_WORK_DIR",
+            format!(
+                "{}: cannot hold the spool of a parallel dump: {e}",
+                dir.display()
+            ),
+        )
+    };
+    let free = crate::private_fs::free_bytes(dir).map_err(at)?;
+    if free < s.spool_budget + SPOOL_SLACK {
+        return Err(ConfigError::invalid(
+            "BACKUP_WORK_DIR",
+            format!(
+                "{}: {} MiB free, a parallel dump's spool needs BACKUP_SPOOL_BUDGET ({} MiB) + {} MiB: point it at a larger volume or lower the budget",
+                dir.display(),
+                free >> 20,
+                s.spool_budget >> 20,
+                SPOOL_SLACK >> 20
+            ),
+        ));
+    }
+    if !crate::private_fs::can_punch(dir).map_err(at)? {
+        return Err(ConfigError::invalid(
+            "BACKUP_WORK_DIR",
+            format!("{}: its file system cannot punch holes (fallocate PUNCH_HOLE), so the spool of a parallel dump would hold whole files: use ext4, xfs or tmpfs", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// Objects completed at once.
 const FINISH_CONCURRENCY: usize = 8;
 

@@ -157,6 +157,13 @@ pub(super) fn plan(args: &BackupArgs) -> anyhow::Result<RunPlan> {
         None
     };
     let verify_into = non_empty(args.verify_into.clone());
+    if verify_into.is_some() && pg.as_ref().is_some_and(|s| s.jobs > 1) {
+        return Err(ConfigError::invalid(
+            "BACKUP_VERIFY_INTO",
+            "cannot be combined with PG_JOBS above 1 yet (this version cannot restore a parallel dump): unset one of them",
+        )
+        .into());
+    }
     let globals = GlobalsMode::parse(&args.globals)?;
     let encrypt = Recipients::parse(&args.encrypt_to)?;
     if encrypt.is_some() && verify_into.is_some() {
