@@ -311,6 +311,71 @@ fn prune_removes_every_object_of_a_directory_backup() {
     );
 }
 
+fn legal_hold(bucket: &str, key: &str, on: bool) {
+    use aws_sdk_s3::types::{ObjectLockLegalHold, ObjectLockLegalHoldStatus};
+    let status = if on {
+        ObjectLockLegalHoldStatus::On
+    } else {
+        ObjectLockLegalHoldStatus::Off
+    };
+    block_on(
+        moto()
+            .s3()
+            .put_object_legal_hold()
+            .bucket(bucket)
+            .key(key)
+            .legal_hold(ObjectLockLegalHold::builder().status(status).build())
+            .send(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn prune_keeps_a_directory_backup_whole_while_one_of_its_files_is_held() {
+    let pg = Pg::start();
+    pg.create_user("app", "pw");
+    pg.create_db("jobdb");
+    pg.psql("jobdb", SMALL_SQL);
+    let bucket = moto().locked_bucket("jobslock");
+    let backup = || {
+        let mut cmd = store_cmd(&bucket);
+        cmd.arg("backup").env("PG_JOBS", "2");
+        pg_env(&mut cmd, &pg, "app", "pw", "jobdb");
+        artifact_key(&cmd.assert().success().get_output().stdout)
+    };
+    let old = backup();
+    std::thread::sleep(Duration::from_millis(1100));
+    let new = backup();
+    let m = manifest(&bucket, &old);
+    let held = m["directory"]["objects"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    legal_hold(&bucket, &held, true);
+    let before = moto().keys(&bucket);
+    let prune = || {
+        let out = store_cmd(&bucket)
+            .args(["prune", "--keep-last", "1", "--grace", "1s"])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stdout).to_string()
+    };
+    let said = prune();
+    assert!(said.contains(&format!("locked {old}")), "{said}");
+    assert!(said.contains("legal hold"), "{said}");
+    assert_eq!(
+        moto().keys(&bucket),
+        before,
+        "nothing of the held backup was deleted"
+    );
+    legal_hold(&bucket, &held, false);
+    let said = prune();
+    assert!(said.contains(&format!("delete {old}")), "{said}");
+    let folder = new.strip_suffix("toc.dat.zst").unwrap();
+    let left = moto().keys(&bucket);
+    assert!(left.iter().all(|k| k.starts_with(folder)), "{left:?}");
+}
+
 /// The pids of processes whose command line contains `needle`.
 fn pids_with(needle: &str) -> Vec<(i32, String)> {
     let mut out = Vec::new();
