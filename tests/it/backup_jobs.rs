@@ -273,6 +273,72 @@ fn encrypted_uncompressed_jobs_backup_is_one_age_stream_per_file() {
     assert_eq!(plain_dump(pg, "copy"), plain_dump(pg, "jobdb"));
 }
 
+/// pg_dump writes the whole dump and then fails: the run fails, and what it already uploaded
+/// (one-part files are completed as soon as read) is deleted, its open uploads aborted.
+#[test]
+fn pg_dump_failing_after_writing_everything_leaves_nothing() {
+    let fx = jobs_fixture("jobsfail", JOBS_SQL);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("pg_dump");
+    let real = pg_bin_dir().join("pg_dump");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+case \"$1\" in --version) exec {r} --version;; esac
+{r} \"$@\" || exit $?
+sleep 1
+echo 'pg_dump: error: failed on cue' >&2
+exit 1
+",
+            r = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = fx
+        .backup("jobdb")
+        .env("PG_JOBS", "3")
+        .env("PG_DUMP_PATH", &script)
+        .env("BACKUP_WORK_DIR", work.path())
+        .assert()
+        .code(1);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["status"], "failed");
+    assert!(
+        line["error"].as_str().unwrap().contains("failed on cue"),
+        "{line}"
+    );
+    assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
+    assert_eq!(names_in(work.path()).len(), 0, "the spool is removed");
+}
+
+#[test]
+fn file_destination_jobs_backup() {
+    let fx = jobs_fixture("jobsfile", SMALL_SQL);
+    let dest = tempfile::tempdir().unwrap();
+    let mut cmd = backhaul();
+    pg_env(&mut cmd, &fx.pg, "app", &fx.password, "jobdb");
+    cmd.env("STAGE", "dev")
+        .env("PG_JOBS", "2")
+        .arg("backup")
+        .arg("--dest")
+        .arg(format!("file://{}", dest.path().display()));
+    let key = artifact_key(&cmd.assert().success().get_output().stdout);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.path().join(format!("{key}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let toc = std::fs::read(dest.path().join(&key)).unwrap();
+    assert_eq!(sha256_hex(&toc), m["sha256"].as_str().unwrap());
+    for f in m["directory"]["files"].as_array().unwrap() {
+        let object = std::fs::read(dest.path().join(f["object"].as_str().unwrap())).unwrap();
+        assert_eq!(sha256_hex(&object), f["sha256"].as_str().unwrap(), "{f}");
+    }
+}
+
 fn jobs_backup(fx: &Fixture) -> String {
     let out = fx.backup("jobdb").env("PG_JOBS", "2").assert().success();
     artifact_key(&out.get_output().stdout)
