@@ -396,6 +396,21 @@ pub fn spawn_schema_script(tools: &PgTools, redactor: Redactor) -> Result<ChildP
     Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
 }
 
+/// As [`spawn_schema_script`], of the directory-format dump in `dir`, of which it reads only
+/// `toc.dat` (the schema sections hold no data).
+pub fn spawn_dir_schema_script(
+    tools: &PgTools,
+    dir: &std::path::Path,
+    redactor: Redactor,
+) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.sibling("pg_restore"));
+    cmd.args(SCHEMA_SECTIONS)
+        .args(["--file=-", "--format=directory"])
+        .arg(dir);
+    cmd.stdout(Stdio::piped());
+    Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
+}
+
 /// Starts `pg_dump` printing a live database's schema script, in the same form.
 pub fn spawn_schema_dump(
     tools: &PgTools,

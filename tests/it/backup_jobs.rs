@@ -219,6 +219,12 @@ fn jobs3_stores_every_file_pg_dump_writes_and_restores_identical() {
         .code(1);
     let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
     assert!(err.contains("cannot restore yet"), "{err}");
+
+    // The manifest summarises the dump's contents as a single-archive backup's does.
+    assert!(m["contents"].is_object(), "{m}");
+    let single = fx.backup("jobdb").assert().success();
+    let single = fx.manifest(&artifact_key(&single.get_output().stdout));
+    assert_eq!(m["contents"], single["contents"]);
 }
 
 /// A database small enough for several runs in one test.

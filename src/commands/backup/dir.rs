@@ -132,14 +132,14 @@ pub(super) async fn run_dir_target(job: &Job, t: &Target) -> Result<Manifest, Ta
     let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
     let mut out = Outcome::default();
     let dumped = dump(job, s, tools, t, &mut out).await;
-    let source = match dumped {
-        Ok(source) => source,
+    let (source, contents) = match dumped {
+        Ok(dumped) => dumped,
         Err(e) => {
             out.discard(job).await;
             return Err(e);
         }
     };
-    match complete(job, t, s, &mut out, source, started_at).await {
+    match complete(job, t, s, &mut out, (source, contents), started_at).await {
         Ok(m) => Ok(m),
         Err(e) => {
             out.discard(job).await;
@@ -166,7 +166,7 @@ async fn dump(
     tools: &PgTools,
     t: &Target,
     out: &mut Outcome,
-) -> Result<SourceInfo, TargetError> {
+) -> Result<(SourceInfo, Option<crate::source::pg_toc::Contents>), TargetError> {
     let server = pg::server_version(tools, &s.conn, &t.database, &job.redactor)
         .await
         .context("connecting to PostgreSQL")?;
@@ -206,21 +206,39 @@ async fn dump(
         progress: progress.clone(),
         budget: Budget::new(pgid, s.spool_budget),
         version: tools.version.clone(),
+        toc_copy: Arc::new(std::sync::Mutex::new(Some(Vec::new()))),
     };
+    let toc_copy = run.toc_copy.clone();
     let result = run.run(child, watch, events).await;
     progress.done();
     // pg_dump's group is gone (see `Run::follow`): nothing writes into the spool any more.
     drop(run);
     drop(spool);
     result?;
-    Ok(SourceInfo {
+    let toc = toc_copy.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let contents = match toc {
+        Some(toc) => {
+            match pg_contents::dir_contents(tools, &toc, &s.spool_parent, job.redactor.clone())
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(database = %t.database, error = %job.redactor.redact(&format!("{e:#}")), "could not summarise the dump's contents for the manifest");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let source = SourceInfo {
         dump_tool: "pg_dump".into(),
         dump_tool_version: tools.version.clone(),
         server_version: Some(server.text),
         host: s.conn.host.clone(),
         neon_endpoint: s.conn.neon_endpoint(),
         collections: None,
-    })
+    };
+    Ok((source, contents))
 }
 
 /// SIGSTOP above the budget, SIGCONT below half of it; a pause in which no reader moved for a
@@ -295,6 +313,35 @@ struct Run<'a> {
     progress: Progress,
     budget: Budget,
     version: String,
+    /// The bytes of toc.dat (`None` past [`TOC_COPY_LIMIT`]), for the manifest's contents.
+    toc_copy: TocCopy,
+}
+
+type TocCopy = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
+/// Most bytes of toc.dat kept for the contents summary; a bigger TOC (hundreds of thousands
+/// of tables or large objects) goes without one.
+const TOC_COPY_LIMIT: usize = 64 << 20;
+
+/// A reader that keeps a copy of what it reads (when `copy` is set), up to [`TOC_COPY_LIMIT`].
+struct CopyOf<R> {
+    inner: R,
+    copy: Option<TocCopy>,
+}
+
+impl<R: std::io::Read> std::io::Read for CopyOf<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(copy) = &self.copy {
+            let mut c = copy.lock().unwrap_or_else(|p| p.into_inner());
+            if c.as_ref().is_some_and(|v| v.len() + n > TOC_COPY_LIMIT) {
+                *c = None;
+            } else if let Some(v) = c.as_mut() {
+                v.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok(n)
+    }
 }
 
 impl Run<'_> {
@@ -499,12 +546,16 @@ impl Run<'_> {
             self.progress.clone(),
         );
         let (name, flag) = (name.to_string(), closed.clone());
+        let toc_copy = (name == layout::DIR_ENTRY).then(|| self.toc_copy.clone());
         self.tasks.spawn(crate::cleanup::tracked(async move {
             let _slot = slots.acquire_owned().await.context("upload slots closed")?;
             let file =
                 dirdump::open_rw(&path).with_context(|| format!("opening {}", path.display()))?;
             let mut upload = storage.begin(&key).await?;
-            let reader = FollowReader::new(file, path, flag, follow);
+            let reader = CopyOf {
+                inner: FollowReader::new(file, path, flag, follow),
+                copy: toc_copy,
+            };
             let inner: Producer = Box::new(move |sink| pipeline::copy_encoded(reader, sink, codec));
             let producer = match &encrypt {
                 Some(r) => r.encrypting(inner),
@@ -571,7 +622,7 @@ async fn complete(
     t: &Target,
     s: &PgSettings,
     out: &mut Outcome,
-    source: SourceInfo,
+    (source, contents): (SourceInfo, Option<crate::source::pg_toc::Contents>),
     started_at: chrono::DateTime<Utc>,
 ) -> Result<Manifest, TargetError> {
     let toc_at = out
@@ -629,7 +680,7 @@ async fn complete(
         source,
         encryption: job.encrypt.as_ref().map(Recipients::manifest),
         verification: None,
-        contents: None,
+        contents,
         globals: None,
         directory: Some(Directory {
             jobs: s.jobs,
