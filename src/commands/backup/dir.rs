@@ -470,6 +470,14 @@ impl Run<'_> {
     fn event(&mut self, ev: DirEvent, ordered: bool) -> anyhow::Result<()> {
         match ev {
             DirEvent::Created(name) => {
+                // Each file is followed once and removed at its end: a file made again (an
+                // append-mode reopen) would lose what was written before.
+                if self.files.contains_key(&name) {
+                    anyhow::bail!(
+                        "pg_dump {} created {name} a second time: unsupported",
+                        self.version
+                    );
+                }
                 self.file(&name, ordered)?;
             }
             DirEvent::Closed(name) => {
