@@ -609,6 +609,36 @@ fn sigterm_mid_dump_leaves_nothing_and_the_spool_is_private() {
 }
 
 #[test]
+fn timeout_mid_upload_leaves_nothing() {
+    let fx = jobs_fixture("jobstimeout", JOBS_SQL);
+    let held = Fault::Delay {
+        first: 100_000,
+        by: Duration::from_secs(20),
+    };
+    let proxy = FaultProxy::start(&moto().endpoint, vec![Rule::new("PUT", "partNumber", held)]);
+    let work = tempfile::tempdir().unwrap();
+    let out = fx
+        .backup("jobdb")
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("PG_JOBS", "3")
+        .env("BACKUP_TIMEOUT", "8s")
+        .env("BACKUP_WORK_DIR", work.path())
+        .assert()
+        .code(1);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert!(
+        line["error"].as_str().unwrap().contains("timed out"),
+        "{line}"
+    );
+    assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
+    assert_eq!(names_in(work.path()).len(), 0, "the spool is removed");
+    wait_for("pg_dump's sessions end", Duration::from_secs(30), || {
+        backhaul_sessions(&fx.pg) == 0
+    });
+}
+
+#[test]
 fn kill9_leaves_no_pg_dump_and_its_leftovers_are_cleaned() {
     let mut s = stuck_backup("jobskill");
     let spool_arg = s.spool.display().to_string();

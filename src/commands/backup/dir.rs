@@ -131,7 +131,9 @@ pub(super) async fn run_dir_target(job: &Job, t: &Target) -> Result<Manifest, Ta
     let started_at = Utc::now();
     let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
     let mut out = Outcome::default();
-    let dumped = dump(job, s, tools, t, &mut out).await;
+    // The timeout covers the whole target, completing its objects included.
+    let deadline = job.timeout.map(|d| tokio::time::Instant::now() + d);
+    let dumped = dump(job, s, tools, t, &mut out, deadline).await;
     let (source, contents) = match dumped {
         Ok(dumped) => dumped,
         Err(e) => {
@@ -139,7 +141,17 @@ pub(super) async fn run_dir_target(job: &Job, t: &Target) -> Result<Manifest, Ta
             return Err(e);
         }
     };
-    match complete(job, t, s, &mut out, (source, contents), started_at).await {
+    match complete(
+        job,
+        t,
+        s,
+        &mut out,
+        (source, contents),
+        started_at,
+        deadline,
+    )
+    .await
+    {
         Ok(m) => Ok(m),
         Err(e) => {
             out.discard(job).await;
@@ -166,6 +178,7 @@ async fn dump(
     tools: &PgTools,
     t: &Target,
     out: &mut Outcome,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(SourceInfo, Option<crate::source::pg_toc::Contents>), TargetError> {
     let server = pg::server_version(tools, &s.conn, &t.database, &job.redactor)
         .await
@@ -207,6 +220,7 @@ async fn dump(
         budget: Budget::new(pgid, s.spool_budget),
         version: tools.version.clone(),
         toc_copy: Arc::new(std::sync::Mutex::new(Some(Vec::new()))),
+        deadline,
     };
     let toc_copy = run.toc_copy.clone();
     let result = run.run(child, watch, events).await;
@@ -313,6 +327,8 @@ struct Run<'a> {
     progress: Progress,
     budget: Budget,
     version: String,
+    /// When `BACKUP_TIMEOUT` runs out for this target.
+    deadline: Option<tokio::time::Instant>,
     /// The bytes of toc.dat (`None` past [`TOC_COPY_LIMIT`]), for the manifest's contents.
     toc_copy: TocCopy,
 }
@@ -378,13 +394,8 @@ impl Run<'_> {
         let pgid = self.budget.pgid;
         let mut exit = Box::pin(child.wait());
         let job = self.job;
-        let deadline = async {
-            match job.timeout {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
+        let stopped = stopped(job, self.deadline);
+        tokio::pin!(stopped);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut exited = false;
         let phase1: Result<(), TargetError> = loop {
@@ -407,8 +418,7 @@ impl Run<'_> {
                     let consumed = self.follow.consumed.load(Ordering::Relaxed);
                     self.budget.tick(&self.dir, consumed);
                 }
-                _ = job.cancel.cancelled() => break Err(TargetError::Interrupted),
-                _ = &mut deadline => break Err(TargetError::TimedOut(job.timeout.unwrap_or_default())),
+                why = &mut stopped => break Err(why),
             }
         };
         if let Err(e) = phase1 {
@@ -447,8 +457,7 @@ impl Run<'_> {
                     Some(joined) => self.joined(joined)?,
                     None => return Ok(()),
                 },
-                _ = job.cancel.cancelled() => return Err(TargetError::Interrupted),
-                _ = &mut deadline => return Err(TargetError::TimedOut(job.timeout.unwrap_or_default())),
+                why = &mut stopped => return Err(why),
             }
         }
     }
@@ -632,6 +641,7 @@ async fn complete(
     out: &mut Outcome,
     (source, contents): (SourceInfo, Option<crate::source::pg_toc::Contents>),
     started_at: chrono::DateTime<Utc>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Manifest, TargetError> {
     let toc_at = out
         .streamed
@@ -640,7 +650,7 @@ async fn complete(
         .context("no toc.dat was streamed")?;
     let toc = out.streamed.remove(toc_at);
     out.streamed.push(toc);
-    finish_data(out).await?;
+    finish_data(job, out, deadline).await?;
     let files: Vec<DumpFile> = out
         .finished
         .iter()
@@ -728,11 +738,17 @@ async fn complete(
 
 /// Completes every data object, [`FINISH_CONCURRENCY`] at once; leaves the TOC's upload (the
 /// last of `out.streamed`) open. On failure, what could not be completed is aborted.
-async fn finish_data(out: &mut Outcome) -> Result<(), TargetError> {
+async fn finish_data(
+    job: &Job,
+    out: &mut Outcome,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(), TargetError> {
     let toc = out.streamed.pop().expect("the toc is last");
     let mut pending = std::mem::take(&mut out.streamed);
     let mut set = JoinSet::new();
-    let mut failure = None;
+    let mut failure: Option<TargetError> = None;
+    let stopped = stopped(job, deadline);
+    tokio::pin!(stopped);
     loop {
         while set.len() < FINISH_CONCURRENCY && failure.is_none() {
             let Some(mut f) = pending.pop() else { break };
@@ -741,7 +757,16 @@ async fn finish_data(out: &mut Outcome) -> Result<(), TargetError> {
                 (f, r)
             }));
         }
-        let Some(joined) = set.join_next().await else {
+        let joined = tokio::select! {
+            joined = set.join_next() => joined,
+            why = &mut stopped, if failure.is_none() => {
+                // Completions cut short: their uploads' `Drop` aborts them (awaited by main).
+                set.abort_all();
+                failure = Some(why);
+                continue;
+            }
+        };
+        let Some(joined) = joined else {
             break;
         };
         match joined {
@@ -749,18 +774,81 @@ async fn finish_data(out: &mut Outcome) -> Result<(), TargetError> {
             Ok((mut file, Err(e))) => {
                 abort_upload(file.upload.as_mut(), &file.key).await;
                 failure.get_or_insert(
-                    anyhow::Error::from(e).context(format!("completing {}", file.key)),
+                    anyhow::Error::from(e)
+                        .context(format!("completing {}", file.key))
+                        .into(),
                 );
             }
+            Err(e) if e.is_cancelled() => {}
             Err(e) => {
-                failure.get_or_insert(anyhow::anyhow!("completing an object: {e}"));
+                failure.get_or_insert(anyhow::anyhow!("completing an object: {e}").into());
             }
         }
     }
     out.streamed = pending;
     out.streamed.push(toc);
     match failure {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Resolves when the run is cancelled (a signal) or the target's time is up.
+async fn stopped(job: &Job, deadline: Option<tokio::time::Instant>) -> TargetError {
+    let timeout = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = job.cancel.cancelled() => TargetError::Interrupted,
+        _ = timeout => TargetError::TimedOut(job.timeout.unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// The state letter of `pid` in /proc (`T`: stopped).
+    fn state(pid: u32) -> char {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.chars().next().unwrap()
+    }
+
+    #[test]
+    fn budget_pauses_the_group_when_full_and_continues_it_below_half() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let spool = tempfile::tempdir().unwrap();
+        let file = spool.path().join("3051.dat");
+        std::fs::write(&file, vec![7u8; 2 << 20]).unwrap();
+        let mut budget = Budget::new(pid, 1 << 20);
+        budget.tick(spool.path(), 0);
+        let paused = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            state(pid) == 'T'
+        });
+        assert!(paused, "stopped above the budget");
+        // Still full, but the readers moved: no deadlock, it stays paused.
+        budget.tick(spool.path(), 10);
+        assert!(budget.paused.is_some());
+        std::fs::remove_file(&file).unwrap();
+        budget.tick(spool.path(), 20);
+        let running = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            state(pid) != 'T'
+        });
+        assert!(running, "continued below half the budget");
+        assert!(budget.paused.is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
