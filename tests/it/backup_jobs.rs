@@ -209,7 +209,13 @@ fn jobs3_stores_every_file_pg_dump_writes_and_restores_identical() {
     assert_eq!(rows[0]["key"], key.as_str());
     assert_eq!(rows[0]["size"], stored);
     assert_eq!(rows[0]["objects"], objects.len() + 1);
-    fx.cmd().arg("status").assert().success();
+    let status = fx.cmd().args(["status", "--json"]).assert().success();
+    let status: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(
+        status["recent_backups"],
+        serde_json::json!([key]),
+        "data files are not backups"
+    );
 
     // This branch cannot restore it yet: refused, nothing touched.
     let refused = fx
