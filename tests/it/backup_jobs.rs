@@ -225,6 +225,9 @@ fn jobs3_stores_every_file_pg_dump_writes_and_restores_identical() {
         .code(1);
     let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
     assert!(err.contains("cannot restore yet"), "{err}");
+    let refused = fx.cmd().args(["verify", &key]).assert().code(1);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(err.contains("cannot verify yet"), "{err}");
 
     // The manifest summarises the dump's contents as a single-archive backup's does.
     assert!(m["contents"].is_object(), "{m}");
