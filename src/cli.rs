@@ -306,6 +306,22 @@ pub struct BackupArgs {
     #[arg(long = "pg-dump-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub pg_dump_args: Vec<String>,
 
+    /// PostgreSQL: parallel pg_dump connections (1-32). Above 1, pg_dump writes its directory
+    /// format into a private spool and each file is uploaded as it is written; needs a direct
+    /// (not transaction-pooled) endpoint.
+    #[arg(long, env = "PG_JOBS", default_value_t = 1)]
+    pub jobs: u32,
+
+    /// With --jobs above 1: most disk the spool of dumped, not yet uploaded bytes may take
+    /// (e.g. 512MiB, min 64MiB); pg_dump is paused while it is full. In BACKUP_WORK_DIR, else TMPDIR.
+    #[arg(
+        long,
+        env = "BACKUP_SPOOL_BUDGET",
+        value_name = "SIZE",
+        default_value = "256MiB"
+    )]
+    pub spool_budget: String,
+
     /// Back up only this kind of target.
     #[arg(long, value_enum)]
     pub only: Option<Only>,

@@ -90,7 +90,6 @@ pub fn artifact_key(
     }
 }
 
-#[allow(dead_code)] // used by `backup --jobs` (issue 32), landing in stages
 /// Key of a directory dump's artifact (its TOC). `extension` is the stored objects' suffix after
 /// the raw file name (".zst", ".zst.age").
 pub fn dir_artifact_key(prefix: &str, stage: &str, db: &str, ts: &str, extension: &str) -> String {
@@ -106,7 +105,6 @@ pub fn dir_folder(entry_key: &str) -> Option<&str> {
         .then(|| &entry_key[..folder.len() + 1])
 }
 
-#[allow(dead_code)] // used by `backup --jobs` (issue 32), landing in stages
 /// Key of one data file of a directory dump (`name` as pg_dump wrote it: "3051.dat",
 /// "blobs_3060.toc", "blob_16411.dat"), written by run `run_id`.
 pub fn dir_file_key(entry_key: &str, run_id: &str, name: &str, extension: &str) -> Option<String> {

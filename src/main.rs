@@ -10,6 +10,7 @@ mod cmdline;
 mod commands;
 mod config;
 mod crypto;
+mod dirdump;
 mod fargate;
 mod feed;
 mod globals;

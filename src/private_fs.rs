@@ -256,6 +256,43 @@ pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Whether files in `dir` give punched ranges back ([`punch`]): 1 MiB written, 512 KiB
+/// punched, and the file must take less space after. A spool that cannot punch holds every
+/// byte of a file until its end.
+pub fn can_punch(dir: &Path) -> io::Result<bool> {
+    use std::io::Write;
+    let probe = PrivateDir::new_in(dir, "punch-probe")?;
+    let path = probe.path().join("probe");
+    let mut f = create_file(&path)?;
+    f.write_all(&vec![0x5a; 1 << 20])?;
+    f.sync_all()?;
+    let before = f.metadata()?.blocks();
+    punch(&f, 0, 512 << 10);
+    let after = f.metadata()?.blocks();
+    drop(f);
+    probe.close()?;
+    Ok(after < before)
+}
+
+/// Gives the whole pages inside `[start, end)` of `file` back to the file system (the size
+/// stays). Best effort: a file system without hole punching just keeps the bytes.
+pub fn punch(file: &File, start: u64, end: u64) {
+    const PAGE: u64 = 4096;
+    let (from, to) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+    if to > from {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate(2) on a file we own; no memory is passed.
+        unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                from as libc::off_t,
+                (to - from) as libc::off_t,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +380,17 @@ mod tests {
         for kept in [live.path(), &init, &elsewhere, &foreign] {
             assert!(kept.exists(), "{kept:?}");
         }
+    }
+
+    #[test]
+    fn punching_gives_space_back_here() {
+        let base = tempfile::tempdir().unwrap();
+        assert!(can_punch(base.path()).unwrap());
+        assert_eq!(
+            std::fs::read_dir(base.path()).unwrap().count(),
+            0,
+            "probe removed"
+        );
     }
 
     #[test]

@@ -189,21 +189,7 @@ impl Spool {
 
     /// Punches `[start, end)` out of the file (whole pages inside it); no reader may need it.
     fn release(&self, start: u64, end: u64) {
-        const PAGE: u64 = 4096;
-        let (from, to) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
-        if to > from {
-            use std::os::fd::AsRawFd;
-            // SAFETY: fallocate(2) on a file we own; no memory is passed. Best effort: a
-            // file system without hole punching just keeps the bytes.
-            unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    from as libc::off_t,
-                    (to - from) as libc::off_t,
-                );
-            }
-        }
+        crate::private_fs::punch(&self.file, start, end);
         let mut s = self.lock();
         s.released += end - start;
         if s.pace.is_some_and(|p| start >= p.from) {

@@ -27,7 +27,11 @@ struct Row<'a> {
     time: String,
     kind: &'static str,
     database: &'a str,
+    /// Bytes stored: for a parallel (directory) dump, all its objects.
     size: u64,
+    /// A parallel (directory) dump: how many objects it is stored as, its TOC's included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objects: Option<usize>,
     compression: Option<&'a str>,
     sha256: Option<&'a str>,
     /// yes / no / failed, "no manifest" for objects written by the old script, "object
@@ -51,7 +55,12 @@ fn row<'a>(e: &'a Entry, id: &'a str, lock: Option<&str>) -> Row<'a> {
         time: e.parsed.time.to_rfc3339(),
         kind: e.parsed.kind.as_str(),
         database: &e.parsed.database,
-        size: e.size,
+        size: m
+            .and_then(|m| m.directory.as_ref())
+            .map_or(e.size, |d| d.stored_bytes),
+        objects: m
+            .and_then(|m| m.directory.as_ref())
+            .map(|d| d.objects.len() + 1),
         compression: m.map(|m| m.compression.as_str()),
         sha256: m.map(|m| m.sha256.as_str()),
         verified: match (m.is_some(), e.verified(), &e.problem) {

@@ -73,25 +73,48 @@ pub struct Pruned {
     pub locked: usize,
 }
 
-/// The keys deleting `e` removes: its object and its manifest, whichever exist.
-fn keys_of(e: &Entry) -> Vec<String> {
-    match &e.problem {
+/// The keys deleting `e` removes: its manifest and its object, whichever exist, first; then,
+/// for a directory dump, every object its manifest lists and anything else under its folder
+/// (objects of a run that died while completing, a file the manifest could not name).
+async fn keys_of(storage: &Arc<dyn Storage>, e: &Entry) -> Result<Vec<String>, String> {
+    let mut keys = match &e.problem {
         Some(Problem::ObjectMissing) => vec![e.manifest_key()],
-        Some(Problem::ManifestUnreadable(_)) => vec![e.key.clone(), e.manifest_key()],
-        None if e.manifest.is_some() => vec![e.key.clone(), e.manifest_key()],
+        Some(Problem::ManifestUnreadable(_)) => vec![e.manifest_key(), e.key.clone()],
+        None if e.manifest.is_some() => vec![e.manifest_key(), e.key.clone()],
         None => vec![e.key.clone()],
+    };
+    if let Some(folder) = crate::layout::dir_folder(&e.key).filter(|_| e.parsed.directory) {
+        if let Some(d) = e.manifest.as_ref().and_then(|m| m.directory.as_ref()) {
+            keys.extend(d.objects.iter().map(|o| o.key.clone()));
+        }
+        let listed = storage
+            .list(folder)
+            .await
+            .map_err(|err| format!("objects under {folder} unknown: {err}"))?;
+        keys.extend(listed.into_iter().map(|o| o.key));
+        let mut seen = std::collections::HashSet::new();
+        keys.retain(|k| seen.insert(k.clone()));
     }
+    Ok(keys)
 }
 
-/// Why `e` cannot be deleted yet: its artifact or its manifest is retained or on legal hold.
-/// Both are checked before either is deleted, so a pair is only ever deleted whole. A lock
-/// state that cannot be read counts as locked: deleting blind could split a pair.
-async fn lock_of(storage: &Arc<dyn Storage>, e: &Entry) -> Option<String> {
+/// Why `e` cannot be deleted yet: one of its objects (artifact, manifest, a directory dump's
+/// files) is retained or on legal hold. All are checked before any is deleted, so a backup is
+/// only ever deleted whole. A lock state that cannot be read counts as locked: deleting blind
+/// could split a backup.
+async fn lock_of(storage: &Arc<dyn Storage>, e: &Entry, keys: &[String]) -> Option<String> {
     let now = chrono::Utc::now();
     let mut why = Vec::new();
-    for k in keys_of(e) {
-        let which = if k == e.key { "artifact" } else { "manifest" };
-        match storage.lock(&k).await {
+    let manifest = e.manifest_key();
+    for k in keys {
+        let which = if *k == e.key {
+            "artifact".to_string()
+        } else if *k == manifest {
+            "manifest".to_string()
+        } else {
+            format!("object {k}")
+        };
+        match storage.lock(k).await {
             Ok(Some(l)) => {
                 if let Some(d) = l.describe(now) {
                     why.push(format!("{which} {d}"));
@@ -129,7 +152,16 @@ impl Plan {
             Some(Problem::ObjectMissing) => e.manifest_key(),
             _ => e.key.clone(),
         };
-        if let Some(lock) = lock_of(storage, e).await {
+        let keys = match keys_of(storage, e).await {
+            Ok(keys) => keys,
+            Err(unknown) => {
+                self.out.locked += 1;
+                self.lines
+                    .push_str(&format!("locked {shown} ({why}; kept: {unknown})\n"));
+                return false;
+            }
+        };
+        if let Some(lock) = lock_of(storage, e, &keys).await {
             self.out.locked += 1;
             self.lines
                 .push_str(&format!("locked {shown} ({why}; kept: {lock})\n"));
@@ -137,7 +169,7 @@ impl Plan {
         }
         self.out.deleted += 1;
         self.lines.push_str(&format!("delete {shown} ({why})\n"));
-        self.doomed.extend(keys_of(e));
+        self.doomed.extend(keys);
         true
     }
 }
@@ -335,7 +367,62 @@ pub async fn abort_incomplete(
         }
     }
     tracing::info!(aborted = old.len(), dry_run, "incomplete uploads");
+    let orphans = orphan_dir_files(storage, store, cutoff).await?;
+    for o in &orphans {
+        println!(
+            "delete {} (file of a parallel backup that never completed, written {})",
+            o.key,
+            o.last_modified.map(|t| t.to_rfc3339()).unwrap_or_default()
+        );
+    }
+    if !dry_run && !orphans.is_empty() {
+        let keys: Vec<String> = orphans.iter().map(|o| o.key.clone()).collect();
+        storage.delete(&keys).await?;
+    }
+    tracing::info!(
+        deleted = orphans.len(),
+        dry_run,
+        "files of unfinished parallel backups"
+    );
     Ok(old)
+}
+
+/// Objects a parallel (`--jobs`) backup completed before it was killed: under a `.pgdir/`
+/// folder that holds neither an entry (TOC) nor its manifest, and older than `cutoff` by both
+/// clocks (the run's folder timestamp and the object's own), so a running backup's files are
+/// never taken. A folder with an entry or a manifest belongs to a backup: `prune` deletes it
+/// whole with that backup.
+async fn orphan_dir_files(
+    storage: &Arc<dyn Storage>,
+    store: &Store,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<crate::storage::ObjectInfo>> {
+    let prefix = store.dest.key_prefix();
+    let folder_of = |key: &str| {
+        key.find(&format!("{}/", layout::DIR_SUFFIX))
+            .map(|i| key[..i + layout::DIR_SUFFIX.len() + 1].to_string())
+    };
+    let objects = storage.list(&store.stage_prefix()).await?;
+    let owned: std::collections::HashSet<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let key = o
+                .key
+                .strip_suffix(layout::MANIFEST_SUFFIX)
+                .unwrap_or(&o.key);
+            layout::parse_key(&prefix, key, &store.zone)
+                .filter(|p| p.directory)
+                .and_then(|_| layout::dir_folder(key).map(str::to_string))
+        })
+        .collect();
+    Ok(objects
+        .into_iter()
+        .filter(|o| {
+            folder_of(&o.key).is_some_and(|f| !owned.contains(&f))
+                && layout::run_time(&prefix, &o.key, &store.zone).is_some_and(|t| t < cutoff)
+                && o.last_modified.is_some_and(|t| t < cutoff)
+        })
+        .collect())
 }
 
 pub async fn run(args: PruneArgs) -> anyhow::Result<()> {

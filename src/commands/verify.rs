@@ -850,6 +850,12 @@ pub async fn record(storage: &Arc<dyn Storage>, entry: &Entry, o: &Outcome) -> a
 
 /// Verifies, records and prints one summary line; returns whether it passed.
 pub async fn check_and_report(v: &Verifier, entry: &Entry) -> anyhow::Result<bool> {
+    if entry.parsed.directory {
+        anyhow::bail!(
+            "{} is a parallel (PG_JOBS) directory dump, which this backhaul cannot verify yet",
+            entry.key
+        );
+    }
     let o = v.verify(entry).await;
     if o.record {
         record(&v.storage, entry, &o).await?;

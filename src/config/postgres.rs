@@ -530,9 +530,44 @@ pub fn derive_neon_endpoint(host: &str) -> Option<String> {
     id.starts_with("ep-").then(|| id.to_string())
 }
 
+/// A host that is a transaction pooler by its name, with the direct host to use instead:
+/// Neon's `-pooler` endpoints and Supabase's pooler. A pooled session loses the state pg_dump
+/// sets outside its transaction, and its workers must import the leader's snapshot.
+pub fn pooler_host(host: &str) -> Option<String> {
+    let h = host.to_ascii_lowercase();
+    let (label, rest) = h.split_once('.').unwrap_or((&h, ""));
+    if let Some(direct) = label.strip_suffix("-pooler").filter(|d| !d.is_empty()) {
+        return Some(if rest.is_empty() {
+            direct.to_string()
+        } else {
+            format!("{direct}.{rest}")
+        });
+    }
+    h.ends_with(".pooler.supabase.com")
+        .then(|| "the project's direct host db.<project-ref>.supabase.co".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poolers_are_known_by_name() {
+        assert_eq!(
+            pooler_host("ep-cool-1-pooler.us-east-2.aws.neon.tech").as_deref(),
+            Some("ep-cool-1.us-east-2.aws.neon.tech")
+        );
+        assert!(pooler_host("aws-0-eu-central-1.pooler.supabase.com").is_some());
+        for direct in [
+            "ep-cool-1.us-east-2.aws.neon.tech",
+            "db.abc.supabase.co",
+            "localhost",
+            "-pooler",
+            "pooler.example.com",
+        ] {
+            assert_eq!(pooler_host(direct), None, "{direct}");
+        }
+    }
 
     #[test]
     fn host_with_port_is_understood_or_refused() {

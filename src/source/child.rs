@@ -267,10 +267,18 @@ impl ChildProc {
         }
     }
 
+    /// The child's pid, which is also its process group's id; `None` once it was reaped.
+    pub fn pid(&mut self) -> Option<u32> {
+        self.child().id()
+    }
+
     /// Stops the child: SIGTERM to its group, then SIGKILL to the group if it lingers.
     pub async fn terminate(mut self) -> Result<Vec<String>, ChildError> {
         if let Some(pid) = self.child().id() {
             signal_group(pid, libc::SIGTERM);
+            // A group paused with SIGSTOP (a full spool) would act on SIGTERM only when
+            // continued.
+            signal_group(pid, libc::SIGCONT);
             let stopped = self.child().wait();
             if tokio::time::timeout(std::time::Duration::from_secs(2), stopped)
                 .await
@@ -283,7 +291,7 @@ impl ChildProc {
     }
 }
 
-fn signal_group(pid: u32, signal: i32) {
+pub fn signal_group(pid: u32, signal: i32) {
     // SAFETY: kill(2) on a process group we created; no memory is touched.
     unsafe {
         libc::kill(-(pid as i32), signal);

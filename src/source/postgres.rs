@@ -237,6 +237,54 @@ pub async fn server_version(
     })
 }
 
+/// Why a `--pg-dump-arg` cannot go with `--jobs` above 1: backhaul chooses the format, the
+/// output, the parallelism and the compression of a directory dump, and needs its snapshot
+/// synchronized. Short options count attached (`-Fd`, `-j4`) and separate.
+pub fn refused_dir_dump_arg(args: &[String]) -> Option<String> {
+    const LONG: [&str; 7] = [
+        "--format",
+        "--file",
+        "--jobs",
+        "--compress",
+        "--no-sync",
+        "--no-synchronized-snapshots",
+        "--compression",
+    ];
+    args.iter()
+        .find(|a| {
+            let name = a.split('=').next().unwrap_or(a);
+            LONG.contains(&name)
+                || (!a.starts_with("--")
+                    && ["-F", "-f", "-j", "-Z"].iter().any(|s| a.starts_with(s)))
+        })
+        .map(|a| {
+            format!("{a} is not allowed with PG_JOBS above 1: backhaul runs pg_dump --format=directory --jobs=N --compress=0 --no-sync into its own spool")
+        })
+}
+
+/// Starts `pg_dump -Fd -j N` writing into `dir` (empty, created by us): uncompressed (we
+/// compress each file as it grows) and without its final fsync (each file is read and
+/// uploaded while it is written; nothing needs it on disk).
+pub fn spawn_dir_dump(
+    tools: &PgTools,
+    conn: &PgConn,
+    database: &str,
+    dir: &std::path::Path,
+    jobs: u32,
+    extra_args: &[String],
+    redactor: Redactor,
+) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.pg_dump);
+    cmd.arg("--format=directory")
+        .arg(format!("--jobs={jobs}"))
+        .arg("--compress=0")
+        .arg("--no-sync")
+        .arg(format!("--file={}", dir.display()));
+    cmd.args(extra_args);
+    connect_args(&mut cmd, conn, database);
+    Ok(ChildProc::spawn("pg_dump", cmd, redactor)?)
+}
+
 /// Starts `pg_dump -Fc` writing the archive to stdout.
 pub fn spawn_dump(
     tools: &PgTools,
@@ -348,6 +396,21 @@ pub fn spawn_schema_script(tools: &PgTools, redactor: Redactor) -> Result<ChildP
     Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
 }
 
+/// As [`spawn_schema_script`], of the directory-format dump in `dir`, of which it reads only
+/// `toc.dat` (the schema sections hold no data).
+pub fn spawn_dir_schema_script(
+    tools: &PgTools,
+    dir: &std::path::Path,
+    redactor: Redactor,
+) -> Result<ChildProc, PgError> {
+    let mut cmd = child::command(&tools.sibling("pg_restore"));
+    cmd.args(SCHEMA_SECTIONS)
+        .args(["--file=-", "--format=directory"])
+        .arg(dir);
+    cmd.stdout(Stdio::piped());
+    Ok(ChildProc::spawn("pg_restore", cmd, redactor)?)
+}
+
 /// Starts `pg_dump` printing a live database's schema script, in the same form.
 pub fn spawn_schema_dump(
     tools: &PgTools,
@@ -430,6 +493,36 @@ pub struct RestoreOpts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directory_dump_refuses_what_backhaul_chooses() {
+        let refused = |a: &str| refused_dir_dump_arg(&[a.to_string()]);
+        for a in [
+            "-Fd",
+            "-F",
+            "--format=custom",
+            "-f",
+            "-fout",
+            "--file=x",
+            "-j4",
+            "--jobs=2",
+            "-Z0",
+            "--compress=9",
+            "--no-sync",
+            "--no-synchronized-snapshots",
+        ] {
+            assert!(refused(a).is_some_and(|m| m.starts_with(a)), "{a}");
+        }
+        for a in [
+            "--exclude-table=audit_*",
+            "-t",
+            "--no-owner",
+            "--schema=public",
+            "-n",
+        ] {
+            assert_eq!(refused(a), None, "{a}");
+        }
+    }
 
     #[test]
     fn versions_parse() {

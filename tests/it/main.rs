@@ -6,6 +6,7 @@ mod common;
 
 mod alarms;
 mod any_input;
+mod backup_jobs;
 mod backup_mongo;
 mod backup_pg;
 mod bad_input;

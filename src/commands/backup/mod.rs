@@ -4,6 +4,7 @@
 //! plan for `--dry-run`; then run targets, each streaming into a two-phase upload that is
 //! finished only when the dump tool exited 0, and aborted otherwise.
 
+mod dir;
 mod dump;
 mod plan;
 mod target;
@@ -183,6 +184,9 @@ async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Opti
                 Err(e) => return Err(e.into()),
             };
             tracing::info!(pg_dump = %tools.pg_dump.display(), version = %tools.version, "using pg_dump");
+            if s.jobs > 1 {
+                dir::check_spool(s)?;
+            }
             Some((s.clone(), tools))
         }
         None => None,
@@ -280,9 +284,16 @@ fn report(job: &Job, results: &[TargetResult]) -> Tally {
         };
         match res {
             Ok(m) => {
-                tracing::info!(kind = t.kind.as_str(), database = %t.database, key = %t.key, stored_bytes = m.stored_bytes, raw_bytes = m.raw_bytes, sha256 = %m.sha256, seconds, "backup ok");
-                report.raw_bytes = Some(m.raw_bytes);
-                report.stored_bytes = Some(m.stored_bytes);
+                // A directory dump's bytes are all its objects'; its sha256 is its TOC's.
+                let (raw, stored) = m
+                    .directory
+                    .as_ref()
+                    .map_or((m.raw_bytes, m.stored_bytes), |d| {
+                        (d.raw_bytes, d.stored_bytes)
+                    });
+                tracing::info!(kind = t.kind.as_str(), database = %t.database, key = %t.key, stored_bytes = stored, raw_bytes = raw, sha256 = %m.sha256, seconds, "backup ok");
+                report.raw_bytes = Some(raw);
+                report.stored_bytes = Some(stored);
                 report.sha256 = Some(m.sha256.clone());
             }
             Err(e)

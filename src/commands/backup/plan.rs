@@ -16,6 +16,9 @@ pub struct Target {
     /// The run's cluster globals (pg_dumpall --globals-only), not a database.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub globals: bool,
+    /// A parallel (`PG_JOBS` above 1) directory dump: `key` is its TOC object.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
 }
 
 impl Target {
@@ -34,6 +37,7 @@ impl Target {
             compression: compression.to_string(),
             connection,
             globals: false,
+            directory: false,
         }
     }
 }
@@ -78,6 +82,13 @@ pub(super) struct PgSettings {
     pub(super) threads: u32,
     pub(super) extra_args: Vec<String>,
     pub(super) pg_dump_path: Option<std::path::PathBuf>,
+    /// `PG_JOBS`: 1 is the single archive streamed from pg_dump's stdout; more is a
+    /// directory dump followed file by file (see `dir`).
+    pub(super) jobs: u32,
+    /// `BACKUP_SPOOL_BUDGET`: most bytes of a directory dump on local disk at once.
+    pub(super) spool_budget: u64,
+    /// Where the directory dump's private spool is created (`BACKUP_WORK_DIR`, else TMPDIR).
+    pub(super) spool_parent: std::path::PathBuf,
 }
 
 #[derive(Clone)]
@@ -146,6 +157,13 @@ pub(super) fn plan(args: &BackupArgs) -> anyhow::Result<RunPlan> {
         None
     };
     let verify_into = non_empty(args.verify_into.clone());
+    if verify_into.is_some() && pg.as_ref().is_some_and(|s| s.jobs > 1) {
+        return Err(ConfigError::invalid(
+            "BACKUP_VERIFY_INTO",
+            "cannot be combined with PG_JOBS above 1 yet (this version cannot restore a parallel dump): unset one of them",
+        )
+        .into());
+    }
     let globals = GlobalsMode::parse(&args.globals)?;
     let encrypt = Recipients::parse(&args.encrypt_to)?;
     if encrypt.is_some() && verify_into.is_some() {
@@ -226,6 +244,7 @@ pub(super) fn pg_settings(
             .unwrap_or(1),
         n => n,
     };
+    let (jobs, spool_budget) = dir_dump_settings(args, &conn, compression)?;
     Ok(Some(PgSettings {
         conn,
         compression,
@@ -233,7 +252,57 @@ pub(super) fn pg_settings(
         threads,
         extra_args: args.pg_dump_args.clone(),
         pg_dump_path: args.pg.tools.pg_dump_path.clone(),
+        jobs,
+        spool_budget,
+        spool_parent: args
+            .mongo
+            .work_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir),
     }))
+}
+
+/// Most pg_dump connections `--jobs` may open.
+const MAX_JOBS: u32 = 32;
+
+/// `PG_JOBS` and `BACKUP_SPOOL_BUDGET`, and what a parallel dump cannot go with: all refused
+/// before anything runs.
+fn dir_dump_settings(
+    args: &BackupArgs,
+    conn: &PgConn,
+    compression: PgCompression,
+) -> Result<(u32, u64), ConfigError> {
+    let jobs = args.jobs;
+    if !(1..=MAX_JOBS).contains(&jobs) {
+        return Err(ConfigError::invalid(
+            "PG_JOBS",
+            format!("{jobs} is not a number of pg_dump jobs (1-{MAX_JOBS})"),
+        ));
+    }
+    let budget = super::super::restore_jobs::parse_budget(&args.spool_budget)
+        .map_err(|m| ConfigError::invalid("BACKUP_SPOOL_BUDGET", m))?;
+    if jobs == 1 {
+        return Ok((jobs, budget));
+    }
+    if compression == PgCompression::Pg {
+        return Err(ConfigError::invalid(
+            "PG_COMPRESSION",
+            "pg cannot go with PG_JOBS above 1 (each file of a parallel dump is compressed by backhaul): use zstd or none",
+        ));
+    }
+    if let Some(why) = pg::refused_dir_dump_arg(&args.pg_dump_args) {
+        return Err(ConfigError::invalid("--pg-dump-arg", why));
+    }
+    if let Some(direct) = crate::config::postgres::pooler_host(&conn.host) {
+        return Err(ConfigError::invalid(
+            "PG_JOBS",
+            format!(
+                "{} is a transaction pooler, which cannot share pg_dump's snapshot between its connections: back up through the direct host {direct}, or set PG_JOBS=1",
+                conn.host
+            ),
+        ));
+    }
+    Ok((jobs, budget))
 }
 
 /// One target per database (and the cluster's globals), all under one timestamp.
@@ -248,22 +317,29 @@ pub(super) fn targets(
     let prefix = store.dest.key_prefix();
     let mut targets = Vec::new();
     if let Some(s) = pg {
-        let ext = match s.compression {
-            PgCompression::Zstd => ".dump.zst",
-            PgCompression::Pg | PgCompression::None => ".dump",
+        let ext = match (s.compression, s.jobs > 1) {
+            (PgCompression::Zstd, false) => ".dump.zst",
+            (PgCompression::Pg | PgCompression::None, false) => ".dump",
+            (PgCompression::Zstd, true) => ".zst",
+            (PgCompression::Pg | PgCompression::None, true) => "",
         };
         let ext = format!("{ext}{suffix}");
         let compression = serde_json::to_value(s.compression)?;
         for db in &s.conn.databases {
-            let key =
-                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, timestamp, &ext);
-            targets.push(Target::new(
+            let key = if s.jobs > 1 {
+                layout::dir_artifact_key(&prefix, &store.stage, db, timestamp, &ext)
+            } else {
+                layout::artifact_key(&prefix, &store.stage, Kind::Postgres, db, timestamp, &ext)
+            };
+            let mut t = Target::new(
                 Kind::Postgres,
                 db,
                 key,
                 compression.as_str().unwrap_or_default(),
                 s.conn.url_for(db),
-            ));
+            );
+            t.directory = s.jobs > 1;
+            targets.push(t);
         }
         if globals != GlobalsMode::Off {
             let (ext, compression) = match s.compression {

@@ -7,6 +7,9 @@ use super::*;
 /// Runs one target under the job's cancellation and timeout, and turns success into an
 /// artifact plus manifest, failure into nothing at all.
 pub(super) async fn run_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
+    if t.directory {
+        return super::dir::run_dir_target(job, t).await;
+    }
     let started_at = Utc::now();
     let mut upload = job
         .storage
@@ -109,7 +112,7 @@ const HEAD_ATTEMPTS: u64 = 3;
 /// that ran between the object and its manifest (with a grace period shorter than this run's
 /// gap) could have deleted it. Then this backup did not happen, whatever was uploaded: it
 /// fails loudly, and its manifest goes too rather than vouch for nothing.
-async fn still_there(job: &Job, t: &Target, m: &Manifest) -> Result<(), TargetError> {
+pub(super) async fn still_there(job: &Job, t: &Target, m: &Manifest) -> Result<(), TargetError> {
     // A transient failure to ask is not an answer: asked a few times (each with the client's
     // own retries) before the run gives up on knowing.
     let mut head = job.storage.head(&t.key).await;

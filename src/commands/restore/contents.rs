@@ -206,6 +206,26 @@ async fn read_script(child: &mut ChildProc) -> anyhow::Result<String> {
     .context("reading the schema script")
 }
 
+/// The summary of a directory-format dump from a copy of its `toc.dat`, read by pg_restore in
+/// a private directory under `parent` (removed after).
+pub async fn dir_contents(
+    tools: &PgTools,
+    toc: &[u8],
+    parent: &std::path::Path,
+    redactor: Redactor,
+) -> anyhow::Result<Contents> {
+    use std::io::Write as _;
+    let dir = crate::private_fs::PrivateDir::new_in(parent, "pgdir-toc")?;
+    crate::private_fs::create_file(&dir.path().join("toc.dat"))?.write_all(toc)?;
+    let mut child = pg::spawn_dir_schema_script(tools, dir.path(), redactor)?;
+    let script = read_script(&mut child).await;
+    child
+        .wait()
+        .await
+        .context("reading the dump's table of contents")?;
+    Ok(contents(&pg_toc::parse(&script?), tools))
+}
+
 /// The summary the manifest records, tagged with the major version of the tool that wrote
 /// the script (statement texts are compared only between equal majors).
 pub fn contents(entries: &[Entry], tools: &PgTools) -> Contents {

@@ -293,7 +293,12 @@ async fn recent(store: &crate::cli::StoreArgs) -> anyhow::Result<Recent> {
     let store = Store::resolve(store)?;
     let storage = store.open_existing().await?;
     let mut objects = storage.list(&store.stage_prefix()).await?;
-    objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX));
+    // A parallel backup is one: its entry (TOC) object stands for its data files.
+    let dir_data = |k: &str| {
+        k.contains(&format!("{}/", crate::layout::DIR_SUFFIX))
+            && crate::layout::dir_folder(k).is_none()
+    };
+    objects.retain(|o| !o.key.ends_with(MANIFEST_SUFFIX) && !dir_data(&o.key));
     objects.sort_by(|a, b| (b.last_modified, &b.key).cmp(&(a.last_modified, &a.key)));
     let incomplete = storage.incomplete(&store.stage_prefix()).await?;
     let keys: Vec<String> = objects.into_iter().take(RECENT).map(|o| o.key).collect();
