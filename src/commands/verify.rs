@@ -488,8 +488,7 @@ impl Verifier {
                     .and_then(|m| m.source.collections.as_ref());
                 if let Some(recorded) = recorded {
                     let recorded = mongo::real_names(recorded, &done.restored);
-                    let differ =
-                        mongo::count_differences(&recorded, &done.restored, "manifest");
+                    let differ = mongo::count_differences(&recorded, &done.restored, "manifest");
                     if !differ.is_empty() {
                         details.insert("restore".into(), json!("count mismatch"));
                         return Err(Failure::Artifact(format!(
@@ -850,12 +849,6 @@ pub async fn record(storage: &Arc<dyn Storage>, entry: &Entry, o: &Outcome) -> a
 
 /// Verifies, records and prints one summary line; returns whether it passed.
 pub async fn check_and_report(v: &Verifier, entry: &Entry) -> anyhow::Result<bool> {
-    if entry.parsed.directory {
-        anyhow::bail!(
-            "{} is a parallel (PG_JOBS) directory dump, which this backhaul cannot verify yet",
-            entry.key
-        );
-    }
     let o = v.verify(entry).await;
     if o.record {
         record(&v.storage, entry, &o).await?;

@@ -232,9 +232,7 @@ async fn dump(
     let toc = toc_copy.lock().unwrap_or_else(|p| p.into_inner()).take();
     let contents = match toc {
         Some(toc) => {
-            match pg_contents::dir_contents(tools, &toc, &s.spool_parent, job.redactor.clone())
-                .await
-            {
+            match contents::dir_contents(tools, &toc, &s.spool_parent, job.redactor.clone()).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(database = %t.database, error = %job.redactor.redact(&format!("{e:#}")), "could not summarise the dump's contents for the manifest");

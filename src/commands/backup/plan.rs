@@ -157,13 +157,6 @@ pub(super) fn plan(args: &BackupArgs) -> anyhow::Result<RunPlan> {
         None
     };
     let verify_into = non_empty(args.verify_into.clone());
-    if verify_into.is_some() && pg.as_ref().is_some_and(|s| s.jobs > 1) {
-        return Err(ConfigError::invalid(
-            "BACKUP_VERIFY_INTO",
-            "cannot be combined with PG_JOBS above 1 yet (this version cannot restore a parallel dump): unset one of them",
-        )
-        .into());
-    }
     let globals = GlobalsMode::parse(&args.globals)?;
     let encrypt = Recipients::parse(&args.encrypt_to)?;
     if encrypt.is_some() && verify_into.is_some() {
@@ -279,7 +272,7 @@ fn dir_dump_settings(
             format!("{jobs} is not a number of pg_dump jobs (1-{MAX_JOBS})"),
         ));
     }
-    let budget = super::super::restore_jobs::parse_budget(&args.spool_budget)
+    let budget = crate::commands::restore::jobs::parse_budget(&args.spool_budget)
         .map_err(|m| ConfigError::invalid("BACKUP_SPOOL_BUDGET", m))?;
     if jobs == 1 {
         return Ok((jobs, budget));

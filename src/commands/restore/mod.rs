@@ -298,9 +298,6 @@ pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     if entry.parsed.globals {
         return Err(RestoreError::Globals(entry.key.clone()).into());
     }
-    if entry.parsed.directory {
-        anyhow::bail!("{} is a parallel (PG_JOBS) directory dump, which this backhaul cannot restore yet: nothing was restored", entry.key);
-    }
     if entry.parsed.kind == Kind::Mongo {
         return Err(RestoreError::WrongTarget {
             key: entry.key.clone(),
