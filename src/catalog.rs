@@ -93,8 +93,8 @@ pub struct Unverified {
 
 impl Entry {
     /// What the stored object must hash to, from its manifest (none for a seed-script object).
-    pub fn expectation(&self) -> Option<crate::feed::Expect> {
-        self.manifest.as_ref().map(|m| crate::feed::Expect {
+    pub fn expectation(&self) -> Option<crate::read_path::Expect> {
+        self.manifest.as_ref().map(|m| crate::read_path::Expect {
             sha256: m.sha256.clone(),
             size: m.stored_bytes,
         })

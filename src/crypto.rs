@@ -16,7 +16,7 @@ use age::x25519;
 
 use crate::config::ConfigError;
 use crate::manifest::Encryption;
-use crate::pipeline::Producer;
+use crate::write_path::Producer;
 
 /// Appended to the key of an encrypted artifact (`.dump.zst.age`, `.zip.age`).
 pub const SUFFIX: &str = ".age";

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{PgArgs, StoreArgs, UploadArgs};
 use crate::config::postgres::{PgConn, PgInputs};
 use crate::config::{self, non_empty, ConfigError, Destination, Zone};
-use crate::feed;
+use crate::read_path;
 use crate::secret::{Redactor, Secret};
 use crate::storage::{self, PartPlan, Storage};
 
@@ -249,30 +249,30 @@ pub fn parse_duration(s: &str, var: &str) -> Result<Duration, ConfigError> {
         })
 }
 
-/// Feeds the object at `key` through the checks (see [`feed::feed`]) into a new file at `path`,
+/// Feeds the object at `key` through the checks (see [`read_path::feed`]) into a new file at `path`,
 /// for the restores that need a seekable local copy (`--jobs`, MongoDB). Runs on a blocking
 /// thread that stops reading as soon as nobody waits for it any more (interrupted, or a
 /// preflight beside it failed).
 pub async fn download_to_file(
     storage: &Arc<dyn Storage>,
     key: &str,
-    decode: feed::Decode,
-    expect: Option<feed::Expect>,
+    decode: read_path::Decode,
+    expect: Option<read_path::Expect>,
     path: &Path,
     cancel: &CancellationToken,
-) -> anyhow::Result<feed::Fed> {
-    let abandoned = feed::Abandoned::default();
+) -> anyhow::Result<read_path::Fed> {
+    let abandoned = read_path::Abandoned::default();
     let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
     let file_path = path.to_path_buf();
-    let download = tokio::task::spawn_blocking(move || -> anyhow::Result<feed::Fed> {
+    let download = tokio::task::spawn_blocking(move || -> anyhow::Result<read_path::Fed> {
         let file = crate::private_fs::create_file(&file_path)
             .with_context(|| format!("creating {}", file_path.display()))?;
-        Ok(feed::feed(
+        Ok(read_path::feed(
             src,
             &decode,
-            feed::FileSink(file),
+            read_path::FileSink(file),
             expect.as_ref(),
-            feed::Consumer::Strict,
+            read_path::Consumer::Strict,
         )?)
     });
     tokio::select! {

@@ -32,9 +32,9 @@ use crate::commands::restore::mongo::{self, check_gzip, MongoTarget};
 use crate::commands::restore::{self, filter, is_mongo_url, PgTarget};
 use crate::config::{non_empty, quoted, ConfigError};
 use crate::crypto::{self, Identities};
-use crate::feed::{self, Consumer, Decode, Expect, FeedError};
 use crate::layout::Kind;
 use crate::manifest::Verification;
+use crate::read_path::{self, Consumer, Decode, Expect, FeedError};
 use crate::secret::Redactor;
 use crate::source::postgres::{self as pg, PgTools};
 use crate::storage::Storage;
@@ -156,7 +156,7 @@ impl Verifier {
         let decode = self.decode(entry)?;
         let restore_decode = decode.clone();
         let fed = tokio::task::spawn_blocking(move || {
-            feed::feed(src, &decode, stdin, expect.as_ref(), Consumer::MayStopEarly)
+            read_path::feed(src, &decode, stdin, expect.as_ref(), Consumer::MayStopEarly)
         })
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
@@ -277,7 +277,7 @@ impl Verifier {
         let decode = self.decode(entry)?;
         let fed = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            feed::feed(src, &decode, &mut out, expect.as_ref(), Consumer::Strict).map(|_| out)
+            read_path::feed(src, &decode, &mut out, expect.as_ref(), Consumer::Strict).map(|_| out)
         })
         .await
         .map_err(|e| Failure::Transient(e.into()))?;
@@ -396,7 +396,7 @@ impl Verifier {
         let checked = tokio::task::spawn_blocking(move || -> Result<Structure, Failure> {
             let mut file = crate::private_fs::anonymous_file("verify")
                 .map_err(|e| Failure::Transient(e.into()))?;
-            match feed::feed(src, &decode, &mut file, expect.as_ref(), Consumer::Strict) {
+            match read_path::feed(src, &decode, &mut file, expect.as_ref(), Consumer::Strict) {
                 Ok(_) => {}
                 Err(e @ (FeedError::Checksum { .. } | FeedError::Size { .. })) => {
                     return Err(Failure::Mismatch(e.to_string()))
@@ -541,7 +541,7 @@ impl Verifier {
         let expect = Some(require_manifest(entry, details)?);
         let src = self.open(entry).await?;
         let fed = tokio::task::spawn_blocking(move || {
-            feed::feed(
+            read_path::feed(
                 src,
                 &Decode::identity(),
                 std::io::sink(),
@@ -664,9 +664,9 @@ impl Verifier {
                 let src = SyncIoBridge::new_with_handle(reader, rt.clone());
                 let mut out = Vec::new();
                 let fed = if keep {
-                    feed::feed(src, &decode, &mut out, Some(&expect), Consumer::Strict)
+                    read_path::feed(src, &decode, &mut out, Some(&expect), Consumer::Strict)
                 } else {
-                    feed::feed(
+                    read_path::feed(
                         src,
                         &decode,
                         std::io::sink(),

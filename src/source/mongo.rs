@@ -795,7 +795,7 @@ pub fn zip_tree(root: &Path, sink: impl Write) -> io::Result<u64> {
     for (name, path) in walk(root)? {
         zip.start_file(name, options).map_err(io::Error::other)?;
         let mut file = std::fs::File::open(&path)?;
-        raw += crate::pipeline::copy_counting(&mut file, &mut zip)?;
+        raw += crate::write_path::copy_counting(&mut file, &mut zip)?;
     }
     zip.finish().map_err(io::Error::other)?;
     Ok(raw)

@@ -23,10 +23,10 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::*;
-use crate::dirdump::{self, DirEvent, DirWatch, Follow, FollowReader};
 use crate::manifest::{Directory, DumpFile, StoredObject};
 use crate::private_fs::PrivateDir;
 use crate::storage::Stored;
+use crate::write_path::follow::{self, DirEvent, DirWatch, Follow, FollowReader};
 
 /// One file read to its end, its object's upload still open.
 struct Streamed {
@@ -276,7 +276,7 @@ impl Budget {
     }
 
     fn tick(&mut self, dir: &Path, consumed: u64) {
-        let used = dirdump::allocated(dir);
+        let used = follow::allocated(dir);
         match self.paused {
             None if used > self.limit && self.hold_off.is_none_or(|c| c != consumed) => {
                 tracing::debug!(spool_bytes = used, "spool full: pausing pg_dump");
@@ -565,19 +565,21 @@ impl Run<'_> {
         self.tasks.spawn(crate::cleanup::tracked(async move {
             let _slot = slots.acquire_owned().await.context("upload slots closed")?;
             let file =
-                dirdump::open_rw(&path).with_context(|| format!("opening {}", path.display()))?;
+                follow::open_rw(&path).with_context(|| format!("opening {}", path.display()))?;
             let mut upload = storage.begin(&key).await?;
             let reader = CopyOf {
                 inner: FollowReader::new(file, path, flag, follow),
                 copy: toc_copy,
             };
-            let inner: Producer = Box::new(move |sink| pipeline::copy_encoded(reader, sink, codec));
+            let inner: Producer =
+                Box::new(move |sink| write_path::copy_encoded(reader, sink, codec));
             let producer = match &encrypt {
                 Some(r) => r.encrypting(inner),
                 None => inner,
             };
             let one_part = storage.part_size(0) as u64;
-            let stats = match pipeline::stream(storage, upload.as_mut(), producer, progress).await {
+            let stats = match write_path::stream(storage, upload.as_mut(), producer, progress).await
+            {
                 Ok(stats) => stats,
                 Err(e) => {
                     abort_upload(upload.as_mut(), &key).await;

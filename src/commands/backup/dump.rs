@@ -38,9 +38,10 @@ pub(super) async fn dump_globals(
         PgCompression::Pg | PgCompression::None => Codec::Identity,
     };
     let producer = job.seal(Box::new(move |sink| {
-        pipeline::copy_encoded(std::io::Cursor::new(script), sink, codec)
+        write_path::copy_encoded(std::io::Cursor::new(script), sink, codec)
     }));
-    let stats = pipeline::stream(job.storage.clone(), upload, producer, Progress::hidden()).await?;
+    let stats =
+        write_path::stream(job.storage.clone(), upload, producer, Progress::hidden()).await?;
     Ok((
         stats,
         SourceInfo {
@@ -131,10 +132,11 @@ pub(super) async fn dump_postgres(
         PgCompression::Pg | PgCompression::None => Codec::Identity,
     };
     let producer = job.seal(Box::new(move |sink| {
-        pipeline::copy_encoded(stdout, sink, codec)
+        write_path::copy_encoded(stdout, sink, codec)
     }));
     let progress = Progress::for_terminal(format!("postgres {db}"));
-    let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
+    let streamed =
+        write_path::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
     let stats = match streamed {
         Ok(stats) => {
@@ -223,7 +225,8 @@ pub(super) async fn dump_mongo_zip(
     check_not_empty(s, db, &counts)?;
     let producer = job.seal(Box::new(move |sink| mongo::zip_tree(&root, sink)));
     let progress = Progress::for_terminal(format!("mongo {db}"));
-    let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
+    let streamed =
+        write_path::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
     drop(dir);
     Ok((streamed?, counts))
@@ -264,10 +267,11 @@ pub(super) async fn dump_mongo_archive(
     let counter = mongo::ArchiveCounter::start();
     let teed = counter.tee(stdout);
     let producer = job.seal(Box::new(move |sink| {
-        pipeline::copy_encoded(teed, sink, Codec::Identity)
+        write_path::copy_encoded(teed, sink, Codec::Identity)
     }));
     let progress = Progress::for_terminal(format!("mongo {db}"));
-    let streamed = pipeline::stream(job.storage.clone(), upload, producer, progress.clone()).await;
+    let streamed =
+        write_path::stream(job.storage.clone(), upload, producer, progress.clone()).await;
     progress.done();
     let result = match streamed {
         Ok(stats) => child.wait().await.map(|_| stats).map_err(Into::into),

@@ -32,7 +32,6 @@ use crate::config::{non_empty, ConfigError, PgCompression};
 use crate::crypto::{self, Recipients};
 use crate::layout::{self, Kind};
 use crate::manifest::{self, GlobalsInfo, Manifest, SourceInfo};
-use crate::pipeline::{self, Codec, PipelineError, Producer, StreamStats};
 use crate::progress::Progress;
 use crate::report::{ArtifactReport, Notifier};
 use crate::secret::Redactor;
@@ -41,6 +40,7 @@ use crate::source::child::ChildProc;
 use crate::source::mongo::{self, MongoTools};
 use crate::source::postgres::{self as pg, PgTools};
 use crate::storage::{Storage, StorageError, Unusable, Upload};
+use crate::write_path::{self, Codec, PipelineError, Producer, StreamStats};
 
 use dump::*;
 use plan::*;

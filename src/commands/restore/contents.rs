@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio_util::io::SyncIoBridge;
 
 use crate::commands::restore::PgTarget;
-use crate::feed::{self, Decode};
+use crate::read_path::{self, Decode};
 use crate::secret::Redactor;
 use crate::source::child::ChildProc;
 use crate::source::pg_toc::{self, Contents, Entry};
@@ -51,7 +51,7 @@ pub async fn archive_entries(
     let reader = storage.get(key).await?;
     let src = SyncIoBridge::new(reader);
     let feeding =
-        tokio::task::spawn_blocking(move || feed::feed_head(src, &decode, stdin, HEAD_LIMIT));
+        tokio::task::spawn_blocking(move || read_path::feed_head(src, &decode, stdin, HEAD_LIMIT));
     let script = read_script(&mut child).await;
     let fed = feeding.await.context("reading the archive's head")?;
     // A stream that could not be read or decrypted is the cause; pg_restore only saw it end.

@@ -15,9 +15,9 @@ use crate::cli::RestoreGlobalsArgs;
 use crate::commands::common::Store;
 use crate::commands::restore::{self, PgTarget};
 use crate::config::ConfigError;
-use crate::feed::{self, Consumer, Decode};
 use crate::globals;
 use crate::layout::Kind;
+use crate::read_path::{self, Consumer, Decode};
 use crate::source::postgres as pg;
 use crate::storage::Storage;
 
@@ -159,7 +159,7 @@ async fn fetch(
     let src = SyncIoBridge::new(reader);
     let bytes = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        feed::feed(src, &decode, &mut out, expect.as_ref(), Consumer::Strict).map(|_| out)
+        read_path::feed(src, &decode, &mut out, expect.as_ref(), Consumer::Strict).map(|_| out)
     })
     .await
     .context("reading the globals")?

@@ -3,7 +3,7 @@
 //! pg_restore's own parallel mode needs the whole archive in a seekable file, so a parallel
 //! restore used to download first and restore after, the download's time added to the
 //! restore's. Here the object streams once (checks → decode) into a private spool file
-//! ([`crate::spool`]) while [`pg_archive`] reads its TOC and where each data block starts and
+//! ([`crate::read_path::spool`]) while [`pg_archive`] reads its TOC and where each data block starts and
 //! ends, and the three phases `pg_restore -j` itself runs each start as soon as they can:
 //!
 //! 1. pre-data, main pass (the definitions) in one transaction, once the TOC is in and the role
@@ -32,7 +32,7 @@
 //! object it is stopped and its transaction rolls back. A pg_restore that is only waiting
 //! for the verdict gives its slot back, so the others go on loading as the object arrives.
 //!
-//! The download is held back by two limits only ([`crate::spool`]): the spool's budget
+//! The download is held back by two limits only ([`crate::read_path::spool`]): the spool's budget
 //! (`--spool-budget`, default half the free disk), and, once the last table arrives, that
 //! table's own pg_restore (running ahead of it serves nobody). The second used to count every
 //! byte not yet restored, so the last table's download, and its pg_restore, waited for the
@@ -57,10 +57,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::restore::PgTarget;
 use crate::commands::Interrupted;
-use crate::feed::{self, Consumer, Decode, Expect, Fed};
+use crate::read_path::spool::{End, Spool};
+use crate::read_path::{self, Consumer, Decode, Expect, Fed};
 use crate::source::pg_archive::{self, ArchiveError, Event, Plan, Scanner, Toc};
 use crate::source::postgres::{self as pg, RestoreOpts, RestoreRun};
-use crate::spool::{End, Spool};
 use crate::storage::Storage;
 
 /// A block this big gets a pg_restore of its own: complete ones largest first (as
@@ -180,7 +180,7 @@ impl SpoolSink {
 
 impl Write for SpoolSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let piece = &data[..data.len().min(feed::FILE_WRITE)];
+        let piece = &data[..data.len().min(read_path::FILE_WRITE)];
         // Scanned before it is appended: the ends of blocks within it are marked together
         // with its bytes, and the events go out once the bytes are there to read.
         let mut events = Vec::new();
@@ -374,7 +374,7 @@ where
     let (tx, mut arrivals) = mpsc::unbounded_channel();
     // Dropped on every way out: the download stops reading, and readers waiting on the spool
     // wake up (the runtime would otherwise wait for their threads at exit).
-    let abandoned = feed::Abandoned::default();
+    let abandoned = read_path::Abandoned::default();
     let _closing = CloseOnDrop(spool.clone());
     let src = abandoned.reader(SyncIoBridge::new(storage.get(key).await?));
     let mut download = {
@@ -386,7 +386,7 @@ where
         };
         tokio::task::spawn_blocking(move || {
             let mut sink = sink;
-            let fed = feed::feed(src, &decode, &mut sink, expect.as_ref(), Consumer::Strict);
+            let fed = read_path::feed(src, &decode, &mut sink, expect.as_ref(), Consumer::Strict);
             if fed.is_ok() {
                 sink.finish();
             }
@@ -723,7 +723,7 @@ impl Pipeline {
         toc: &Toc,
         early: Vec<Arrival>,
         arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
-        download: &mut tokio::task::JoinHandle<Result<Fed, feed::FeedError>>,
+        download: &mut tokio::task::JoinHandle<Result<Fed, read_path::FeedError>>,
         mut fed: Option<Fed>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Fed> {
@@ -872,7 +872,7 @@ impl Pipeline {
                 self.queue.started(id, at, Instant::now());
                 if self.seen.len() == self.expected.len() && !self.lead_off {
                     // The last table is arriving: running ahead of its own pg_restore serves
-                    // nobody, so the download takes its pace (see crate::spool). Only this
+                    // nobody, so the download takes its pace (see crate::read_path::spool). Only this
                     // table's bytes count: earlier ones still loading from the spool must not
                     // hold it back.
                     self.spool.pace_from(Some((at, LAST_BLOCK_LEAD)));

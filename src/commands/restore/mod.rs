@@ -2,7 +2,7 @@
 //! [`mongo`]).
 //!
 //! Streaming by default (object → checks → decompress → `pg_restore --single-transaction`),
-//! with the archive's tail withheld until the checksum matched (see [`crate::feed`]), so a
+//! with the archive's tail withheld until the checksum matched (see [`crate::read_path`]), so a
 //! damaged object commits nothing. `--jobs N` runs parallel pg_restores while the object
 //! downloads (see [`jobs`]).
 //!
@@ -35,8 +35,8 @@ use crate::cli::RestoreArgs;
 use crate::config::postgres::PgConn;
 use crate::config::{non_empty, ConfigError};
 use crate::crypto::Identities;
-use crate::feed::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::layout::Kind;
+use crate::read_path::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::secret::Redactor;
 use crate::source::postgres::{self as pg, PgTools, RestoreOpts};
 use crate::storage::Storage;
@@ -492,11 +492,11 @@ async fn streaming(
     )?;
     let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
     // Interrupted: the feed must stop reading too, not decode the rest of the object.
-    let abandoned = feed::Abandoned::default();
+    let abandoned = read_path::Abandoned::default();
     let src = abandoned.reader(src);
     let task = tokio::task::spawn_blocking(move || {
         let mut stdin = stdin;
-        let r = feed::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
+        let r = read_path::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
         // The pipe goes back to the caller: it must stay open until pg_restore is killed on
         // failure, or pg_restore would see a clean end of input.
         (r, stdin)

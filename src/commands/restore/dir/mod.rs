@@ -29,8 +29,8 @@ use crate::catalog::Entry;
 use crate::commands::restore::contents::{self, Privileges};
 use crate::commands::restore::{PgTarget, Restored};
 use crate::commands::Interrupted;
-use crate::feed::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::manifest::{Directory, DumpFile};
+use crate::read_path::{self, Consumer, Decode, Expect, Fed, FeedError};
 use crate::source::pg_archive::{self, BlockWriter, DirToc};
 use crate::source::postgres::{self as pg, RestoreOpts};
 use crate::storage::{ObjectInfo, Storage, StorageError};
@@ -187,7 +187,7 @@ async fn fetch_whole(
     let decode = decode.clone();
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        let fed = feed::feed(
+        let fed = read_path::feed(
             &stored[..],
             &decode,
             &mut out,
@@ -310,7 +310,7 @@ impl DirBackup {
     fn feed_block<W: Write>(
         &self,
         fetch: &mut Fetcher,
-        abandoned: &feed::AbandonWatch,
+        abandoned: &read_path::AbandonWatch,
         id: i32,
         out: &mut BlockWriter<W>,
     ) -> Result<Fed, FileFailed> {
@@ -360,7 +360,7 @@ impl DirBackup {
     fn feed_file<W: Write>(
         &self,
         fetch: &mut Fetcher,
-        abandoned: &feed::AbandonWatch,
+        abandoned: &read_path::AbandonWatch,
         name: &str,
         out: &mut BlockWriter<W>,
     ) -> Result<Fed, FileFailed> {
@@ -374,7 +374,7 @@ impl DirBackup {
             .open(&f.object)
             .map_err(|e| failed(FeedError::Read(storage_io(e))))?;
         let src = abandoned.reader(SyncIoBridge::new_with_handle(reader, fetch.rt.clone()));
-        feed::feed(
+        read_path::feed(
             src,
             &self.decode,
             out,
@@ -494,7 +494,7 @@ impl FeedRun {
         )?;
         let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
         // Interrupted: the feed must stop reading too, not fetch the rest of the files.
-        let abandoned = feed::Abandoned::default();
+        let abandoned = read_path::Abandoned::default();
         let watch = abandoned.watch();
         let rt = tokio::runtime::Handle::current();
         let (b, s, ids) = (self.backup.clone(), self.storage.clone(), self.ids);
@@ -540,7 +540,7 @@ fn feed_blocks<W: Write>(
     b: &DirBackup,
     storage: &Arc<dyn Storage>,
     rt: &tokio::runtime::Handle,
-    abandoned: &feed::AbandonWatch,
+    abandoned: &read_path::AbandonWatch,
     ids: &[i32],
     out: &mut BlockWriter<W>,
 ) -> Result<(), FileFailed> {

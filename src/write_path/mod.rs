@@ -12,6 +12,8 @@
 //! joined to the async upload by a channel of capacity one, so memory is bounded by
 //! (1 part being filled + 1 queued + the parts in flight), whatever the database size.
 
+pub mod follow;
+
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 

@@ -12,6 +12,8 @@
 //!
 //! Runs on a blocking thread: hashing, decryption and decompression are CPU-bound.
 
+pub mod spool;
+
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
@@ -290,7 +292,7 @@ fn decode_into<R: Read, W: Write>(
     } else {
         plain
     };
-    let copied = crate::pipeline::copy_counting(&mut plain, hold);
+    let copied = crate::write_path::copy_counting(&mut plain, hold);
     drop(plain);
     errors
         .take()
