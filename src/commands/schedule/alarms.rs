@@ -10,7 +10,6 @@ use crate::aws::alarms::{failure_rule_name, window, AlarmSpec, FailureRuleSpec, 
 use crate::aws::{build_err, names, sdk_err, Clients};
 use crate::cli::ScheduleArgs;
 use crate::commands::common::parse_duration;
-use crate::commands::status::check::from_schedule;
 use crate::config::{non_empty, ConfigError};
 
 /// Everything `schedule` creates for alarms, validated.
@@ -250,4 +249,37 @@ pub async fn status(c: &Clients, stage: &str) -> anyhow::Result<Option<AlarmStat
         topic_arn: a.alarm_actions().first().cloned(),
         failure_rule,
     }))
+}
+/// How old the newest good backup of a database may be, and where that came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allowance {
+    pub max_age: chrono::Duration,
+    /// For the lines: `--max-age 26h` or `schedule cron(0 3 * * ? *) (longest gap 1day) + grace 2h`.
+    pub why: String,
+}
+
+/// The allowance for a schedule expression (in `zone`, UTC when `None`): its longest gap
+/// plus `grace`. `None` when the expression cannot be read or runs fewer than twice.
+pub fn from_schedule(expr: &str, zone: Option<&str>, grace: chrono::Duration) -> Option<Allowance> {
+    let parsed = crate::schedule_expr::parse(expr).ok()?;
+    let tz = zone.unwrap_or("UTC").parse::<chrono_tz::Tz>().ok()?;
+    let gap = crate::schedule_expr::longest_gap(&parsed, &tz, chrono::Utc::now())?;
+    let in_zone = zone.map(|z| format!(" in {z}")).unwrap_or_default();
+    Some(Allowance {
+        max_age: gap + grace,
+        why: format!(
+            "schedule {expr}{in_zone}: longest gap {} + grace {}",
+            human(gap),
+            human(grace)
+        ),
+    })
+}
+
+/// `1day 2h 5m`: to the minute, which is all a backup's age needs.
+pub fn human(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().max(0) as u64;
+    if secs < 60 {
+        return format!("{secs}s");
+    }
+    humantime::format_duration(std::time::Duration::from_secs(secs / 60 * 60)).to_string()
 }

@@ -6,7 +6,6 @@
 //! `no-backup` alarm uses), or `--max-age` for stores that are not scheduled by backhaul.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
@@ -14,33 +13,9 @@ use crate::aws::Clients;
 use crate::catalog::{self, Entry};
 use crate::cli::StatusArgs;
 use crate::commands::common::{parse_duration, Store};
+use crate::commands::schedule::alarms::{from_schedule, human, Allowance};
 use crate::commands::Reported;
 use crate::config::ConfigError;
-
-/// How old the newest good backup of a database may be, and where that came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Allowance {
-    pub max_age: chrono::Duration,
-    /// For the lines: `--max-age 26h` or `schedule cron(0 3 * * ? *) (longest gap 1day) + grace 2h`.
-    pub why: String,
-}
-
-/// The allowance for a schedule expression (in `zone`, UTC when `None`): its longest gap
-/// plus `grace`. `None` when the expression cannot be read or runs fewer than twice.
-pub fn from_schedule(expr: &str, zone: Option<&str>, grace: chrono::Duration) -> Option<Allowance> {
-    let parsed = crate::schedule_expr::parse(expr).ok()?;
-    let tz = chrono_tz::Tz::from_str(zone.unwrap_or("UTC")).ok()?;
-    let gap = crate::schedule_expr::longest_gap(&parsed, &tz, Utc::now())?;
-    let in_zone = zone.map(|z| format!(" in {z}")).unwrap_or_default();
-    Some(Allowance {
-        max_age: gap + grace,
-        why: format!(
-            "schedule {expr}{in_zone}: longest gap {} + grace {}",
-            human(gap),
-            human(grace)
-        ),
-    })
-}
 
 pub async fn run(a: &StatusArgs, stage: &str) -> anyhow::Result<()> {
     let grace = chrono::Duration::from_std(parse_duration(&a.grace, "--grace")?)?;
@@ -181,15 +156,6 @@ pub fn verdicts(entries: &[Entry], now: DateTime<Utc>, allowance: &Allowance) ->
         .collect()
 }
 
-/// `1day 2h 5m`: to the minute, which is all a backup's age needs.
-fn human(d: chrono::Duration) -> String {
-    let secs = d.num_seconds().max(0) as u64;
-    if secs < 60 {
-        return format!("{secs}s");
-    }
-    humantime::format_duration(std::time::Duration::from_secs(secs / 60 * 60)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +167,7 @@ mod tests {
     /// verified as `verified` says.
     fn entry(db: &str, ts: &str, manifest: bool, verified: Option<bool>) -> Entry {
         let key = format!("prod/{ts}_PGSQL/backup_prod_{db}_{ts}.dump.zst");
-        let parsed = crate::layout::parse_key("", &key, &Zone::from_str("UTC").unwrap()).unwrap();
+        let parsed = crate::layout::parse_key("", &key, &"UTC".parse::<Zone>().unwrap()).unwrap();
         let finished = parsed.time.with_timezone(&Utc).to_rfc3339();
         let m = manifest.then(|| {
             let mut v = serde_json::json!({
