@@ -23,6 +23,7 @@ mod private_fs;
 mod progress;
 mod provenance;
 mod report;
+mod resources;
 mod retention;
 mod schedule_expr;
 mod secret;

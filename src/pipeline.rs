@@ -150,7 +150,12 @@ const READ_BUF: usize = 1 << 20;
 #[derive(Debug, Clone, Copy)]
 pub enum Codec {
     Identity,
-    Zstd { level: i32, threads: u32 },
+    /// `threads` 0 or 1: compressed on the calling thread; more: by that many zstd workers
+    /// (zstdmt), which copy the input into their job buffers first.
+    Zstd {
+        level: i32,
+        threads: u32,
+    },
 }
 
 /// Copies `src` into `sink` through `codec`. Returns the raw byte count.
@@ -160,7 +165,7 @@ pub fn copy_encoded(mut src: impl Read, sink: &mut dyn Write, codec: Codec) -> i
         Codec::Zstd { level, threads } => {
             let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
             enc.include_checksum(true)?;
-            if threads > 0 {
+            if threads > 1 {
                 enc.multithread(threads)?;
             }
             let raw = copy_counting(&mut src, &mut enc)?;
