@@ -13,7 +13,7 @@ CASES = [
     ("bh_zstd", "4. backhaul PG_COMPRESSION=zstd"),
     ("bh_pg", "5. backhaul PG_COMPRESSION=pg"),
     ("bh_none", "6. backhaul PG_COMPRESSION=none"),
-    ("bh_zstd_st", "4b. backhaul PG_COMPRESSION=zstd PG_ZSTD_THREADS=1 (zstd on the reading thread)"),
+    ("bh_zstd_st", "4b. backhaul PG_COMPRESSION=zstd PG_ZSTD_THREADS=1 (one zstd worker)"),
     ("bh_zstd_alt", "4c. backhaul PG_COMPRESSION=zstd, BENCH_ALT_BIN (another build)"),
 ]
 BACKHAUL = ["bh_zstd", "bh_pg", "bh_none"]

@@ -11,8 +11,8 @@
 #   2 script    pg_dump -F c -f FILE, then boto3 upload_file(FILE)  (today's script; = aws s3 cp)
 #   3 pipeline  pg_dump -Fc -Z0 | zstd -3 -T2 | boto3 upload_fileobj(stdin)
 #   4 bh_zstd   backhaul backup, PG_COMPRESSION=zstd
-#     (only when named in BENCH_CASES: bh_zstd_st the same with PG_ZSTD_THREADS=1, zstd on the
-#     reading thread; bh_zstd_alt the same with the binary BENCH_ALT_BIN, another build)
+#     (only when named in BENCH_CASES: bh_zstd_st the same with PG_ZSTD_THREADS=1, one zstd
+#     worker; bh_zstd_alt the same with the binary BENCH_ALT_BIN, another build)
 #   5 bh_pg     backhaul backup, PG_COMPRESSION=pg
 #   6 bh_none   backhaul backup, PG_COMPRESSION=none
 # then (unless BENCH_RESTORE=0) five ways of restoring the same archive into an empty database,

@@ -13,7 +13,7 @@
 //! (1 part being filled + 1 queued + the parts in flight), whatever the database size.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -40,53 +40,10 @@ pub enum PipelineError {
     Producer(io::Error),
 }
 
-/// Part buffers storage is done with, for the next parts: a new 8 MiB buffer per part is new
-/// memory, a page fault per 4 KiB when first written (issue 32: ~70,000 faults per GB stored).
-/// Holds at most [`POOLED`] buffers, about what is in flight anyway.
-#[derive(Clone, Default)]
-struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-const POOLED: usize = 8;
-
-impl Pool {
-    fn take(&self, cap: usize) -> Vec<u8> {
-        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match free.iter().position(|b| b.capacity() >= cap) {
-            Some(i) => free.swap_remove(i),
-            None => Vec::with_capacity(cap),
-        }
-    }
-}
-
-/// A part's bytes on their way to storage; the buffer goes back to the pool when storage
-/// drops them.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Pool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let mut free = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < POOLED {
-            free.push(buf);
-        }
-    }
-}
-
 /// Collects written bytes into parts of the size storage asks for and sends each full part on.
 pub struct PartSink {
     tx: mpsc::Sender<Bytes>,
     storage: Arc<dyn Storage>,
-    pool: Pool,
     buf: Vec<u8>,
     index: u32,
     hasher: Sha256,
@@ -100,7 +57,6 @@ impl PartSink {
         PartSink {
             tx,
             storage,
-            pool: Pool::default(),
             buf: Vec::with_capacity(cap),
             index: 0,
             hasher: Sha256::new(),
@@ -111,14 +67,10 @@ impl PartSink {
 
     fn ship(&mut self) -> io::Result<()> {
         self.index += 1;
-        let next = self.pool.take(self.storage.part_size(self.index));
-        let buf = std::mem::replace(&mut self.buf, next);
-        let part = Bytes::from_owner(Pooled {
-            buf,
-            pool: self.pool.clone(),
-        });
+        let next = Vec::with_capacity(self.storage.part_size(self.index));
+        let part = std::mem::replace(&mut self.buf, next);
         self.tx
-            .blocking_send(part)
+            .blocking_send(Bytes::from(part))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 
@@ -198,8 +150,9 @@ const READ_BUF: usize = 1 << 20;
 #[derive(Debug, Clone, Copy)]
 pub enum Codec {
     Identity,
-    /// `threads` 0 or 1: compressed on the calling thread; more: by that many zstd workers
-    /// (zstdmt), which copy the input into their job buffers first.
+    /// `threads` 0: compressed on the calling thread; more: by that many zstd workers
+    /// (zstdmt). Even at level 1 on 2 cores, workers measured cheaper than the calling thread,
+    /// and faster (bench/RESULTS-2026-12-06-perf.md), so `PG_ZSTD_THREADS=1` keeps one worker.
     Zstd {
         level: i32,
         threads: u32,
@@ -213,7 +166,7 @@ pub fn copy_encoded(mut src: impl Read, sink: &mut dyn Write, codec: Codec) -> i
         Codec::Zstd { level, threads } => {
             let mut enc = zstd::stream::write::Encoder::new(sink, level)?;
             enc.include_checksum(true)?;
-            if threads > 1 {
+            if threads > 0 {
                 enc.multithread(threads)?;
             }
             let raw = copy_counting(&mut src, &mut enc)?;
@@ -270,34 +223,6 @@ mod tests {
         assert_eq!(stats.sha256, hex::encode(Sha256::digest(&stored)));
         let back = zstd::decode_all(&stored[..]).unwrap();
         assert_eq!(back.len() as u64, expected_raw);
-    }
-
-    /// A part's buffer comes back once storage drops its bytes, and the next part reuses it.
-    #[test]
-    fn part_buffers_are_reused() {
-        let pool = Pool::default();
-        let mut buf = pool.take(1 << 20);
-        buf.extend_from_slice(&[7; 1000]);
-        let at = buf.as_ptr();
-        let part = Bytes::from_owner(Pooled {
-            buf,
-            pool: pool.clone(),
-        });
-        let copy = part.clone();
-        drop(part);
-        assert!(pool.0.lock().unwrap().is_empty(), "still in use");
-        assert_eq!(&copy[..], &[7; 1000][..]);
-        drop(copy);
-        let again = pool.take(1 << 20);
-        assert_eq!(again.as_ptr(), at);
-        assert!(again.is_empty());
-        // A bigger part than any pooled buffer gets a new one.
-        drop(Pooled {
-            buf: again,
-            pool: pool.clone(),
-        });
-        assert!(pool.take(2 << 20).capacity() >= 2 << 20);
-        assert_eq!(pool.0.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
