@@ -11,6 +11,8 @@
 #   2 script    pg_dump -F c -f FILE, then boto3 upload_file(FILE)  (today's script; = aws s3 cp)
 #   3 pipeline  pg_dump -Fc -Z0 | zstd -3 -T2 | boto3 upload_fileobj(stdin)
 #   4 bh_zstd   backhaul backup, PG_COMPRESSION=zstd
+#     (only when named in BENCH_CASES: bh_zstd_st the same with PG_ZSTD_THREADS=1, one zstd
+#     worker; bh_zstd_alt the same with the binary BENCH_ALT_BIN, another build)
 #   5 bh_pg     backhaul backup, PG_COMPRESSION=pg
 #   6 bh_none   backhaul backup, PG_COMPRESSION=none
 # then (unless BENCH_RESTORE=0) five ways of restoring the same archive into an empty database,
@@ -65,6 +67,9 @@ BACKUP="${BENCH_BACKUP:-1}"
 RJOBS="${BENCH_RESTORE_JOBS:-$(nproc)}"
 DATASETS="${BENCH_DATASETS:-events}"
 CASES=(floor script pipeline bh_zstd bh_pg bh_none)
+# Only when named in BENCH_CASES: bh_zstd variants, to measure one change at a time.
+EXTRA_CASES=(bh_zstd_st bh_zstd_alt)
+ALT_BIN="${BENCH_ALT_BIN:-}"
 RESTORE_CASES=(r_local_1tx r_local_jobs r_download r_bh_stream r_bh_jobs)
 SELECTED=" "
 for c in ${BENCH_CASES:-backup restore}; do
@@ -72,13 +77,18 @@ for c in ${BENCH_CASES:-backup restore}; do
     backup) SELECTED+="${CASES[*]} " ;;
     restore) SELECTED+="${RESTORE_CASES[*]} " ;;
     restore-jobs) SELECTED+="r_local_1tx r_local_jobs r_bh_jobs " ;;
-    *) [[ " ${CASES[*]} ${RESTORE_CASES[*]} " == *" $c "* ]] || { echo "bench: error: unknown case '$c' in BENCH_CASES (cases: ${CASES[*]} ${RESTORE_CASES[*]}; groups: backup restore restore-jobs)" >&2; exit 1; }
+    *) [[ " ${CASES[*]} ${EXTRA_CASES[*]} ${RESTORE_CASES[*]} " == *" $c "* ]] || { echo "bench: error: unknown case '$c' in BENCH_CASES (cases: ${CASES[*]} ${EXTRA_CASES[*]} ${RESTORE_CASES[*]}; groups: backup restore restore-jobs)" >&2; exit 1; }
        SELECTED+="$c " ;;
   esac
 done
 selected() { [[ "$SELECTED" == *" $1 "* ]]; }
 any_selected() { local c; for c in "$@"; do selected "$c" && return 0; done; return 1; }
-any_selected "${CASES[@]}" || BACKUP=0
+any_selected "${CASES[@]}" "${EXTRA_CASES[@]}" || BACKUP=0
+if selected bh_zstd_alt; then
+  [ -n "$ALT_BIN" ] || { echo "bench: error: bh_zstd_alt needs BENCH_ALT_BIN (another backhaul build to compare with)" >&2; exit 1; }
+  case "$ALT_BIN" in /*) ;; *) ALT_BIN="$PWD/$ALT_BIN" ;; esac
+  [ -x "$ALT_BIN" ] || { echo "bench: error: BENCH_ALT_BIN=$ALT_BIN is not an executable" >&2; exit 2; }
+fi
 any_selected "${RESTORE_CASES[@]}" || RESTORE=0
 for d in $DATASETS; do case "$d" in events|two|many) ;; *) echo "bench: error: BENCH_DATASETS: unknown dataset '$d' (events, two, many)" >&2; exit 1 ;; esac; done
 
@@ -238,6 +248,13 @@ sample_disk() { # $1 dir, $2 output file: largest total of the disk blocks the f
   done
 }
 
+own_usage() { # $1 backhaul's stderr (text log): its `resources` line as JSON, or null
+  local line
+  line=$(grep -m1 ' resources ' "$1" 2>/dev/null) || { echo null; return; }
+  awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] ~ /^(user_s|sys_s|minor_faults|raw_bytes)$/) v[kv[1]] = kv[2] } }
+       END { printf "{\"user_s\":%s,\"sys_s\":%s,\"minor_faults\":%s,\"raw_bytes\":%s}", v["user_s"], v["sys_s"], v["minor_faults"], v["raw_bytes"] }' <<<"$line"
+}
+
 tfield() { # $1 time -v output, $2 label
   awk -F': ' -v k="$2" 'index($0, k) { v = $NF } END { print (v == "" ? 0 : v) }' "$1"
 }
@@ -253,6 +270,8 @@ run_case() { # $1 size, $2 case, $3 rep
     pipeline) cmd=(bash -c 'set -o pipefail; "$0" -Fc -Z0 -d "$1" | zstd -3 -T2 -q -c | "$2" "$3" upload-stdin "$4" "bench/pipeline/$1.dump.zst"' \
                    "$PG_DUMP" "$DB" "$PY" "$S3UTIL" "$BUCKET") ;;
     bh_zstd)  cmd=(env PG_COMPRESSION=zstd PG_DB_NAME="$DB" "$BIN" backup) ;;
+    bh_zstd_st) cmd=(env PG_COMPRESSION=zstd PG_ZSTD_THREADS=1 PG_DB_NAME="$DB" "$BIN" backup) ;;
+    bh_zstd_alt) cmd=(env PG_COMPRESSION=zstd PG_DB_NAME="$DB" "$ALT_BIN" backup) ;;
     bh_pg)    cmd=(env PG_COMPRESSION=pg PG_DB_NAME="$DB" "$BIN" backup) ;;
     bh_none)  cmd=(env PG_COMPRESSION=none PG_DB_NAME="$DB" "$BIN" backup) ;;
   esac
@@ -278,16 +297,19 @@ run_case() { # $1 size, $2 case, $3 rep
   user=$(tfield "$d/time" "User time (seconds)")
   sys=$(tfield "$d/time" "System time (seconds)")
   rss=$(tfield "$d/time" "Maximum resident set size (kbytes)")
+  # backhaul's own CPU (getrusage RUSAGE_SELF, without pg_dump): its `resources` log line.
+  local own="null"
+  if [ "$rc" -eq 0 ] && [[ "$name" == bh_* ]]; then own=$(own_usage "$d/stderr"); fi
   if [ "$rc" -ne 0 ]; then
     FAILED=$((FAILED + 1))
     echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
     tail -15 "$d/stderr" | sed 's/^/    /' >&2
   fi
-  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s}\n' \
-    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" >>"$RAW"
-  printf '   %-9s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B, object %s B%s\n' "$name" "$rep" "$wall" \
+  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s,"own":%s}\n' \
+    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" "$own" >>"$RAW"
+  printf '   %-9s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B, object %s B%s%s\n' "$name" "$rep" "$wall" \
     "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" "${obj/null/-}" \
-    "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
+    "$([ "$own" != null ] && echo ", backhaul's own $own")" "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
   rm -rf "$d"
 }
 
@@ -354,7 +376,7 @@ for size in $SIZES; do
   if [ "$BACKUP" = 1 ]; then
     for rep in $(seq "$REPEAT"); do
       say "~$size MB ($DATASET), repetition $rep/$REPEAT (cases interleaved; uploads go to $S3_DESC)"
-      for c in "${CASES[@]}"; do if selected "$c"; then run_case "$size" "$c" "$rep"; fi; done
+      for c in "${CASES[@]}" "${EXTRA_CASES[@]}"; do if selected "$c"; then run_case "$size" "$c" "$rep"; fi; done
     done
   fi
   if [ "$RESTORE" = 1 ]; then
@@ -394,6 +416,7 @@ meta = {
     "zstd": """$(zstd --version | grep -o 'v[0-9][0-9.]*' | head -1)""",
     "backhaul_bin": """$BIN""",
     "backhaul_version": """$("$BIN" --version 2>/dev/null | head -1 || echo unknown)""",
+    "alt_bin": """$ALT_BIN""",
   },
   "settings": {"sizes_mb": "$SIZES".split(), "datasets": "$DATASETS".split(), "cases": "$SELECTED".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "backup": "$BACKUP" == "1", "restore_jobs": $RJOBS},
   "sizes": [json.loads(l) for l in open("$SIZES_JSON") if l.strip()],

@@ -22,6 +22,7 @@ mod progress;
 mod provenance;
 mod read_path;
 mod report;
+mod resources;
 mod retention;
 mod schedule_expr;
 mod secret;

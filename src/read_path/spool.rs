@@ -24,9 +24,15 @@
 //!   to disk first. New page cache is not free: on this project's VMs, memory touched for the
 //!   first time costs up to ~3 s per GB.
 //!
+//! The last table needs no file at all ([`Spool::direct`]): once its reader is running, and
+//! nothing but that reader will ever read its bytes, the writer hands its pieces to the reader
+//! through a few MiB of memory instead of writing them to the file and the reader reading them
+//! back (issue 34: with one big table, that round trip through new page cache was what
+//! `restore --jobs` paid over the streaming restore).
+//!
 //! How long the writer waited on each limit is kept ([`Spool::waits`]), for the trace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -60,6 +66,33 @@ struct State {
     ends: HashMap<i32, u64>,
     /// `Some` once the writer is done: `Err` carries why it stopped early.
     closed: Option<Result<(), String>>,
+    /// See [`Spool::direct`].
+    direct: Option<Direct>,
+}
+
+/// A range whose bytes go from the writer to its one reader through memory.
+struct Direct {
+    id: i32,
+    /// Bytes from here on, up to the range's end, are kept in `ring`, never in the file.
+    from: u64,
+    /// The range's end, once the writer passed it: later bytes go to the file again.
+    end: Option<u64>,
+    /// Pieces appended and not yet taken, with their offsets, in order.
+    ring: VecDeque<(u64, Vec<u8>)>,
+    ring_bytes: u64,
+    /// The writer waits while the ring holds this many bytes.
+    cap: u64,
+    /// Taken pieces' buffers, for the writer to fill again (no new memory per piece).
+    free: Vec<Vec<u8>>,
+    /// Bytes that went through the ring.
+    passed: u64,
+}
+
+impl Direct {
+    /// Whether bytes at `pos` are the ring's.
+    fn covers(&self, pos: u64) -> bool {
+        pos >= self.from && self.end.is_none_or(|e| pos < e)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +121,11 @@ impl State {
             let ahead = self.written.saturating_sub(p.from);
             ahead.saturating_sub(self.released_paced) >= p.lead
         });
-        paced.then_some(Limit::Pace)
+        let full = self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.end.is_none() && d.ring_bytes >= d.cap);
+        (paced || full).then_some(Limit::Pace)
     }
 }
 
@@ -131,7 +168,7 @@ impl Spool {
     /// `data`: they are marked together with it, so no reader of such a range ever reads past
     /// its end.
     pub fn append(&self, data: &[u8], ends: &[(i32, u64)]) -> io::Result<()> {
-        let at = {
+        let (at, mut piece) = {
             let mut s = self.lock();
             while let Some(limit) = s.limited() {
                 if let Some(Err(why)) = &s.closed {
@@ -145,15 +182,76 @@ impl Spool {
                     Limit::Pace => s.waits.pace += waited,
                 }
             }
-            s.written
+            let at = s.written;
+            // A direct range's bytes go to memory, up to its end if that is within `data`.
+            let piece = s.direct.as_mut().filter(|d| d.end.is_none()).map(|d| {
+                let end = ends.iter().find(|e| e.0 == d.id).map(|e| e.1);
+                let n = end.map_or(data.len(), |e| {
+                    (e.saturating_sub(at) as usize).min(data.len())
+                });
+                (n, d.free.pop().unwrap_or_default())
+            });
+            (at, piece)
         };
-        self.file.write_all_at(data, at)?;
+        let in_memory = piece.as_ref().map_or(0, |p| p.0);
+        if let Some((n, buf)) = &mut piece {
+            buf.clear();
+            buf.extend_from_slice(&data[..*n]);
+        }
+        if in_memory < data.len() {
+            self.file
+                .write_all_at(&data[in_memory..], at + in_memory as u64)?;
+        }
         let mut s = self.lock();
         s.written = at + data.len() as u64;
         s.ends.extend(ends.iter().copied());
+        if let Some(d) = &mut s.direct {
+            if piece.is_none() && d.end.is_none() {
+                // Made direct while these bytes were on their way to the file: the ring
+                // starts after them.
+                d.from = d.from.max(at + data.len() as u64);
+            }
+            if let Some((n, buf)) = piece.filter(|p| p.0 > 0) {
+                d.ring.push_back((at, buf));
+                d.ring_bytes += n as u64;
+                d.passed += n as u64;
+            }
+            if d.end.is_none() {
+                d.end = ends.iter().find(|e| e.0 == d.id).map(|e| e.1);
+            }
+        }
         drop(s);
         self.changed.notify_all();
         Ok(())
+    }
+
+    /// From now on the bytes of range `id` go from the writer to its reader through at most
+    /// `cap` bytes of memory, never through the file (bytes already written stay there and
+    /// are read from it first). Only for a range that one reader, already running, reads
+    /// with `release` and that nothing will read again: the last table arriving, whose
+    /// pg_restore is started (`restore --jobs`). Like a pace, the writer then waits for that
+    /// reader. Returns whether it took effect: not for a range already complete, nor twice.
+    pub fn direct(&self, id: i32, cap: u64) -> bool {
+        let mut s = self.lock();
+        if s.ends.contains_key(&id) || s.direct.is_some() || s.closed.is_some() {
+            return false;
+        }
+        s.direct = Some(Direct {
+            id,
+            from: s.written,
+            end: None,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            cap,
+            free: Vec::new(),
+            passed: 0,
+        });
+        true
+    }
+
+    /// Bytes that went from the writer to a reader through memory (see [`Spool::direct`]).
+    pub fn passed_in_memory(&self) -> u64 {
+        self.lock().direct.as_ref().map_or(0, |d| d.passed)
     }
 
     /// From now on the writer holds at most `budget` bytes that readers have not given back
@@ -202,7 +300,12 @@ impl Spool {
     /// Range `id` ends at `end` (exclusive), for ranges whose end was learnt after their bytes
     /// were appended; no reader may have read past `end` (none was given the range yet).
     pub fn mark_end(&self, id: i32, end: u64) {
-        self.lock().ends.insert(id, end);
+        let mut s = self.lock();
+        s.ends.insert(id, end);
+        if let Some(d) = s.direct.as_mut().filter(|d| d.id == id && d.end.is_none()) {
+            d.end = Some(end);
+        }
+        drop(s);
         self.changed.notify_all();
     }
 
@@ -259,6 +362,12 @@ impl Spool {
             };
             let upto = match upto {
                 Available::Upto(u) => u,
+                Available::Piece(piece) => {
+                    out.write_all(&piece)?;
+                    pos += piece.len() as u64;
+                    self.recycle(piece);
+                    continue;
+                }
                 Available::Wait => {
                     if release && pos > kept {
                         self.release(kept, pos);
@@ -281,9 +390,10 @@ impl Spool {
         }
     }
 
-    /// `None` when `pos` is the range's end; else how far a reader at `pos` may read now.
+    /// `None` when `pos` is the range's end; else how far a reader at `pos` may read now, or
+    /// the next piece of a direct range (taken out of the ring: the reader is its only one).
     fn available(&self, pos: u64, end: End) -> io::Result<Option<Available>> {
-        let s = self.lock();
+        let mut s = self.lock();
         let end_at = match end {
             End::At(e) => Some(e),
             End::Mark(id) => s.ends.get(&id).copied(),
@@ -298,12 +408,39 @@ impl Spool {
             }
             _ => {}
         }
-        if s.written > pos {
+        let mut upto = s.written;
+        if let Some(d) = &mut s.direct {
+            if d.covers(pos) {
+                if !matches!(end, End::Mark(id) if id == d.id) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a range passed in memory has one reader only",
+                    ));
+                }
+                if let Some((at, piece)) = d.ring.pop_front() {
+                    if at != pos {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "a range passed in memory read at {pos}, its next piece is at {at}"
+                            ),
+                        ));
+                    }
+                    d.ring_bytes -= piece.len() as u64;
+                    drop(s);
+                    self.changed.notify_all();
+                    return Ok(Some(Available::Piece(piece)));
+                }
+                // Taken to the last byte written: wait for more (or the writer's end).
+                upto = pos;
+            } else if pos < d.from {
+                upto = upto.min(d.from);
+            }
+        }
+        if upto > pos {
             // Without a known end every written byte is the range's: the writer marks an end
             // together with the bytes that pass it.
-            return Ok(Some(Available::Upto(
-                end_at.unwrap_or(s.written).min(s.written),
-            )));
+            return Ok(Some(Available::Upto(end_at.unwrap_or(upto).min(upto))));
         }
         match &s.closed {
             Some(Err(why)) => Err(io::Error::other(why.clone())),
@@ -312,6 +449,16 @@ impl Spool {
                 "the archive ended before this part of it",
             )),
             None => Ok(Some(Available::Wait)),
+        }
+    }
+
+    /// A taken piece's buffer goes back to the writer.
+    fn recycle(&self, piece: Vec<u8>) {
+        if let Some(d) = &mut self.lock().direct {
+            // Enough for the ring's worth of pieces; beyond that, memory goes back.
+            if (d.free.len() as u64) * (piece.capacity().max(1) as u64) < d.cap {
+                d.free.push(piece);
+            }
         }
     }
 
@@ -330,6 +477,7 @@ impl Spool {
 
 enum Available {
     Upto(u64),
+    Piece(Vec<u8>),
     Wait,
 }
 
@@ -463,6 +611,92 @@ mod tests {
         let mut first = Vec::new();
         spool.copy_to(0, End::Mark(1), &mut first, true).unwrap();
         assert_eq!(first.len(), 8 << 20);
+    }
+
+    /// Issue 34: the last range's bytes go to its reader through memory, never the file; what
+    /// was written before it became direct is read from the file first, and bytes after the
+    /// range's end go to the file again.
+    #[test]
+    fn a_direct_range_passes_through_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
+        let head: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8).collect();
+        spool.append(&head, &[]).unwrap();
+        // Range 2 starts at 100_000; 200_000 of its bytes are in the file already.
+        assert!(spool.direct(2, 1 << 20));
+        assert!(!spool.direct(2, 1 << 20), "once only");
+        let rest: Vec<u8> = (0..20_000_000u32).map(|i| (i % 241) as u8).collect();
+        let end = head.len() as u64 + rest.len() as u64 - 1000;
+        let reader = {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                spool
+                    .copy_to(100_000, End::Mark(2), &mut out, true)
+                    .unwrap();
+                out
+            })
+        };
+        let mut at = head.len() as u64;
+        let mut most = 0;
+        for piece in rest.chunks(128 << 10) {
+            let next = at + piece.len() as u64;
+            let ends = if (at..next).contains(&end) {
+                vec![(2, end)]
+            } else {
+                vec![]
+            };
+            spool.append(piece, &ends).unwrap();
+            most = most.max(spool.lock().direct.as_ref().unwrap().ring_bytes);
+            at = next;
+        }
+        spool.close(Ok(()));
+        let out = reader.join().unwrap();
+        let mut all = head.clone();
+        all.extend_from_slice(&rest);
+        assert_eq!(out, &all[100_000..end as usize]);
+        assert!(most <= (1 << 20) + (128 << 10), "{most}");
+        assert_eq!(spool.passed_in_memory(), end - head.len() as u64);
+        // The file never held the range's later bytes: what is after its end is there, at its
+        // offset, and nothing before that but the head.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.path().join("s")).unwrap();
+        assert_eq!(meta.len(), all.len() as u64);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "{} bytes on disk",
+            meta.blocks() * 512
+        );
+        let mut tail = Vec::new();
+        spool
+            .copy_to(end, End::At(all.len() as u64), &mut tail, false)
+            .unwrap();
+        assert_eq!(tail, &all[end as usize..]);
+        // A complete range cannot become direct.
+        let spool = Spool::create(&dir.path().join("t")).unwrap();
+        spool.append(b"abc", &[(1, 3)]).unwrap();
+        assert!(!spool.direct(1, 1 << 20));
+    }
+
+    /// A writer waiting on a full ring whose reader is gone stops with the reason.
+    #[test]
+    fn a_writer_waiting_for_a_direct_reader_stops_when_the_spool_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&dir.path().join("s")).unwrap());
+        assert!(spool.direct(1, 256 << 10));
+        let writer = {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    spool.append(&[0u8; 128 << 10], &[])?;
+                }
+                Ok::<_, io::Error>(())
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        spool.close(Err("restore stopped".into()));
+        let err = writer.join().unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "restore stopped");
     }
 
     /// A budget bounds what the spool holds: the writer waits for readers to give back.

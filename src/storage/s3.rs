@@ -480,6 +480,10 @@ impl S3Upload {
                 .part_number(number)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .body(ByteStream::from(body))
+                // Integrity is the signed CRC32 header S3 checks and the manifest's SHA-256;
+                // SigV4's own SHA-256 of every byte was a second hashing pass (issue 32).
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| err("upload part", &key, e))?;
@@ -560,6 +564,9 @@ impl Upload for S3Upload {
                 .set_object_lock_mode(self.sse.lock_mode())
                 .set_object_lock_retain_until_date(self.sse.lock_until())
                 .body(ByteStream::from(body))
+                // As for UploadPart: the CRC32 and the manifest's SHA-256 guard these bytes.
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await;
             self.closed = true;

@@ -152,7 +152,13 @@ const READ_BUF: usize = 1 << 20;
 #[derive(Debug, Clone, Copy)]
 pub enum Codec {
     Identity,
-    Zstd { level: i32, threads: u32 },
+    /// `threads` 0: compressed on the calling thread; more: by that many zstd workers
+    /// (zstdmt). Even at level 1 on 2 cores, workers measured cheaper than the calling thread,
+    /// and faster (bench/RESULTS-2026-12-06-perf.md), so `PG_ZSTD_THREADS=1` keeps one worker.
+    Zstd {
+        level: i32,
+        threads: u32,
+    },
 }
 
 /// Copies `src` into `sink` through `codec`. Returns the raw byte count.

@@ -162,6 +162,82 @@ fn large_database_goes_through_real_multipart() {
         "s3:ListObjectsV2",
         "s3:GetObject",
     ]);
+
+    // Issue 32: artifact bytes are sent unsigned (SigV4 would hash every byte a second time);
+    // each part carries the CRC32 that S3 checks, and the manifest's SHA-256 covers the whole.
+    let requests = rec.requests();
+    let parts: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("partNumber="))
+        .collect();
+    assert!(parts.len() >= 4, "{} parts", parts.len());
+    for p in &parts {
+        assert_unsigned_with_crc32(p);
+    }
+    // The manifest, small, is still signed (its body's SHA-256 in the signature).
+    let put_manifest = requests
+        .iter()
+        .find(|r| r.method == "PUT" && r.target.contains(".manifest.json"))
+        .unwrap();
+    let signed = &put_manifest.headers["x-amz-content-sha256"];
+    assert_eq!(signed, &sha256_hex(&put_manifest.body), "{signed}");
+    // What backhaul itself spent is logged at the end, with the dump's size.
+    let usage = String::from_utf8_lossy(&out.get_output().stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "resources")
+        .expect("a resources line");
+    assert_eq!(usage["raw_bytes"], manifest["raw_bytes"], "{usage}");
+    assert!(usage["user_s"].as_f64().unwrap() > 0.0, "{usage}");
+    assert!(usage["minor_faults"].as_u64().unwrap() > 0, "{usage}");
+
+    // An artifact smaller than a part: one PutObject, unsigned too.
+    pg.create_db("tiny");
+    pg.psql("tiny", "create table t as select 1 as one");
+    let mut cmd = rec.backhaul();
+    cmd.arg("backup");
+    pg_env(&mut cmd, &pg, "app", PASSWORD, "tiny");
+    cmd.env("S3_BUCKET", &bucket).env("STAGE", "prod");
+    let out = cmd.assert().success();
+    let key = summaries(&out.get_output().stdout)[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let requests = rec.requests();
+    let put = requests
+        .iter()
+        .find(|r| r.method == "PUT" && r.target.split('?').next().unwrap().ends_with(&key))
+        .expect("the artifact's PutObject");
+    assert!(!put.target.contains("partNumber="));
+    assert_unsigned_with_crc32(put);
+    rec.check(&["s3:PutObject"]);
+}
+
+/// An S3 upload of artifact bytes: `UNSIGNED-PAYLOAD` (signed headers, body not hashed into
+/// the signature) and the body's CRC32, which S3 checks, in `x-amz-checksum-crc32`.
+fn assert_unsigned_with_crc32(r: &crate::common::contract::Recorded) {
+    use base64::Engine as _;
+    assert_eq!(
+        r.headers.get("x-amz-content-sha256").map(String::as_str),
+        Some("UNSIGNED-PAYLOAD"),
+        "{} {:?}",
+        r.target,
+        r.headers
+    );
+    assert!(
+        r.headers["authorization"].contains("x-amz-content-sha256"),
+        "the payload mode itself is signed: {:?}",
+        r.headers
+    );
+    let crc =
+        base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(&r.body).to_be_bytes());
+    assert_eq!(
+        r.headers.get("x-amz-checksum-crc32"),
+        Some(&crc),
+        "{} {:?}",
+        r.target,
+        r.headers
+    );
 }
 
 fn restore_and_compare_one_table(pg: &Pg, object: &[u8]) {

@@ -97,6 +97,11 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let results = run_targets(&job, &plan.targets, plan.parallel).await?;
     let tally = report(&job, &results);
+    if let Some(usage) = crate::resources::Usage::of_self() {
+        let ok = results.iter().filter_map(|r| r.3.as_ref().ok());
+        let (raw, stored) = ok.fold((0, 0), |(r, s), m| (r + m.raw_bytes, s + m.stored_bytes));
+        usage.log(raw, stored);
+    }
     let mut unverified = 0;
     if let (Some(target), false) = (verify_target, tally.interrupted) {
         unverified = verify_results(&job, target, &results).await?;

@@ -38,6 +38,11 @@
 //! byte not yet restored, so the last table's download, and its pg_restore, waited for the
 //! table before it to finish loading: two big tables loaded one after the other (issue 34).
 //!
+//! The last table's pg_restore, when it starts while its table is still arriving, is fed
+//! from the download through memory ([`Spool::direct`]), not through the spool file, which
+//! nothing else reads those bytes from (issue 34: with one big table the spool's write and
+//! read back was what `--jobs` paid over the streaming restore). The hold-back is the same.
+//!
 //! With `BACKHAUL_LOG=backhaul=debug` the log traces the schedule: when each block arrives,
 //! when each pg_restore starts, is fed, commits, how long the download waited on each limit.
 //!
@@ -74,6 +79,10 @@ const BATCH_ENTRIES: usize = 1000;
 /// How far the download may run ahead of the last table's pg_restore (see
 /// [`Spool::pace_from`]): only that table's bytes count, never an earlier table's backlog.
 const LAST_BLOCK_LEAD: u64 = 32 << 20;
+/// How many bytes of the last table the download may hold in memory for its pg_restore (see
+/// [`Spool::direct`]): instead of the spool file, which costs a write and a read of every byte
+/// through new page cache.
+const DIRECT_LEAD: u64 = 8 << 20;
 /// How long a block waits for others to share a pg_restore with.
 const LINGER: Duration = Duration::from_millis(200);
 /// How often waiting blocks are looked at again when nothing else happens.
@@ -804,6 +813,7 @@ impl Pipeline {
                         waited_on_budget_ms = waits.budget.as_millis() as u64,
                         waited_on_pace_ms = waits.pace.as_millis() as u64,
                         spool_held = self.spool.held(),
+                        passed_in_memory = self.spool.passed_in_memory(),
                         live = self.workers.len(),
                         queued = self.queue.items.len(),
                         "download verified"
@@ -1011,6 +1021,13 @@ impl Pipeline {
             self.slots -= 1;
             self.batches += 1;
             let streaming = batch.last().is_some_and(|q| q.end.is_none());
+            // The last table arriving, and its pg_restore starting now: nothing else will read
+            // its bytes, so they go from the download to it through memory, not the spool file.
+            let direct = streaming
+                && self.seen.len() == self.expected.len()
+                && batch
+                    .last()
+                    .is_some_and(|q| self.spool.direct(q.id, DIRECT_LEAD));
             let complete: u64 = batch
                 .iter()
                 .filter_map(|q| q.end.map(|e| e - q.start))
@@ -1019,6 +1036,7 @@ impl Pipeline {
                 entries = batch.len(),
                 complete_bytes = complete,
                 streaming,
+                direct,
                 "restoring data"
             );
             let worker = Worker {
@@ -1160,11 +1178,18 @@ impl<W: Write> Tail<W> {
 
 impl<W: Write> Write for Tail<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() > HOLD_BACK {
-            let out = self.buf.len() - HOLD_BACK;
+        let out = (self.buf.len() + data.len()).saturating_sub(HOLD_BACK);
+        if out <= self.buf.len() {
             self.inner.write_all(&self.buf[..out])?;
             self.buf.drain(..out);
+            self.buf.extend_from_slice(data);
+        } else {
+            // Most of `data` goes straight on, not through the buffer.
+            let direct = out - self.buf.len();
+            self.inner.write_all(&self.buf)?;
+            self.inner.write_all(&data[..direct])?;
+            self.buf.clear();
+            self.buf.extend_from_slice(&data[direct..]);
         }
         Ok(data.len())
     }
@@ -1387,6 +1412,27 @@ mod tests {
         let done: HashSet<i32> = [11].into_iter().collect();
         assert_eq!(share_of(&plan, &[12, 31], 1, &done), [12]);
         assert_eq!(share_of(&plan, &[31, 12], 1, &done), [31]);
+    }
+
+    #[test]
+    fn the_tail_withholds_exactly_the_last_bytes() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in [1, 1000, HOLD_BACK, 300_000] {
+            let mut t = Tail {
+                inner: Vec::new(),
+                buf: Vec::new(),
+            };
+            for c in data.chunks(piece) {
+                t.write_all(c).unwrap();
+                assert_eq!(t.buf.len(), HOLD_BACK.min(t.inner.len() + t.buf.len()));
+            }
+            assert_eq!(
+                t.inner,
+                &data[..data.len() - HOLD_BACK],
+                "pieces of {piece}"
+            );
+            assert_eq!(t.release().unwrap(), data);
+        }
     }
 
     #[test]
