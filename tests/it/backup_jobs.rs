@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::pgbouncer::{PgBouncer, PoolMode};
 use crate::common::proxy::{Fault, FaultProxy, Rule};
 use crate::common::*;
 
@@ -867,4 +868,84 @@ fn same_second_jobs_runs_one_wins_and_the_loser_leaves_nothing() {
         return;
     }
     panic!("five pairs of simultaneous runs never shared a second");
+}
+
+/// `backhaul backup` of `jobdb` as `app`, through `bouncer` instead of the cluster.
+fn backup_through(fx: &Fixture, bouncer: &PgBouncer) -> assert_cmd::Command {
+    let mut cmd = fx.backup("jobdb");
+    cmd.env("PG_DB_PORT", bouncer.port.to_string());
+    cmd
+}
+
+/// PgBouncer in transaction mode behind a name nothing recognises (127.0.0.1): the probe sees
+/// one client's session handed to the next and refuses before pg_dump starts.
+#[test]
+fn pgbouncer_transaction_mode_is_refused_before_pg_dump() {
+    let fx = jobs_fixture("jobsbouncer", SMALL_SQL);
+    let bouncer = PgBouncer::start(&fx.pg, PoolMode::Transaction, 1, "app", &fx.password);
+    let dir = tempfile::tempdir().unwrap();
+    let (pg_dump, calls) = recording_pg_dump(dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let out = backup_through(&fx, &bouncer)
+        .env("PG_JOBS", "2")
+        .env("PG_DUMP_PATH", &pg_dump)
+        .env("BACKUP_WORK_DIR", work.path())
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let refusal: Vec<&str> = err.lines().filter(|l| l.contains("PG_JOBS")).collect();
+    assert_eq!(refusal.len(), 1, "one line: {err}");
+    assert!(
+        refusal[0].contains("transaction pooler") && refusal[0].contains("direct address"),
+        "{err}"
+    );
+    assert!(!err.contains(&fx.password), "{err}");
+    // pg_dump was only asked its version (finding the tools), never to dump.
+    let ran = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(ran.lines().all(|l| l == "--version"), "{ran}");
+    assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
+    assert_eq!(names_in(work.path()).len(), 0, "no spool");
+    // The same pooler with one job is not probed: a single pg_dump connection.
+    let out = backup_through(&fx, &bouncer)
+        .env("BACKUP_GLOBALS", "off")
+        .assert()
+        .success();
+    artifact_key(&out.get_output().stdout);
+}
+
+/// PgBouncer in session mode resets each server session between clients: the probe passes,
+/// and pg_dump -j 2 (a leader and two workers, each its own client and so its own server
+/// connection) shares its snapshot through it as it would directly.
+#[test]
+fn pgbouncer_session_mode_is_allowed() {
+    let fx = jobs_fixture("jobssession", SMALL_SQL);
+    // Three server connections at once (pg_dump's leader and two workers), one more for psql.
+    let bouncer = PgBouncer::start(&fx.pg, PoolMode::Session, 4, "app", &fx.password);
+    let out = backup_through(&fx, &bouncer)
+        .env("PG_JOBS", "2")
+        .env("BACKUP_GLOBALS", "off")
+        .assert()
+        .success();
+    let key = artifact_key(&out.get_output().stdout);
+    let m = fx.manifest(&key);
+    assert_eq!(m["directory"]["jobs"], 2);
+    let rebuilt = fx.pg.dir.path().join("through-bouncer.dir");
+    rebuild(&fx.bucket, &key, &m, &rebuilt);
+    fx.pg.create_db("copy");
+    let restored = pg_restore(&fx.pg, &["--exit-on-error", "-d", "copy"], &rebuilt);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(plain_dump(&fx.pg, "copy"), plain_dump(&fx.pg, "jobdb"));
+    // The dump went through PgBouncer, not around it.
+    assert!(bouncer.log().contains("jobdb"), "{}", bouncer.log());
+    let pid = bouncer.pid();
+    drop(bouncer);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pgbouncer is stopped on drop"
+    );
 }
