@@ -949,3 +949,104 @@ fn pgbouncer_session_mode_is_allowed() {
         "pgbouncer is stopped on drop"
     );
 }
+
+/// The spool's events of a run, in order, from its trace log: `("Created", "toc.dat")`, ...
+fn spool_events(stderr: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "spool event")
+        .map(|l| {
+            let ev = l["event"].as_str().unwrap().to_string();
+            match ev.split_once("(\"") {
+                Some((kind, rest)) => (kind.to_string(), rest.trim_end_matches("\")").to_string()),
+                None => (ev, String::new()),
+            }
+        })
+        .collect()
+}
+
+/// The order everything else rests on (design 0.1): this machine's pg_dump -Fd -j 2 writes
+/// and closes toc.dat before it creates any data file, as the real spool watch sees it.
+#[test]
+fn toc_comes_first() {
+    let fx = jobs_fixture("jobstoc", JOBS_SQL);
+    let out = fx
+        .backup("jobdb")
+        .env("PG_JOBS", "2")
+        .env("BACKUP_GLOBALS", "off")
+        .env("BACKHAUL_LOG", "info,backhaul::commands::backup::dir=trace")
+        .assert()
+        .success();
+    let events = spool_events(&out.get_output().stderr);
+    assert!(
+        events.iter().all(|(kind, _)| kind != "Overflow"),
+        "the watch kept every event: {events:?}"
+    );
+    let toc_closed = events
+        .iter()
+        .position(|e| *e == ("Closed".to_string(), "toc.dat".to_string()))
+        .unwrap_or_else(|| panic!("toc.dat closed: {events:?}"));
+    assert_eq!(
+        events[0],
+        ("Created".into(), "toc.dat".into()),
+        "{events:?}"
+    );
+    let data: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, (kind, name))| kind == "Created" && name != "toc.dat")
+        .map(|(i, _)| i)
+        .collect();
+    // ~40 tables with rows, and two large objects: every one a file of its own.
+    assert!(data.len() >= 40, "{events:?}");
+    assert!(
+        data.iter().all(|&i| i > toc_closed),
+        "a data file was created before toc.dat was closed: {events:?}"
+    );
+}
+
+/// A pg_dump that wrote a data file before its TOC breaks what the follower relies on: the
+/// run fails (the runtime guard), leaving nothing.
+#[test]
+fn data_before_the_toc_fails_the_backup() {
+    let fx = jobs_fixture("jobsdatafirst", SMALL_SQL);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("pg_dump");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+case \"$1\" in --version) exec {} --version;; esac
+for a in \"$@\"; do case \"$a\" in --file=*) d=\"${{a#--file=}}\";; esac; done
+printf 'COPY first\\n' > \"$d/4000.dat\"
+sleep 0.5
+printf 'toc' > \"$d/toc.dat\"
+",
+            pg_bin_dir().join("pg_dump").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = fx
+        .backup("jobdb")
+        .env("PG_JOBS", "2")
+        .env("BACKUP_GLOBALS", "off")
+        .env("PG_DUMP_PATH", &script)
+        .env("BACKUP_WORK_DIR", work.path())
+        .assert()
+        .code(1);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["status"], "failed");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrote data (4000.dat) before its TOC: unsupported"),
+        "{line}"
+    );
+    assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
+    assert_eq!(names_in(work.path()).len(), 0, "the spool is removed");
+}

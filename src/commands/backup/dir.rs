@@ -530,6 +530,8 @@ impl Run<'_> {
     }
 
     fn event(&mut self, ev: DirEvent, ordered: bool) -> anyhow::Result<()> {
+        // The order pg_dump's files appear and close in, for a test to read (`toc_comes_first`).
+        tracing::trace!(event = ?ev, ordered, "spool event");
         match ev {
             DirEvent::Created(name) => {
                 // Each file is followed once and removed at its end: a file made again (an
