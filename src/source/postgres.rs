@@ -23,6 +23,8 @@ pub enum PgError {
         server: String,
         major: u32,
     },
+    #[error("unexpected answer to {what}: {answer:?}")]
+    Unexpected { what: &'static str, answer: String },
     #[error(transparent)]
     Child(#[from] ChildError),
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::pgbouncer::{PgBouncer, PoolMode};
 use crate::common::proxy::{Fault, FaultProxy, Rule};
 use crate::common::*;
 
@@ -758,7 +759,10 @@ fn pooler_hosts_and_what_jobs_cannot_go_with_are_refused_before_anything_runs() 
         "names the direct host: {err}"
     );
     let err = run(
-        &[("PG_DB_HOST", "aws-0-eu-central-1.pooler.supabase.com")],
+        &[
+            ("PG_DB_HOST", "aws-0-eu-central-1.pooler.supabase.com"),
+            ("PG_DB_PORT", "6543"),
+        ],
         &[],
     );
     assert!(err.contains("PG_JOBS") && err.contains("pooler"), "{err}");
@@ -867,4 +871,185 @@ fn same_second_jobs_runs_one_wins_and_the_loser_leaves_nothing() {
         return;
     }
     panic!("five pairs of simultaneous runs never shared a second");
+}
+
+/// `backhaul backup` of `jobdb` as `app`, through `bouncer` instead of the cluster.
+fn backup_through(fx: &Fixture, bouncer: &PgBouncer) -> assert_cmd::Command {
+    let mut cmd = fx.backup("jobdb");
+    cmd.env("PG_DB_PORT", bouncer.port.to_string());
+    cmd
+}
+
+/// PgBouncer in transaction mode behind a name nothing recognises (127.0.0.1): the probe sees
+/// one client's session handed to the next and refuses before pg_dump starts.
+#[test]
+fn pgbouncer_transaction_mode_is_refused_before_pg_dump() {
+    let fx = jobs_fixture("jobsbouncer", SMALL_SQL);
+    let bouncer = PgBouncer::start(&fx.pg, PoolMode::Transaction, 1, "app", &fx.password);
+    let dir = tempfile::tempdir().unwrap();
+    let (pg_dump, calls) = recording_pg_dump(dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let out = backup_through(&fx, &bouncer)
+        .env("PG_JOBS", "2")
+        .env("PG_DUMP_PATH", &pg_dump)
+        .env("BACKUP_WORK_DIR", work.path())
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let refusal: Vec<&str> = err.lines().filter(|l| l.contains("PG_JOBS")).collect();
+    assert_eq!(refusal.len(), 1, "one line: {err}");
+    assert!(
+        refusal[0].contains("transaction pooler") && refusal[0].contains("direct address"),
+        "{err}"
+    );
+    assert!(!err.contains(&fx.password), "{err}");
+    // pg_dump was only asked its version (finding the tools), never to dump.
+    let ran = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(ran.lines().all(|l| l == "--version"), "{ran}");
+    assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
+    assert_eq!(names_in(work.path()).len(), 0, "no spool");
+    // The same pooler with one job is not probed: a single pg_dump connection.
+    let out = backup_through(&fx, &bouncer)
+        .env("BACKUP_GLOBALS", "off")
+        .assert()
+        .success();
+    artifact_key(&out.get_output().stdout);
+}
+
+/// PgBouncer in session mode resets each server session between clients: the probe passes,
+/// and pg_dump -j 2 (a leader and two workers, each its own client and so its own server
+/// connection) shares its snapshot through it as it would directly.
+#[test]
+fn pgbouncer_session_mode_is_allowed() {
+    let fx = jobs_fixture("jobssession", SMALL_SQL);
+    // Three server connections at once (pg_dump's leader and two workers), one more for psql.
+    let bouncer = PgBouncer::start(&fx.pg, PoolMode::Session, 4, "app", &fx.password);
+    let out = backup_through(&fx, &bouncer)
+        .env("PG_JOBS", "2")
+        .env("BACKUP_GLOBALS", "off")
+        .assert()
+        .success();
+    let key = artifact_key(&out.get_output().stdout);
+    let m = fx.manifest(&key);
+    assert_eq!(m["directory"]["jobs"], 2);
+    let rebuilt = fx.pg.dir.path().join("through-bouncer.dir");
+    rebuild(&fx.bucket, &key, &m, &rebuilt);
+    fx.pg.create_db("copy");
+    let restored = pg_restore(&fx.pg, &["--exit-on-error", "-d", "copy"], &rebuilt);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(plain_dump(&fx.pg, "copy"), plain_dump(&fx.pg, "jobdb"));
+    // The dump went through PgBouncer, not around it.
+    assert!(bouncer.log().contains("jobdb"), "{}", bouncer.log());
+    let pid = bouncer.pid();
+    drop(bouncer);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pgbouncer is stopped on drop"
+    );
+}
+
+/// The spool's events of a run, in order, from its trace log: `("Created", "toc.dat")`, ...
+fn spool_events(stderr: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "spool event")
+        .map(|l| {
+            let ev = l["event"].as_str().unwrap().to_string();
+            match ev.split_once("(\"") {
+                Some((kind, rest)) => (kind.to_string(), rest.trim_end_matches("\")").to_string()),
+                None => (ev, String::new()),
+            }
+        })
+        .collect()
+}
+
+/// The order everything else rests on (design 0.1): this machine's pg_dump -Fd -j 2 writes
+/// and closes toc.dat before it creates any data file, as the real spool watch sees it.
+#[test]
+fn toc_comes_first() {
+    let fx = jobs_fixture("jobstoc", JOBS_SQL);
+    let out = fx
+        .backup("jobdb")
+        .env("PG_JOBS", "2")
+        .env("BACKUP_GLOBALS", "off")
+        .env("BACKHAUL_LOG", "info,backhaul::commands::backup::dir=trace")
+        .assert()
+        .success();
+    let events = spool_events(&out.get_output().stderr);
+    assert!(
+        events.iter().all(|(kind, _)| kind != "Overflow"),
+        "the watch kept every event: {events:?}"
+    );
+    let toc_closed = events
+        .iter()
+        .position(|e| *e == ("Closed".to_string(), "toc.dat".to_string()))
+        .unwrap_or_else(|| panic!("toc.dat closed: {events:?}"));
+    assert_eq!(
+        events[0],
+        ("Created".into(), "toc.dat".into()),
+        "{events:?}"
+    );
+    let data: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, (kind, name))| kind == "Created" && name != "toc.dat")
+        .map(|(i, _)| i)
+        .collect();
+    // ~40 tables with rows, and two large objects: every one a file of its own.
+    assert!(data.len() >= 40, "{events:?}");
+    assert!(
+        data.iter().all(|&i| i > toc_closed),
+        "a data file was created before toc.dat was closed: {events:?}"
+    );
+}
+
+/// A pg_dump that wrote a data file before its TOC breaks what the follower relies on: the
+/// run fails (the runtime guard), leaving nothing.
+#[test]
+fn data_before_the_toc_fails_the_backup() {
+    let fx = jobs_fixture("jobsdatafirst", SMALL_SQL);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("pg_dump");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+case \"$1\" in --version) exec {} --version;; esac
+for a in \"$@\"; do case \"$a\" in --file=*) d=\"${{a#--file=}}\";; esac; done
+printf 'COPY first\\n' > \"$d/4000.dat\"
+sleep 0.5
+printf 'toc' > \"$d/toc.dat\"
+",
+            pg_bin_dir().join("pg_dump").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = fx
+        .backup("jobdb")
+        .env("PG_JOBS", "2")
+        .env("BACKUP_GLOBALS", "off")
+        .env("PG_DUMP_PATH", &script)
+        .env("BACKUP_WORK_DIR", work.path())
+        .assert()
+        .code(1);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["status"], "failed");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrote data (4000.dat) before its TOC: unsupported"),
+        "{line}"
+    );
+    assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
+    assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
+    assert_eq!(names_in(work.path()).len(), 0, "the spool is removed");
 }

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use super::*;
 use crate::manifest::{Directory, DumpFile, StoredObject};
 use crate::private_fs::PrivateDir;
+use crate::source::pg_probe::{self, Verdict};
 use crate::storage::Stored;
 use crate::write_path::follow::{self, DirEvent, DirWatch, Follow, FollowReader};
 
@@ -120,6 +121,60 @@ pub(super) fn check_spool(s: &PgSettings) -> Result<(), ConfigError> {
             "BACKUP_WORK_DIR",
             format!("{}: its file system cannot punch holes (fallocate PUNCH_HOLE), so the spool of a parallel dump would hold whole files: use ext4, xfs or tmpfs", dir.display()),
         ));
+    }
+    Ok(())
+}
+
+/// Before any target runs (exit 2): a host whose pooler hands one client's server session to
+/// the next (PgBouncer in transaction mode behind any name), or a standby before PostgreSQL
+/// 10, cannot give pg_dump's workers the leader's snapshot. Poolers known by name were refused
+/// by the settings; this asks each database, as its dump will connect to it (see
+/// [`pg_probe`]). Not being able to ask fails the run: a parallel dump is not started on a
+/// host nobody checked.
+pub(super) async fn check_pooling(
+    s: &PgSettings,
+    tools: &PgTools,
+    redactor: &Redactor,
+) -> anyhow::Result<()> {
+    // Hex, random per process: safe inside the probe's SQL literal.
+    let nonce = crate::storage::run_id();
+    for db in &s.conn.databases {
+        let verdict = pg_probe::probe(tools, &s.conn, db, nonce, redactor)
+            .await
+            .with_context(|| {
+                format!(
+                    "checking {}:{} (database {db}) for a transaction pooler before a parallel dump (PG_JOBS)",
+                    s.conn.host, s.conn.port
+                )
+            })?;
+        match verdict {
+            Verdict::SharedSessions => {
+                return Err(ConfigError::invalid(
+                    "PG_JOBS",
+                    format!(
+                        "{}:{} is a transaction pooler (a new connection got another client's session), which cannot share pg_dump's snapshot between its connections: back up through the server's direct address, not the pooler, or set PG_JOBS=1",
+                        s.conn.host, s.conn.port
+                    ),
+                )
+                .into())
+            }
+            Verdict::OldStandby { version_num } => {
+                return Err(ConfigError::invalid(
+                    "PG_JOBS",
+                    format!(
+                        "{}:{} is a standby running PostgreSQL {}, which cannot export pg_dump's snapshot to its workers (10 or later can): back up from the primary, or set PG_JOBS=1",
+                        s.conn.host,
+                        s.conn.port,
+                        version_num / 10_000
+                    ),
+                )
+                .into())
+            }
+            Verdict::SessionPool { backend_age } => {
+                tracing::info!(host = %s.conn.host, database = %db, backend_age, "the server session was older than the connection: a session pooler, which keeps each connection's session (a parallel dump works through it)");
+            }
+            Verdict::Direct => {}
+        }
     }
     Ok(())
 }
@@ -475,6 +530,8 @@ impl Run<'_> {
     }
 
     fn event(&mut self, ev: DirEvent, ordered: bool) -> anyhow::Result<()> {
+        // The order pg_dump's files appear and close in, for a test to read (`toc_comes_first`).
+        tracing::trace!(event = ?ev, ordered, "spool event");
         match ev {
             DirEvent::Created(name) => {
                 // Each file is followed once and removed at its end: a file made again (an

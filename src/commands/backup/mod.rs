@@ -191,6 +191,7 @@ async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Opti
             tracing::info!(pg_dump = %tools.pg_dump.display(), version = %tools.version, "using pg_dump");
             if s.jobs > 1 {
                 dir::check_spool(s)?;
+                dir::check_pooling(s, &tools, &plan.redactor).await?;
             }
             Some((s.clone(), tools))
         }

@@ -286,7 +286,7 @@ fn dir_dump_settings(
     if let Some(why) = pg::refused_dir_dump_arg(&args.pg_dump_args) {
         return Err(ConfigError::invalid("--pg-dump-arg", why));
     }
-    if let Some(direct) = crate::config::postgres::pooler_host(&conn.host) {
+    if let Some(direct) = crate::config::postgres::pooler_host(&conn.host, conn.port) {
         return Err(ConfigError::invalid(
             "PG_JOBS",
             format!(

@@ -19,6 +19,7 @@ use tempfile::TempDir;
 pub mod contract;
 mod fixture;
 pub mod mongod;
+pub mod pgbouncer;
 pub mod proxy;
 
 pub use fixture::*;
