@@ -280,3 +280,20 @@ pub async fn download_to_file(
         _ = cancel.cancelled() => Err(super::Interrupted.into()),
     }
 }
+
+/// `--kind`/`--database` of `list`, `restore`, `verify` and `prune`, as a catalog filter.
+pub fn filter(
+    kind: Option<&str>,
+    database: Option<String>,
+) -> Result<crate::catalog::Filter, ConfigError> {
+    let kind = non_empty(kind.map(str::to_string))
+        .map(|k| {
+            k.parse::<crate::layout::Kind>()
+                .map_err(|e| ConfigError::invalid("--kind", e))
+        })
+        .transpose()?;
+    Ok(crate::catalog::Filter {
+        kind,
+        database: non_empty(database),
+    })
+}

@@ -10,7 +10,7 @@ use super::common::Store;
 use crate::backup_ref;
 use crate::catalog::{self, Entry, Problem};
 use crate::cli::ListArgs;
-use crate::commands::restore::filter;
+use crate::commands::common::filter;
 use crate::config::{non_empty, ConfigError};
 use crate::storage::Storage;
 

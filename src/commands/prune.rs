@@ -23,7 +23,7 @@ use std::sync::Arc;
 use super::common::{self, Store};
 use crate::catalog::{self, Entry, Filter, Problem};
 use crate::cli::{KeepArgs, PruneArgs};
-use crate::commands::restore::filter;
+use crate::commands::common::filter;
 use crate::config::{non_empty, ConfigError};
 use crate::layout::{self, Kind};
 use crate::retention::{self, Item, Policy};

@@ -17,6 +17,7 @@ pub mod globals;
 pub mod jobs;
 mod lock_wait;
 pub mod mongo;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,14 +30,14 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, Store};
-use super::{Interrupted, Runtime};
+use super::Runtime;
 use crate::catalog::{Entry, Filter};
 use crate::cli::RestoreArgs;
 use crate::config::postgres::PgConn;
-use crate::config::{non_empty, ConfigError};
+use crate::config::ConfigError;
 use crate::crypto::Identities;
 use crate::layout::Kind;
-use crate::read_path::{self, Consumer, Decode, Expect, Fed, FeedError};
+use crate::read_path::{Decode, Fed};
 use crate::secret::Redactor;
 use crate::source::postgres::{self as pg, PgTools, RestoreOpts};
 use crate::storage::Storage;
@@ -217,19 +218,6 @@ fn parse_lock_timeout(s: &str) -> Result<Option<std::time::Duration>, ConfigErro
     common::parse_duration(s, "RESTORE_LOCK_TIMEOUT").map(Some)
 }
 
-pub fn filter(kind: Option<&str>, database: Option<String>) -> Result<Filter, ConfigError> {
-    let kind = non_empty(kind.map(str::to_string))
-        .map(|k| {
-            k.parse::<Kind>()
-                .map_err(|e| ConfigError::invalid("--kind", e))
-        })
-        .transpose()?;
-    Ok(Filter {
-        kind,
-        database: non_empty(database),
-    })
-}
-
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
     event: &'static str,
@@ -267,7 +255,7 @@ impl Summary<'_> {
 
 pub async fn run(args: RestoreArgs, rt: Runtime) -> anyhow::Result<()> {
     let store = Store::resolve_for_key(&args.store, &args.key)?;
-    let filter = filter(args.kind.as_deref(), args.database.clone())?;
+    let filter = common::filter(args.kind.as_deref(), args.database.clone())?;
     if args.jobs == Some(0) {
         return Err(ConfigError::invalid("--jobs", "must be at least 1").into());
     }
@@ -458,7 +446,7 @@ pub async fn restore_pg(
             let bridge = SyncIoBridge::new(storage.get(&entry.key).await?);
             (
                 entries,
-                streaming(bridge, decode, expect, target, &opts, cancel).await?,
+                stream::restore(bridge, decode, expect, target, &opts, cancel).await?,
             )
         }
     };
@@ -468,65 +456,4 @@ pub async fn restore_pg(
 /// `--identity`, read up front so a bad file fails before anything runs (exit 2).
 pub fn load_identities(path: Option<&Path>) -> anyhow::Result<Option<Arc<Identities>>> {
     Ok(path.map(Identities::load).transpose()?.map(Arc::new))
-}
-
-async fn streaming(
-    src: SyncIoBridge<crate::storage::Reader>,
-    decode: Decode,
-    expect: Option<Expect>,
-    target: &PgTarget,
-    opts: &RestoreOpts,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Fed> {
-    let opts = RestoreOpts {
-        jobs: None,
-        ..opts.clone()
-    };
-    let mut child = pg::spawn_restore(
-        &target.tools,
-        &target.conn,
-        &target.database,
-        &opts,
-        pg::RestoreRun::stdin(),
-        target.redactor.clone(),
-    )?;
-    let stdin = child.take_stdin_file().context("pg_restore has no stdin")?;
-    // Interrupted: the feed must stop reading too, not decode the rest of the object.
-    let abandoned = read_path::Abandoned::default();
-    let src = abandoned.reader(src);
-    let task = tokio::task::spawn_blocking(move || {
-        let mut stdin = stdin;
-        let r = read_path::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
-        // The pipe goes back to the caller: it must stay open until pg_restore is killed on
-        // failure, or pg_restore would see a clean end of input.
-        (r, stdin)
-    });
-    let (res, stdin) = tokio::select! {
-        j = task => j.context("restore task panicked")?,
-        _ = cancel.cancelled() => {
-            let _ = child.terminate().await;
-            return Err(Interrupted.into());
-        }
-    };
-    match res {
-        Ok(fed) => {
-            drop(stdin);
-            tokio::select! {
-                r = child.wait() => { r?; }
-                _ = cancel.cancelled() => return Err(Interrupted.into()),
-            }
-            Ok(fed)
-        }
-        Err(FeedError::Sink(e)) => {
-            // pg_restore stopped reading: its exit status and stderr are the real cause.
-            drop(stdin);
-            child.wait().await?;
-            Err(FeedError::Sink(e).into())
-        }
-        Err(e) => {
-            let _ = child.terminate().await;
-            drop(stdin);
-            Err(anyhow::Error::from(e).context("restore stopped; nothing was committed"))
-        }
-    }
 }
