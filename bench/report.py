@@ -29,6 +29,20 @@ RSS_LIMIT_MIB = 100
 # clearly faster than local -1 there (median at most this fraction of it); otherwise the machine
 # is not showing what -j can do (a busy neighbour, too few cores) and a ratio to it means little.
 JOBS_VALID_BELOW = 0.85
+# backup --jobs (issue 32): the cases, shown in a table of their own, and their targets.
+JOBS_CASES = [
+    ("floor", "1. floor: pg_dump -Fc -Z0 > /dev/null"),
+    ("floor_par", "P1. parallel floor: pg_dump -Fd -j J -Z0 --no-sync to a local directory"),
+    ("bh_zstd", "4. backhaul PG_COMPRESSION=zstd (single stream)"),
+    ("bh_jobs", "P2. backhaul PG_JOBS=J PG_COMPRESSION=zstd"),
+]
+JOBS_RESTORE_CASES = [
+    ("r_local_1tx", "R1. pg_restore --single-transaction, local file"),
+    ("r_local_dir_jobs", "P3. pg_restore -j J, local directory dump"),
+    ("r_bh_dir_jobs", "P4. backhaul restore --jobs J of a PG_JOBS=J backup"),
+]
+SPOOL_LIMIT_MIB = 256
+JOBS_RSS_LIMIT_MIB = 150
 
 
 def mib(b):
@@ -122,6 +136,88 @@ def restore_section(md, raw, sz, ds, meta, per_case, target):
                f"({lj:.2f}s vs {base:.2f}s), not clearly faster (≤ {JOBS_VALID_BELOW}×): this machine did not show what -j can do")
     else:
         target(name, bj <= 1.10 * lj, detail + f"; valid: local -j N took {lj / base:.2f}× local -1")
+
+
+def jobs_section(md, raw, sz, ds, meta, target):
+    """backup --jobs J and the restore of its backups (issue 32): a table and the issue's targets."""
+    jobs = meta["settings"].get("backup_jobs", 2)
+    pick = lambda key: stats([r for r in raw if r["size_mb"] == sz and r.get("dataset", "events") == ds and r["case"] == key])
+    per = {k: pick(k) for k, _ in JOBS_CASES + JOBS_RESTORE_CASES}
+    if not any(per[k]["runs"] for k in ("floor_par", "bh_jobs", "r_local_dir_jobs", "r_bh_dir_jobs")):
+        return
+    w = lambda k: per[k].get("wall_median_s")
+    for title, cases, base_key, base_name in (
+        ("backup --jobs", JOBS_CASES, "floor", "floor"),
+        ("restore of a backup --jobs", JOBS_RESTORE_CASES, "r_local_1tx", "local 1-tx"),
+    ):
+        shown = [(k, label) for k, label in cases if per[k]["runs"]]
+        if not any(k in ("floor_par", "bh_jobs", "r_local_dir_jobs", "r_bh_dir_jobs") for k, _ in shown):
+            continue
+        base = w(base_key)
+        md.append(f"\n{title} (J = {jobs}):\n")
+        md.append(f"| case | runs | wall min (s) | wall median (s) | × {base_name} | CPU user+sys median (s) | peak RSS (MiB) | local disk (peak allocated) | object size |")
+        md.append("|---|---|---|---|---|---|---|---|---|")
+        for k, label in shown:
+            s = per[k]
+            runs = f"{s['runs'] - s['failed']}/{s['runs']}"
+            if "wall_median_s" not in s:
+                md.append(f"| {label} | {runs} | FAILED | | | | | | |")
+                continue
+            x = f"{s['wall_median_s'] / base:.2f}×" if base else "n/a"
+            md.append(f"| {label} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | {x} | {s['cpu_median_s']:.2f} | "
+                      f"{s['peak_rss_kb'] / 1024:.1f} | {human(s['local_disk_bytes'])} | {human(s.get('object_bytes')) if s.get('object_bytes') else '—'} |")
+    floor, par, bj, z = w("floor"), w("floor_par"), w("bh_jobs"), w("bh_zstd")
+    # Like restore --jobs: a machine on which the parallel anchor is not clearly faster than the
+    # serial one (a busy neighbour, too few cores) cannot say what --jobs should reach.
+    if bj is not None:
+        for name, limit, anchor, anchor_name in (
+            (f"backup --jobs {jobs} ≤ 0.80× floor (pg_dump -Fc -Z0 > /dev/null)", 0.80, floor, "floor"),
+            (f"backup --jobs {jobs} ≤ 1.15× parallel floor (pg_dump -Fd -j {jobs} -Z0 --no-sync)", 1.15, par, "floor_par"),
+        ):
+            if anchor is None:
+                target(name, None, f"no verdict: {anchor_name} was not measured")
+                continue
+            detail = f"{bj:.2f}s vs {limit:.2f} × {anchor:.2f}s = {limit * anchor:.2f}s ({bj / anchor:.2f}×)"
+            if floor is None or par is None:
+                target(name, None, detail + "; no verdict: floor and floor_par are both needed to know whether the run is valid")
+            elif par > JOBS_VALID_BELOW * floor:
+                target(name, None, detail + f"; INVALID RUN, no verdict: pg_dump -j {jobs} to local disk took {par / floor:.2f}× the "
+                       f"single-thread floor ({par:.2f}s vs {floor:.2f}s), not clearly faster (≤ {JOBS_VALID_BELOW}×): this machine did not show what -j can do")
+            else:
+                target(name, bj <= limit * anchor, detail + f"; valid: floor_par took {par / floor:.2f}× floor")
+        spool = per["bh_jobs"].get("local_disk_bytes")
+        target(f"backup --jobs {jobs} peak allocated spool ≤ {SPOOL_LIMIT_MIB} MiB", spool is not None and mib(spool) <= SPOOL_LIMIT_MIB, human(spool))
+        rss = per["bh_jobs"].get("peak_rss_kb")
+        target(f"backup --jobs {jobs} peak RSS ≤ {JOBS_RSS_LIMIT_MIB} MiB", rss is not None and rss / 1024 <= JOBS_RSS_LIMIT_MIB,
+               f"{rss / 1024:.1f} MiB" if rss else "n/a")
+    elif per["bh_jobs"]["runs"]:
+        target(f"backup --jobs {jobs} measured", False, "bh_jobs failed every run; see the logs")
+    if z is not None and floor is not None:
+        target("default single-stream backup (bh_zstd) ≤ 1.10× floor", z <= 1.10 * floor,
+               f"{z:.2f}s vs 1.10 × {floor:.2f}s = {1.10 * floor:.2f}s ({z / floor:.2f}×)")
+    one, lj, bdj = w("r_local_1tx"), w("r_local_dir_jobs"), w("r_bh_dir_jobs")
+    if bdj is not None:
+        name = f"restore --jobs {jobs} of a --jobs {jobs} backup ≤ 1.10× local pg_restore -j {jobs} of a directory dump"
+        if lj is None:
+            target(name, None, "no verdict: r_local_dir_jobs was not measured")
+        else:
+            detail = f"{bdj:.2f}s vs 1.10 × {lj:.2f}s = {1.10 * lj:.2f}s ({bdj / lj:.2f}×)"
+            if one is None:
+                target(name, None, detail + "; no verdict: local pg_restore --single-transaction (r_local_1tx) was not measured, so the run's validity is unknown")
+            elif lj > JOBS_VALID_BELOW * one:
+                target(name, None, detail + f"; INVALID RUN, no verdict: local pg_restore -j {jobs} took {lj / one:.2f}× local -1 "
+                       f"({lj:.2f}s vs {one:.2f}s), not clearly faster (≤ {JOBS_VALID_BELOW}×): this machine did not show what -j can do")
+            else:
+                target(name, bdj <= 1.10 * lj, detail + f"; valid: local -j {jobs} took {lj / one:.2f}× local -1")
+    elif per["r_bh_dir_jobs"]["runs"]:
+        target(f"restore --jobs {jobs} of a --jobs backup measured", False, "r_bh_dir_jobs failed every run; see the logs")
+    checks = [r for r in raw if r["size_mb"] == sz and r.get("dataset", "events") == ds and r["case"] == "check_dir_restore"]
+    if checks:
+        ok = all(r.get("equal") for r in checks)
+        target(f"the database restored from a --jobs {jobs} backup: plain pg_dump equals the source's", ok,
+               "equal (sha256 of both plain dumps' sorted lines, \\restrict lines left out)" if ok else "the plain dumps DIFFER")
+    elif per["r_bh_dir_jobs"]["runs"]:
+        target(f"the database restored from a --jobs {jobs} backup: plain pg_dump equals the source's", False, "not checked: the last r_bh_dir_jobs run failed")
 
 
 def main():
@@ -219,6 +315,7 @@ def main():
                 md.append(f"\nUncompressed dump (bh_none object) {human(no)}; zstd -3 ratio {no / zo:.2f}×; "
                           f"pg_dump's own compression ratio {no / get('bh_pg', 'object_bytes'):.2f}×." if get("bh_pg", "object_bytes") else "")
         restore_section(md, raw, sz, ds, meta, per_case, target)
+        jobs_section(md, raw, sz, ds, meta, target)
         md.append("\nTargets:\n")
         for t in targets:
             if t["pass"] is None:

@@ -22,6 +22,12 @@
 #   r_download   boto3 download_file, then pg_restore --single-transaction (today's runbook)
 #   r_bh_stream  backhaul restore (S3 -> sha256 -> zstd -> pg_restore --single-transaction, streamed)
 #   r_bh_jobs    backhaul restore --jobs N (N pg_restore processes fed while the object downloads)
+# backup --jobs (issue 32), interleaved with the cases above (groups backup-jobs, restore-dir):
+#   floor_par        pg_dump -Fd -j J -Z0 --no-sync to a local directory (the parallel floor)
+#   bh_jobs          backhaul backup, PG_JOBS=J PG_COMPRESSION=zstd (spool in the run's TMPDIR)
+#   r_local_dir_jobs pg_restore -j J from a local directory dump (pg_dump -Fd -j J -Z0)
+#   r_bh_dir_jobs    backhaul restore --jobs J of a PG_JOBS=J backup; after its last repetition
+#                    the restored database's plain pg_dump is compared with the source's
 # and prints/writes a table (min/median wall, CPU, peak RSS, local disk, object size, x floor)
 # plus PASS/FAIL for backhaul's targets. Everything it starts is stopped and removed on exit.
 #
@@ -35,6 +41,7 @@
 #   BENCH_RESTORE  1 (default) times the restore cases too; 0 skips them
 #   BENCH_BACKUP   1 (default) times the backup cases; 0 skips them (restore figures only)
 #   BENCH_RESTORE_JOBS  N for the -j / --jobs cases (default: nproc)
+#   BENCH_JOBS     J for the backup --jobs cases above (default 2)
 #   BENCH_DATASETS what to generate, one or more of: events (default: one wide table with a
 #                  primary key and an index), two (events and a copy of it, events2, with the
 #                  same indexes: two big tables), many (200 tables of mixed sizes, each with a
@@ -44,6 +51,8 @@
 #                  restore, restore-jobs (r_local_1tx r_local_jobs r_bh_jobs: what the --jobs
 #                  target and its validity check need), e.g.
 #                    BENCH_CASES=restore-jobs BENCH_DATASETS="two many" BENCH_SIZE_MB=600 bash bench/run.sh
+#                  backup-jobs = floor bh_zstd floor_par bh_jobs; restore-dir = r_local_1tx
+#                  r_local_dir_jobs r_bh_dir_jobs (the backup --jobs targets and their validity)
 #
 # Validity: a run in which local `pg_restore -j N` is not clearly faster than local `-1`
 # (median above 0.85x) says nothing about what --jobs should reach on this machine; the
@@ -71,6 +80,21 @@ CASES=(floor script pipeline bh_zstd bh_pg bh_none)
 EXTRA_CASES=(bh_zstd_st bh_zstd_alt)
 ALT_BIN="${BENCH_ALT_BIN:-}"
 RESTORE_CASES=(r_local_1tx r_local_jobs r_download r_bh_stream r_bh_jobs)
+# backup --jobs (issue 32): its cases join the backup and restore groups; its own groups are
+# expanded here, before the case names are checked.
+BJOBS="${BENCH_JOBS:-2}"
+[[ "$BJOBS" =~ ^[0-9]+$ ]] && [ "$BJOBS" -ge 1 ] || { echo "bench: error: BENCH_JOBS must be a positive integer, got '$BJOBS'" >&2; exit 1; }
+CASES+=(floor_par bh_jobs)
+RESTORE_CASES+=(r_local_dir_jobs r_bh_dir_jobs)
+jobs_cases=" "
+for c in ${BENCH_CASES:-backup restore}; do
+  case "$c" in
+    backup-jobs) jobs_cases+="floor bh_zstd floor_par bh_jobs " ;;
+    restore-dir) jobs_cases+="r_local_1tx r_local_dir_jobs r_bh_dir_jobs " ;;
+    *) jobs_cases+="$c " ;;
+  esac
+done
+BENCH_CASES=$jobs_cases
 SELECTED=" "
 for c in ${BENCH_CASES:-backup restore}; do
   case "$c" in
@@ -117,7 +141,7 @@ case "$S3KIND" in
     fi ;;
   file) # restore cases only: the object in a local directory, the fastest link there is
     selected r_download && die "BENCH_S3=file has no S3 server for r_download: leave it out of BENCH_CASES"
-    [ "$BACKUP" = 1 ] && die "BENCH_S3=file times restore cases only: set BENCH_CASES (e.g. restore-jobs) or BENCH_BACKUP=0" ;;
+    [ "$BACKUP" = 1 ] && any_selected script pipeline && die "BENCH_S3=file has no S3 server for script and pipeline: leave them out of BENCH_CASES (e.g. BENCH_CASES=backup-jobs)" ;;
   *) die "BENCH_S3 must be moto, s3s or file, got '$S3KIND'" ;;
 esac
 case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
@@ -195,6 +219,11 @@ if [ "$S3KIND" != file ]; then
   kill -0 "$S3_PID" 2>/dev/null || { cat "$WORK/s3.log" >&2; die "S3 server exited"; }
   "$PY" "$S3UTIL" create-bucket "$BUCKET" || { tail -20 "$WORK/s3.log" >&2; die "could not create bucket on $AWS_ENDPOINT_URL"; }
 fi
+object_bytes() { # total size of the stored artifacts, manifests excluded
+  if [ "$S3KIND" = file ]; then
+    find "$WORK/s3/store" -type f ! -name '*.manifest.json' -printf '%s\n' | awk '{t += $1} END {printf "%d", t}'
+  else "$PY" "$S3UTIL" object-bytes "$BUCKET" | awk '{print $1}'; fi
+}
 clear_store() { if [ "$S3KIND" = file ]; then rm -rf "$WORK/s3/store"/*; else "$PY" "$S3UTIL" clear "$BUCKET"; fi; }
 
 # pg_dump (cases 1-3) and backhaul (4-6) connect the same way: TCP, password auth.
@@ -274,6 +303,8 @@ run_case() { # $1 size, $2 case, $3 rep
     bh_zstd_alt) cmd=(env PG_COMPRESSION=zstd PG_DB_NAME="$DB" "$ALT_BIN" backup) ;;
     bh_pg)    cmd=(env PG_COMPRESSION=pg PG_DB_NAME="$DB" "$BIN" backup) ;;
     bh_none)  cmd=(env PG_COMPRESSION=none PG_DB_NAME="$DB" "$BIN" backup) ;;
+    floor_par) cmd=("$PG_DUMP" -Fd -j "$BJOBS" -Z0 --no-sync -d "$DB" -f "$d/tmp/par") ;;
+    bh_jobs)  cmd=(env PG_COMPRESSION=zstd PG_JOBS="$BJOBS" PG_DB_NAME="$DB" "$BIN" backup) ;;
   esac
   sample_disk "$d/tmp" "$d/disk" & SAMPLER_PID=$!
   t0=$(date +%s.%N)
@@ -288,8 +319,8 @@ run_case() { # $1 size, $2 case, $3 rep
     local fsz; fsz=$(stat -c %s "$d/tmp/$DB.dump")
     [ "$fsz" -gt "$disk" ] && disk=$fsz
   fi
-  if [ "$name" != floor ] && [ "$rc" -eq 0 ]; then
-    obj=$("$PY" "$S3UTIL" object-bytes "$BUCKET" | awk '{print $1}')
+  if [ "$name" != floor ] && [ "$name" != floor_par ] && [ "$rc" -eq 0 ]; then
+    obj=$(object_bytes)
   fi
   clear_store
   local wall user sys rss
@@ -324,6 +355,31 @@ prepare_restore() {
   if selected r_download; then
     "$PY" "$S3UTIL" upload-file "$BUCKET" "bench/restore/$DB.dump" "$WORK/restore-src.dump"
   fi
+  # backup --jobs: a local directory dump and a PG_JOBS backup (a directory dump in the store).
+  if selected r_local_dir_jobs; then
+    "$PG_DUMP" -Fd -j "$BJOBS" -Z0 --no-sync -d "$DB" -f "$WORK/restore-src.dir"
+  fi
+  if selected r_bh_dir_jobs; then
+    env PG_COMPRESSION=zstd PG_JOBS="$BJOBS" PG_DB_NAME="$DB" BACKUP_GLOBALS=off BACKUP_WORK_DIR="$WORK" "$BIN" backup \
+      >"$WORK/restore-bkdir.json" 2>"$WORK/restore-bkdir.log" \
+      || { tail -15 "$WORK/restore-bkdir.log" >&2; die "backup --jobs for the restore cases failed"; }
+    RKEY_DIR=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["key"])' "$WORK/restore-bkdir.json")
+  fi
+}
+
+# After the last r_bh_dir_jobs run: is the restored database's plain pg_dump the source's?
+check_dir_restore() { # $1 size
+  local a b equal=false
+  # Sorted lines: the order rows come back in (heap order) is not the content.
+  "$PG_DUMP" -Fp -d "$DB" | grep -v -e '^\\restrict ' -e '^\\unrestrict ' | LC_ALL=C sort -S 256M -T "$WORK" >"$WORK/plain-src.sql"
+  "$PG_DUMP" -Fp -d bench_restore | grep -v -e '^\\restrict ' -e '^\\unrestrict ' | LC_ALL=C sort -S 256M -T "$WORK" >"$WORK/plain-restored.sql"
+  a=$(sha256sum <"$WORK/plain-src.sql" | cut -d' ' -f1); b=$(sha256sum <"$WORK/plain-restored.sql" | cut -d' ' -f1)
+  [ "$a" = "$b" ] && equal=true
+  say "restore of the --jobs backup: plain pg_dump of source $a, of restored $b: $([ "$equal" = true ] && echo EQUAL || echo DIFFERENT)"
+  [ "$equal" = true ] || diff "$WORK/plain-src.sql" "$WORK/plain-restored.sql" | head -20 | cut -c1-200 >&2 || true
+  rm -f "$WORK/plain-src.sql" "$WORK/plain-restored.sql"
+  printf '{"size_mb":%s,"dataset":"%s","case":"check_dir_restore","rep":0,"exit":0,"wall_s":0,"user_s":0,"sys_s":0,"maxrss_kb":0,"disk_bytes":0,"object_bytes":null,"equal":%s}\n' \
+    "$1" "$DATASET" "$equal" >>"$RAW"
 }
 
 run_restore_case() { # $1 size, $2 case, $3 rep
@@ -339,6 +395,8 @@ run_restore_case() { # $1 size, $2 case, $3 rep
                      "$PY" "$S3UTIL" "$BUCKET" "bench/restore/$DB.dump" "$d/tmp/$DB.dump" "$PGBIN/pg_restore") ;;
     r_bh_stream)  cmd=("$BIN" restore "$RKEY" --to "$to") ;;
     r_bh_jobs)    cmd=("$BIN" restore "$RKEY" --jobs "$RJOBS" --to "$to") ;;
+    r_local_dir_jobs) cmd=("$PGBIN/pg_restore" --exit-on-error -j "$BJOBS" -d bench_restore "$WORK/restore-src.dir") ;;
+    r_bh_dir_jobs) cmd=("$BIN" restore "$RKEY_DIR" --jobs "$BJOBS" --to "$to") ;;
   esac
   sample_disk "$d/tmp" "$d/disk" & SAMPLER_PID=$!
   t0=$(date +%s.%N)
@@ -365,6 +423,7 @@ run_restore_case() { # $1 size, $2 case, $3 rep
     "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" \
     "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
   rm -rf "$d"
+  if [ "$name" = r_bh_dir_jobs ] && [ "$rep" = "$REPEAT" ] && [ "$rc" -eq 0 ]; then check_dir_restore "$size"; fi
 }
 
 for DATASET in $DATASETS; do
@@ -389,6 +448,7 @@ for size in $SIZES; do
     psql_su -c "drop database if exists bench_restore" >/dev/null
     clear_store
     rm -f "$WORK/restore-src.dump"
+    rm -rf "$WORK/restore-src.dir"
   fi
   psql_su -c "drop database $DB" >/dev/null
 done
@@ -418,7 +478,7 @@ meta = {
     "backhaul_version": """$("$BIN" --version 2>/dev/null | head -1 || echo unknown)""",
     "alt_bin": """$ALT_BIN""",
   },
-  "settings": {"sizes_mb": "$SIZES".split(), "datasets": "$DATASETS".split(), "cases": "$SELECTED".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "backup": "$BACKUP" == "1", "restore_jobs": $RJOBS},
+  "settings": {"sizes_mb": "$SIZES".split(), "datasets": "$DATASETS".split(), "cases": "$SELECTED".split(), "repeat": $REPEAT, "s3": "$S3KIND", "restore": "$RESTORE" == "1", "backup": "$BACKUP" == "1", "restore_jobs": $RJOBS, "backup_jobs": $BJOBS},
   "sizes": [json.loads(l) for l in open("$SIZES_JSON") if l.strip()],
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=2)

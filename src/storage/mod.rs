@@ -251,6 +251,49 @@ impl PartPlan {
     }
 }
 
+/// Bytes of upload parts in flight across every upload of the process. [`PartPlan`]'s budget is
+/// per upload; a backup with `--jobs` streams several files at once, each its own upload, and
+/// their parts would add up (32 MiB each) past the memory a run is meant to need.
+///
+/// Only parts already handed to a request task hold a share, and each such task ends on its
+/// own (sent or failed), so a waiting upload always gets its turn: no upload can block another
+/// for good. A part larger than the whole budget takes all of it.
+#[derive(Debug, Clone)]
+pub struct PartBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    total: usize,
+}
+
+impl PartBudget {
+    /// Half again one upload's budget: a single-stream backup keeps all its parts in flight,
+    /// several streams share the rest.
+    pub fn for_plan(plan: &PartPlan) -> Self {
+        Self::new(
+            plan.in_flight_budget
+                .saturating_add(plan.in_flight_budget / 2),
+        )
+    }
+
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1, u32::MAX as usize);
+        PartBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Waits until `len` bytes (at most the whole budget) are free, and holds them until the
+    /// permit is dropped.
+    pub async fn acquire(&self, len: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let n = len.clamp(1, self.total) as u32;
+        self.bytes
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the part budget's semaphore is never closed")
+    }
+}
+
 pub async fn open(
     dest: &Destination,
     plan: PartPlan,
@@ -281,5 +324,43 @@ mod tests {
         assert_eq!(plan.part_size(0), 8 << 20);
         assert_eq!(plan.in_flight_for(8 << 20), 4);
         assert_eq!(plan.in_flight_for(64 << 20), 1);
+    }
+
+    #[tokio::test]
+    async fn part_budget_is_shared_and_never_blocks_for_good() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let pending = |f: &mut std::pin::Pin<Box<dyn Future<Output = _> + Send>>| {
+            matches!(
+                f.as_mut().poll(&mut Context::from_waker(Waker::noop())),
+                Poll::Pending
+            )
+        };
+        let budget = PartBudget::for_plan(&PartPlan::default());
+        assert_eq!(budget.total, 48 << 20);
+        // Two uploads' parts share the budget: six 8 MiB parts fill it...
+        let other = budget.clone();
+        let mut held = Vec::new();
+        for i in 0..6 {
+            let b = if i % 2 == 0 { &budget } else { &other };
+            held.push(b.acquire(8 << 20).await);
+        }
+        // ...and a seventh, from either upload, waits for one of them to be sent.
+        let mut next: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(other.acquire(8 << 20));
+        assert!(pending(&mut next));
+        held.pop();
+        let Poll::Ready(p) = next.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+            panic!("a freed share must go to the waiting part");
+        };
+        held.push(p);
+        drop(held);
+        // A part larger than the whole budget takes all of it rather than waiting forever.
+        let big = budget.acquire(5 << 30).await;
+        let mut small: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(budget.acquire(1));
+        assert!(pending(&mut small));
+        drop(big);
+        assert!(!pending(&mut small));
     }
 }

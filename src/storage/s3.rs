@@ -30,8 +30,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::ConfigError;
 
 use super::{
-    run_id, Incomplete, LockInfo, ObjectInfo, PartPlan, Reader, Storage, StorageError, Stored,
-    Unusable, Upload,
+    run_id, Incomplete, LockInfo, ObjectInfo, PartBudget, PartPlan, Reader, Storage, StorageError,
+    Stored, Unusable, Upload,
 };
 
 /// User metadata naming the run that created an object.
@@ -75,6 +75,8 @@ pub struct S3Storage {
     bucket: String,
     plan: PartPlan,
     sse: Sse,
+    /// Shared by every upload of this storage: parts in flight over all of them.
+    budget: PartBudget,
 }
 
 /// One line per failed call: the service's code and message (never the SDK's debug dump of
@@ -319,6 +321,7 @@ impl S3Storage {
             bucket: bucket.to_string(),
             plan,
             sse,
+            budget: PartBudget::for_plan(&plan),
         })
     }
 
@@ -400,6 +403,7 @@ struct S3Upload {
     key: String,
     plan: PartPlan,
     sse: Sse,
+    budget: PartBudget,
     /// The first part is held back: if the stream ends within it, a single PutObject is cheaper
     /// and leaves nothing to abort.
     first: Option<Bytes>,
@@ -467,11 +471,14 @@ impl S3Upload {
         while self.in_flight.len() >= limit {
             self.reap_one().await?;
         }
+        // Held by the request task until the part is sent or failed.
+        let share = self.budget.acquire(body.len()).await;
         self.next_part += 1;
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
         let upload_id = self.upload_id.clone().expect("multipart started");
         let number = self.next_part;
         self.in_flight.spawn(async move {
+            let _share = share;
             let out = client
                 .upload_part()
                 .bucket(&bucket)
@@ -845,6 +852,7 @@ impl Storage for S3Storage {
             key: key.to_string(),
             plan: self.plan,
             sse: self.sse.clone(),
+            budget: self.budget.clone(),
             first: None,
             upload_id: None,
             creating: None,
