@@ -735,28 +735,7 @@ async fn complete(
     };
     let m = Manifest {
         format: manifest::FORMAT_DIRECTORY,
-        tool: "backhaul".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        kind: t.kind,
-        stage: job.store.stage.clone(),
-        database: t.database.clone(),
-        key: t.key.clone(),
-        timestamp: job.timestamp.clone(),
-        timezone: job.store.zone.name(),
-        started_at,
-        finished_at: Utc::now(),
-        compression: t.compression.clone(),
-        raw_bytes: toc.stats.raw_bytes,
-        stored_bytes: toc.stats.stored_bytes,
-        sha256: toc.stats.sha256.clone(),
-        parts: stored.parts,
-        etag: stored.etag.clone(),
-        version_id: stored.version_id.clone(),
-        source,
-        encryption: job.encrypt.as_ref().map(Recipients::manifest),
-        verification: None,
         contents,
-        globals: None,
         directory: Some(Directory {
             jobs: s.jobs,
             raw_bytes,
@@ -774,6 +753,7 @@ async fn complete(
                 .collect(),
             files,
         }),
+        ..super::target::manifest_of(job, t, started_at, &toc.stats, &stored, source)
     };
     if let Err(e) = job
         .storage

@@ -341,19 +341,24 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         // SIGINT is PostgreSQL's "fast shutdown".
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, libc::SIGINT);
     }
+}
+
+/// Asks a server the suite started to shut down with `signal`, waits up to 10 s, then kills it.
+pub fn stop_child(child: &mut std::process::Child, signal: libc::c_int) {
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A database with the column types people actually use: bytea, jsonb, unicode text, numeric,
