@@ -297,14 +297,7 @@ async fn dump(
         }
         None => None,
     };
-    let source = SourceInfo {
-        dump_tool: "pg_dump".into(),
-        dump_tool_version: tools.version.clone(),
-        server_version: Some(server.text),
-        host: s.conn.host.clone(),
-        neon_endpoint: s.conn.neon_endpoint(),
-        collections: None,
-    };
+    let source = super::dump::pg_source("pg_dump", tools, s, server.text);
     Ok((source, contents))
 }
 
@@ -753,7 +746,7 @@ async fn complete(
                 .collect(),
             files,
         }),
-        ..super::target::manifest_of(job, t, started_at, &toc.stats, &stored, source)
+        ..super::manifest_of(job, t, started_at, &toc.stats, &stored, source)
     };
     if let Err(e) = job
         .storage

@@ -44,14 +44,7 @@ pub(super) async fn dump_globals(
         write_path::stream(job.storage.clone(), upload, producer, Progress::hidden()).await?;
     Ok((
         stats,
-        SourceInfo {
-            dump_tool: "pg_dumpall".into(),
-            dump_tool_version: tools.version.clone(),
-            server_version: Some(server.text),
-            host: s.conn.host.clone(),
-            neon_endpoint: s.conn.neon_endpoint(),
-            collections: None,
-        },
+        pg_source("pg_dumpall", tools, s, server.text),
         GlobalsInfo { role_passwords },
     ))
 }
@@ -155,18 +148,7 @@ pub(super) async fn dump_postgres(
         },
         None => None,
     };
-    Ok((
-        stats,
-        SourceInfo {
-            dump_tool: "pg_dump".into(),
-            dump_tool_version: tools.version.clone(),
-            server_version: Some(server.text),
-            host: s.conn.host.clone(),
-            neon_endpoint: s.conn.neon_endpoint(),
-            collections: None,
-        },
-        contents,
-    ))
+    Ok((stats, pg_source("pg_dump", tools, s, server.text), contents))
 }
 
 pub(super) async fn dump_mongo(
@@ -285,6 +267,23 @@ pub(super) async fn dump_mongo_archive(
         .context("count task panicked")??;
     check_not_empty(s, db, &counts)?;
     Ok((stats, counts))
+}
+
+/// What a PostgreSQL artifact's manifest says about where it came from (no credentials).
+pub(super) fn pg_source(
+    dump_tool: &str,
+    tools: &PgTools,
+    s: &PgSettings,
+    server_version: String,
+) -> SourceInfo {
+    SourceInfo {
+        dump_tool: dump_tool.into(),
+        dump_tool_version: tools.version.clone(),
+        server_version: Some(server_version),
+        host: s.conn.host.clone(),
+        neon_endpoint: s.conn.neon_endpoint(),
+        collections: None,
+    }
 }
 
 #[cfg(test)]

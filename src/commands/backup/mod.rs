@@ -388,3 +388,41 @@ fn clone_err(e: &TargetError) -> anyhow::Error {
         other => anyhow::anyhow!("{other}"),
     }
 }
+/// The manifest of a single-file artifact: what every artifact records (the stored object's
+/// size, SHA-256, parts, ETag and version; who wrote it and when). A directory dump starts
+/// from the same fields for its TOC object and adds its file list.
+fn manifest_of(
+    job: &Job,
+    t: &Target,
+    started_at: chrono::DateTime<Utc>,
+    stats: &crate::write_path::StreamStats,
+    stored: &crate::storage::Stored,
+    source: crate::manifest::SourceInfo,
+) -> Manifest {
+    Manifest {
+        format: manifest::FORMAT,
+        tool: "backhaul".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        kind: t.kind,
+        stage: job.store.stage.clone(),
+        database: t.database.clone(),
+        key: t.key.clone(),
+        timestamp: job.timestamp.clone(),
+        timezone: job.store.zone.name(),
+        started_at,
+        finished_at: Utc::now(),
+        compression: t.compression.clone(),
+        raw_bytes: stats.raw_bytes,
+        stored_bytes: stats.stored_bytes,
+        sha256: stats.sha256.clone(),
+        parts: stored.parts,
+        etag: stored.etag.clone(),
+        version_id: stored.version_id.clone(),
+        source,
+        encryption: job.encrypt.as_ref().map(Recipients::manifest),
+        verification: None,
+        contents: None,
+        globals: None,
+        directory: None,
+    }
+}
