@@ -35,6 +35,7 @@ JOBS_CASES = [
     ("floor_par", "P1. parallel floor: pg_dump -Fd -j J -Z0 --no-sync to a local directory"),
     ("bh_zstd", "4. backhaul PG_COMPRESSION=zstd (single stream)"),
     ("bh_jobs", "P2. backhaul PG_JOBS=J PG_COMPRESSION=zstd"),
+    ("bh_jobs_none", "P2n. backhaul PG_JOBS=J PG_COMPRESSION=none (hashing and copying only)"),
 ]
 JOBS_RESTORE_CASES = [
     ("r_local_1tx", "R1. pg_restore --single-transaction, local file"),
@@ -86,6 +87,11 @@ def stats(runs):
         local_disk_bytes=max(r["disk_bytes"] for r in ok),
         object_bytes=int(statistics.median(objs)) if objs else None,
     )
+    busy = [r["busy_cores"] for r in ok if r.get("busy_cores") is not None]
+    if busy:
+        # How many of the machine's CPUs were busy during the run (anything, the server too):
+        # an anchor near nproc leaves no CPU for the work backhaul adds.
+        out["busy_cores_median"] = statistics.median(busy)
     return out
 
 
@@ -104,20 +110,21 @@ def restore_section(md, raw, sz, ds, meta, per_case, target):
         per_case[key] = stats([r for r in raw if r["size_mb"] == sz and r.get("dataset", "events") == ds and r["case"] == key])
     base = per_case["r_local_1tx"].get("wall_median_s")
     md.append(f"\nRestore of the same archive into an empty database (N = {jobs}):\n")
-    md.append("| case | runs | wall min (s) | wall median (s) | × local 1-tx | CPU user+sys median (s) | peak RSS (MiB) | local disk |")
-    md.append("|---|---|---|---|---|---|---|---|")
+    md.append(f"| case | runs | wall min (s) | wall median (s) | × local 1-tx | CPU user+sys median (s) | busy CPUs median (of {meta['machine']['nproc']}) | peak RSS (MiB) | local disk |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
     for key, label in RESTORE_CASES:
         s = per_case[key]
         if s["runs"] == 0:
             continue
         runs = f"{s['runs'] - s['failed']}/{s['runs']}"
         if "wall_median_s" not in s:
-            md.append(f"| {label} | {runs} | FAILED | | | | | |")
+            md.append(f"| {label} | {runs} | FAILED | | | | | | |")
             continue
         x = s["wall_median_s"] / base if base else float("nan")
+        busy = f"{s['busy_cores_median']:.2f}" if "busy_cores_median" in s else "—"
         md.append(
             f"| {label} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | {x:.2f}× | "
-            f"{s['cpu_median_s']:.2f} | {s['peak_rss_kb'] / 1024:.1f} | {human(s['local_disk_bytes'])} |"
+            f"{s['cpu_median_s']:.2f} | {busy} | {s['peak_rss_kb'] / 1024:.1f} | {human(s['local_disk_bytes'])} |"
         )
     measured = {k: per_case[k] for k, _ in RESTORE_CASES if per_case[k]["runs"]}
     if any("wall_median_s" not in s for s in measured.values()):
@@ -155,16 +162,17 @@ def jobs_section(md, raw, sz, ds, meta, target):
             continue
         base = w(base_key)
         md.append(f"\n{title} (J = {jobs}):\n")
-        md.append(f"| case | runs | wall min (s) | wall median (s) | × {base_name} | CPU user+sys median (s) | peak RSS (MiB) | local disk (peak allocated) | object size |")
-        md.append("|---|---|---|---|---|---|---|---|---|")
+        md.append(f"| case | runs | wall min (s) | wall median (s) | × {base_name} | CPU user+sys median (s) | busy CPUs median (of {meta['machine']['nproc']}) | peak RSS (MiB) | local disk (peak allocated) | object size |")
+        md.append("|---|---|---|---|---|---|---|---|---|---|")
         for k, label in shown:
             s = per[k]
             runs = f"{s['runs'] - s['failed']}/{s['runs']}"
             if "wall_median_s" not in s:
-                md.append(f"| {label} | {runs} | FAILED | | | | | | |")
+                md.append(f"| {label} | {runs} | FAILED | | | | | | | |")
                 continue
             x = f"{s['wall_median_s'] / base:.2f}×" if base else "n/a"
-            md.append(f"| {label} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | {x} | {s['cpu_median_s']:.2f} | "
+            busy = f"{s['busy_cores_median']:.2f}" if "busy_cores_median" in s else "—"
+            md.append(f"| {label} | {runs} | {s['wall_min_s']:.2f} | {s['wall_median_s']:.2f} | {x} | {s['cpu_median_s']:.2f} | {busy} | "
                       f"{s['peak_rss_kb'] / 1024:.1f} | {human(s['local_disk_bytes'])} | {human(s.get('object_bytes')) if s.get('object_bytes') else '—'} |")
     floor, par, bj, z = w("floor"), w("floor_par"), w("bh_jobs"), w("bh_zstd")
     # Like restore --jobs: a machine on which the parallel anchor is not clearly faster than the

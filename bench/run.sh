@@ -12,7 +12,8 @@
 #   3 pipeline  pg_dump -Fc -Z0 | zstd -3 -T2 | boto3 upload_fileobj(stdin)
 #   4 bh_zstd   backhaul backup, PG_COMPRESSION=zstd
 #     (only when named in BENCH_CASES: bh_zstd_st the same with PG_ZSTD_THREADS=1, one zstd
-#     worker; bh_zstd_alt the same with the binary BENCH_ALT_BIN, another build)
+#     worker; bh_zstd_alt the same with the binary BENCH_ALT_BIN, another build; bh_jobs_none
+#     PG_JOBS=J without compression)
 #   5 bh_pg     backhaul backup, PG_COMPRESSION=pg
 #   6 bh_none   backhaul backup, PG_COMPRESSION=none
 # then (unless BENCH_RESTORE=0) five ways of restoring the same archive into an empty database,
@@ -77,7 +78,7 @@ RJOBS="${BENCH_RESTORE_JOBS:-$(nproc)}"
 DATASETS="${BENCH_DATASETS:-events}"
 CASES=(floor script pipeline bh_zstd bh_pg bh_none)
 # Only when named in BENCH_CASES: bh_zstd variants, to measure one change at a time.
-EXTRA_CASES=(bh_zstd_st bh_zstd_alt)
+EXTRA_CASES=(bh_zstd_st bh_zstd_alt bh_jobs_none)
 ALT_BIN="${BENCH_ALT_BIN:-}"
 RESTORE_CASES=(r_local_1tx r_local_jobs r_download r_bh_stream r_bh_jobs)
 # backup --jobs (issue 32): its cases join the backup and restore groups; its own groups are
@@ -89,7 +90,7 @@ RESTORE_CASES+=(r_local_dir_jobs r_bh_dir_jobs)
 jobs_cases=" "
 for c in ${BENCH_CASES:-backup restore}; do
   case "$c" in
-    backup-jobs) jobs_cases+="floor bh_zstd floor_par bh_jobs " ;;
+    backup-jobs) jobs_cases+="floor bh_zstd floor_par bh_jobs bh_jobs_none " ;;
     restore-dir) jobs_cases+="r_local_1tx r_local_dir_jobs r_bh_dir_jobs " ;;
     *) jobs_cases+="$c " ;;
   esac
@@ -284,6 +285,11 @@ own_usage() { # $1 backhaul's stderr (text log): its `resources` line as JSON, o
        END { printf "{\"user_s\":%s,\"sys_s\":%s,\"minor_faults\":%s,\"raw_bytes\":%s}", v["user_s"], v["sys_s"], v["minor_faults"], v["raw_bytes"] }' <<<"$line"
 }
 
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }
+busy_cores() { # $1 $2 busy and idle ticks before, $3 $4 after: how many of the machine's CPUs were busy
+  awk -v b=$(($3 - $1)) -v i=$(($4 - $2)) -v n="$(nproc)" 'BEGIN { printf "%.2f", (b + i) ? n * b / (b + i) : 0 }'
+}
+
 tfield() { # $1 time -v output, $2 label
   awk -F': ' -v k="$2" 'index($0, k) { v = $NF } END { print (v == "" ? 0 : v) }' "$1"
 }
@@ -305,14 +311,19 @@ run_case() { # $1 size, $2 case, $3 rep
     bh_none)  cmd=(env PG_COMPRESSION=none PG_DB_NAME="$DB" "$BIN" backup) ;;
     floor_par) cmd=("$PG_DUMP" -Fd -j "$BJOBS" -Z0 --no-sync -d "$DB" -f "$d/tmp/par") ;;
     bh_jobs)  cmd=(env PG_COMPRESSION=zstd PG_JOBS="$BJOBS" PG_DB_NAME="$DB" "$BIN" backup) ;;
+    # The lower bound of backhaul's own cost in --jobs: no compression, only hashing and copying.
+    bh_jobs_none) cmd=(env PG_COMPRESSION=none PG_JOBS="$BJOBS" PG_DB_NAME="$DB" "$BIN" backup) ;;
   esac
   sample_disk "$d/tmp" "$d/disk" & SAMPLER_PID=$!
+  local b0 i0 b1 i1
+  read -r b0 i0 < <(busy_ticks)
   t0=$(date +%s.%N)
   set +e
   TMPDIR="$d/tmp" BACKUP_WORK_DIR="$d/tmp" /usr/bin/time -v -o "$d/time" "${cmd[@]}" >"$d/stdout" 2>"$d/stderr"
   rc=$?
   set -e
   t1=$(date +%s.%N)
+  read -r b1 i1 < <(busy_ticks)
   kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
   disk=$(cat "$d/disk")
   if [ "$name" = script ] && [ -f "$d/tmp/$DB.dump" ]; then
@@ -336,8 +347,8 @@ run_case() { # $1 size, $2 case, $3 rep
     echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
     tail -15 "$d/stderr" | sed 's/^/    /' >&2
   fi
-  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s,"own":%s}\n' \
-    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" "$own" >>"$RAW"
+  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":%s,"own":%s,"busy_cores":%s}\n' \
+    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$obj" "$own" "$(busy_cores "$b0" "$i0" "$b1" "$i1")" >>"$RAW"
   printf '   %-9s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B, object %s B%s%s\n' "$name" "$rep" "$wall" \
     "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" "${obj/null/-}" \
     "$([ "$own" != null ] && echo ", backhaul's own $own")" "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2
@@ -399,12 +410,15 @@ run_restore_case() { # $1 size, $2 case, $3 rep
     r_bh_dir_jobs) cmd=("$BIN" restore "$RKEY_DIR" --jobs "$BJOBS" --to "$to") ;;
   esac
   sample_disk "$d/tmp" "$d/disk" & SAMPLER_PID=$!
+  local b0 i0 b1 i1
+  read -r b0 i0 < <(busy_ticks)
   t0=$(date +%s.%N)
   set +e
   TMPDIR="$d/tmp" /usr/bin/time -v -o "$d/time" "${cmd[@]}" >"$d/stdout" 2>"$d/stderr"
   rc=$?
   set -e
   t1=$(date +%s.%N)
+  read -r b1 i1 < <(busy_ticks)
   kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
   disk=$(cat "$d/disk")
   local wall user sys rss
@@ -417,8 +431,8 @@ run_restore_case() { # $1 size, $2 case, $3 rep
     echo "bench: run $name (rep $rep, ~$size MB) FAILED with exit $rc; last lines of its stderr:" >&2
     tail -15 "$d/stderr" | sed 's/^/    /' >&2
   fi
-  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":null}\n' \
-    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" >>"$RAW"
+  printf '{"size_mb":%s,"dataset":"%s","case":"%s","rep":%s,"exit":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"maxrss_kb":%s,"disk_bytes":%s,"object_bytes":null,"busy_cores":%s}\n' \
+    "$size" "$DATASET" "$name" "$rep" "$rc" "$wall" "$user" "$sys" "$rss" "$disk" "$(busy_cores "$b0" "$i0" "$b1" "$i1")" >>"$RAW"
   printf '   %-12s rep %s: %7ss wall, %6.2fs cpu, %6.1f MiB rss, disk %s B%s\n' "$name" "$rep" "$wall" \
     "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" "$(awk -v r="$rss" 'BEGIN{print r/1024}')" "$disk" \
     "$([ "$rc" -ne 0 ] && echo " (FAILED)")" >&2

@@ -293,9 +293,15 @@ pub struct BackupArgs {
     #[arg(long, env = "PG_COMPRESSION", default_value = "zstd")]
     pub compression: String,
 
-    /// zstd level (1-19). 1 is the default because it measured fastest *and* smallest on
-    /// pg_dump archives (bench/RESULTS-2026-11-23.md): higher levels only cost CPU here.
-    #[arg(long, env = "PG_ZSTD_LEVEL", default_value_t = 1)]
+    /// zstd level (1-19, or -1 to -7). 1 is the default because it measured fastest *and*
+    /// smallest of the positive levels on pg_dump archives (bench/RESULTS-2026-11-23.md):
+    /// higher levels only cost CPU here. Negative levels are faster still and store more.
+    #[arg(
+        long,
+        env = "PG_ZSTD_LEVEL",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     pub zstd_level: i32,
 
     /// zstd worker threads; 0 = one per CPU.

@@ -141,6 +141,16 @@ pub struct Verification {
 }
 
 impl Manifest {
+    /// (raw, stored) bytes of the whole backup: for a directory dump all its files, not only
+    /// the TOC object the top-level fields describe.
+    pub fn backup_bytes(&self) -> (u64, u64) {
+        self.directory
+            .as_ref()
+            .map_or((self.raw_bytes, self.stored_bytes), |d| {
+                (d.raw_bytes, d.stored_bytes)
+            })
+    }
+
     pub fn to_bytes(&self) -> bytes::Bytes {
         let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
         v.push(b'\n');

@@ -362,17 +362,30 @@ fn file_destination_jobs_backup() {
         .arg("backup")
         .arg("--dest")
         .arg(format!("file://{}", dest.path().display()));
-    let key = artifact_key(&cmd.assert().success().get_output().stdout);
+    let out = cmd.assert().success();
+    let key = artifact_key(&out.get_output().stdout);
     let m: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dest.path().join(format!("{key}.manifest.json"))).unwrap(),
     )
     .unwrap();
     let toc = std::fs::read(dest.path().join(&key)).unwrap();
     assert_eq!(sha256_hex(&toc), m["sha256"].as_str().unwrap());
+    let mut raw = m["raw_bytes"].as_u64().unwrap();
     for f in m["directory"]["files"].as_array().unwrap() {
         let object = std::fs::read(dest.path().join(f["object"].as_str().unwrap())).unwrap();
         assert_eq!(sha256_hex(&object), f["sha256"].as_str().unwrap(), "{f}");
+        raw += f["raw_bytes"].as_u64().unwrap();
     }
+    // The summary and the `resources` line count every file pg_dump wrote, not the TOC alone.
+    assert_eq!(m["directory"]["raw_bytes"].as_u64().unwrap(), raw);
+    let line = &summaries(&out.get_output().stdout)[0];
+    assert_eq!(line["raw_bytes"].as_u64().unwrap(), raw, "{line}");
+    let usage = String::from_utf8_lossy(&out.get_output().stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "resources")
+        .expect("a resources line");
+    assert_eq!(usage["raw_bytes"].as_u64().unwrap(), raw, "{usage}");
 }
 
 fn jobs_backup(fx: &Fixture) -> String {

@@ -104,6 +104,8 @@ fn cases() -> Vec<(Vec<&'static str>, Env)> {
         (&["backup"], &[("PG_COMPRESSION", "lz4")]),
         (&["backup", "--compression", "gzip"], &[]),
         (&["backup"], &[("PG_ZSTD_LEVEL", "25")]),
+        (&["backup"], &[("PG_ZSTD_LEVEL", "0")]),
+        (&["backup", "--zstd-level", "-8"], &[]),
         (&["backup"], &[("BACKUP_TIMEOUT", "soon")]),
         (&["backup"], &[("BACKUP_PARALLEL", "0")]),
         (&["backup"], &[("BACKHAUL_PART_SIZE_MIB", "4")]),

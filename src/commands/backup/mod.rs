@@ -99,7 +99,9 @@ pub async fn run(args: BackupArgs, rt: Runtime) -> anyhow::Result<()> {
     let tally = report(&job, &results);
     if let Some(usage) = crate::resources::Usage::of_self() {
         let ok = results.iter().filter_map(|r| r.3.as_ref().ok());
-        let (raw, stored) = ok.fold((0, 0), |(r, s), m| (r + m.raw_bytes, s + m.stored_bytes));
+        let (raw, stored) = ok
+            .map(|m| m.backup_bytes())
+            .fold((0, 0), |(r, s), (mr, ms)| (r + mr, s + ms));
         usage.log(raw, stored);
     }
     let mut unverified = 0;
@@ -291,12 +293,7 @@ fn report(job: &Job, results: &[TargetResult]) -> Tally {
         match res {
             Ok(m) => {
                 // A directory dump's bytes are all its objects'; its sha256 is its TOC's.
-                let (raw, stored) = m
-                    .directory
-                    .as_ref()
-                    .map_or((m.raw_bytes, m.stored_bytes), |d| {
-                        (d.raw_bytes, d.stored_bytes)
-                    });
+                let (raw, stored) = m.backup_bytes();
                 tracing::info!(kind = t.kind.as_str(), database = %t.database, key = %t.key, stored_bytes = stored, raw_bytes = raw, sha256 = %m.sha256, seconds, "backup ok");
                 report.raw_bytes = Some(raw);
                 report.stored_bytes = Some(stored);
