@@ -266,34 +266,39 @@ fn uri_never_reaches_argv_or_output() {
     }
 }
 
+/// Also with `PG_JOBS=2`, whose pooler check runs before every target: a PostgreSQL host it
+/// cannot reach fails that target, not the run's MongoDB backup.
 #[test]
 fn failing_postgres_does_not_stop_mongo() {
     let m = Mongo::with_shop();
-    let bucket = moto().bucket("mpgfail");
-    let out = m
-        .backup(&bucket)
-        .env("PG_DB_HOST", "127.0.0.1")
-        .env("PG_DB_PORT", free_port().to_string())
-        .env("PG_DB_USER", "x")
-        .env("PG_DB_PASSWORD", "nope-nope")
-        .env("PG_DB_NAME", "y")
-        .assert()
-        .code(1);
-    let lines = summaries(&out.get_output().stdout);
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    let status = |kind: &str| {
-        lines
-            .iter()
-            .find(|l| l["kind"] == kind)
-            .map(|l| l["status"].clone())
-            .unwrap()
-    };
-    assert_eq!(status("postgres"), "failed");
-    assert_eq!(status("mongo"), "ok");
-    let keys = moto().keys(&bucket);
-    assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.iter().all(|k| k.contains("_MONGO/")), "{keys:?}");
-    assert_eq!(moto().multipart_uploads(&bucket), 0);
+    for jobs in ["1", "2"] {
+        let bucket = moto().bucket("mpgfail");
+        let out = m
+            .backup(&bucket)
+            .env("PG_DB_HOST", "127.0.0.1")
+            .env("PG_DB_PORT", free_port().to_string())
+            .env("PG_DB_USER", "x")
+            .env("PG_DB_PASSWORD", "nope-nope")
+            .env("PG_DB_NAME", "y")
+            .env("PG_JOBS", jobs)
+            .assert()
+            .code(1);
+        let lines = summaries(&out.get_output().stdout);
+        assert_eq!(lines.len(), 2, "jobs {jobs}: {lines:?}");
+        let line = |kind: &str| lines.iter().find(|l| l["kind"] == kind).unwrap();
+        assert_eq!(line("postgres")["status"], "failed", "jobs {jobs}");
+        assert_eq!(line("mongo")["status"], "ok", "jobs {jobs}");
+        let error = line("postgres")["error"].as_str().unwrap().to_string();
+        if jobs == "2" {
+            assert!(error.contains("the dump was not started"), "{error}");
+        }
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+        assert!(!error.contains("nope-nope") && !stderr.contains("nope-nope"));
+        let keys = moto().keys(&bucket);
+        assert_eq!(keys.len(), 2, "jobs {jobs}: {keys:?}");
+        assert!(keys.iter().all(|k| k.contains("_MONGO/")), "{keys:?}");
+        assert_eq!(moto().multipart_uploads(&bucket), 0);
+    }
 }
 
 #[test]

@@ -129,24 +129,30 @@ pub(super) fn check_spool(s: &PgSettings) -> Result<(), ConfigError> {
 /// the next (PgBouncer in transaction mode behind any name), or a standby before PostgreSQL
 /// 10, cannot give pg_dump's workers the leader's snapshot. Poolers known by name were refused
 /// by the settings; this asks each database, as its dump will connect to it (see
-/// [`pg_probe`]). Not being able to ask fails the run: a parallel dump is not started on a
-/// host nobody checked.
+/// [`pg_probe`]). A database that cannot be asked (down, wrong password) is returned with why:
+/// its parallel dump is not started on a host nobody checked, and fails as its target, while
+/// the run's other targets (other databases, MongoDB) go on as they would with one job.
 pub(super) async fn check_pooling(
     s: &PgSettings,
     tools: &PgTools,
     redactor: &Redactor,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Unchecked> {
     // Hex, random per process: safe inside the probe's SQL literal.
     let nonce = crate::storage::run_id();
+    let mut unchecked = Unchecked::new();
     for db in &s.conn.databases {
-        let verdict = pg_probe::probe(tools, &s.conn, db, nonce, redactor)
-            .await
-            .with_context(|| {
-                format!(
-                    "checking {}:{} (database {db}) for a transaction pooler before a parallel dump (PG_JOBS)",
+        let verdict = match pg_probe::probe(tools, &s.conn, db, nonce, redactor).await {
+            Ok(v) => v,
+            Err(e) => {
+                let why = anyhow::Error::from(e).context(format!(
+                    "checking {}:{} (database {db}) for a transaction pooler before a parallel dump (PG_JOBS), so the dump was not started",
                     s.conn.host, s.conn.port
-                )
-            })?;
+                ));
+                tracing::warn!(database = %db, error = %format!("{why:#}"), "pooler check failed");
+                unchecked.insert(db.clone(), format!("{why:#}"));
+                continue;
+            }
+        };
         match verdict {
             Verdict::SharedSessions => {
                 return Err(ConfigError::invalid(
@@ -176,13 +182,19 @@ pub(super) async fn check_pooling(
             Verdict::Direct => {}
         }
     }
-    Ok(())
+    Ok(unchecked)
 }
+
+/// Databases the pooler check could not ask, and why.
+pub(super) type Unchecked = std::collections::HashMap<String, String>;
 
 /// Objects completed at once.
 const FINISH_CONCURRENCY: usize = 8;
 
 pub(super) async fn run_dir_target(job: &Job, t: &Target) -> Result<Manifest, TargetError> {
+    if let Some(why) = job.unchecked.get(&t.database) {
+        return Err(TargetError::Other(anyhow::anyhow!("{why}")));
+    }
     let started_at = Utc::now();
     let (s, tools) = job.pg.as_ref().expect("postgres target implies settings");
     let mut out = Outcome::default();

@@ -61,6 +61,8 @@ struct Job {
     /// `--verify-no-owner` / `--verify-no-acl`.
     verify_privileges: Privileges,
     cancel: CancellationToken,
+    /// `--jobs`: databases the pooler check could not ask; their dumps fail without starting.
+    unchecked: dir::Unchecked,
 }
 
 impl Job {
@@ -175,6 +177,7 @@ async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Opti
                 Unusable::Service(m) => anyhow::anyhow!(m),
             }
         })?;
+    let mut unchecked = dir::Unchecked::new();
     let pg = match &plan.pg {
         Some(s) => {
             let tools = match PgTools::locate(s.pg_dump_path.as_deref()).await {
@@ -193,7 +196,7 @@ async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Opti
             tracing::info!(pg_dump = %tools.pg_dump.display(), version = %tools.version, "using pg_dump");
             if s.jobs > 1 {
                 dir::check_spool(s)?;
-                dir::check_pooling(s, &tools, &plan.redactor).await?;
+                unchecked = dir::check_pooling(s, &tools, &plan.redactor).await?;
             }
             Some((s.clone(), tools))
         }
@@ -232,6 +235,7 @@ async fn prepare(plan: &RunPlan, rt: &Runtime) -> anyhow::Result<(Arc<Job>, Opti
         globals: plan.globals,
         verify_privileges: plan.verify_privileges,
         cancel: rt.cancel.clone(),
+        unchecked,
     });
     Ok((job, verify_target))
 }
