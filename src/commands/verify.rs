@@ -37,6 +37,7 @@ use crate::layout::Kind;
 use crate::manifest::Verification;
 use crate::read_path::{self, Consumer, Decode, Expect, FeedError};
 use crate::secret::Redactor;
+use crate::source::child::ChildProc;
 use crate::source::postgres::{self as pg, PgTools};
 use crate::storage::Storage;
 
@@ -137,12 +138,8 @@ impl Verifier {
         }
     }
 
-    async fn verify_pg(
-        &self,
-        entry: &Entry,
-        details: &mut Map<String, Value>,
-    ) -> Result<(), Failure> {
-        let expect = Some(require_manifest(entry, details)?);
+    /// `pg_restore --list`, to be fed an archive (or a directory dump's head) on its stdin.
+    fn spawn_list(&self) -> Result<(ChildProc, std::fs::File), Failure> {
         let tools = self.tools.as_ref().ok_or_else(|| {
             Failure::Transient(anyhow::anyhow!(
                 "no pg_restore found: install the PostgreSQL client or set PG_DUMP_PATH"
@@ -153,6 +150,16 @@ impl Verifier {
         let stdin = child
             .take_stdin_file()
             .ok_or_else(|| Failure::Transient(anyhow::anyhow!("pg_restore --list has no stdin")))?;
+        Ok((child, stdin))
+    }
+
+    async fn verify_pg(
+        &self,
+        entry: &Entry,
+        details: &mut Map<String, Value>,
+    ) -> Result<(), Failure> {
+        let expect = Some(require_manifest(entry, details)?);
+        let (child, stdin) = self.spawn_list()?;
         let src = self.open(entry).await?;
         let decode = self.decode(entry)?;
         let restore_decode = decode.clone();
@@ -762,16 +769,7 @@ impl Verifier {
                 }
             }
         }
-        let tools = self.tools.as_ref().ok_or_else(|| {
-            Failure::Transient(anyhow::anyhow!(
-                "no pg_restore found: install the PostgreSQL client or set PG_DUMP_PATH"
-            ))
-        })?;
-        let mut child = pg::spawn_list(tools, self.redactor.clone())
-            .map_err(|e| Failure::Transient(e.into()))?;
-        let mut stdin = child
-            .take_stdin_file()
-            .ok_or_else(|| Failure::Transient(anyhow::anyhow!("pg_restore --list has no stdin")))?;
+        let (child, mut stdin) = self.spawn_list()?;
         let head = toc.custom_head;
         let writing = tokio::task::spawn_blocking(move || {
             use std::io::Write as _;

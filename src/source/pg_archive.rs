@@ -410,7 +410,7 @@ fn read_entry(
             deps.push(id);
         }
     }
-    if let Some(d) = dir {
+    let data = if let Some(d) = dir {
         // `_WriteExtraToc` of pg_backup_directory.c: the data file's name, or "".
         let start = r.at;
         let name = r.string()?.unwrap_or_default();
@@ -420,29 +420,20 @@ fn read_entry(
             DataState::NotSet
         };
         d.tails.push((start, r.at, name));
-        return Ok(TocEntry {
-            dump_id: dump_id as i32,
-            had_dumper,
-            tag,
-            desc,
-            namespace,
-            owner,
-            section,
-            data,
-            deps,
-        });
-    }
-    let flag = r.byte()?;
-    let raw = r.bytes(off_size)?;
-    let offset = raw
-        .iter()
-        .enumerate()
-        .fold(0u64, |v, (i, b)| v | u64::from(*b) << (8 * i));
-    let data = match flag {
-        OFFSET_POS_NOT_SET => DataState::NotSet,
-        OFFSET_POS_SET => DataState::Set(offset),
-        OFFSET_NO_DATA => DataState::NoData,
-        f => return Err(r.damaged(format!("data offset flag {f} of entry {dump_id}"))),
+        data
+    } else {
+        let flag = r.byte()?;
+        let raw = r.bytes(off_size)?;
+        let offset = raw
+            .iter()
+            .enumerate()
+            .fold(0u64, |v, (i, b)| v | u64::from(*b) << (8 * i));
+        match flag {
+            OFFSET_POS_NOT_SET => DataState::NotSet,
+            OFFSET_POS_SET => DataState::Set(offset),
+            OFFSET_NO_DATA => DataState::NoData,
+            f => return Err(r.damaged(format!("data offset flag {f} of entry {dump_id}"))),
+        }
     };
     Ok(TocEntry {
         dump_id: dump_id as i32,

@@ -44,28 +44,8 @@ fn jobs_fixture(hint: &str, sql: &str) -> Fixture {
 
 /// A local `pg_dump -Fd` of `db` (as postgres, over the socket) into `dir`.
 fn local_dir_dump(pg: &Pg, db: &str, dir: &Path) {
-    let out = Command::new(pg.bin.join("pg_dump"))
-        .args(["-U", "postgres", "-h"])
-        .arg(pg.sock())
-        .args([
-            "-p",
-            &pg.port.to_string(),
-            "-Fd",
-            "-j",
-            "2",
-            "-Z",
-            "0",
-            "-f",
-        ])
-        .arg(dir)
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = dir.to_str().unwrap();
+    dump_text(pg, "pg_dump", &["-Fd", "-j", "2", "-Z", "0", "-f", dir, db]);
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
@@ -315,11 +295,10 @@ fn encrypted_uncompressed_jobs_backup_is_one_age_stream_per_file() {
 fn pg_dump_failing_after_writing_everything_leaves_nothing() {
     let fx = jobs_fixture("jobsfail", JOBS_SQL);
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("pg_dump");
     let real = pg_bin_dir().join("pg_dump");
-    std::fs::write(
-        &script,
-        format!(
+    let script = stand_in_pg_dump(
+        dir.path(),
+        &format!(
             "#!/bin/sh
 case \"$1\" in --version) exec {r} --version;; esac
 {r} \"$@\" || exit $?
@@ -329,9 +308,7 @@ exit 1
 ",
             r = real.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let work = tempfile::tempdir().unwrap();
     let out = fx
         .backup("jobdb")
@@ -722,20 +699,25 @@ fn kill9_leaves_no_pg_dump_and_its_leftovers_are_cleaned() {
     assert!(!s.spool.exists(), "swept");
 }
 
+/// Writes `text` as an executable `pg_dump` script in `dir`: a stand-in for a test.
+fn stand_in_pg_dump(dir: &Path, text: &str) -> PathBuf {
+    let script = dir.join("pg_dump");
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
 /// A stand-in pg_dump that records every call, so a test can tell it never ran.
 fn recording_pg_dump(dir: &Path) -> (PathBuf, PathBuf) {
     let calls = dir.join("calls");
-    let script = dir.join("pg_dump");
-    std::fs::write(
-        &script,
-        format!(
+    let script = stand_in_pg_dump(
+        dir,
+        &format!(
             "#!/bin/sh\necho \"$@\" >> {}\nexec {} \"$@\"\n",
             calls.display(),
             pg_bin_dir().join("pg_dump").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     (script, calls)
 }
 
@@ -1028,10 +1010,9 @@ fn toc_comes_first() {
 fn data_before_the_toc_fails_the_backup() {
     let fx = jobs_fixture("jobsdatafirst", SMALL_SQL);
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("pg_dump");
-    std::fs::write(
-        &script,
-        format!(
+    let script = stand_in_pg_dump(
+        dir.path(),
+        &format!(
             "#!/bin/sh
 case \"$1\" in --version) exec {} --version;; esac
 for a in \"$@\"; do case \"$a\" in --file=*) d=\"${{a#--file=}}\";; esac; done
@@ -1041,9 +1022,7 @@ printf 'toc' > \"$d/toc.dat\"
 ",
             pg_bin_dir().join("pg_dump").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let work = tempfile::tempdir().unwrap();
     let out = fx
         .backup("jobdb")

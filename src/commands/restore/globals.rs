@@ -3,7 +3,6 @@
 //! grantees. The script is made idempotent and safe first ([`crate::globals`]) and runs in
 //! one transaction: all of it or none.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -13,7 +12,7 @@ use tokio_util::io::SyncIoBridge;
 use crate::catalog::{self, CatalogError, Entry, Filter};
 use crate::cli::RestoreGlobalsArgs;
 use crate::commands::common::Store;
-use crate::commands::restore::{self, PgTarget};
+use crate::commands::restore::{self, contents, PgTarget};
 use crate::config::ConfigError;
 use crate::globals;
 use crate::layout::Kind;
@@ -77,7 +76,7 @@ pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
     for p in globals::passwords(&script) {
         redactor.add(&crate::secret::Secret::new(p));
     }
-    let before = roles(&target).await?;
+    let before = contents::existing_roles(&target).await?;
     tracing::info!(key = %entry.key, database = %target.database, "applying cluster globals");
     pg::psql_script(
         &target.tools,
@@ -88,7 +87,7 @@ pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
     )
     .await
     .context("applying the cluster globals (nothing was changed: they run in one transaction)")?;
-    let after = roles(&target).await?;
+    let after = contents::existing_roles(&target).await?;
     if !role_passwords {
         tracing::warn!("these roles were saved without passwords (the source server forbade reading them): set them with ALTER ROLE … PASSWORD before anyone logs in");
     }
@@ -104,15 +103,6 @@ pub async fn run(args: RestoreGlobalsArgs) -> anyhow::Result<()> {
     };
     println!("{}", serde_json::to_string(&line)?);
     Ok(())
-}
-
-async fn roles(target: &PgTarget) -> anyhow::Result<BTreeSet<String>> {
-    Ok(target
-        .query("select rolname from pg_catalog.pg_roles")
-        .await?
-        .lines()
-        .map(str::to_string)
-        .collect())
 }
 
 /// `latest` is the newest run's globals artifact; a key must name one.
