@@ -225,6 +225,11 @@ impl ChildProc {
         Some(widened(fd))
     }
 
+    /// The child's stdout for reading on the runtime (short answers, not a data stream).
+    pub fn take_async_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
+        self.child().stdout.take()
+    }
+
     pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
         self.child().stdin.take()
     }

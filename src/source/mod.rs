@@ -7,4 +7,5 @@ pub mod pg_archive;
 pub mod pg_probe;
 pub mod pg_toc;
 pub mod postgres;
+pub mod psql_session;
 pub mod sql_lex;

@@ -21,6 +21,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+mod reframe;
+pub use reframe::Reframer;
+
 /// Data block types (`pg_backup_archiver.h`).
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
@@ -90,6 +93,8 @@ pub struct Toc {
     pub entries: Vec<TocEntry>,
     /// Offset of the first data block: the header and TOC are the bytes before it.
     pub data_start: u64,
+    /// pg_dump compressed the data blocks itself (`-Z` above 0; backhaul's own dumps are not).
+    pub compressed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +128,45 @@ pub enum Event {
     BlockEnd { dump_id: i32, end: u64 },
 }
 
+/// The parser's finer output, for rewriting the data area ([`Reframer`]); [`Event`]s are
+/// derived from it.
+enum Token<'a> {
+    /// The header and TOC parsed: their bytes, and the bytes after them received so far
+    /// (which the same push goes on to parse).
+    Head {
+        toc: Toc,
+        int_size: usize,
+        raw: &'a [u8],
+        rest: &'a [u8],
+    },
+    BlockStart {
+        kind: u8,
+        dump_id: i32,
+        at: u64,
+    },
+    /// A large object of a BLOBS block begins.
+    LoStart(i64),
+    /// Bytes of a chunk's contents, in order; a chunk may come in several pieces.
+    Payload(&'a [u8]),
+    /// A large object's end (its zero-length chunk).
+    LoEnd,
+    BlockEnd {
+        dump_id: i32,
+        end: u64,
+    },
+}
+
+impl Token<'_> {
+    fn into_event(self) -> Option<Event> {
+        match self {
+            Token::Head { toc, .. } => Some(Event::Toc(toc)),
+            Token::BlockStart { dump_id, at, .. } => Some(Event::BlockStart { dump_id, at }),
+            Token::BlockEnd { dump_id, end } => Some(Event::BlockEnd { dump_id, end }),
+            Token::LoStart(_) | Token::Payload(_) | Token::LoEnd => None,
+        }
+    }
+}
+
 /// A push parser: bytes in, [`Event`]s out, nothing kept but the head until the TOC parses.
 pub struct Scanner {
     pos: u64,
@@ -151,6 +195,16 @@ impl Scanner {
 
     /// Takes the next bytes of the archive. After an error the scanner stays failed.
     pub fn push(&mut self, bytes: &[u8], out: &mut impl FnMut(Event)) -> Result<(), ArchiveError> {
+        self.push_tokens(bytes, &mut |t| {
+            t.into_event().into_iter().for_each(&mut *out)
+        })
+    }
+
+    fn push_tokens(
+        &mut self,
+        bytes: &[u8],
+        out: &mut impl FnMut(Token<'_>),
+    ) -> Result<(), ArchiveError> {
         if self.failed {
             return Ok(());
         }
@@ -162,7 +216,7 @@ impl Scanner {
     fn push_inner(
         &mut self,
         bytes: &[u8],
-        out: &mut impl FnMut(Event),
+        out: &mut impl FnMut(Token<'_>),
     ) -> Result<(), ArchiveError> {
         if let Some(b) = &mut self.blocks {
             return b.push(bytes, &mut self.pos, out);
@@ -176,14 +230,19 @@ impl Scanner {
         self.try_head(out)
     }
 
-    fn try_head(&mut self, out: &mut impl FnMut(Event)) -> Result<(), ArchiveError> {
+    fn try_head(&mut self, out: &mut impl FnMut(Token<'_>)) -> Result<(), ArchiveError> {
         match parse_head(&self.head) {
             Ok(Some((toc, int_size))) => {
                 let start = toc.data_start as usize;
                 let rest = self.head.split_off(start);
-                self.head = Vec::new();
+                let raw = std::mem::take(&mut self.head);
                 self.pos = start as u64;
-                out(Event::Toc(toc));
+                out(Token::Head {
+                    toc,
+                    int_size,
+                    raw: &raw,
+                    rest: &rest,
+                });
                 let mut blocks = Blocks::new(int_size);
                 let r = blocks.push(&rest, &mut self.pos, out);
                 self.blocks = Some(blocks);
@@ -200,6 +259,10 @@ impl Scanner {
 
     /// The archive ended: it must end between data blocks.
     pub fn finish(&mut self, out: &mut impl FnMut(Event)) -> Result<(), ArchiveError> {
+        self.finish_tokens(&mut |t| t.into_event().into_iter().for_each(&mut *out))
+    }
+
+    fn finish_tokens(&mut self, out: &mut impl FnMut(Token<'_>)) -> Result<(), ArchiveError> {
         if self.failed {
             return Ok(());
         }
@@ -365,6 +428,7 @@ fn read_head(r: &mut Reader, mut dir: Option<&mut DirLayout>) -> Result<Toc, Sho
         version,
         entries,
         data_start: r.at as u64,
+        compressed: compressed != 0,
     })
 }
 
@@ -498,12 +562,13 @@ impl Blocks {
         &mut self,
         mut bytes: &[u8],
         pos: &mut u64,
-        out: &mut impl FnMut(Event),
+        out: &mut impl FnMut(Token<'_>),
     ) -> Result<(), ArchiveError> {
         while !bytes.is_empty() {
             match self.step {
                 Step::Skip(n) => {
                     let k = n.min(bytes.len() as u64);
+                    out(Token::Payload(&bytes[..k as usize]));
                     bytes = &bytes[k as usize..];
                     *pos += k;
                     self.step = if k == n {
@@ -548,7 +613,7 @@ impl Blocks {
         what: IntFor,
         v: i64,
         pos: u64,
-        out: &mut impl FnMut(Event),
+        out: &mut impl FnMut(Token<'_>),
     ) -> Result<(), ArchiveError> {
         let bad = |w: String| ArchiveError::Damaged { at: pos, what: w };
         match what {
@@ -557,7 +622,8 @@ impl Blocks {
                     return Err(bad(format!("data block ID {v}")));
                 }
                 self.block.1 = v as i32;
-                out(Event::BlockStart {
+                out(Token::BlockStart {
+                    kind: self.block.0,
                     dump_id: self.block.1,
                     at: self.block.2,
                 });
@@ -572,10 +638,11 @@ impl Blocks {
             IntFor::ChunkLen if v > 0 => self.step = Step::Skip(v as u64),
             IntFor::ChunkLen if self.in_lo => {
                 self.in_lo = false;
+                out(Token::LoEnd);
                 self.step = Step::Int(IntFor::LoOid);
             }
             IntFor::ChunkLen | IntFor::LoOid if v == 0 => {
-                out(Event::BlockEnd {
+                out(Token::BlockEnd {
                     dump_id: self.block.1,
                     end: pos,
                 });
@@ -583,6 +650,7 @@ impl Blocks {
             }
             IntFor::ChunkLen => unreachable!("chunk lengths are matched above"),
             IntFor::LoOid => {
+                out(Token::LoStart(v));
                 self.in_lo = true;
                 self.step = Step::Int(IntFor::ChunkLen);
             }
@@ -942,9 +1010,9 @@ mod tests {
 
     /// A real archive: `pg_dump -Fc -Z0` (PostgreSQL 15.18) into a pipe, of the schema in
     /// testdata/archive.sql (tables with rows, a large object, a sequence, a matview, grants).
-    const ARCHIVE: &[u8] = include_bytes!("testdata/archive.dump");
+    pub(super) const ARCHIVE: &[u8] = include_bytes!("testdata/archive.dump");
 
-    fn scan(chunks: &[&[u8]]) -> Result<Vec<Event>, ArchiveError> {
+    pub(super) fn scan(chunks: &[&[u8]]) -> Result<Vec<Event>, ArchiveError> {
         let mut s = Scanner::new();
         let mut ev = Vec::new();
         for c in chunks {
@@ -954,7 +1022,7 @@ mod tests {
         Ok(ev)
     }
 
-    fn toc_of(ev: &[Event]) -> &Toc {
+    pub(super) fn toc_of(ev: &[Event]) -> &Toc {
         match &ev[0] {
             Event::Toc(t) => t,
             e => panic!("first event {e:?}"),
@@ -1034,19 +1102,24 @@ mod tests {
         assert_eq!(Plan::of(toc), Plan::of(toc_of(&piped)));
     }
 
+    /// `data` cut at `cuts` (any order).
+    pub(super) fn cut(data: &[u8], mut cuts: Vec<usize>) -> Vec<&[u8]> {
+        cuts.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for c in cuts {
+            pieces.push(&data[last..c]);
+            last = c;
+        }
+        pieces.push(&data[last..]);
+        pieces
+    }
+
     proptest::proptest! {
         /// Whatever the piece sizes, the same events.
         #[test]
         fn pieces_do_not_matter(cuts in proptest::collection::vec(0usize..ARCHIVE.len(), 0..40)) {
-            let mut cuts = cuts;
-            cuts.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut last = 0;
-            for c in cuts {
-                pieces.push(&ARCHIVE[last..c]);
-                last = c;
-            }
-            pieces.push(&ARCHIVE[last..]);
+            let pieces = cut(ARCHIVE, cuts);
             proptest::prop_assert_eq!(scan(&pieces).unwrap(), scan(&[ARCHIVE]).unwrap());
         }
     }
@@ -1163,7 +1236,7 @@ mod tests {
     }
 
     /// pg_restore's output for `args`, the archive on stdin when `stdin` is given.
-    fn run_pg_restore(args: &[&str], stdin: Option<&[u8]>) -> String {
+    pub(super) fn run_pg_restore(args: &[&str], stdin: Option<&[u8]>) -> String {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
         let mut child = Command::new(pg_restore())
@@ -1325,6 +1398,7 @@ mod tests {
         let toc = Toc {
             version: (1, 14, 0),
             data_start: 0,
+            compressed: false,
             entries: vec![
                 entry(1, "TABLE", PreData, NoData, &[]), // partitioned parent
                 entry(2, "TABLE", PreData, NoData, &[1]), // its partition

@@ -204,9 +204,44 @@ fn host_with_port_is_understood() {
 
 /// `restore --clean` behind another session's lock: the log names the relation and the
 /// session holding it, the restore gives up at `--lock-timeout`, and the target is unchanged.
+/// The watcher asks over one session, which ends with the restore.
 #[test]
 fn restore_behind_a_lock_says_why_and_gives_up() {
-    let fx = Fixture::start("lockwait");
+    let watchers = restore_behind_a_lock("lockwait", Disrupt::None);
+    let distinct: std::collections::BTreeSet<&String> = watchers.iter().collect();
+    assert_eq!(distinct.len(), 1, "watcher sessions seen: {watchers:?}");
+    assert!(watchers.len() >= 10, "watcher sessions seen: {watchers:?}");
+}
+
+/// The watcher's session ended by someone else (an administrator's `pg_terminate_backend`):
+/// the next poll opens another and the restore still gives up at `--lock-timeout`.
+#[test]
+fn a_terminated_lock_watcher_reconnects() {
+    let watchers = restore_behind_a_lock("lockwatchkill", Disrupt::TerminateWatcher);
+    let distinct: std::collections::BTreeSet<&String> = watchers.iter().collect();
+    assert_eq!(distinct.len(), 2, "watcher sessions seen: {watchers:?}");
+}
+
+/// `kill -9` of a restore waiting behind a lock: its pg_restore and the watcher's psql see
+/// their input end and leave, so no session of it stays on the server, and nothing committed.
+#[test]
+fn a_killed_restore_leaves_no_session() {
+    restore_behind_a_lock("lockkill9", Disrupt::KillRestore);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Disrupt {
+    None,
+    /// `pg_terminate_backend` on the first watcher session seen.
+    TerminateWatcher,
+    /// SIGKILL to backhaul once its watcher is seen.
+    KillRestore,
+}
+
+/// Runs the lock-wait case, disrupted as `disrupt` says. Returns the watcher's session pids, as
+/// sampled every 200 ms while the restore ran.
+fn restore_behind_a_lock(name: &str, disrupt: Disrupt) -> Vec<String> {
+    let fx = Fixture::start(name);
     let out = fx.backup("app").assert().success();
     let key = artifact_key(&out.get_output().stdout);
     let before = fx.pg.fingerprint("app");
@@ -249,15 +284,73 @@ fn restore_behind_a_lock_says_why_and_gives_up() {
         "select pid from pg_stat_activity where application_name = 'lock-holder'",
     );
 
-    let out = fx
-        .cmd()
-        .args(["restore", &key, "--to", &fx.url("app"), "--clean"])
+    // While the restore waits, the watcher's sessions as the server sees them.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let restore = backhaul_std()
+        .env("S3_BUCKET", &fx.bucket)
+        .env("STAGE", "prod")
         .env("RESTORE_LOCK_TIMEOUT", "8s")
-        .output()
+        .args(["restore", &key, "--to", &fx.url("app"), "--clean"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let restore_pid = restore.id() as i32;
+    let (out, watchers) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut seen: Vec<String> = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let pids = fx.pg.psql(
+                    "app",
+                    "select pid from pg_stat_activity where application_name = 'backhaul' and query like '%pg_blocking_pids%' and pid <> pg_backend_pid()",
+                );
+                if seen.is_empty() && !pids.is_empty() {
+                    match disrupt {
+                        Disrupt::TerminateWatcher => {
+                            fx.pg.psql("app", &format!("select pg_terminate_backend({pids})"));
+                        }
+                        // SAFETY: kill(2) on the child this test spawned.
+                        Disrupt::KillRestore => unsafe {
+                            libc::kill(restore_pid, libc::SIGKILL);
+                        },
+                        Disrupt::None => {}
+                    }
+                }
+                seen.extend(pids.lines().map(str::to_string));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            seen
+        });
+        let out = restore.wait_with_output().unwrap();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, sampler.join().unwrap())
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if disrupt == Disrupt::KillRestore {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{stderr}");
+        // The watcher's psql is gone at once (its input ended, and it gets SIGKILL with us).
+        // pg_restore is killed too, but its server session waits in the lock queue, where
+        // PostgreSQL does not look at the client, until the lock is free; then it finds the
+        // client gone and rolls back.
+        assert_no_backhaul_session(&fx, "query like '%pg_blocking_pids%'");
+        // The holder's own session sleeps on past its client too: ended on the server.
+        fx.pg.psql(
+            "app",
+            &format!("select pg_terminate_backend({})", holder_pid.trim()),
+        );
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_no_backhaul_session(&fx, "true");
+        assert_eq!(
+            fx.pg.fingerprint("app"),
+            before,
+            "a killed restore changed the target"
+        );
+        return watchers;
+    }
     let _ = holder.kill();
     let _ = holder.wait();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let waits = stderr
         .lines()
@@ -274,11 +367,34 @@ fn restore_behind_a_lock_says_why_and_gives_up() {
         )),
         "{last}"
     );
+    assert!(!stderr.contains(&fx.password), "{stderr}");
     assert_eq!(
         fx.pg.fingerprint("app"),
         before,
         "a failed restore changed the target"
     );
+    // The watcher's session closed with the restore.
+    assert_no_backhaul_session(&fx, "true");
+    watchers
+}
+
+/// Within 10 s no session of backhaul's (that also matches `filter`) is left on the server.
+fn assert_no_backhaul_session(fx: &Fixture, filter: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = fx.pg.psql(
+            "app",
+            &format!("select coalesce(string_agg(pid || ' ' || state || ' ' || left(query, 40), '; '), '') from pg_stat_activity where application_name = 'backhaul' and pid <> pg_backend_pid() and ({filter})"),
+        );
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backhaul sessions outlived the restore: {left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// `list --database X` with no backups of X names the databases that have some.

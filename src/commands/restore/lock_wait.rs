@@ -3,7 +3,8 @@
 //!
 //! The timeout cannot be left to PostgreSQL's `lock_timeout`: pg_restore itself sends
 //! `SET lock_timeout = 0` before restoring (as every dump script does), overriding anything
-//! set for the session. So this watcher asks the server every few seconds which of our
+//! set for the session. So this watcher asks the server every few seconds (over one psql
+//! session kept for the whole restore, not a connection per question) which of our
 //! sessions waits on which relation and which session holds it, logs it, and cancels our
 //! waiting statement (`pg_cancel_backend`) once it has waited longer than the timeout; the
 //! restore then fails like any failed statement (one transaction: nothing committed).
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::commands::restore::PgTarget;
+use crate::source::psql_session::PsqlSession;
 
 /// How often the server is asked; also the resolution of the timeout.
 const POLL: Duration = Duration::from_secs(2);
@@ -58,9 +60,11 @@ pub async fn watch<T>(
     let mut next_poll = start + POLL;
     let mut next_report = start + FIRST_REPORT;
     let mut cancelled: Option<LockTimeout> = None;
+    let mut session = Session::default();
     loop {
         tokio::select! {
             r = &mut work => {
+                session.close().await;
                 return match (r, cancelled) {
                     (Err(e), Some(t)) => Err(e.context(t)),
                     (r, _) => r,
@@ -68,7 +72,7 @@ pub async fn watch<T>(
             }
             _ = tokio::time::sleep_until(next_poll) => {
                 next_poll += POLL;
-                let waits = waits(target).await;
+                let waits = waits(&mut session, target).await;
                 let now = tokio::time::Instant::now();
                 if !waits.is_empty() && now >= next_report {
                     next_report = now + REPORT_EVERY;
@@ -82,7 +86,7 @@ pub async fn watch<T>(
                 let Some(limit) = timeout else { continue };
                 if let Some(w) = waits.iter().find(|w| Duration::from_secs(w.waited) >= limit) {
                     log(w, timeout);
-                    let _ = target.query(&format!("select pg_cancel_backend({})", w.waiter)).await;
+                    let _ = session.query(target, &format!("select pg_cancel_backend({})", w.waiter)).await;
                     cancelled = Some(LockTimeout {
                         relation: w.relation.clone(),
                         holder: w.holder.clone(),
@@ -94,15 +98,52 @@ pub async fn watch<T>(
     }
 }
 
-async fn waits(target: &PgTarget) -> Vec<Wait> {
-    let out = match tokio::time::timeout(Duration::from_secs(5), target.query(WAITS_SQL)).await {
-        Ok(Ok(out)) => out,
+/// The watcher's own psql, opened at the first poll and kept for the restore (see
+/// [`PsqlSession`]). After a failure or a slow answer it is dropped, and the next poll opens
+/// another.
+#[derive(Default)]
+struct Session(Option<PsqlSession>);
+
+impl Session {
+    async fn query(&mut self, target: &PgTarget, sql: &str) -> anyhow::Result<String> {
+        let session = match &mut self.0 {
+            Some(s) => s,
+            None => self.0.insert(PsqlSession::open(
+                &target.tools,
+                &target.conn,
+                &target.database,
+                target.redactor.clone(),
+            )?),
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), session.query(sql)).await;
+        match answer {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => {
+                self.0 = None;
+                Err(e.into())
+            }
+            Err(_) => {
+                self.0 = None;
+                anyhow::bail!("no answer within 5s")
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Some(s) = self.0 {
+            s.close().await;
+        }
+    }
+}
+
+async fn waits(session: &mut Session, target: &PgTarget) -> Vec<Wait> {
+    let out = match session.query(target, WAITS_SQL).await {
+        Ok(out) => out,
         // Only a diagnosis: its failure must not fail the restore.
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(error = %format!("{e:#}"), "lock wait check failed");
             return Vec::new();
         }
-        Err(_) => return Vec::new(),
     };
     out.lines()
         .filter_map(|line| {

@@ -2,6 +2,7 @@
 //! `pg_restore --single-transaction` on stdin, the archive's tail withheld until the checksum
 //! matched (see [`crate::read_path`]), so a damaged object commits nothing. On failure
 //! pg_restore is killed while its stdin is still open: a clean end of input would commit.
+//! The data goes in large chunks, not pg_dump's one per row ([`Reframer`]).
 
 use anyhow::Context as _;
 use tokio_util::io::SyncIoBridge;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::PgTarget;
 use crate::commands::Interrupted;
 use crate::read_path::{self, Consumer, Decode, Expect, Fed, FeedError};
+use crate::source::pg_archive::Reframer;
 use crate::source::postgres::{self as pg, RestoreOpts};
 
 pub(super) async fn restore(
@@ -37,11 +39,14 @@ pub(super) async fn restore(
     let abandoned = read_path::Abandoned::default();
     let src = abandoned.reader(src);
     let task = tokio::task::spawn_blocking(move || {
-        let mut stdin = stdin;
-        let r = read_path::feed(src, &decode, &mut stdin, expect.as_ref(), Consumer::Strict);
+        // After the hold-back: the re-chunked archive is no closer to its end than the
+        // withheld one (see `Reframer`).
+        let mut sink = Reframer::new(stdin);
+        let r = read_path::feed(src, &decode, &mut sink, expect.as_ref(), Consumer::Strict)
+            .and_then(|fed| sink.finish().map(|()| fed).map_err(FeedError::Sink));
         // The pipe goes back to the caller: it must stay open until pg_restore is killed on
         // failure, or pg_restore would see a clean end of input.
-        (r, stdin)
+        (r, sink.into_inner())
     });
     let (res, stdin) = tokio::select! {
         j = task => j.context("restore task panicked")?,

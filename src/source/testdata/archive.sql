@@ -1,7 +1,8 @@
 -- The database behind archive.dump (pg_archive's tests): `pg_dump -Fc -Z0 archive | cat`,
 -- PostgreSQL 15.18, written into a pipe as backhaul's backups are; archive_file.dump is
 -- `pg_dump -Fc -Z0 -f archive_file.dump archive`, written to a file as the old script did
--- (pg_dump then goes back and records every data block's offset in the TOC).
+-- (pg_dump then goes back and records every data block's offset in the TOC); archive_gz.dump
+-- is `pg_dump -Fc -Z6 archive | cat`, its data blocks compressed by pg_dump.
 create role archive_reader nologin;
 create table accounts (id int primary key, name text);
 insert into accounts select g, 'name ' || g from generate_series(1, 300) g;
