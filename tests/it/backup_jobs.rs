@@ -505,13 +505,16 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// ~135 MB of COPY text (about half that once compressed): more than the smallest spool budget.
+/// ~270 MB of COPY text (about half that once compressed): four times the smallest spool
+/// budget, so the spool fills even when pg_dump is slowed by other tests and backhaul's reader
+/// keeps up for a while. With 135 MB, two of three full CI runs on 2026-12-06 never saw the
+/// spool pass 64 MiB within 120 s (the test alone always did).
 const HUGE_SQL: &str = r#"
 create table huge (id bigint primary key, payload text);
 insert into huge
   select g, md5(g::text) || md5((g * 3)::text) || md5((g * 5)::text) || md5((g * 7)::text)
          || md5((g * 11)::text) || md5((g * 13)::text) || md5((g * 17)::text) || md5((g * 19)::text)
-  from generate_series(1, 520000) g;
+  from generate_series(1, 1040000) g;
 create table other (id int primary key);
 insert into other select generate_series(1, 1000);
 "#;

@@ -4,8 +4,9 @@
 //! tables held 3.2 million chunks of ~160 bytes. pg_restore hands each chunk to the server as
 //! its own CopyData message, so the server's COPY parses millions of tiny messages, and
 //! pg_restore makes a read call for each. Gathering a block's chunks into 256 KiB chunks gives
-//! the same bytes in a few thousand messages; on the bench's quiet runs the streaming restore
-//! took ~5 % less time than the same archive as pg_dump wrote it.
+//! the same bytes in a few thousand messages. Measured on the bench's dataset: pg_restore's CPU
+//! fell and the server's CPU time was lower in every paired run; in wall time the gain stayed
+//! within the 2-core test VM's noise (bench/RESULTS-2026-12-06-settled.md).
 //!
 //! pg_restore treats a block's chunks as one byte stream: uncompressed chunks go straight to
 //! COPY (or `lo_write`), which accept any split, and compressed ones feed one decompressor
