@@ -175,6 +175,10 @@ pub fn connect_args(cmd: &mut tokio::process::Command, conn: &PgConn, database: 
     }
 }
 
+/// psql answering for a program: no psqlrc, unaligned rows without headers or footers, quiet,
+/// stopping at the first error.
+pub const ANSWER_FLAGS: [&str; 6] = ["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"];
+
 /// Runs one SQL query through psql and returns its unaligned output.
 pub async fn psql_query(
     tools: &PgTools,
@@ -185,7 +189,7 @@ pub async fn psql_query(
 ) -> Result<String, PgError> {
     let psql = tools.sibling("psql");
     let mut cmd = child::command(&psql);
-    cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    cmd.args(ANSWER_FLAGS).args(["-c", sql]);
     connect_args(&mut cmd, conn, database);
     cmd.stdout(Stdio::piped());
     let out = child::output(cmd)

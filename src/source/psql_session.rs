@@ -17,7 +17,7 @@ use tokio::process::{ChildStdin, ChildStdout};
 use crate::config::postgres::PgConn;
 use crate::secret::Redactor;
 use crate::source::child::{self, ChildError, ChildProc};
-use crate::source::postgres::{connect_args, PgError, PgTools};
+use crate::source::postgres::{connect_args, PgError, PgTools, ANSWER_FLAGS};
 
 pub struct PsqlSession {
     /// `None` once psql has ended and been reaped.
@@ -39,7 +39,7 @@ impl PsqlSession {
         redactor: Redactor,
     ) -> Result<PsqlSession, PgError> {
         let mut cmd = child::command(&tools.sibling("psql"));
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
+        cmd.args(ANSWER_FLAGS).args(["-f", "-"]);
         connect_args(&mut cmd, conn, database);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = ChildProc::spawn("psql", cmd, redactor)?;

@@ -487,16 +487,6 @@ fn pids_with(needle: &str) -> Vec<(i32, String)> {
 }
 
 /// Rows of sessions backhaul's tools opened (they connect as application `backhaul`).
-fn backhaul_sessions(pg: &Pg) -> usize {
-    pg.psql(
-        "postgres",
-        "select count(*) from pg_stat_activity where application_name = 'backhaul'",
-    )
-    .trim()
-    .parse()
-    .unwrap()
-}
-
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
@@ -626,9 +616,7 @@ fn sigterm_mid_dump_leaves_nothing_and_the_spool_is_private() {
     assert!(!s.spool.exists(), "the spool is removed");
     assert_eq!(names_in(s.work.path()).len(), 0);
     assert_eq!(pids_with(&spool_arg), vec![], "no pg_dump is left");
-    wait_for("pg_dump's sessions end", Duration::from_secs(30), || {
-        backhaul_sessions(&s.fx.pg) == 0
-    });
+    wait_no_backhaul_session(&s.fx.pg, "true", Duration::from_secs(30));
 }
 
 #[test]
@@ -656,9 +644,7 @@ fn timeout_mid_upload_leaves_nothing() {
     assert_eq!(moto().keys(&fx.bucket), Vec::<String>::new());
     assert_eq!(moto().multipart_uploads(&fx.bucket), 0);
     assert_eq!(names_in(work.path()).len(), 0, "the spool is removed");
-    wait_for("pg_dump's sessions end", Duration::from_secs(30), || {
-        backhaul_sessions(&fx.pg) == 0
-    });
+    wait_no_backhaul_session(&fx.pg, "true", Duration::from_secs(30));
 }
 
 #[test]
@@ -672,9 +658,7 @@ fn kill9_leaves_no_pg_dump_and_its_leftovers_are_cleaned() {
     wait_for("no pg_dump is left", Duration::from_secs(30), || {
         pids_with(&spool_arg).is_empty()
     });
-    wait_for("pg_dump's sessions end", Duration::from_secs(30), || {
-        backhaul_sessions(&s.fx.pg) == 0
-    });
+    wait_no_backhaul_session(&s.fx.pg, "true", Duration::from_secs(30));
     // Nothing looks like a backup; the open uploads (and any small file already completed)
     // are what `prune --abort-incomplete-older-than` removes.
     assert!(moto().multipart_uploads(&s.fx.bucket) >= 1);

@@ -333,7 +333,11 @@ fn restore_behind_a_lock(name: &str, disrupt: Disrupt) -> Vec<String> {
         // pg_restore is killed too, but its server session waits in the lock queue, where
         // PostgreSQL does not look at the client, until the lock is free; then it finds the
         // client gone and rolls back.
-        assert_no_backhaul_session(&fx, "query like '%pg_blocking_pids%'");
+        wait_no_backhaul_session(
+            &fx.pg,
+            "query like '%pg_blocking_pids%'",
+            std::time::Duration::from_secs(10),
+        );
         // The holder's own session sleeps on past its client too: ended on the server.
         fx.pg.psql(
             "app",
@@ -341,7 +345,7 @@ fn restore_behind_a_lock(name: &str, disrupt: Disrupt) -> Vec<String> {
         );
         let _ = holder.kill();
         let _ = holder.wait();
-        assert_no_backhaul_session(&fx, "true");
+        wait_no_backhaul_session(&fx.pg, "true", std::time::Duration::from_secs(10));
         assert_eq!(
             fx.pg.fingerprint("app"),
             before,
@@ -374,27 +378,8 @@ fn restore_behind_a_lock(name: &str, disrupt: Disrupt) -> Vec<String> {
         "a failed restore changed the target"
     );
     // The watcher's session closed with the restore.
-    assert_no_backhaul_session(&fx, "true");
+    wait_no_backhaul_session(&fx.pg, "true", std::time::Duration::from_secs(10));
     watchers
-}
-
-/// Within 10 s no session of backhaul's (that also matches `filter`) is left on the server.
-fn assert_no_backhaul_session(fx: &Fixture, filter: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let left = fx.pg.psql(
-            "app",
-            &format!("select coalesce(string_agg(pid || ' ' || state || ' ' || left(query, 40), '; '), '') from pg_stat_activity where application_name = 'backhaul' and pid <> pg_backend_pid() and ({filter})"),
-        );
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backhaul sessions outlived the restore: {left}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// `list --database X` with no backups of X names the databases that have some.

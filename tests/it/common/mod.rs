@@ -657,3 +657,23 @@ pub fn plain_dump(pg: &Pg, db: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Waits up to `limit` until the server has no session of backhaul's (application `backhaul`)
+/// that also matches `filter` (an SQL condition on `pg_stat_activity`); fails naming them.
+pub fn wait_no_backhaul_session(pg: &Pg, filter: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = pg.psql(
+            "postgres",
+            &format!("select coalesce(string_agg(pid || ' ' || state || ' ' || left(query, 40), '; '), '') from pg_stat_activity where application_name = 'backhaul' and pid <> pg_backend_pid() and ({filter})"),
+        );
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backhaul sessions still on the server after {limit:?}: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
