@@ -229,6 +229,23 @@ fn a_killed_restore_leaves_no_session() {
     restore_behind_a_lock("lockkill9", Disrupt::KillRestore);
 }
 
+/// The argv of every psql and pg_restore running now that mentions `port`, as any local user
+/// reads it in `/proc/<pid>/cmdline`.
+fn tool_argvs(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .filter(|c| {
+            let tool = c.split(' ').next().unwrap_or_default();
+            (tool.ends_with("/psql") || tool.ends_with("/pg_restore")) && c.contains(&port)
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Disrupt {
     None,
@@ -299,7 +316,9 @@ fn restore_behind_a_lock(name: &str, disrupt: Disrupt) -> Vec<String> {
     let (out, watchers) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut seen: Vec<String> = Vec::new();
+            let mut argvs: Vec<String> = Vec::new();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                argvs.extend(tool_argvs(fx.pg.port));
                 let pids = fx.pg.psql(
                     "app",
                     "select pid from pg_stat_activity where application_name = 'backhaul' and query like '%pg_blocking_pids%' and pid <> pg_backend_pid()",
@@ -319,12 +338,32 @@ fn restore_behind_a_lock(name: &str, disrupt: Disrupt) -> Vec<String> {
                 seen.extend(pids.lines().map(str::to_string));
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            seen
+            (seen, argvs)
         });
         let out = restore.wait_with_output().unwrap();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (out, sampler.join().unwrap())
     });
+    let (watchers, argvs) = watchers;
+    // `--to` held the password; no psql or pg_restore of ours shows it to other local users,
+    // the long-lived watcher included.
+    let encoded =
+        percent_encoding::utf8_percent_encode(&fx.password, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    for argv in &argvs {
+        assert!(
+            !argv.contains(&fx.password) && !argv.contains(&encoded),
+            "{argv}"
+        );
+    }
+    if disrupt == Disrupt::None {
+        assert!(
+            argvs
+                .iter()
+                .any(|a| a.contains("ON_ERROR_STOP=1 -f - --dbname=")),
+            "the watcher's psql was never seen: {argvs:?}"
+        );
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if disrupt == Disrupt::KillRestore {
         use std::os::unix::process::ExitStatusExt as _;
